@@ -1,0 +1,100 @@
+"""`orchestrator` command line: parse, validate, build, run, close. Config errors exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from orchestrator import config as config_mod
+from orchestrator.config import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator import data, progress, sweep
+
+    cfg = config_mod.load(args.config, args.overrides)
+    data.read(cfg.data)  # data errors too are found before Ray or MLflow start
+    sweep.ensure_env()
+    summary = sweep.run(cfg, verbose=args.verbose)
+    keys = list(cfg.sweep.space)
+    print()
+    print(progress.table(summary.records, keys, summary.champion.trial_id, cfg.train.epochs))
+    t = summary.test_metrics
+    values = ", ".join(f"{k}={v:.4g}" for k, v in summary.champion_values.items())
+    print(f"\nchampion: trial {summary.champion.trial_id} ({values})")
+    print(f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
+          f"(held-out test split, {len(data.load_splits(cfg.data).y_test)} rows)")
+    print(f"  registered as models:/{summary.register_as}@champion (version "
+          f"{summary.model_version})")
+    print("\nnext:")
+    print(f"  mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1 --port 5000")
+    print(f"  MLFLOW_TRACKING_URI={summary.tracking_uri} orchestrator serve "
+          f"--model models:/{summary.register_as}@champion")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestrator import serve
+
+    cfg = config_mod.load(args.config, args.overrides)
+    host = args.host or cfg.serve.host
+    port = args.port if args.port is not None else cfg.serve.port
+    serve.run(args.model, host, port, tracking_uri=args.tracking_uri, max_batch=cfg.serve.max_batch)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from orchestrator import data
+
+    path = data.export_digits(args.out)
+    print(f"wrote {path} (scikit-learn digits: 1,797 rows, 64 pixel columns + label)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="search regularization with Ray Tune; register the champion")
+    s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
+    s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
+    s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    s.set_defaults(func=cmd_sweep)
+
+    v = sub.add_parser("serve", help="serve a registered model over HTTP (FastAPI)")
+    v.add_argument("--model", required=True, help="e.g. models:/digits-mlp@champion")
+    v.add_argument("--config", default=None, help="optional YAML for the serve.* section")
+    v.add_argument("--host", default=None, help="default serve.host (127.0.0.1)")
+    v.add_argument("--port", type=int, default=None, help="default serve.port (8000)")
+    v.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
+    v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
+    v.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("data", help="export a built-in real data set to Parquet")
+    dsub = d.add_subparsers(dest="action", required=True)
+    e = dsub.add_parser("export", help="write scikit-learn's digits as Parquet")
+    e.add_argument("name", choices=["digits"])
+    e.add_argument("--out", default="data/digits.parquet")
+    e.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as e:
+        print(f"orchestrator: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("orchestrator: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""Typed configuration: YAML + dotted ``key=value`` overrides, validated once at the door.
+
+Every error names the dotted key and says the fix, and is raised before Ray or MLflow
+start (``ConfigError``; the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: ``key`` is the dotted path, ``fix`` one line on what to do."""
+
+    def __init__(self, key: str, problem: str, fix: str):
+        self.key, self.problem, self.fix = key, problem, fix
+        super().__init__(f"config error at '{key}': {problem}\n  fix: {fix}")
+
+    def __reduce__(self) -> tuple:  # so it crosses Ray's process boundaries intact
+        return (ConfigError, (self.key, self.problem, self.fix))
+
+
+@dataclass
+class DataConfig:
+    """Where the Parquet data is and how it is split."""
+
+    path: str = ""
+    """Parquet file or directory: local path, ``s3://`` or ``gs://``."""
+    label: str = "label"
+    """Name of the label column; every other column is a numeric feature."""
+    test_fraction: float = 0.2
+    """Held-out test split (stratified); only the champion ever sees it."""
+    val_fraction: float = 0.15
+    """Validation split, as a fraction of what remains after the test split."""
+    max_train_rows: int | None = None
+    """Cap the training rows, to study the small-data (overfitting) regime."""
+    seed: int = 0
+    """Seed of the split: the same seed gives the same rows in every worker and run."""
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"
+    """Model family; ``mlp`` for tabular features."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Width of each hidden layer (capacity: the underfit <-> overfit knob)."""
+    dropout: float = 0.1
+    """Dropout probability after each hidden layer, in [0, 1)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    """Global batch size; each of N DDP workers gets batch_size / N."""
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    """``adamw`` (decoupled weight decay) or ``sgd`` (momentum 0.9)."""
+    weight_decay: float = 1e-4
+    """L2 regularization, decoupled as in AdamW."""
+    l1: float = 0.0
+    """L1 penalty on weights (not biases), added to the loss."""
+    seed: int = 0
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 1
+    """DDP workers per trial (a Ray Train TorchTrainer worker group)."""
+    use_gpu: bool = False
+    """One GPU per worker and NCCL; gloo on CPU otherwise."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; fractions let small trials share a core."""
+
+
+@dataclass
+class SweepConfig:
+    num_samples: int = 8
+    metric: str = "val_loss"
+    mode: str = "min"
+    searcher: str = "random"
+    scheduler: str = "asha"
+    grace_period: int = 5
+    """ASHA: epochs every trial runs before it may be stopped."""
+    reduction_factor: int = 3
+    max_concurrent: int | None = None
+    """Trials at once; derived from the cluster's CPUs/GPUs when unset."""
+    refit: bool = True
+    """Retrain the best configuration on train + validation before the test split scores it."""
+    storage_path: str = "results"
+    """Where Ray keeps trial checkpoints (absolute, or relative to the working directory)."""
+    space: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-1},
+            "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        }
+    )
+    """Dotted key -> ``{type: uniform|loguniform|randint|choice|grid, ...}``."""
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
+    register_as: str = "orchestrator-champion"
+    """Registered-model name of the champion (alias ``champion``)."""
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 1024
+    """Most rows one /predict request may carry."""
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+SPACE_TYPES = {
+    "uniform": ("low", "high"),
+    "loguniform": ("low", "high"),
+    "randint": ("low", "high"),
+    "choice": ("values",),
+    "grid": ("values",),
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    """Read a YAML file (or nothing), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("<file>", f"config file {str(p)!r} does not exist",
+                              "pass the path of a YAML file, e.g. jobs/configs/quickstart.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError("<file>", f"{p} is not valid YAML: {e}", "fix the YAML syntax") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("<file>", f"{p} must hold a mapping of sections",
+                              "start the file with keys such as 'data:' and 'train:'")
+        raw = loaded or {}
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(item, "an override must look like key=value",
+                          "write e.g. train.lr=0.01 or model.hidden=[128,128]")
+    value = yaml.safe_load(text) if text.strip() else None
+    if key.startswith("sweep.space."):  # space keys themselves contain dots
+        raw.setdefault("sweep", {}).setdefault("space", {})[key[len("sweep.space."):]] = value
+        return
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(key, f"'{part}' is not a section", "override a leaf key")
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<root>", f"expected a mapping, got {_show(raw)}",
+                          f"write '{prefix}:' as a section of keys")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            raise ConfigError(dotted, "unknown key",
+                              f"remove it or use one of: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")  # type: ignore[arg-type]
+    if value is None:
+        raise ConfigError(key, "is empty", f"give it a value of type {_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {_show(value)}", f"set {key}: true")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {_show(value)}", f"set {key} to e.g. 4")
+    if tp is float:
+        # PyYAML reads 1e-4 (no dot) as a string: accept any text that is a number.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, f"expected a number, got {_show(value)}", f"set {key} to e.g. 0.1")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected text, got {_show(value)}", f"quote it: {key}: \"...\"")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {_show(value)}", f"write {key}: [...]")
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {_show(value)}", f"write {key}: {{}}")
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this file
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+# ---------------------------------------------------------------- checks beside the fields
+
+
+def _check(ok: bool, key: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem, fix)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks; each names the key and the fix."""
+    d, m, t, s, sw = cfg.data, cfg.model, cfg.train, cfg.scaling, cfg.sweep
+    _check(bool(cfg.experiment.strip()), "experiment", "is empty", "name the MLflow experiment")
+    _check(bool(d.path), "data.path", "is not set",
+           "point it at a Parquet file, e.g. data/digits.parquet (make data exports one)")
+    _check(bool(d.label), "data.label", "is empty", "name the label column")
+    _check(0 < d.test_fraction < 1, "data.test_fraction",
+           f"must be in (0, 1), got {d.test_fraction}", "use e.g. 0.2")
+    _check(0 < d.val_fraction < 1, "data.val_fraction",
+           f"must be in (0, 1), got {d.val_fraction}", "use e.g. 0.15")
+    _check(d.max_train_rows is None or d.max_train_rows > 0, "data.max_train_rows",
+           f"must be positive, got {d.max_train_rows}", "remove it or set e.g. 200")
+    _check(m.kind == "mlp", "model.kind", f"unknown kind {m.kind!r}", "use 'mlp'")
+    _check(all(h > 0 for h in m.hidden), "model.hidden",
+           f"layer widths must be positive, got {m.hidden}", "use e.g. [256, 256]")
+    _check(0 <= m.dropout < 1, "model.dropout",
+           f"must be in [0, 1), got {m.dropout}", "use e.g. 0.1 (0 turns dropout off)")
+    _check(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}", "use e.g. 30")
+    _check(t.batch_size > 0, "train.batch_size",
+           f"must be positive, got {t.batch_size}", "use e.g. 64")
+    _check(t.lr > 0 and math.isfinite(t.lr), "train.lr",
+           f"must be a positive number, got {t.lr}", "use e.g. 0.001")
+    _check(t.optimizer in ("adamw", "sgd"), "train.optimizer",
+           f"unknown optimizer {t.optimizer!r}", "use 'adamw' or 'sgd'")
+    _check(t.weight_decay >= 0, "train.weight_decay",
+           f"must be >= 0, got {t.weight_decay}", "use e.g. 0.0001 (0 turns L2 off)")
+    _check(t.l1 >= 0, "train.l1", f"must be >= 0, got {t.l1}", "use e.g. 0.00001 (0 = off)")
+    _check(s.num_workers >= 1, "scaling.num_workers",
+           f"must be at least 1, got {s.num_workers}", "use e.g. 2")
+    _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker",
+           f"must be positive, got {s.cpus_per_worker}", "use e.g. 1")
+    _check(t.batch_size >= s.num_workers, "train.batch_size",
+           f"{t.batch_size} cannot be split over {s.num_workers} workers",
+           "raise train.batch_size or lower scaling.num_workers")
+    _check(sw.num_samples >= 1, "sweep.num_samples",
+           f"must be at least 1, got {sw.num_samples}", "use e.g. 8")
+    _check(sw.metric in METRICS, "sweep.metric", f"unknown metric {sw.metric!r}",
+           f"use one of: {', '.join(METRICS)}")
+    _check(sw.mode in ("min", "max"), "sweep.mode", f"must be min or max, got {sw.mode!r}",
+           "use 'min' for losses, 'max' for accuracy")
+    _check(sw.searcher in ("random", "grid"), "sweep.searcher",
+           f"unknown searcher {sw.searcher!r}", "use 'random' or 'grid'")
+    _check(sw.scheduler in ("asha", "fifo"), "sweep.scheduler",
+           f"unknown scheduler {sw.scheduler!r}", "use 'asha' or 'fifo'")
+    _check(sw.grace_period >= 1, "sweep.grace_period",
+           f"must be at least 1, got {sw.grace_period}", "use e.g. 5")
+    _check(sw.scheduler != "asha" or sw.grace_period <= t.epochs, "sweep.grace_period",
+           f"{sw.grace_period} is longer than train.epochs ({t.epochs})",
+           "lower sweep.grace_period or raise train.epochs")
+    _check(sw.reduction_factor >= 2, "sweep.reduction_factor",
+           f"must be at least 2, got {sw.reduction_factor}", "use e.g. 3")
+    _check(sw.max_concurrent is None or sw.max_concurrent >= 1, "sweep.max_concurrent",
+           f"must be at least 1, got {sw.max_concurrent}", "remove it to derive it from the cluster")
+    _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",
+           "name the registered model, e.g. digits-mlp")
+    _check(1 <= cfg.serve.max_batch, "serve.max_batch",
+           f"must be at least 1, got {cfg.serve.max_batch}", "use e.g. 1024")
+    for dotted, spec in sw.space.items():
+        _validate_dimension(cfg, dotted, spec)
+
+
+METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")
+
+
+def _validate_dimension(cfg: Config, dotted: str, spec: Any) -> None:
+    key = f"sweep.space.{dotted}"
+    try:
+        get(cfg, dotted)
+    except KeyError:
+        raise ConfigError(key, f"'{dotted}' is not a config key",
+                          "search a real key, e.g. train.weight_decay or model.dropout") from None
+    _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, key,
+           f"needs a 'type' among {', '.join(SPACE_TYPES)}, got {spec!r}",
+           "write e.g. {type: loguniform, low: 1e-6, high: 1e-2}")
+    kind = spec["type"]
+    needed = SPACE_TYPES[kind]
+    extra = set(spec) - set(needed) - {"type"}
+    _check(not extra, key, f"unknown field(s) {sorted(extra)} for {kind}",
+           f"{kind} takes: {', '.join(needed)}")
+    for name in needed:
+        _check(name in spec, f"{key}.{name}", "is missing", f"{kind} needs {', '.join(needed)}")
+    if kind in ("choice", "grid"):
+        values = spec["values"]
+        _check(isinstance(values, list) and len(values) > 0, f"{key}.values",
+               f"must be a non-empty list, got {values!r}", "write values: [a, b, c]")
+        for v in values:
+            _check_candidate(cfg, dotted, v, f"{key}.values")
+        return
+    try:
+        low, high = float(spec["low"]), float(spec["high"])
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"low and high must be numbers, got {spec!r}",
+                          "write e.g. low: 0.0, high: 0.5") from None
+    _check(low < high, key, f"low ({low}) must be below high ({high})", "swap or widen the range")
+    _check(kind != "loguniform" or low > 0, f"{key}.low",
+           f"loguniform needs low > 0, got {low}", "use e.g. 1e-6, or type: uniform")
+    spec["low"], spec["high"] = (int(low), int(high)) if kind == "randint" else (low, high)
+    _check_candidate(cfg, dotted, low, key)
+    if kind != "randint":  # randint's high is exclusive
+        _check_candidate(cfg, dotted, high, key)
+
+
+def _check_candidate(cfg: Config, dotted: str, value: Any, key: str) -> None:
+    """A sampled value must itself make a valid config: check the range ends now."""
+    try:
+        with_values(cfg, {dotted: value})
+    except ConfigError as e:
+        raise ConfigError(key, f"the value {value!r} would be invalid: {e.problem}", e.fix) from None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise KeyError(dotted)
+        node = getattr(node, part)
+    return node
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with dotted keys set (how a trial gets its config)."""
+    raw = to_dict(cfg)
+    space = raw["sweep"].pop("space")
+    for dotted, v in values.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = v
+    raw["sweep"]["space"] = space
+    out = _build(Config, raw, "")
+    validate_no_space(out)
+    return out
+
+
+def validate_no_space(cfg: Config) -> None:
+    space, cfg.sweep.space = cfg.sweep.space, {}
+    try:
+        validate(cfg)
+    finally:
+        cfg.sweep.space = space
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted params for MLflow: ``train.weight_decay`` -> value (the search space as JSON)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict) and k != "space":
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (dict, list)):
+                out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,88 @@
+"""What the terminal shows: the sweep ledger, progress lines and the final table. Pure code."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the driver saw it: the sampled values, its epochs, its best epoch."""
+
+    trial_id: str
+    values: dict[str, Any]
+    run_id: str | None = None
+    epochs: int = 0
+    best: dict[str, float] | None = None
+    checkpoint: str | None = None  # the best epoch's checkpoint folder
+    status: str = "RUNNING"
+    error: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def better(new: float, old: float | None, mode: str) -> bool:
+    if old is None or math.isnan(old):
+        return not math.isnan(new)
+    return new < old if mode == "min" else new > old
+
+
+def update(record: TrialRecord, result: dict[str, Any], metric: str, mode: str) -> bool:
+    """Fold one epoch's result into the record; True when it is the trial's best so far."""
+    row = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    record.history.append(row)
+    record.epochs = int(row.get("epoch", record.epochs + 1))
+    if metric in row and better(row[metric], record.best[metric] if record.best else None, mode):
+        record.best = row
+        record.checkpoint = result.get("checkpoint_path") or record.checkpoint
+        return True
+    return False
+
+
+def best_trial(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    done = [r for r in records if r.best is not None and r.checkpoint and r.status != "ERROR"]
+    if not done:
+        return None
+    return (min if mode == "min" else max)(done, key=lambda r: r.best[metric])  # type: ignore[index]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if (abs(v) < 1e-2 and v != 0) or abs(v) >= 1e4 else f"{v:.4f}"
+    return str(v)
+
+
+def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str) -> str:
+    done = sum(r.status in ("TERMINATED", "ERROR") for r in records)
+    running = sum(r.status == "RUNNING" for r in records)
+    best = best_trial(records, metric, mode)
+    head = f"[sweep] trials done {done}/{total}, running {running}"
+    if best is None or best.best is None:
+        return head
+    values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())
+    return (f"{head} | best {metric}={best.best[metric]:.4f} "
+            f"(val_accuracy={best.best.get('val_accuracy', float('nan')):.4f}; {values})")
+
+
+def status_of(r: TrialRecord, planned_epochs: int) -> str:
+    if r.status == "TERMINATED" and r.epochs < planned_epochs:
+        return "stopped early"
+    return {"TERMINATED": "finished", "ERROR": "failed"}.get(r.status, r.status.lower())
+
+
+def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
+          planned_epochs: int) -> str:
+    """The final trial table: searched values, epochs run, val loss and accuracy."""
+    header = ["trial", *keys, "epochs", "val_loss", "val_accuracy", "status"]
+    rows = []
+    for r in sorted(records, key=lambda r: (r.best or {}).get("val_loss", math.inf)):
+        best = r.best or {}
+        mark = " *" if r.trial_id == champion_id else ""
+        rows.append([r.trial_id + mark, *(_fmt(r.values.get(k, "")) for k in keys), str(r.epochs),
+                     _fmt(best.get("val_loss", float("nan"))),
+                     _fmt(best.get("val_accuracy", float("nan"))),
+                     status_of(r, planned_epochs)])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

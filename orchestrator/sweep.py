@@ -1,0 +1,264 @@
+"""Ray Tune edge: search the regularization axis, one TorchTrainer (DDP) per trial, the
+driver as MLflow's only writer, then the champion: refit, test once, register, alias."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator import config as config_mod
+from orchestrator import data, loop, model, progress
+from orchestrator.config import Config, ConfigError
+from orchestrator.progress import TrialRecord
+
+
+@dataclass
+class SweepSummary:
+    experiment_id: str
+    parent_run_id: str
+    records: list[TrialRecord]
+    champion: TrialRecord
+    champion_values: dict[str, Any]
+    test_metrics: dict[str, float]
+    model_version: str
+    tracking_uri: str
+    register_as: str
+
+
+# ---------------------------------------------------------------- decisions (pure, no Ray)
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, spec in cfg.sweep.space.items():
+        kind = spec["type"]
+        if kind == "uniform":
+            out[key] = tune.uniform(spec["low"], spec["high"])
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(spec["low"], spec["high"])
+        elif kind == "randint":
+            out[key] = tune.randint(spec["low"], spec["high"])
+        elif kind == "choice":
+            out[key] = tune.choice(spec["values"])
+        else:
+            out[key] = tune.grid_search(spec["values"])
+    return out
+
+
+def trial_concurrency(cfg: Config, cluster: dict[str, float]) -> int:
+    """How many trials fit at once; ConfigError naming what is missing when not even one does."""
+    s = cfg.scaling
+    need_cpu = s.num_workers * s.cpus_per_worker
+    fits = math.floor(cluster.get("CPU", 0) / need_cpu + 1e-9)
+    if s.use_gpu:
+        fits = min(fits, math.floor(cluster.get("GPU", 0) / s.num_workers + 1e-9))
+    if fits < 1:
+        have = f"{cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU"
+        want = f"{need_cpu:g} CPU" + (f", {s.num_workers} GPU" if s.use_gpu else "")
+        raise ConfigError("scaling.num_workers", f"one trial needs {want}; the cluster has {have}",
+                          "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes")
+    if cfg.sweep.max_concurrent is not None:
+        fits = min(fits, cfg.sweep.max_concurrent)
+    return max(1, fits)
+
+
+# ---------------------------------------------------------------- the Ray / MLflow edge
+
+
+def init_ray(verbose: bool = False) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local one
+        # starts with its dashboard, which Train needs to free an early-stopped trial's workers.
+        ray.init(log_to_driver=verbose, configure_logging=True,
+                 logging_level="ERROR" if not verbose else "INFO")
+
+
+def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) -> SweepSummary:
+    """The whole sweep. Config and data are checked before Ray or MLflow start."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path)))
+    splits = data.load_splits(cfg.data)  # raises ConfigError on bad data: nothing written yet
+    import ray
+    from ray import tune
+
+    from orchestrator import ray_train, tracking
+
+    scheduler: Any = None
+    if cfg.sweep.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
+            reduction_factor=cfg.sweep.reduction_factor)
+    space = search_space(cfg)
+    init_ray(verbose)
+    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    client, exp_id = tracking.connect(cfg)
+    uri = tracking.resolve_uri(cfg)
+    parent_id = tracking.start_sweep_run(client, exp_id, cfg, splits.fingerprint, splits.sizes())
+    storage = str(Path(cfg.sweep.storage_path).absolute())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out(f"[sweep] {cfg.experiment}: {cfg.sweep.num_samples} trials x {cfg.scaling.num_workers} "
+        f"DDP worker(s), {concurrency} at a time; data {splits.sizes()}; MLflow {uri}")
+
+    def trial_fn(values: dict[str, Any]) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        trial_cfg = config_mod.with_values(cfg, values)
+        trial_id = tune.get_context().get_trial_id()
+        trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",
+                                         storage, callbacks=[TuneReportCallback()])
+        trainer.fit()
+
+    callback = _SweepCallback(cfg, client, exp_id, parent_id, splits.fingerprint, out)
+    tuner = tune.Tuner(
+        # The trial itself only waits on its TorchTrainer; the workers hold the CPUs/GPUs.
+        # (Tune refuses an empty request, so the trial asks for a token 1 MiB of memory.)
+        tune.with_resources(trial_fn, {"cpu": 0, "memory": 2**20}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.sweep.metric, mode=cfg.sweep.mode, num_samples=cfg.sweep.num_samples,
+            scheduler=scheduler, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=f"{cfg.experiment}-{stamp}", storage_path=storage,
+                                  callbacks=[callback], verbose=0),
+    )
+    try:
+        tuner.fit()
+        best = progress.best_trial(callback.records, cfg.sweep.metric, cfg.sweep.mode)
+        if best is None:
+            raise RuntimeError("no trial finished an epoch; see the errors above")
+        champion_cfg = config_mod.with_values(cfg, best.values)
+        weights = _champion_weights(champion_cfg, best, storage, stamp, out)
+        net = model.build(champion_cfg.model, splits.x_train, splits.num_classes)
+        net.load_state_dict(weights)
+        test_metrics = evaluate_test(net, splits)
+        version = tracking.register_champion(
+            champion_cfg, parent_id, model.WithProbabilities(net), splits.x_test[:5],
+            splits.classes, test_metrics, best.run_id or "")
+    except BaseException:
+        tracking.end_run(client, parent_id, "FAILED", {})
+        raise
+    tracking.end_run(client, parent_id, "FINISHED", {
+        "orchestrator.champion_trial": best.trial_id,
+        **{f"orchestrator.champion.{k}": str(v) for k, v in best.values.items()}})
+    return SweepSummary(exp_id, parent_id, callback.records, best, best.values, test_metrics,
+                        version, uri, cfg.tracking.register_as)
+
+
+def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
+                      out: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Refit on train + validation for the best epoch count (as scikit-learn's refit does),
+    so the champion learns from every row but the test split; or take the trial's weights."""
+    assert best.best is not None and best.checkpoint is not None
+    if not cfg.sweep.refit:
+        return loop.load_checkpoint(best.checkpoint)["model"]
+    from orchestrator import ray_train
+
+    epochs = int(best.best["epoch"])
+    refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    out(f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs")
+    result = ray_train.make_trainer(refit_cfg, f"{cfg.experiment}-{stamp}-refit", storage,
+                                    refit=True).fit()
+    assert result.checkpoint is not None
+    with result.checkpoint.as_directory() as d:
+        return loop.load_checkpoint(d)["model"]
+
+
+@torch.no_grad()
+def evaluate_test(net: torch.nn.Module, splits: data.Splits) -> dict[str, float]:
+    """The one and only look at the test split."""
+    from orchestrator import metrics
+
+    net.eval()
+    logits = net(torch.from_numpy(splits.x_test))
+    y = torch.from_numpy(splits.y_test)
+    cm = metrics.confusion(loop.predict(logits), y, splits.num_classes)
+    loss = loop.make_loss(splits.num_classes)(logits, y).item()
+    return {"test_loss": loss, "test_accuracy": metrics.accuracy(cm), "test_f1": metrics.macro_f1(cm)}
+
+
+def _callback_base() -> type:
+    from ray.tune import Callback
+
+    return Callback
+
+
+class _SweepCallback(_callback_base()):  # type: ignore[misc]
+    """Runs in the driver: keeps the ledger, writes MLflow, prints progress."""
+
+    def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str, fingerprint: str,
+                 out: Callable[[str], None]):
+        self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
+        self.fingerprint, self.out = fingerprint, out
+        self.by_id: dict[str, TrialRecord] = {}
+        self.total = cfg.sweep.num_samples * _grid_size(cfg)
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        return list(self.by_id.values())
+
+    def _record(self, trial: Any) -> TrialRecord:
+        from orchestrator import tracking
+
+        rec = self.by_id.get(trial.trial_id)
+        if rec is None:
+            values = {k: v for k, v in trial.config.items() if k in self.cfg.sweep.space}
+            rec = TrialRecord(trial.trial_id, values)
+            trial_cfg = config_mod.with_values(self.cfg, values)
+            rec.run_id = tracking.start_trial_run(self.client, self.exp_id, self.parent_id,
+                                                  trial.trial_id, trial_cfg, self.fingerprint)
+            self.by_id[trial.trial_id] = rec
+        return rec
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        from orchestrator import tracking
+
+        rec = self._record(trial)
+        progress.update(rec, result, self.cfg.sweep.metric, self.cfg.sweep.mode)
+        assert rec.run_id is not None
+        tracking.log_epoch(self.client, rec.run_id, result)
+
+    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+        from orchestrator import tracking
+
+        rec = self._record(trial)
+        rec.status, rec.error = status, error
+        assert rec.run_id is not None
+        tags = {"orchestrator.epochs_run": str(rec.epochs),
+                "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}
+        if error:
+            tags["orchestrator.error"] = error[-5000:]
+        tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
+        self.out(progress.progress_line(self.records, self.total, self.cfg.sweep.metric,
+                                        self.cfg.sweep.mode))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "ERROR", str(getattr(trial, "error_file", "") or "trial failed"))
+
+
+def _grid_size(cfg: Config) -> int:
+    sizes = [len(s["values"]) for s in cfg.sweep.space.values() if s["type"] == "grid"]
+    return int(np.prod(sizes)) if sizes else 1
+
+
+def ensure_env() -> None:
+    """Keep Ray's Tune output and its V2 deprecation chatter out of the progress lines."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
