@@ -79,6 +79,7 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> None:
     x_train, y_train = _tensors(splits.x_train, splits.y_train, seam.device)
     x_val, y_val = _tensors(splits.x_val, splits.y_val, seam.device)
     per_worker_batch = max(1, t.batch_size // seam.world_size)
+    best: float | None = None
 
     for epoch in range(t.epochs):
         ddp_net.train()
@@ -99,7 +100,12 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> None:
         train_m = summarize(seam, sums, cm, "train")
         val_m = evaluate(net, x_val, y_val, splits.num_classes, loss_fn, seam, "val")
         values = {"epoch": float(epoch + 1), **train_m, **val_m}
-        if seam.rank == 0:
+        # Checkpoint the epochs that beat the best so far, and the last one: the champion's
+        # weights and a place to resume, without writing every epoch.
+        score = values[cfg.sweep.metric]
+        improved = best is None or (score < best if cfg.sweep.mode == "min" else score > best)
+        best = score if improved else best
+        if seam.rank == 0 and (improved or epoch + 1 == t.epochs):
             with tempfile.TemporaryDirectory() as ckpt:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(),

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -45,6 +47,16 @@ def load(model_uri: str, tracking_uri: str | None = None) -> Served:
 def create_app(served: Served, max_batch: int = 1024) -> FastAPI:
     app = FastAPI(title="orchestrator model server", version="1")
     lock = threading.Lock()  # torch modules are not guaranteed thread-safe under concurrency
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the bad input back; NaN/Infinity there cannot be JSON-encoded and
+        # would turn a 422 into a 500. Answer with the field path and message only.
+        detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+                  for e in exc.errors()]
+        where = ".".join(detail[0]["loc"][1:]) if detail else "body"
+        return JSONResponse({"detail": f"{where}: {detail[0]['msg'] if detail else 'invalid'}",
+                             "errors": detail}, status_code=422)
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -98,7 +98,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     scheduler: Any = None
     if cfg.sweep.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.sweep.grace_period,
+            time_attr="epoch", max_t=cfg.train.epochs, grace_period=min(cfg.sweep.grace_period, cfg.train.epochs),
             reduction_factor=cfg.sweep.reduction_factor)
     space = search_space(cfg)
     init_ray(verbose)
@@ -114,6 +114,10 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     def trial_fn(values: dict[str, Any]) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        # Train V2 workers block on each report until the controller polls (every 2 s by
+        # default): with epochs of a fraction of a second that poll would set the pace.
+        # The trainer passes this variable on to its controller.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         trial_cfg = config_mod.with_values(cfg, values)
         trial_id = tune.get_context().get_trial_id()
         trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",

@@ -1,0 +1,52 @@
+"""The CLI's door: config and data errors exit 2 before Ray or MLflow start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "jobs/configs/quickstart.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["train.lrr=0.1"], "train.lrr"),
+        (["train.epochs=ten"], "train.epochs"),
+        (["train.lr=-1"], "train.lr"),
+        (["model.dropout=1.2"], "model.dropout"),
+        (["data.path=/nonexistent/x.parquet"], "data.path"),
+        (["data.label=digit"], "data.label"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key_and_writes_nothing(
+        overrides: list[str], key: str, digits_path: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    args = ["sweep", QUICKSTART, f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
+            f"sweep.storage_path={tmp_path / 'results'}", *overrides]
+    assert cli.main(args) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"'{key}'" in err and "fix:" in err
+    assert not db.exists() and not (tmp_path / "results").exists()
+
+
+def test_every_subcommand_has_help() -> None:
+    for sub in (["sweep"], ["serve"], ["data", "export"]):
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *sub, "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "usage:" in out
+
+
+def test_jobs_entry_point_reports_config_errors_with_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "jobs.sweep", QUICKSTART,
+                           f"data.path={tmp_path}/missing.parquet"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "'data.path'" in proc.stderr

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import data
+from orchestrator.config import ConfigError, DataConfig
+
+
+def test_digits_export_is_the_real_data_set(digits_path: Path) -> None:
+    ds = data.read(DataConfig(path=str(digits_path)))
+    assert ds.features.shape == (1797, 64) and ds.features.dtype == np.float32
+    assert ds.classes == list(range(10))
+    assert np.bincount(ds.labels).min() >= 170
+
+
+def test_split_is_stratified_reproducible_and_disjoint(digits_path: Path) -> None:
+    cfg = DataConfig(path=str(digits_path), test_fraction=0.2, val_fraction=0.15, seed=3)
+    a, b = data.load_splits(cfg), data.load_splits(cfg)
+    assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_train, b.y_train)
+    assert a.sizes() == {"train": 1221, "val": 216, "test": 360}
+    # stratified: each class's share of the test split is within one row of its overall share
+    overall = np.bincount(np.concatenate([a.y_train, a.y_val, a.y_test])) / 1797
+    assert np.all(np.abs(np.bincount(a.y_test) - overall * 360) <= 1.0)
+    rows = {r.tobytes() for r in a.x_test}
+    assert sum(r.tobytes() in rows for r in a.x_train) <= 5  # digits has a few duplicate images
+    capped = data.load_splits(DataConfig(path=str(digits_path), max_train_rows=100))
+    assert len(capped.y_train) == 100 and len(capped.y_test) == 360
+
+
+def _write(tmp_path: Path, **cols) -> str:
+    p = tmp_path / "t.parquet"
+    pq.write_table(pa.table(cols), p)
+    return str(p)
+
+
+def test_missing_file_names_data_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        data.read(DataConfig(path=str(tmp_path / "nope.parquet")))
+    assert e.value.key == "data.path" and "does not exist" in e.value.problem
+
+
+def test_absent_label_column_names_data_label(tmp_path: Path) -> None:
+    path = _write(tmp_path, a=[1.0, 2.0, 3.0], target=[0, 1, 0])
+    with pytest.raises(ConfigError) as e:
+        data.read(DataConfig(path=path, label="label"))
+    assert e.value.key == "data.label" and "target" in e.value.fix
+
+
+def test_nan_rows_are_counted_by_column(tmp_path: Path) -> None:
+    n = 12
+    path = _write(tmp_path, good=[1.0] * n, bad=[np.nan, 1.0, np.inf] + [0.0] * (n - 3),
+                  label=[0, 1] * (n // 2))
+    with pytest.raises(ConfigError) as e:
+        data.read(DataConfig(path=path))
+    assert "'bad'" in e.value.problem and "2 rows" in e.value.problem
+
+
+def test_text_feature_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, name=["a"] * 6, label=[0, 1] * 3)
+    with pytest.raises(ConfigError) as e:
+        data.read(DataConfig(path=path))
+    assert "'name'" in e.value.problem and "not numeric" in e.value.problem
+
+
+def test_too_few_rows_per_class_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, x=[1.0, 2.0, 3.0, 4.0], label=[0, 0, 0, 1])
+    with pytest.raises(ConfigError) as e:
+        data.read(DataConfig(path=path))
+    assert e.value.key == "data.label" and "only 1 rows" in e.value.problem

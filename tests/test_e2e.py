@@ -1,0 +1,138 @@
+"""End to end through the real CLI: a real local Ray (TorchTrainer DDP trials under Tune with
+ASHA), a real MLflow SQLite store in a temporary folder, the real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import ROOT, free_port
+from orchestrator import config, data
+
+pytestmark = pytest.mark.slow
+
+NAME = "e2e-digits"
+TRIALS, EPOCHS = 4, 6
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, digits_path: Path) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # never join a cluster another test started
+    args = [sys.executable, "-m", "orchestrator.cli", "sweep",
+            str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
+            f"tracking.uri={uri}", f"sweep.storage_path={tmp}/results", "experiment=e2e",
+            f"tracking.register_as={NAME}", f"sweep.num_samples={TRIALS}",
+            f"train.epochs={EPOCHS}", "sweep.grace_period=2"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, env=env, timeout=900)
+    print(proc.stdout[-5000:], proc.stderr[-5000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = config.load(ROOT / "jobs/configs/quickstart.yaml", [f"data.path={digits_path}"])
+    return {"uri": uri, "out": proc.stdout, "splits": data.load_splits(cfg.data), "tmp": tmp}
+
+
+def _client(uri: str):  # noqa: ANN202
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def test_terminal_shows_progress_table_accuracy_and_next_commands(sweep: dict) -> None:
+    out = sweep["out"]
+    assert f"trials done {TRIALS}/{TRIALS}" in out and "best val_loss=" in out
+    header = next(line for line in out.splitlines() if line.startswith("trial "))
+    for col in ("train.weight_decay", "model.dropout", "epochs", "val_loss", "val_accuracy"):
+        assert col in header
+    assert "test accuracy 0." in out
+    assert f"mlflow ui --backend-store-uri {sweep['uri']}" in out
+    assert f"orchestrator serve --model models:/{NAME}@champion" in out
+
+
+def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> None:
+    client = _client(sweep["uri"])
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("orchestrator.role") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("orchestrator.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == TRIALS and len(runs) == TRIALS + 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for tag in ("orchestrator.git_commit", "orchestrator.config_hash",
+                "orchestrator.dataset_fingerprint", "orchestrator.versions"):
+        assert parent.data.tags[tag]
+    seen = set()
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert t.info.status == "FINISHED"
+        p = t.data.params
+        assert p["model.hidden"] == "[1024]" and p["scaling.num_workers"] == "2"
+        seen.add((p["train.weight_decay"], p["model.dropout"]))
+        epochs = int(t.data.tags["orchestrator.epochs_run"])
+        assert 1 <= epochs <= EPOCHS
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1"):
+            steps = [m.step for m in client.get_metric_history(t.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), key  # once per epoch, no dupes
+    assert len(seen) == TRIALS  # each trial its own sampled L2 / dropout
+
+
+def test_champion_alias_loads_with_pyfunc_and_scores_the_reported_accuracy(sweep: dict) -> None:
+    import mlflow
+
+    client = _client(sweep["uri"])
+    version = client.get_model_version_by_alias(NAME, "champion")
+    parent = client.get_run(version.run_id)
+    assert parent.data.tags["orchestrator.role"] == "sweep"
+    reported = parent.data.metrics["test_accuracy"]
+    splits = sweep["splits"]
+    probs = np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(splits.x_test))
+    assert probs.shape == (len(splits.y_test), 10)
+    acc = float((probs.argmax(1) == splits.y_test).mean())
+    assert acc == pytest.approx(reported, abs=1e-9)
+    assert f"test accuracy {reported:.4f}" in sweep["out"]
+    assert acc > 0.9  # a short 6-epoch sweep; the full demo's figure is in the README
+
+
+def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--model",
+         f"models:/{NAME}@champion", "--port", str(port)],
+        env=env, cwd=sweep["tmp"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=1).json() == {"status": "ok"}:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.5)
+        splits = sweep["splits"]
+        rows = splits.x_test[:20].tolist()
+        r = requests.post(f"{base}/predict", json={"features": rows}, timeout=10)
+        assert r.status_code == 200
+        body = r.json()
+        assert len(body["predictions"]) == 20 and len(body["probabilities"][0]) == 10
+        assert np.mean(np.array(body["predictions"]) == splits.y_test[:20]) >= 0.85
+        bad = requests.post(f"{base}/predict", json={"features": [[1.0, 2.0]]}, timeout=10)
+        assert bad.status_code == 422 and "64" in bad.text
+        assert requests.get(f"{base}/health", timeout=5).status_code == 200  # still up
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
