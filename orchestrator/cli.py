@@ -39,7 +39,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator import serve
 
-    cfg = config_mod.load(args.config, args.overrides)
+    cfg = config_mod.load(args.config, args.overrides, only="serve")
     host = args.host or cfg.serve.host
     port = args.port if args.port is not None else cfg.serve.port
     serve.run(args.model, host, port, tracking_uri=args.tracking_uri, max_batch=cfg.serve.max_batch)

@@ -13,6 +13,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,12 @@ SPACE_TYPES = {
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
-    """Read a YAML file (or nothing), apply ``key=value`` overrides, validate."""
+def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
+         only: str | None = None) -> Config:
+    """Read a YAML file (or nothing), apply ``key=value`` overrides, validate.
+
+    ``only="serve"`` checks types everywhere but the value rules of that section alone
+    (serving needs no data path)."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -167,6 +172,10 @@ def load(path: str | os.PathLike[str] | None, overrides: list[str] = ()) -> Conf
         raw = loaded or {}
     for item in overrides:
         apply_override(raw, item)
+    if only == "serve":
+        cfg = _build(Config, raw, "")
+        validate_serve(cfg)
+        return cfg
     return from_dict(raw)
 
 
@@ -321,13 +330,20 @@ def validate(cfg: Config) -> None:
     _check(sw.reduction_factor >= 2, "sweep.reduction_factor",
            f"must be at least 2, got {sw.reduction_factor}", "use e.g. 3")
     _check(sw.max_concurrent is None or sw.max_concurrent >= 1, "sweep.max_concurrent",
-           f"must be at least 1, got {sw.max_concurrent}", "remove it to derive it from the cluster")
+           f"must be at least 1, got {sw.max_concurrent}",
+           "remove it to derive it from the cluster")
     _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",
            "name the registered model, e.g. digits-mlp")
-    _check(1 <= cfg.serve.max_batch, "serve.max_batch",
-           f"must be at least 1, got {cfg.serve.max_batch}", "use e.g. 1024")
+    validate_serve(cfg)
     for dotted, spec in sw.space.items():
         _validate_dimension(cfg, dotted, spec)
+
+
+def validate_serve(cfg: Config) -> None:
+    v = cfg.serve
+    _check(1 <= v.max_batch, "serve.max_batch", f"must be at least 1, got {v.max_batch}",
+           "use e.g. 1024")
+    _check(0 < v.port < 65536, "serve.port", f"must be a TCP port, got {v.port}", "use e.g. 8000")
 
 
 METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")
@@ -376,7 +392,8 @@ def _check_candidate(cfg: Config, dotted: str, value: Any, key: str) -> None:
     try:
         with_values(cfg, {dotted: value})
     except ConfigError as e:
-        raise ConfigError(key, f"the value {value!r} would be invalid: {e.problem}", e.fix) from None
+        raise ConfigError(key, f"the value {value!r} would be invalid: {e.problem}",
+                          e.fix) from None
 
 
 # ---------------------------------------------------------------- helpers
@@ -385,7 +402,8 @@ def _check_candidate(cfg: Config, dotted: str, value: Any, key: str) -> None:
 def get(cfg: Config, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+        names = {f.name for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else ()
+        if part not in names:
             raise KeyError(dotted)
         node = getattr(node, part)
     return node

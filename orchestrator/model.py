@@ -23,6 +23,9 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.as_tensor(np.where(std > 1e-6, std, 1.0),
                                                     dtype=torch.float32))
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 

@@ -40,7 +40,8 @@ def load(model_uri: str, tracking_uri: str | None = None) -> Served:
         mlflow.set_tracking_uri(tracking_uri)
     info = mlflow.models.get_model_info(model_uri)
     meta = info.metadata or {}
-    net = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
+    # Logged with torch.export (pt2): a graph module already in eval mode, no code unpickled.
+    net = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     return Served(net, list(meta["classes"]), int(meta["num_features"]), model_uri)
 
 

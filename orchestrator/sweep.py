@@ -4,6 +4,7 @@ driver as MLflow's only writer, then the champion: refit, test once, register, a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -83,12 +84,13 @@ def init_ray(verbose: bool = False) -> None:
         # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local one
         # starts with its dashboard, which Train needs to free an early-stopped trial's workers.
         ray.init(log_to_driver=verbose, configure_logging=True,
-                 logging_level="ERROR" if not verbose else "INFO")
+                 logging_level=logging.INFO if verbose else logging.ERROR)
 
 
 def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path)))
+    local_data = dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path))
+    cfg = dataclasses.replace(cfg, data=local_data)
     splits = data.load_splits(cfg.data)  # raises ConfigError on bad data: nothing written yet
     import ray
     from ray import tune
@@ -98,7 +100,8 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     scheduler: Any = None
     if cfg.sweep.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=cfg.train.epochs, grace_period=min(cfg.sweep.grace_period, cfg.train.epochs),
+            time_attr="epoch", max_t=cfg.train.epochs,
+            grace_period=min(cfg.sweep.grace_period, cfg.train.epochs),
             reduction_factor=cfg.sweep.reduction_factor)
     space = search_space(cfg)
     init_ray(verbose)
@@ -188,7 +191,8 @@ def evaluate_test(net: torch.nn.Module, splits: data.Splits) -> dict[str, float]
     y = torch.from_numpy(splits.y_test)
     cm = metrics.confusion(loop.predict(logits), y, splits.num_classes)
     loss = loop.make_loss(splits.num_classes)(logits, y).item()
-    return {"test_loss": loss, "test_accuracy": metrics.accuracy(cm), "test_f1": metrics.macro_f1(cm)}
+    return {"test_loss": loss, "test_accuracy": metrics.accuracy(cm),
+            "test_f1": metrics.macro_f1(cm)}
 
 
 def _callback_base() -> type:
@@ -225,7 +229,10 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         return rec
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._record(trial)
+        rec = self._record(trial)
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in rec.values.items())
+        self.out(f"[sweep] trial {rec.trial_id} started ({values})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:

@@ -114,8 +114,6 @@ def register_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_examp
     """
     from mlflow.models import infer_signature
 
-    import orchestrator
-
     net = net.cpu().eval()
     with torch.no_grad():
         example_out = net(torch.from_numpy(x_example)).numpy()
@@ -124,8 +122,9 @@ def register_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_examp
     with mlflow.start_run(run_id=parent_id):
         info = mlflow.pytorch.log_model(
             net, name="model", signature=signature, input_example=x_example[:2],
-            # The served module's classes (Standardize, WithProbabilities) travel with it.
-            code_paths=[str(Path(orchestrator.__file__).parent)],
+            # torch.export's pt2 format: the graph and weights, no pickled Python classes,
+            # so the model loads where this package is not installed.
+            serialization_format="pt2",
             metadata={"classes": classes, "num_features": int(x_example.shape[1])},
             # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",

@@ -50,3 +50,12 @@ def test_jobs_entry_point_reports_config_errors_with_exit_2(tmp_path: Path) -> N
                            f"data.path={tmp_path}/missing.parquet"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "'data.path'" in proc.stderr
+
+
+def test_serve_config_needs_no_data_section_but_checks_its_own() -> None:
+    from orchestrator import config
+
+    assert config.load(None, ["serve.port=9000"], only="serve").serve.port == 9000
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, ["serve.max_batch=0"], only="serve")
+    assert e.value.key == "serve.max_batch"

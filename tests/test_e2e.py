@@ -130,6 +130,8 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
         body = r.json()
         assert len(body["predictions"]) == 20 and len(body["probabilities"][0]) == 10
         assert np.mean(np.array(body["predictions"]) == splits.y_test[:20]) >= 0.85
+        one = requests.post(f"{base}/predict", json={"features": rows[:1]}, timeout=10).json()
+        assert one["predictions"] == body["predictions"][:1]
         bad = requests.post(f"{base}/predict", json={"features": [[1.0, 2.0]]}, timeout=10)
         assert bad.status_code == 422 and "64" in bad.text
         assert requests.get(f"{base}/health", timeout=5).status_code == 200  # still up

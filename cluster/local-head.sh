@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A one-node Ray cluster on loopback with token auth, for `ray job submit` on a laptop.
+#   cluster/local-head.sh up      # starts the head, prints the job-submit command
+#   cluster/local-head.sh down    # stops only the head this script started (by pid)
+# Multi-node local clusters, cloud and KubeRay configs are issue 8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=.ray-local
+PIDFILE=$STATE/head.pid
+DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+export RAY_AUTH_MODE=token
+export PATH="$PWD/.venv/bin:$PATH"   # the job's `python` is this project's environment
+
+case "${1:-}" in
+  up)
+    mkdir -p "$STATE"
+    if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+      echo "already running (pid $(cat "$PIDFILE"))"; exit 0
+    fi
+    [ -f ~/.ray/auth_token ] || ray get-auth-token --generate >/dev/null
+    setsid ray start --head --block --node-ip-address=127.0.0.1 \
+      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+      --temp-dir=/tmp/ray-orchestrator --disable-usage-stats >"$STATE/head.log" 2>&1 &
+    echo $! >"$PIDFILE"
+    for _ in $(seq 60); do
+      curl -fs "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null 2>&1 && break
+      sleep 1
+    done
+    echo "Ray head on 127.0.0.1 (pid $(cat "$PIDFILE")), token auth on (~/.ray/auth_token)."
+    echo "  RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:$DASHBOARD_PORT \\"
+    echo "    --working-dir . -- python -m jobs.sweep jobs/configs/quickstart.yaml \\"
+    echo "    data.path=$PWD/data/digits.parquet tracking.uri=sqlite:///$PWD/mlflow.db"
+    ;;
+  down)
+    [ -f "$PIDFILE" ] || { echo "not running"; exit 0; }
+    pid=$(cat "$PIDFILE")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    rm -f "$PIDFILE"; echo "stopped"
+    ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
