@@ -48,16 +48,30 @@ class DataConfig:
     """Cap the training rows, to study the small-data (overfitting) regime."""
     seed: int = 0
     """Seed of the split: the same seed gives the same rows in every worker and run."""
+    shape: list[int] | None = None
+    """Image shape of the features as [channels, height, width] (digits: [1, 8, 8]);
+    needed by ``model.kind: cnn`` and by shift augmentation. Unset: tabular."""
 
 
 @dataclass
 class ModelConfig:
     kind: str = "mlp"
-    """Model family; ``mlp`` for tabular features."""
+    """``mlp`` for tabular features, ``cnn`` for image-shaped ones (needs ``data.shape``)."""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
-    """Width of each hidden layer (capacity: the underfit <-> overfit knob)."""
+    """Width of each hidden layer (mlp) or channels of each conv block (cnn): capacity,
+    the underfit <-> overfit knob."""
     dropout: float = 0.1
-    """Dropout probability after each hidden layer, in [0, 1)."""
+    """Dropout probability after each block, in [0, 1)."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 0
+    """Epochs without improvement of ``sweep.metric`` before stopping; 0 turns it off."""
+    min_delta: float = 0.0
+    """An improvement smaller than this does not count."""
+    restore_best: bool = True
+    """End with the best epoch's weights rather than the last epoch's."""
 
 
 @dataclass
@@ -73,6 +87,23 @@ class TrainConfig:
     l1: float = 0.0
     """L1 penalty on weights (not biases), added to the loss."""
     seed: int = 0
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    augment: bool = False
+    """Data augmentation: Gaussian feature noise (tabular) or random shifts (data.shape set)."""
+    augment_noise: float = 0.1
+    """Noise standard deviation, as a fraction of each feature's standard deviation."""
+    augment_shift: int = 1
+    """Largest shift in pixels, each direction."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` or ``fp16`` (torch.autocast; fp16 with a GradScaler)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; DDP syncs gradients only on the last one."""
+    grad_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, more time."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every N epochs (and always the last one)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept: the best N by ``sweep.metric`` (the latest is always kept too)."""
 
 
 @dataclass
@@ -83,6 +114,8 @@ class ScalingConfig:
     """One GPU per worker and NCCL; gloo on CPU otherwise."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker; fractions let small trials share a core."""
+    max_failures: int = 0
+    """Restarts of a worker group after a worker dies; each resumes from the last checkpoint."""
 
 
 @dataclass
@@ -293,7 +326,13 @@ def validate(cfg: Config) -> None:
            f"must be in (0, 1), got {d.val_fraction}", "use e.g. 0.15")
     _check(d.max_train_rows is None or d.max_train_rows > 0, "data.max_train_rows",
            f"must be positive, got {d.max_train_rows}", "remove it or set e.g. 200")
-    _check(m.kind == "mlp", "model.kind", f"unknown kind {m.kind!r}", "use 'mlp'")
+    _check(m.kind in ("mlp", "cnn"), "model.kind", f"unknown kind {m.kind!r}",
+           "use 'mlp' (tabular) or 'cnn' (image-shaped, with data.shape)")
+    _check(m.kind != "cnn" or d.shape is not None, "data.shape", "is not set but model.kind is cnn",
+           "set data.shape: [channels, height, width], e.g. [1, 8, 8] for digits")
+    _check(d.shape is None or (len(d.shape) == 3 and all(v > 0 for v in d.shape)), "data.shape",
+           f"must be [channels, height, width] of positive sizes, got {d.shape}",
+           "use e.g. [1, 8, 8]")
     _check(all(h > 0 for h in m.hidden), "model.hidden",
            f"layer widths must be positive, got {m.hidden}", "use e.g. [256, 256]")
     _check(0 <= m.dropout < 1, "model.dropout",
@@ -308,6 +347,28 @@ def validate(cfg: Config) -> None:
     _check(t.weight_decay >= 0, "train.weight_decay",
            f"must be >= 0, got {t.weight_decay}", "use e.g. 0.0001 (0 turns L2 off)")
     _check(t.l1 >= 0, "train.l1", f"must be >= 0, got {t.l1}", "use e.g. 0.00001 (0 = off)")
+    es = t.early_stopping
+    _check(es.patience >= 0, "train.early_stopping.patience",
+           f"must be >= 0, got {es.patience}", "use e.g. 5 (0 turns early stopping off)")
+    _check(es.min_delta >= 0, "train.early_stopping.min_delta",
+           f"must be >= 0, got {es.min_delta}", "use e.g. 0.001")
+    _check(t.augment_noise >= 0, "train.augment_noise", f"must be >= 0, got {t.augment_noise}",
+           "use e.g. 0.1")
+    _check(t.augment_shift >= 0, "train.augment_shift", f"must be >= 0, got {t.augment_shift}",
+           "use e.g. 1")
+    _check(t.precision in ("fp32", "bf16", "fp16"), "train.precision",
+           f"unknown precision {t.precision!r}", "use fp32, bf16 or fp16")
+    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps",
+           f"must be at least 1, got {t.grad_accum_steps}", "use e.g. 4")
+    _check(t.batch_size >= s.num_workers * t.grad_accum_steps, "train.batch_size",
+           f"{t.batch_size} cannot be split into {s.num_workers} workers x "
+           f"{t.grad_accum_steps} micro-batches", "raise train.batch_size")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every",
+           f"must be at least 1, got {t.checkpoint_every}", "use e.g. 1")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints",
+           f"must be at least 1, got {t.keep_checkpoints}", "use e.g. 2")
+    _check(s.max_failures >= -1, "scaling.max_failures",
+           f"must be >= -1 (-1: retry forever), got {s.max_failures}", "use e.g. 2")
     _check(s.num_workers >= 1, "scaling.num_workers",
            f"must be at least 1, got {s.num_workers}", "use e.g. 2")
     _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker",

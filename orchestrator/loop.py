@@ -7,6 +7,9 @@ report). ``LocalSeam`` is the single-process one; ``orchestrator.ray_train`` has
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -42,16 +45,21 @@ class Seam(Protocol):
         """Hand one epoch's metrics (and rank 0's checkpoint folder) to the outside."""
         ...
 
+    def restore(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from (after a crash or restart), or None."""
+        ...
+
 
 @dataclass
 class LocalSeam:
-    """One process, no Ray: tests and debugging. Keeps what was reported."""
+    """One process, no Ray: tests, benchmarks and debugging. Keeps what was reported."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world_size: int = 1
     reports: list[dict[str, float]] = field(default_factory=list)
     on_checkpoint: Callable[[str], None] | None = None
+    resume_from: str | None = None
 
     def wrap(self, net: nn.Module) -> nn.Module:
         return net.to(self.device)
@@ -64,56 +72,127 @@ class LocalSeam:
         if checkpoint_dir and self.on_checkpoint:
             self.on_checkpoint(checkpoint_dir)
 
+    def restore(self) -> dict[str, Any] | None:
+        return load_checkpoint(self.resume_from) if self.resume_from else None
 
-def train(cfg: Config, splits: Splits, seam: Seam) -> None:
-    """Train ``cfg.train.epochs`` epochs; report train/val loss, accuracy and F1 each epoch."""
+
+@dataclass
+class EarlyStopper:
+    """Stop after ``patience`` epochs without an improvement of at least ``min_delta``."""
+
+    patience: int
+    min_delta: float
+    mode: str
+    best: float | None = None
+    bad_epochs: int = 0
+
+    def update(self, value: float) -> tuple[bool, bool]:
+        """Returns (improved, stop now)."""
+        gain = math.inf if self.best is None else (
+            self.best - value if self.mode == "min" else value - self.best)
+        improved = math.isfinite(value) and gain > self.min_delta
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return improved, self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def train(cfg: Config, splits: Splits, seam: Seam) -> str:
+    """Train up to ``cfg.train.epochs`` epochs; report train/val loss, accuracy and F1 every
+    epoch. Returns how it ended: ``completed``, ``early_stopped`` or ``diverged``."""
     t = cfg.train
     torch.manual_seed(t.seed)  # same initial weights on every rank
-    net = model.build(cfg.model, splits.x_train, splits.num_classes)
+    net = model.from_config(cfg, splits.x_train, splits.num_classes)
     ddp_net = seam.wrap(net)
-    net = net.to(seam.device)
     optimizer = make_optimizer(net, cfg)
     # Cosine decay to zero over the planned epochs: the last epochs settle instead of bouncing.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    scaler = torch.amp.GradScaler(seam.device.type, enabled=t.precision == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    es = t.early_stopping
+    stopper = EarlyStopper(es.patience, es.min_delta, cfg.sweep.mode)
+    best_weights: dict[str, torch.Tensor] | None = None
+    start = 0
+    state = seam.restore()
+    if state is not None:  # resume exactly where the checkpoint left off
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        stopper = EarlyStopper(**state["stopper"])
+        best_weights, start = state.get("best_model"), int(state["epoch"])
     loss_fn = make_loss(splits.num_classes)
     x_train, y_train = _tensors(splits.x_train, splits.y_train, seam.device)
     x_val, y_val = _tensors(splits.x_val, splits.y_val, seam.device)
-    per_worker_batch = max(1, t.batch_size // seam.world_size)
-    best: float | None = None
+    stem = net[0]
+    assert isinstance(stem, model.Standardize)
+    feature_std = stem.std  # noise is relative to each feature's spread
+    accum = t.grad_accum_steps
+    micro_batch = max(1, t.batch_size // (seam.world_size * accum))
+    outcome = "completed"
 
-    for epoch in range(t.epochs):
+    for epoch in range(start, t.epochs):
+        # Dropout and augmentation draw from an RNG that is a function of (seed, epoch, rank),
+        # so a resumed run replays exactly what an uninterrupted one would have drawn.
+        torch.manual_seed(t.seed * 1_000_003 + epoch * 1009 + seam.rank)
         ddp_net.train()
         sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
         cm = torch.zeros(splits.num_classes, splits.num_classes, dtype=torch.float64)
-        for idx in shard_batches(len(y_train), per_worker_batch, seam, t.seed, epoch):
-            xb, yb = x_train[idx], y_train[idx]
-            logits = ddp_net(xb)
-            loss = loss_fn(logits, yb)
-            # L1 is not an optimizer option: it joins the loss, over weights only.
-            penalty = t.l1 * sum(p.abs().sum() for p in weights(net)) if t.l1 > 0 else 0.0
+        batches = shard_batches(len(y_train), micro_batch, seam, t.seed, epoch)
+        for group in (batches[i:i + accum] for i in range(0, len(batches), accum)):
+            group_rows = sum(len(idx) for idx in group)
+            for k, idx in enumerate(group):
+                xb, yb = x_train[idx], y_train[idx]
+                if t.augment:
+                    xb = augment(xb, cfg, feature_std)
+                # Gradients are all-reduced only on the micro-batch that ends the group.
+                with _no_sync(ddp_net, sync=k + 1 == len(group)):
+                    with torch.autocast(seam.device.type, dtype=amp_dtype or torch.float32,
+                                        enabled=amp_dtype is not None):
+                        logits = ddp_net(xb)
+                    loss = loss_fn(logits.float(), yb)
+                    # L1 is not an optimizer option: it joins the loss, over weights only.
+                    penalty = (t.l1 * sum(p.abs().sum() for p in weights(net))
+                               if t.l1 > 0 else 0.0)
+                    # Weighted by rows, the group's gradient is the one of a single big batch.
+                    scaler.scale((loss + penalty) * (len(idx) / group_rows)).backward()
+                sums += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
+                cm += metrics.confusion(predict(logits.detach()), yb, splits.num_classes).cpu()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            (loss + penalty).backward()
-            optimizer.step()
-            sums += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
-            cm += metrics.confusion(predict(logits.detach()), yb, splits.num_classes).cpu()
         schedule.step()
         train_m = summarize(seam, sums, cm, "train")
         val_m = evaluate(net, x_val, y_val, splits.num_classes, loss_fn, seam, "val")
         values = {"epoch": float(epoch + 1), **train_m, **val_m}
-        # Checkpoint the epochs that beat the best so far, and the last one: the champion's
-        # weights and a place to resume, without writing every epoch.
-        score = values[cfg.sweep.metric]
-        improved = best is None or (score < best if cfg.sweep.mode == "min" else score > best)
-        best = score if improved else best
-        if seam.rank == 0 and (improved or epoch + 1 == t.epochs):
+        diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
+        improved, stop = stopper.update(values[cfg.sweep.metric])
+        if improved and es.restore_best and es.patience > 0:
+            best_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        if diverged:
+            outcome, values["diverged"] = "diverged", 1.0
+        elif stop:
+            outcome, values["early_stopped"] = "early_stopped", 1.0
+            if best_weights is not None:
+                net.load_state_dict(best_weights)  # end on the best epoch's weights
+        last = diverged or stop or epoch + 1 == t.epochs
+        # Every N epochs, every new best (the champion's weights), and the last one.
+        if seam.rank == 0 and (last or improved or (epoch + 1) % t.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as ckpt:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(),
+                            "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                            "stopper": dataclasses.asdict(stopper), "best_model": best_weights,
                             "epoch": epoch + 1, "metrics": values},
                            os.path.join(ckpt, CHECKPOINT_FILE))
                 seam.report(values, ckpt)
         else:
             seam.report(values, None)
+        if diverged or stop:
+            break
+    if seam.device.type == "cuda":
+        torch.cuda.empty_cache()  # hand memory back before the next trial on this GPU
+    return outcome
 
 
 # ---------------------------------------------------------------- the helpers it calls
@@ -143,6 +222,31 @@ def make_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.
         return lambda logits, y: F.binary_cross_entropy_with_logits(
             logits.squeeze(1), y.to(logits.dtype))
     return F.cross_entropy
+
+
+def augment(x: torch.Tensor, cfg: Config, feature_std: torch.Tensor) -> torch.Tensor:
+    """Random shifts of up to ``augment_shift`` pixels for image-shaped inputs (zero fill);
+    Gaussian noise of ``augment_noise`` feature standard deviations for tabular ones."""
+    t = cfg.train
+    if cfg.data.shape is None:
+        return x + t.augment_noise * feature_std * torch.randn_like(x)
+    s = t.augment_shift
+    if s == 0:
+        return x
+    c, h, w = cfg.data.shape
+    n = x.shape[0]
+    padded = F.pad(x.view(n, c, h, w), (s, s, s, s))
+    dy = torch.randint(0, 2 * s + 1, (n, 1), device=x.device) + torch.arange(h, device=x.device)
+    dx = torch.randint(0, 2 * s + 1, (n, 1), device=x.device) + torch.arange(w, device=x.device)
+    rows = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[rows, chans, dy[:, None, :, None], dx[:, None, None, :]].reshape(n, -1)
+
+
+def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    if not sync and isinstance(net, nn.parallel.DistributedDataParallel):
+        return net.no_sync()
+    return contextlib.nullcontext()
 
 
 def predict(logits: torch.Tensor) -> torch.Tensor:
@@ -191,6 +295,9 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    if device.type == "cuda":  # pinned host memory: the copy to the GPU runs asynchronously
+        return (torch.from_numpy(x).pin_memory().to(device, non_blocking=True),
+                torch.from_numpy(y).pin_memory().to(device, non_blocking=True))
     return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
 

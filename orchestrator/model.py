@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from orchestrator.config import ModelConfig
+from orchestrator.config import Config, ModelConfig
 
 
 class Standardize(nn.Module):
@@ -35,17 +36,65 @@ def num_outputs(num_classes: int) -> int:
     return 1 if num_classes == 2 else num_classes
 
 
-def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
-    """An MLP: Standardize, then [Linear, ReLU, Dropout] per hidden layer, then the head."""
-    layers: list[nn.Module] = [Standardize(x_train.mean(axis=0), x_train.std(axis=0))]
-    width = x_train.shape[1]
-    for h in cfg.hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        width = h
-    layers.append(nn.Linear(width, num_outputs(num_classes)))
-    return nn.Sequential(*layers)
+class CheckpointedBlock(nn.Sequential):
+    """A block under activation checkpointing: its activations are recomputed in the backward
+    pass instead of kept (less memory, about one more forward of time). Same parameter
+    names as a plain block, so checkpoints load either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            out: torch.Tensor = checkpoint(super().forward, x, use_reentrant=False)
+            return out
+        return super().forward(x)
+
+
+def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int,
+          shape: list[int] | None = None, grad_checkpointing: bool = False) -> nn.Sequential:
+    """Standardize, then the blocks (each optionally checkpointed), then the head.
+
+    mlp: a block is [Linear, ReLU, Dropout]. cnn: the flat features are viewed as
+    ``shape`` (C, H, W); a block is [Conv 3x3, ReLU, MaxPool 2 while the image is at least
+    4 wide, Dropout]; the head is Flatten + Linear.
+    """
+    def block(layers: list[nn.Module]) -> nn.Sequential:
+        return CheckpointedBlock(*layers) if grad_checkpointing else nn.Sequential(*layers)
+
+    if cfg.kind == "cnn":  # one scale for every pixel, so a shifted digit means the same
+        mean = np.full(x_train.shape[1], x_train.mean(), dtype=np.float32)
+        std = np.full(x_train.shape[1], x_train.std(), dtype=np.float32)
+    else:
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    stem: list[nn.Module] = [Standardize(mean, std)]
+    blocks: list[nn.Module] = []
+    if cfg.kind == "cnn":
+        assert shape is not None, "data.shape is validated for cnn"
+        channels, height, width = shape
+        stem.append(nn.Unflatten(1, (channels, height, width)))
+        for h in cfg.hidden:
+            layers: list[nn.Module] = [nn.Conv2d(channels, h, 3, padding=1), nn.ReLU()]
+            if min(height, width) >= 4:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            blocks.append(block(layers))
+            channels = h
+        head: list[nn.Module] = [nn.Flatten(), nn.Linear(channels * height * width,
+                                                         num_outputs(num_classes))]
+    else:
+        width = x_train.shape[1]
+        for h in cfg.hidden:
+            layers = [nn.Linear(width, h), nn.ReLU()]
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            blocks.append(block(layers))
+            width = h
+        head = [nn.Linear(width, num_outputs(num_classes))]
+    return nn.Sequential(*stem, *blocks, *head)
+
+
+def from_config(cfg: Config, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
+    return build(cfg.model, x_train, num_classes, cfg.data.shape, cfg.train.grad_checkpointing)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,13 @@ def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str
 
 
 def status_of(r: TrialRecord, planned_epochs: int) -> str:
+    last = r.history[-1] if r.history else {}
+    if last.get("diverged"):
+        return "diverged"
+    if last.get("early_stopped"):
+        return "early stopping"
     if r.status == "TERMINATED" and r.epochs < planned_epochs:
-        return "stopped early"
+        return "pruned"  # stopped by the scheduler (ASHA)
     return {"TERMINATED": "finished", "ERROR": "failed"}.get(r.status, r.status.lower())
 
 

@@ -38,6 +38,14 @@ class RaySeam:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(values, checkpoint=ckpt)
 
+    def restore(self) -> dict[str, Any] | None:
+        # After a worker died and Train restarted the group: the latest reported checkpoint.
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return loop.load_checkpoint(d)
+
 
 def worker_fn(payload: dict[str, Any]) -> None:
     """What every DDP worker runs: rebuild the config, read the data, run the one loop."""
@@ -64,9 +72,10 @@ def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any]
             name=name,
             storage_path=storage_path,
             callbacks=callbacks or [],
-            # Keep the best epoch (the champion's weights) and, always, the latest one.
+            failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            # Keep the best N epochs (the champion's weights) and, always, the latest one.
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1,
+                num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute=cfg.sweep.metric,
                 checkpoint_score_order=cfg.sweep.mode,
             ),

@@ -146,7 +146,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
             raise RuntimeError("no trial finished an epoch; see the errors above")
         champion_cfg = config_mod.with_values(cfg, best.values)
         weights = _champion_weights(champion_cfg, best, storage, stamp, out)
-        net = model.build(champion_cfg.model, splits.x_train, splits.num_classes)
+        net = model.from_config(champion_cfg, splits.x_train, splits.num_classes)
         net.load_state_dict(weights)
         test_metrics = evaluate_test(net, splits)
         version = tracking.register_champion(
@@ -239,6 +239,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         from orchestrator import tracking
 
         rec = self._record(trial)
+        if int(result.get("epoch", 0)) <= rec.epochs:
+            return  # an epoch replayed after a worker-group restart: logged once already
         progress.update(rec, result, self.cfg.sweep.metric, self.cfg.sweep.mode)
         assert rec.run_id is not None
         tracking.log_epoch(self.client, rec.run_id, result)

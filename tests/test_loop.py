@@ -33,16 +33,17 @@ def test_loop_learns_digits_and_reports_every_epoch(digits_path: Path) -> None:
 
 
 def test_checkpoint_holds_weights_that_reproduce_val_metrics(digits_path: Path) -> None:
-    cfg = _cfg(digits_path)
+    cfg = _cfg(digits_path, epochs=4, checkpoint_every=2)
     splits = data.load_splits(cfg.data)
     saved: list[dict] = []
     seam = loop.LocalSeam(on_checkpoint=lambda d: saved.append(loop.load_checkpoint(d)))
     loop.train(cfg, splits, seam)
-    # checkpoints: every epoch that beat the best val_loss so far, and the last one
+    # checkpoints: every 2nd epoch, every epoch that beat the best val_loss, and the last one
     losses = [r["val_loss"] for r in seam.reports]
     improving = [i + 1 for i, v in enumerate(losses) if v < min(losses[:i], default=float("inf"))]
-    assert [c["epoch"] for c in saved] == sorted(set(improving) | {3})
-    net = model.build(cfg.model, splits.x_train, splits.num_classes)
+    assert [c["epoch"] for c in saved] == sorted(set(improving) | {2, 4})
+    assert {"optimizer", "schedule", "scaler", "stopper"} <= set(saved[-1])
+    net = model.from_config(cfg, splits.x_train, splits.num_classes)
     net.load_state_dict(saved[-1]["model"])
     net.eval()
     with torch.no_grad():

@@ -30,5 +30,5 @@ def test_table_marks_champion_and_early_stops() -> None:
     text = progress.table(recs, ["train.weight_decay", "model.dropout"], "b", planned_epochs=2)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["trial", "train.weight_decay", "model.dropout"]
-    assert lines[2].startswith("b *") and "stopped early" in lines[2]
+    assert lines[2].startswith("b *") and "pruned" in lines[2]
     assert "finished" in lines[3]
