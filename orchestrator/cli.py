@@ -36,6 +36,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrator import data, progress, sweep
+
+    cfg = config_mod.load(args.config, args.overrides)
+    data.read(cfg.data)
+    sweep.ensure_env()
+    summary = sweep.train_run(cfg, verbose=args.verbose)
+    rec = summary.record
+    best = rec.best or {}
+    nan = float("nan")
+    print(f"\n{progress.status_of(rec, cfg.train.epochs)} after {rec.epochs} epochs; best "
+          f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
+          f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})")
+    print(f"  MLflow run {summary.run_id} in {summary.tracking_uri}")
+    print(f"  best checkpoint: {rec.checkpoint}")
+    return 0 if rec.status == "TERMINATED" else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator import serve
 
@@ -63,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
     s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     s.set_defaults(func=cmd_sweep)
+
+    t = sub.add_parser("train", help="one DDP training run of the config (no search)")
+    t.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=10")
+    t.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("serve", help="serve a registered model over HTTP (FastAPI)")
     v.add_argument("--model", required=True, help="e.g. models:/digits-mlp@champion")

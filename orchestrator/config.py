@@ -124,6 +124,8 @@ class SweepConfig:
     metric: str = "val_loss"
     mode: str = "min"
     searcher: str = "random"
+    seed: int = 0
+    """Seed of the searcher: the same seed samples the same configurations."""
     scheduler: str = "asha"
     grace_period: int = 5
     """ASHA: epochs every trial runs before it may be stopped (capped at train.epochs)."""

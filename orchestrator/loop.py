@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -136,6 +137,7 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> str:
         # Dropout and augmentation draw from an RNG that is a function of (seed, epoch, rank),
         # so a resumed run replays exactly what an uninterrupted one would have drawn.
         torch.manual_seed(t.seed * 1_000_003 + epoch * 1009 + seam.rank)
+        epoch_start = time.perf_counter()
         ddp_net.train()
         sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
         cm = torch.zeros(splits.num_classes, splits.num_classes, dtype=torch.float64)
@@ -165,7 +167,10 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> str:
         schedule.step()
         train_m = summarize(seam, sums, cm, "train")
         val_m = evaluate(net, x_val, y_val, splits.num_classes, loss_fn, seam, "val")
-        values = {"epoch": float(epoch + 1), **train_m, **val_m}
+        values = {"epoch": float(epoch + 1), **train_m, **val_m,
+                  # throughput of this worker's training + evaluation, and a wall clock for
+                  # the driver's view (benchmarks take steady-state rates from these)
+                  "epoch_seconds": time.perf_counter() - epoch_start, "wall_time": time.time()}
         diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
         improved, stop = stopper.update(values[cfg.sweep.metric])
         if improved and es.restore_best and es.patience > 0:

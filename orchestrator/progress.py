@@ -53,6 +53,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def epoch_line(result: dict[str, Any]) -> str:
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1")
+    flags = " ".join(k for k in ("early_stopped", "diverged") if result.get(k))
+    return (f"[train] epoch {int(result['epoch'])}: "
+            + " ".join(f"{k}={float(result[k]):.4f}" for k in keys if k in result)
+            + (f" ({flags})" if flags else ""))
+
+
 def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str) -> str:
     done = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     running = sum(r.status == "RUNNING" for r in records)

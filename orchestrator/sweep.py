@@ -95,7 +95,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     import ray
     from ray import tune
 
-    from orchestrator import ray_train, tracking
+    from orchestrator import tracking
 
     scheduler: Any = None
     if cfg.sweep.scheduler == "asha":
@@ -114,31 +114,9 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     out(f"[sweep] {cfg.experiment}: {cfg.sweep.num_samples} trials x {cfg.scaling.num_workers} "
         f"DDP worker(s), {concurrency} at a time; data {splits.sizes()}; MLflow {uri}")
 
-    def trial_fn(values: dict[str, Any]) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        # Train V2 workers block on each report until the controller polls (every 2 s by
-        # default): with epochs of a fraction of a second that poll would set the pace.
-        # The trainer passes this variable on to its controller.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-        trial_cfg = config_mod.with_values(cfg, values)
-        trial_id = tune.get_context().get_trial_id()
-        trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",
-                                         storage, callbacks=[TuneReportCallback()])
-        trainer.fit()
-
     callback = _SweepCallback(cfg, client, exp_id, parent_id, splits.fingerprint, out)
-    tuner = tune.Tuner(
-        # The trial itself only waits on its TorchTrainer; the workers hold the CPUs/GPUs.
-        # (Tune refuses an empty request, so the trial asks for a token 1 MiB of memory.)
-        tune.with_resources(trial_fn, {"cpu": 0, "memory": 2**20}),
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            metric=cfg.sweep.metric, mode=cfg.sweep.mode, num_samples=cfg.sweep.num_samples,
-            scheduler=scheduler, max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=f"{cfg.experiment}-{stamp}", storage_path=storage,
-                                  callbacks=[callback], verbose=0),
-    )
+    tuner = _tuner(cfg, space, cfg.sweep.num_samples, scheduler, concurrency, callback,
+                   storage, stamp)
     try:
         tuner.fit()
         best = progress.best_trial(callback.records, cfg.sweep.metric, cfg.sweep.mode)
@@ -160,6 +138,73 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
         **{f"orchestrator.champion.{k}": str(v) for k, v in best.values.items()}})
     return SweepSummary(exp_id, parent_id, callback.records, best, best.values, test_metrics,
                         version, uri, cfg.tracking.register_as)
+
+
+def _tuner(cfg: Config, space: dict[str, Any], num_samples: int, scheduler: Any,
+           concurrency: int, callback: Any, storage: str, stamp: str) -> Any:
+    from ray import tune
+
+    from orchestrator import ray_train
+
+    def trial_fn(values: dict[str, Any]) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        # Train V2 workers block on each report until the controller polls (every 2 s by
+        # default): with epochs of a fraction of a second that poll would set the pace.
+        # The trainer passes this variable on to its controller.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+        trial_cfg = config_mod.with_values(cfg, values)
+        trial_id = tune.get_context().get_trial_id()
+        trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",
+                                         storage, callbacks=[TuneReportCallback()])
+        trainer.fit()
+
+    return tune.Tuner(
+        # The trial itself only waits on its TorchTrainer; the workers hold the CPUs/GPUs.
+        # (Tune refuses an empty request, so the trial asks for a token 1 MiB of memory.)
+        tune.with_resources(trial_fn, {"cpu": 0, "memory": 2**20}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.sweep.metric, mode=cfg.sweep.mode, num_samples=num_samples,
+            # random search and grids both come from Tune's variant generator, seeded
+            search_alg=tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed),
+            scheduler=scheduler, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=f"{cfg.experiment}-{stamp}", storage_path=storage,
+                                  callbacks=[callback], verbose=0),
+    )
+
+
+@dataclass
+class TrainSummary:
+    run_id: str
+    record: TrialRecord
+    tracking_uri: str
+
+
+def train_run(cfg: Config, out: Callable[[str], None] = print,
+              verbose: bool = False) -> TrainSummary:
+    """One training run of the config as it stands (no search): a TorchTrainer of
+    ``scaling.num_workers`` DDP workers, restarted from its last checkpoint up to
+    ``scaling.max_failures`` times, logged as one MLflow run tagged ``role=train``."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, path=data.absolute(cfg.data.path)))
+    splits = data.load_splits(cfg.data)
+    import ray
+
+    from orchestrator import tracking
+
+    init_ray(verbose)
+    trial_concurrency(cfg, ray.cluster_resources())  # fails now if one run cannot fit
+    client, exp_id = tracking.connect(cfg)
+    storage = str(Path(cfg.sweep.storage_path).absolute())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
+        f"{cfg.train.epochs} epochs; data {splits.sizes()}")
+    callback = _SweepCallback(cfg, client, exp_id, None, splits.fingerprint, out)
+    _tuner(cfg, {}, 1, None, 1, callback, storage, stamp).fit()
+    rec = callback.records[0]
+    assert rec.run_id is not None
+    return TrainSummary(rec.run_id, rec, tracking.resolve_uri(cfg))
 
 
 def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
@@ -204,8 +249,8 @@ def _callback_base() -> type:
 class _SweepCallback(_callback_base()):  # type: ignore[misc]
     """Runs in the driver: keeps the ledger, writes MLflow, prints progress."""
 
-    def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str, fingerprint: str,
-                 out: Callable[[str], None]):
+    def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str | None,
+                 fingerprint: str, out: Callable[[str], None]):
         self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
         self.fingerprint, self.out = fingerprint, out
         self.by_id: dict[str, TrialRecord] = {}
@@ -225,14 +270,17 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             trial_cfg = config_mod.with_values(self.cfg, values)
             rec.run_id = tracking.start_trial_run(self.client, self.exp_id, self.parent_id,
                                                   trial.trial_id, trial_cfg, self.fingerprint)
+            if self.parent_id is None:
+                self.out(f"[train] MLflow run {rec.run_id}")
             self.by_id[trial.trial_id] = rec
         return rec
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._record(trial)
-        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in rec.values.items())
-        self.out(f"[sweep] trial {rec.trial_id} started ({values})")
+        if self.parent_id is not None:
+            values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in rec.values.items())
+            self.out(f"[sweep] trial {rec.trial_id} started ({values})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -244,6 +292,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         progress.update(rec, result, self.cfg.sweep.metric, self.cfg.sweep.mode)
         assert rec.run_id is not None
         tracking.log_epoch(self.client, rec.run_id, result)
+        if self.parent_id is None:
+            self.out(progress.epoch_line(result))
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         from orchestrator import tracking
@@ -256,8 +306,9 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if error:
             tags["orchestrator.error"] = error[-5000:]
         tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
-        self.out(progress.progress_line(self.records, self.total, self.cfg.sweep.metric,
-                                        self.cfg.sweep.mode))
+        if self.parent_id is not None:
+            self.out(progress.progress_line(self.records, self.total, self.cfg.sweep.metric,
+                                            self.cfg.sweep.mode))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "TERMINATED")

@@ -84,11 +84,15 @@ def start_sweep_run(client: MlflowClient, exp_id: str, cfg: Config, fingerprint:
     return run.info.run_id
 
 
-def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str,
+def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str | None, trial_id: str,
                     cfg: Config, fingerprint: str) -> str:
-    tags = {ROLE: "trial", "mlflow.parentRunId": parent_id, "orchestrator.trial_id": trial_id,
+    """A trial's run under the sweep's; without a parent, the run of `orchestrator train`."""
+    tags = {ROLE: "trial" if parent_id else "train", "orchestrator.trial_id": trial_id,
             **common_tags(cfg, fingerprint)}
-    run = client.create_run(exp_id, run_name=f"trial-{trial_id}", tags=tags)
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    name = f"trial-{trial_id}" if parent_id else f"train-{cfg.experiment}"
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     log_params(client, run.info.run_id, cfg)
     return run.info.run_id
 

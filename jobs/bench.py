@@ -1,0 +1,214 @@
+"""Benchmarks: `python -m jobs.bench NAME`. Each prints a readable table and, as its last
+line, one JSON object with the figures; ratios are measured against a baseline in the same run.
+
+    python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP
+    ray job submit --working-dir . -- python -m jobs.bench loop
+
+Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# One synthetic but learnable problem: 64 features, 10 classes from a random linear teacher.
+ROWS, FEATURES, CLASSES = 24_000, 64, 10
+HIDDEN, BATCH, EPOCHS = [512, 512], 256, 4
+
+
+def _dataset(folder: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(ROWS, FEATURES)).astype(np.float32)
+    y = (x @ rng.normal(size=(FEATURES, CLASSES))).argmax(axis=1)
+    path = folder / "bench.parquet"
+    pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(FEATURES)}, "label": y}), path)
+    return str(path)
+
+
+def _config(path: str, **over: Any) -> Any:
+    from orchestrator import config
+
+    raw: dict[str, Any] = {
+        "experiment": "bench", "data": {"path": path},
+        "model": {"hidden": HIDDEN, "dropout": 0.1},
+        "train": {"epochs": EPOCHS, "batch_size": BATCH},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+    }
+    for dotted, v in over.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return config.from_dict(raw)
+
+
+def _steady_rate(rows: int, seconds: list[float]) -> float:
+    """Training rows per second over the epochs after the first."""
+    steady = seconds[1:] or seconds
+    return rows / statistics.median(steady)
+
+
+def bare_loop(path: str) -> float:
+    """The textbook loop: same model, data, batch and optimizer, nothing else."""
+    import torch
+    from torch import nn
+
+    from orchestrator import data
+
+    torch.set_num_threads(1)
+    cfg = _config(path)
+    s = data.load_splits(cfg.data)
+    x, y = torch.from_numpy(s.x_train), torch.from_numpy(s.y_train)
+    xv, yv = torch.from_numpy(s.x_val), torch.from_numpy(s.y_val)
+    layers: list[nn.Module] = []
+    width = FEATURES
+    for h in HIDDEN:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(0.1)]
+        width = h
+    net = nn.Sequential(*layers, nn.Linear(width, CLASSES))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    times = []
+    for _ in range(EPOCHS):
+        start = time.perf_counter()
+        net.train()
+        for idx in torch.randperm(len(y)).split(BATCH):
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            nn.functional.cross_entropy(net(xv), yv)
+        times.append(time.perf_counter() - start)
+    return _steady_rate(len(y), times)
+
+
+def orchestrated(path: str, tmp: Path, workers: int) -> float:
+    """The real path: a Tune trial running a TorchTrainer, the driver logging to MLflow.
+    The rate is the driver's: wall clock between consecutive epoch reports."""
+    from orchestrator import data, sweep
+
+    cfg = _config(path, **{"scaling.num_workers": workers,
+                           "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+                           "sweep.storage_path": str(tmp / f"results-{workers}")})
+    rows = len(data.load_splits(cfg.data).y_train)
+    sweep.ensure_env()
+    summary = sweep.train_run(cfg, out=lambda _: None)
+    walls = [h["wall_time"] for h in summary.record.history]
+    return _steady_rate(rows, list(np.diff(walls)))
+
+
+def variant(path: str, precision: str, grad_checkpointing: bool) -> dict[str, float]:
+    """One in-process loop run (LocalSeam) in a fresh process, so peak memory is its own."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.bench", "_variant", path, precision,
+         str(grad_checkpointing)], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
+    import torch
+
+    from orchestrator import data, loop
+
+    torch.set_num_threads(1)
+    cuda = torch.cuda.is_available()
+    # A big batch through 4 blocks: activations (~0.5 GB), not weights (~64 MB with AdamW's
+    # state), dominate memory, which is what activation checkpointing trades for time.
+    cfg = _config(path, **{"train.precision": precision, "model.hidden": [1024] * 4,
+                           "train.batch_size": 8192, "train.epochs": 3,
+                           "train.grad_checkpointing": grad_checkpointing == "True"})
+    splits = data.load_splits(cfg.data)
+    seam = loop.LocalSeam(device=torch.device("cuda" if cuda else "cpu"))
+    loop.train(cfg, splits, seam)
+    rate = _steady_rate(len(splits.y_train), [r["epoch_seconds"] for r in seam.reports])
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"samples_per_s": rate, "peak_mb": peak}))
+
+
+def bench_loop() -> dict[str, float]:
+    import ray
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        path = _dataset(tmp)
+        print(f"loop benchmark: {ROWS} rows x {FEATURES} features, MLP {HIDDEN}, batch {BATCH}, "
+              f"{EPOCHS} epochs; {os.cpu_count()} CPUs")
+        bare = bare_loop(path)
+        one = orchestrated(path, tmp, 1)
+        two = orchestrated(path, tmp, 2)
+        ray.shutdown()
+        fp32 = variant(path, "fp32", False)
+        bf16 = variant(path, "bf16", False)
+        ckpt = variant(path, "fp32", True)
+    rows = [
+        ("bare PyTorch loop, 1 thread", f"{bare:,.0f} samples/s", ""),
+        ("orchestrated, 1 DDP worker", f"{one:,.0f} samples/s", f"{one / bare:.3f} x bare"),
+        ("orchestrated, 2 DDP workers", f"{two:,.0f} samples/s", f"{two / one:.2f} x 1 worker"),
+        ("fp32 (MLP 4x1024, batch 8192)", f"{fp32['samples_per_s']:,.0f} samples/s",
+         f"peak {fp32['peak_mb']:,.0f} MB"),
+        ("bf16 autocast", f"{bf16['samples_per_s']:,.0f} samples/s",
+         f"{bf16['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
+         f"peak {bf16['peak_mb']:,.0f} MB"),
+        ("fp32 + grad checkpointing", f"{ckpt['samples_per_s']:,.0f} samples/s",
+         f"{ckpt['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
+         f"peak {ckpt['peak_mb']:,.0f} MB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, rate, note in rows:
+        print(f"  {name.ljust(width)}  {rate.rjust(18)}  {note}")
+    return {
+        "orchestrated_vs_bare": round(one / bare, 4),
+        "bare_samples_per_s": round(bare, 1),
+        "orchestrated_samples_per_s": round(one, 1),
+        "two_workers_vs_one": round(two / one, 4),
+        "bf16_vs_fp32_speed": round(bf16["samples_per_s"] / fp32["samples_per_s"], 4),
+        "bf16_vs_fp32_peak_memory": round(bf16["peak_mb"] / fp32["peak_mb"], 4),
+        "grad_ckpt_vs_off_speed": round(ckpt["samples_per_s"] / fp32["samples_per_s"], 4),
+        "grad_ckpt_vs_off_peak_memory": round(ckpt["peak_mb"] / fp32["peak_mb"], 4),
+        "device": 1.0 if _cuda() else 0.0,
+    }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+BENCHMARKS = {"loop": bench_loop}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_variant"]:
+        _variant_main(*argv[1:4])
+        return 0
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m jobs.bench {{{'|'.join(BENCHMARKS)}}}", file=sys.stderr)
+        return 2
+    figures = BENCHMARKS[argv[0]]()
+    print(json.dumps({"benchmark": argv[0], **figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
