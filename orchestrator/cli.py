@@ -26,7 +26,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     values = ", ".join(f"{k}={v:.4g}" for k, v in summary.champion_values.items())
     print(f"\nchampion: trial {summary.champion.trial_id} ({values})")
     print(f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
-          f"(held-out test split, {len(data.load_splits(cfg.data).y_test)} rows)")
+          f"(held-out test split, {summary.sizes['test']} rows)")
     print(f"  registered as models:/{summary.register_as}@champion (version "
           f"{summary.model_version})")
     print("\nnext:")

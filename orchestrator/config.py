@@ -48,6 +48,11 @@ class DataConfig:
     """Cap the training rows, to study the small-data (overfitting) regime."""
     seed: int = 0
     """Seed of the split: the same seed gives the same rows in every worker and run."""
+    loader: str = "auto"
+    """``memory``: each worker reads the table once and shards it by index (exact,
+    stratified splits); ``stream``: Ray Data streams row batches to the workers (splits by
+    row hash); ``auto``: stream above ``stream_above_mb``."""
+    stream_above_mb: float = 1024.0
     shape: list[int] | None = None
     """Image shape of the features as [channels, height, width] (digits: [1, 8, 8]);
     needed by ``model.kind: cnn`` and by shift augmentation. Unset: tabular."""
@@ -114,6 +119,8 @@ class ScalingConfig:
     """One GPU per worker and NCCL; gloo on CPU otherwise."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker; fractions let small trials share a core."""
+    data_cpus: float = 1.0
+    """CPUs a streamed trial leaves to Ray Data's read and map tasks."""
     max_failures: int = 0
     """Restarts of a worker group after a worker dies; each resumes from the last checkpoint."""
 
@@ -326,6 +333,10 @@ def validate(cfg: Config) -> None:
            f"must be in (0, 1), got {d.test_fraction}", "use e.g. 0.2")
     _check(0 < d.val_fraction < 1, "data.val_fraction",
            f"must be in (0, 1), got {d.val_fraction}", "use e.g. 0.15")
+    _check(d.loader in ("auto", "memory", "stream"), "data.loader",
+           f"unknown loader {d.loader!r}", "use auto, memory or stream")
+    _check(d.stream_above_mb > 0, "data.stream_above_mb",
+           f"must be positive, got {d.stream_above_mb}", "use e.g. 1024")
     _check(d.max_train_rows is None or d.max_train_rows > 0, "data.max_train_rows",
            f"must be positive, got {d.max_train_rows}", "remove it or set e.g. 200")
     _check(m.kind in ("mlp", "cnn"), "model.kind", f"unknown kind {m.kind!r}",
@@ -373,6 +384,8 @@ def validate(cfg: Config) -> None:
            f"must be >= -1 (-1: retry forever), got {s.max_failures}", "use e.g. 2")
     _check(s.num_workers >= 1, "scaling.num_workers",
            f"must be at least 1, got {s.num_workers}", "use e.g. 2")
+    _check(s.data_cpus > 0, "scaling.data_cpus", f"must be positive, got {s.data_cpus}",
+           "use e.g. 1")
     _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker",
            f"must be positive, got {s.cpus_per_worker}", "use e.g. 1")
     _check(t.batch_size >= s.num_workers, "train.batch_size",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -77,49 +78,172 @@ def _open(path: str) -> tuple[pafs.FileSystem, str]:
     return fs, inner
 
 
-def read(cfg: DataConfig) -> Dataset:
-    """Read and check the table; every problem names the column and the count of bad rows."""
+def _exists(cfg: DataConfig) -> tuple[pafs.FileSystem, str]:
     fs, inner = _open(cfg.path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.NotFound:
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         raise ConfigError("data.path", f"{cfg.path!r} does not exist",
                           "export a sample with `orchestrator data export digits` or fix the path")
-    table = pq.read_table(inner, filesystem=fs)
-    if cfg.label not in table.column_names:
+    return fs, inner
+
+
+def _feature_names(schema: pa.Schema, cfg: DataConfig) -> list[str]:
+    if cfg.label not in schema.names:
         raise ConfigError("data.label", f"column {cfg.label!r} is not in {cfg.path}",
-                          f"use one of: {', '.join(table.column_names[:12])}")
-    names = [c for c in table.column_names if c != cfg.label]
+                          f"use one of: {', '.join(schema.names[:12])}")
+    names = [c for c in schema.names if c != cfg.label]
     if not names:
         raise ConfigError("data.path", "the table has no feature columns", "add numeric columns")
     for name in names:
-        t = table.schema.field(name).type
+        t = schema.field(name).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
             raise ConfigError("data.path", f"feature column {name!r} is {t}, not numeric",
                               "drop or encode it as numbers before training")
-    x = np.column_stack(
-        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
-    )
-    bad = ~np.isfinite(x)
-    if bad.any():
-        col = int(np.argmax(bad.any(axis=0)))
-        raise ConfigError("data.path", f"column {names[col]!r} has {int(bad[:, col].sum())} "
+    return names
+
+
+def features_of(table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
+    return np.column_stack(
+        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names])
+
+
+def _bad_values(names: list[str], bad_per_column: np.ndarray) -> None:
+    if bad_per_column.any():
+        col = int(np.argmax(bad_per_column > 0))
+        raise ConfigError("data.path", f"column {names[col]!r} has {int(bad_per_column[col])} "
                           "rows with NaN, null or infinity", "clean or impute them first")
-    label_col = table.column(cfg.label)
-    if label_col.null_count:
-        raise ConfigError("data.label", f"column {cfg.label!r} has {label_col.null_count} "
-                          "empty rows", "drop the rows without a label")
-    raw_labels = label_col.to_numpy(zero_copy_only=False)
-    classes, y = np.unique(raw_labels, return_inverse=True)
+
+
+def _label_nulls(cfg: DataConfig, nulls: int) -> None:
+    if nulls:
+        raise ConfigError("data.label", f"column {cfg.label!r} has {nulls} empty rows",
+                          "drop the rows without a label")
+
+
+def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> None:
     if len(classes) < 2:
         raise ConfigError("data.label", f"column {cfg.label!r} has only one class",
                           "a classifier needs at least two label values")
-    counts = np.bincount(y)
     if counts.min() < MIN_ROWS_PER_CLASS:
         rare = classes[int(np.argmin(counts))]
         raise ConfigError("data.label", f"class {rare!r} has only {counts.min()} rows",
                           f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits")
+
+
+def read(cfg: DataConfig) -> Dataset:
+    """Read and check the table; every problem names the column and the count of bad rows."""
+    fs, inner = _exists(cfg)
+    table = pq.read_table(inner, filesystem=fs)
+    names = _feature_names(table.schema, cfg)
+    x = features_of(table, names)
+    _bad_values(names, (~np.isfinite(x)).sum(axis=0))
+    label_col = table.column(cfg.label)
+    _label_nulls(cfg, label_col.null_count)
+    classes, y = np.unique(label_col.to_numpy(zero_copy_only=False), return_inverse=True)
+    _class_counts(cfg, classes, np.bincount(y))
     digest = hashlib.sha256(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()[:16]
     return Dataset(x, y.astype(np.int64), [c.item() for c in classes], names, digest)
+
+
+# ---------------------------------------------------------------- data too big for memory
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def choose_loader(cfg: DataConfig, nbytes: int) -> str:
+    """``memory`` (read once per worker, sharded by index) or ``stream`` (Ray Data)."""
+    if cfg.loader != "auto":
+        return cfg.loader
+    return "stream" if nbytes > cfg.stream_above_mb * 2**20 else "memory"
+
+
+def size_bytes(cfg: DataConfig) -> int:
+    fs, inner = _exists(cfg)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.File:
+        return int(info.size or 0)
+    files = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    return sum(int(f.size or 0) for f in files if f.type == pafs.FileType.File)
+
+
+def assign_split(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """TRAIN / VAL / TEST for each row from a hash of its values and ``cfg.seed``: the same
+    row lands in the same split in every batch, worker and run, with no global shuffle, and
+    duplicate rows never straddle train and test."""
+    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    h = np.full(len(x), (2166136261 ^ (cfg.seed * 2654435761)) & 0xFFFFFFFF, dtype=np.uint64)
+    for j in range(words.shape[1]):  # FNV-1a over the row's 32-bit words
+        h = ((h ^ words[:, j]) * np.uint64(16777619)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)  # murmur3's finalizer spreads the low bits
+    h = (h * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(13)
+    u = h.astype(np.float64) / 2**32
+    val_edge = cfg.test_fraction + (1 - cfg.test_fraction) * cfg.val_fraction
+    return np.where(u < cfg.test_fraction, TEST, np.where(u < val_edge, VAL, TRAIN)).astype(
+        np.int8)
+
+
+@dataclass
+class Summary:
+    """What one streaming pass over the data tells the driver, in O(batch) memory."""
+
+    classes: list
+    feature_names: list[str]
+    fingerprint: str
+    rows: dict[str, int]
+    col_mean: dict[str, np.ndarray]  # per split group: "train", "train+val"
+    col_std: dict[str, np.ndarray]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self.rows)
+
+
+def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
+    """Check every row batch by batch (the same checks as ``read``) and gather the split
+    sizes, the classes and the training split's feature moments for the model's stem."""
+    import pyarrow.dataset as pads
+
+    fs, inner = _exists(cfg)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
+    names = _feature_names(dataset.schema, cfg)
+    d = len(names)
+    bad = np.zeros(d, dtype=np.int64)
+    nulls = 0
+    label_counts: dict[Any, int] = {}
+    sums = {g: np.zeros(d) for g in ("train", "train+val")}
+    squares = {g: np.zeros(d) for g in ("train", "train+val")}
+    rows = {"train": 0, "val": 0, "test": 0}
+    digest = hashlib.sha256()
+    for batch in dataset.to_batches(batch_size=batch_rows):
+        x = features_of(batch, names)
+        finite = np.isfinite(x)
+        bad += (~finite).sum(axis=0)
+        labels = batch.column(cfg.label)
+        nulls += labels.null_count
+        if bad.any() or nulls:
+            continue  # keep counting; report once the pass is over
+        values, counts = np.unique(labels.to_numpy(zero_copy_only=False), return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            label_counts[v] = label_counts.get(v, 0) + c
+        split = assign_split(x, cfg)
+        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST)):
+            rows[name] += int((split == code).sum())
+        for group, mask in (("train", split == TRAIN), ("train+val", split != TEST)):
+            sums[group] += x[mask].sum(axis=0, dtype=np.float64)
+            squares[group] += np.square(x[mask], dtype=np.float64).sum(axis=0)
+        digest.update(x.tobytes())
+    _bad_values(names, bad)
+    _label_nulls(cfg, nulls)
+    classes = np.array(sorted(label_counts))
+    _class_counts(cfg, classes, np.array([label_counts[c] for c in classes.tolist()]))
+    if min(rows.values()) == 0:
+        raise ConfigError("data.path", f"too few rows for the splits: {rows}",
+                          "add rows or lower data.test_fraction / data.val_fraction")
+    means, stds = {}, {}
+    for group, n in (("train", rows["train"]), ("train+val", rows["train"] + rows["val"])):
+        means[group] = sums[group] / n
+        stds[group] = np.sqrt(np.maximum(squares[group] / n - means[group] ** 2, 0.0))
+    return Summary([c.item() if hasattr(c, "item") else c for c in classes], names,
+                   digest.hexdigest()[:16], rows, means, stds)
 
 
 def split(ds: Dataset, cfg: DataConfig) -> Splits:

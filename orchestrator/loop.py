@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,12 +99,47 @@ class EarlyStopper:
         return improved, self.patience > 0 and self.bad_epochs >= self.patience
 
 
-def train(cfg: Config, splits: Splits, seam: Seam) -> str:
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Feed:
+    """Where a worker's batches come from: its slice of in-memory tensors (``in_memory``) or
+    its shard of a Ray Data stream (``orchestrator.ray_train``)."""
+
+    num_classes: int
+    col_mean: np.ndarray  # the training split's per-column moments, for the model's stem
+    col_std: np.ndarray
+    train_batches: Callable[[int, int], Iterable[Batch]]  # (epoch, micro-batch rows)
+    val_batches: Callable[[], Iterable[Batch]]
+
+
+def in_memory(splits: Splits, seam: Seam, seed: int) -> Feed:
+    """Tensors on the device once; each epoch a seeded permutation sharded over the ranks."""
+    x_train, y_train = _tensors(splits.x_train, splits.y_train, seam.device)
+    x_val, y_val = _tensors(splits.x_val, splits.y_val, seam.device)
+
+    def train_batches(epoch: int, micro_batch: int) -> Iterator[Batch]:
+        for idx in shard_batches(len(y_train), micro_batch, seam, seed, epoch):
+            yield x_train[idx], y_train[idx]
+
+    def val_batches() -> Iterator[Batch]:
+        # each rank scores its own slice, no padding, so every row counts once
+        for idx in torch.arange(seam.rank, len(y_val), seam.world_size).split(4096):
+            yield x_val[idx], y_val[idx]
+
+    return Feed(splits.num_classes, splits.x_train.mean(axis=0), splits.x_train.std(axis=0),
+                train_batches, val_batches)
+
+
+def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     """Train up to ``cfg.train.epochs`` epochs; report train/val loss, accuracy and F1 every
     epoch. Returns how it ended: ``completed``, ``early_stopped`` or ``diverged``."""
     t = cfg.train
+    feed = data if isinstance(data, Feed) else in_memory(data, seam, t.seed)
+    num_classes = feed.num_classes
     torch.manual_seed(t.seed)  # same initial weights on every rank
-    net = model.from_config(cfg, splits.x_train, splits.num_classes)
+    net = model.from_config(cfg, feed.col_mean, feed.col_std, num_classes)
     ddp_net = seam.wrap(net)
     optimizer = make_optimizer(net, cfg)
     # Cosine decay to zero over the planned epochs: the last epochs settle instead of bouncing.
@@ -123,9 +158,7 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> str:
         scaler.load_state_dict(state["scaler"])
         stopper = EarlyStopper(**state["stopper"])
         best_weights, start = state.get("best_model"), int(state["epoch"])
-    loss_fn = make_loss(splits.num_classes)
-    x_train, y_train = _tensors(splits.x_train, splits.y_train, seam.device)
-    x_val, y_val = _tensors(splits.x_val, splits.y_val, seam.device)
+    loss_fn = make_loss(num_classes)
     stem = net[0]
     assert isinstance(stem, model.Standardize)
     feature_std = stem.std  # noise is relative to each feature's spread
@@ -140,12 +173,10 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> str:
         epoch_start = time.perf_counter()
         ddp_net.train()
         sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
-        cm = torch.zeros(splits.num_classes, splits.num_classes, dtype=torch.float64)
-        batches = shard_batches(len(y_train), micro_batch, seam, t.seed, epoch)
-        for group in (batches[i:i + accum] for i in range(0, len(batches), accum)):
-            group_rows = sum(len(idx) for idx in group)
-            for k, idx in enumerate(group):
-                xb, yb = x_train[idx], y_train[idx]
+        cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        for group in _groups(feed.train_batches(epoch, micro_batch), accum):
+            group_rows = sum(len(yb) for _, yb in group)
+            for k, (xb, yb) in enumerate(group):
                 if t.augment:
                     xb = augment(xb, cfg, feature_std)
                 # Gradients are all-reduced only on the micro-batch that ends the group.
@@ -158,15 +189,15 @@ def train(cfg: Config, splits: Splits, seam: Seam) -> str:
                     penalty = (t.l1 * sum(p.abs().sum() for p in weights(net))
                                if t.l1 > 0 else 0.0)
                     # Weighted by rows, the group's gradient is the one of a single big batch.
-                    scaler.scale((loss + penalty) * (len(idx) / group_rows)).backward()
-                sums += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
-                cm += metrics.confusion(predict(logits.detach()), yb, splits.num_classes).cpu()
+                    scaler.scale((loss + penalty) * (len(yb) / group_rows)).backward()
+                sums += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
+                cm += metrics.confusion(predict(logits.detach()), yb, num_classes).cpu()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         schedule.step()
         train_m = summarize(seam, sums, cm, "train")
-        val_m = evaluate(net, x_val, y_val, splits.num_classes, loss_fn, seam, "val")
+        val_m = evaluate(net, feed.val_batches(), num_classes, loss_fn, seam, "val")
         values = {"epoch": float(epoch + 1), **train_m, **val_m,
                   # throughput of this worker's training + evaluation, and a wall clock for
                   # the driver's view (benchmarks take steady-state rates from these)
@@ -282,21 +313,31 @@ def summarize(seam: Seam, sums: torch.Tensor, cm: torch.Tensor, prefix: str) -> 
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+def evaluate(net: nn.Module, batches: Iterable[Batch], num_classes: int,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seam: Seam,
-             prefix: str, batch: int = 4096) -> dict[str, float]:
-    """Each rank scores its own slice (no padding, so every row counts once); the unwrapped
-    module is used so no DDP collective runs on uneven slices."""
+             prefix: str) -> dict[str, float]:
+    """Score this rank's batches, then add up all ranks'. The unwrapped module is used, so no
+    DDP collective runs on slices of uneven length."""
     net.eval()
-    mine = torch.arange(seam.rank, len(y), seam.world_size)
     sums = torch.zeros(2, dtype=torch.float64)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    for idx in mine.split(batch):
-        logits = net(x[idx])
-        sums += torch.tensor([loss_fn(logits, y[idx]).item() * len(idx), len(idx)],
-                             dtype=torch.float64)
-        cm += metrics.confusion(predict(logits), y[idx], num_classes).cpu()
+    for x, y in batches:
+        logits = net(x)
+        sums += torch.tensor([loss_fn(logits, y).item() * len(y), len(y)], dtype=torch.float64)
+        cm += metrics.confusion(predict(logits), y, num_classes).cpu()
     return summarize(seam, sums, cm, prefix)
+
+
+def _groups(batches: Iterable[Batch], n: int) -> Iterator[list[Batch]]:
+    """Consecutive runs of ``n`` micro-batches (the last may be shorter)."""
+    group: list[Batch] = []
+    for b in batches:
+        group.append(b)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -48,7 +48,18 @@ class CheckpointedBlock(nn.Sequential):
         return super().forward(x)
 
 
-def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int,
+def feature_stats(kind: str, col_mean: np.ndarray, col_std: np.ndarray,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The stem's scaling from the training split's per-column moments. A cnn gets one scale
+    for every pixel, so a shifted image means the same; an mlp one per feature."""
+    if kind != "cnn":
+        return col_mean, col_std
+    mean = float(np.mean(col_mean))
+    std = float(np.sqrt(max(np.mean(col_std**2 + col_mean**2) - mean**2, 0.0)))
+    return np.full_like(col_mean, mean), np.full_like(col_std, std)
+
+
+def build(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, num_classes: int,
           shape: list[int] | None = None, grad_checkpointing: bool = False) -> nn.Sequential:
     """Standardize, then the blocks (each optionally checkpointed), then the head.
 
@@ -59,11 +70,6 @@ def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int,
     def block(layers: list[nn.Module]) -> nn.Sequential:
         return CheckpointedBlock(*layers) if grad_checkpointing else nn.Sequential(*layers)
 
-    if cfg.kind == "cnn":  # one scale for every pixel, so a shifted digit means the same
-        mean = np.full(x_train.shape[1], x_train.mean(), dtype=np.float32)
-        std = np.full(x_train.shape[1], x_train.std(), dtype=np.float32)
-    else:
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     stem: list[nn.Module] = [Standardize(mean, std)]
     blocks: list[nn.Module] = []
     if cfg.kind == "cnn":
@@ -82,7 +88,7 @@ def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int,
         head: list[nn.Module] = [nn.Flatten(), nn.Linear(channels * height * width,
                                                          num_outputs(num_classes))]
     else:
-        width = x_train.shape[1]
+        width = len(mean)
         for h in cfg.hidden:
             layers = [nn.Linear(width, h), nn.ReLU()]
             if cfg.dropout > 0:
@@ -93,8 +99,14 @@ def build(cfg: ModelConfig, x_train: np.ndarray, num_classes: int,
     return nn.Sequential(*stem, *blocks, *head)
 
 
-def from_config(cfg: Config, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
-    return build(cfg.model, x_train, num_classes, cfg.data.shape, cfg.train.grad_checkpointing)
+def from_config(cfg: Config, col_mean: np.ndarray, col_std: np.ndarray,
+                num_classes: int) -> nn.Sequential:
+    mean, std = feature_stats(cfg.model.kind, col_mean, col_std)
+    return build(cfg.model, mean, std, num_classes, cfg.data.shape, cfg.train.grad_checkpointing)
+
+
+def from_data(cfg: Config, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
+    return from_config(cfg, x_train.mean(axis=0), x_train.std(axis=0), num_classes)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -48,23 +52,93 @@ class RaySeam:
 
 
 def worker_fn(payload: dict[str, Any]) -> None:
-    """What every DDP worker runs: rebuild the config, read the data, run the one loop."""
+    """What every DDP worker runs: rebuild the config, get its data, run the one loop."""
     cfg = config_mod.from_dict(payload["config"])
     # Ray sets OMP_NUM_THREADS from the worker's CPUs; keep torch to it (2-core machines).
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    seam = RaySeam()
+    if payload.get("stream"):
+        loop.train(cfg, stream_feed(cfg, payload["stream"], seam), seam)
+        return
     splits = data.load_splits(cfg.data)
     if payload.get("refit"):
         splits = data.merge_validation(splits)
-    loop.train(cfg, splits, RaySeam())
+    loop.train(cfg, splits, seam)
+
+
+# ---------------------------------------------------------------- streaming (Ray Data)
+
+
+def _to_xy(batch: dict[str, np.ndarray], names: list[str], label: str, classes: np.ndarray,
+           data_cfg: config_mod.DataConfig) -> dict[str, np.ndarray]:
+    x = np.column_stack([np.asarray(batch[n], dtype=np.float32) for n in names])
+    return {"x": x, "y": np.searchsorted(classes, batch[label]).astype(np.int64),
+            "split": data.assign_split(x, data_cfg)}
+
+
+def _keep(batch: dict[str, np.ndarray], codes: tuple[int, ...]) -> dict[str, np.ndarray]:
+    mask = np.isin(batch["split"], codes)
+    return {"x": batch["x"][mask], "y": batch["y"][mask]}
+
+
+def stream_datasets(cfg: Config, summary: data.Summary) -> dict[str, ray.data.Dataset]:
+    """Lazy Ray Datasets of (x, y) per split: Parquet read in blocks, rows assigned to a
+    split by their hash, never the whole table in one process."""
+    # Small CPU requests: the tasks run beside the training workers in scaling.data_cpus.
+    task_cpus = min(0.1, cfg.scaling.data_cpus)
+    xy = ray.data.read_parquet(cfg.data.path, ray_remote_args={"num_cpus": task_cpus}).map_batches(
+        functools.partial(_to_xy, names=summary.feature_names, label=cfg.data.label,
+                          classes=np.asarray(summary.classes), data_cfg=cfg.data),
+        batch_format="numpy", num_cpus=task_cpus)
+    out = {name: xy.map_batches(functools.partial(_keep, codes=codes), batch_format="numpy",
+                                num_cpus=task_cpus)
+           for name, codes in (("train", (data.TRAIN,)), ("val", (data.VAL,)),
+                               ("test", (data.TEST,)), ("train+val", (data.TRAIN, data.VAL)))}
+    if cfg.data.max_train_rows is not None:
+        out["train"] = out["train"].limit(cfg.data.max_train_rows)
+    return out
+
+
+def stream_feed(cfg: Config, info: dict[str, Any], seam: RaySeam) -> loop.Feed:
+    """This worker's shards of the streamed splits (Ray Train splits them equally)."""
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    def train_batches(epoch: int, micro_batch: int) -> Iterator[loop.Batch]:
+        for b in train_shard.iter_torch_batches(
+                batch_size=micro_batch, device=seam.device,
+                # a shuffle within a window of rows, seeded by epoch
+                local_shuffle_buffer_size=micro_batch * 16,
+                local_shuffle_seed=cfg.train.seed * 100_003 + epoch):
+            yield b["x"], b["y"]
+
+    def val_batches() -> Iterator[loop.Batch]:
+        for b in val_shard.iter_torch_batches(batch_size=4096, device=seam.device):
+            yield b["x"], b["y"]
+
+    return loop.Feed(len(info["classes"]), np.asarray(info["col_mean"]),
+                     np.asarray(info["col_std"]), train_batches, val_batches)
 
 
 def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any] | None = None,
-                 refit: bool = False) -> ray.train.torch.TorchTrainer:
+                 refit: bool = False, summary: data.Summary | None = None,
+                 ) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer for the config; with a ``summary`` (from ``data.scan``) it streams."""
     s = cfg.scaling
+    payload: dict[str, Any] = {"config": config_mod.to_dict(cfg), "refit": refit}
+    datasets: dict[str, Any] | None = None
+    if summary is not None:
+        group = "train+val" if refit else "train"
+        payload["stream"] = {"classes": summary.classes,
+                             "col_mean": summary.col_mean[group].tolist(),
+                             "col_std": summary.col_std[group].tolist()}
+        ds = stream_datasets(cfg, summary)
+        datasets = {"train": ds[group], "val": ds["val"]}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
     return ray.train.torch.TorchTrainer(
         worker_fn,
-        train_loop_config={"config": config_mod.to_dict(cfg), "refit": refit},
+        train_loop_config=payload,
+        datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if s.use_gpu else "gloo"),

@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,50 @@ class SweepSummary:
     model_version: str
     tracking_uri: str
     register_as: str
+    sizes: dict[str, int]
+
+
+@dataclass
+class Prepared:
+    """What the driver knows of the data, in memory or from one streaming pass."""
+
+    cfg: Config  # with data.path made absolute
+    loader: str
+    fingerprint: str
+    sizes: dict[str, int]
+    classes: list
+    num_features: int
+    splits: data.Splits | None = None  # memory
+    summary: data.Summary | None = None  # stream
+
+    def test_batches(self) -> Iterator[loop.Batch]:
+        """The test split in CPU batches (streamed through Ray Data for big data)."""
+        if self.splits is not None:
+            x, y = torch.from_numpy(self.splits.x_test), torch.from_numpy(self.splits.y_test)
+            for idx in torch.arange(len(y)).split(4096):
+                yield x[idx], y[idx]
+            return
+        from orchestrator import ray_train
+
+        assert self.summary is not None
+        test = ray_train.stream_datasets(self.cfg, self.summary)["test"]
+        for b in test.iter_torch_batches(batch_size=4096, device="cpu"):
+            yield b["x"], b["y"]
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Check the data (ConfigError on any problem, before Ray or MLflow start) and pick the
+    loader: small data is read whole, big data is scanned batch by batch and streamed."""
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, path=data.absolute(cfg.data.path)))
+    loader = data.choose_loader(cfg.data, data.size_bytes(cfg.data))
+    if loader == "stream":
+        summary = data.scan(cfg.data)
+        return Prepared(cfg, loader, summary.fingerprint, summary.sizes(), summary.classes,
+                        len(summary.feature_names), summary=summary)
+    splits = data.load_splits(cfg.data)
+    return Prepared(cfg, loader, splits.fingerprint, splits.sizes(), splits.classes,
+                    splits.num_features, splits=splits)
 
 
 # ---------------------------------------------------------------- decisions (pure, no Ray)
@@ -57,10 +101,12 @@ def search_space(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def trial_concurrency(cfg: Config, cluster: dict[str, float]) -> int:
-    """How many trials fit at once; ConfigError naming what is missing when not even one does."""
+def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "memory") -> int:
+    """How many trials fit at once; ConfigError naming what is missing when not even one does.
+    A streamed trial also keeps ``scaling.data_cpus`` free for its Ray Data tasks: with every
+    CPU held by training workers the read and map tasks would never run."""
     s = cfg.scaling
-    need_cpu = s.num_workers * s.cpus_per_worker
+    need_cpu = s.num_workers * s.cpus_per_worker + (s.data_cpus if loader == "stream" else 0)
     fits = math.floor(cluster.get("CPU", 0) / need_cpu + 1e-9)
     if s.use_gpu:
         fits = min(fits, math.floor(cluster.get("GPU", 0) / s.num_workers + 1e-9))
@@ -78,20 +124,42 @@ def trial_concurrency(cfg: Config, cluster: dict[str, float]) -> int:
 
 
 def init_ray(verbose: bool = False) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (set by `ray job submit`; ``auto`` finds one
+    started with `ray start`), or start a local one.
+
+    A local Ray gets its dashboard on a free port: Train needs the dashboard to free the
+    workers of a trial that the scheduler stops, and with 8265 taken by another Ray on the
+    machine the dashboard would not start and the next trial would wait forever.
+    """
     import ray
 
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local one
-        # starts with its dashboard, which Train needs to free an early-stopped trial's workers.
-        ray.init(log_to_driver=verbose, configure_logging=True,
-                 logging_level=logging.INFO if verbose else logging.ERROR)
+    if ray.is_initialized():
+        return
+    level = logging.INFO if verbose else logging.ERROR
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
+        return
+    ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                   dashboard_port=_free_port(), log_to_driver=verbose, logging_level=level)
+    if not getattr(ctx, "dashboard_url", None):
+        ray.shutdown()
+        raise RuntimeError("Ray's dashboard did not start; without it, trials stopped early "
+                           "leak their workers. Check `ray[default]` is installed.")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start."""
-    local_data = dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path))
-    cfg = dataclasses.replace(cfg, data=local_data)
-    splits = data.load_splits(cfg.data)  # raises ConfigError on bad data: nothing written yet
+    prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
+    cfg = prep.cfg
     import ray
     from ray import tune
 
@@ -105,31 +173,35 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
             reduction_factor=cfg.sweep.reduction_factor)
     space = search_space(cfg)
     init_ray(verbose)
-    concurrency = trial_concurrency(cfg, ray.cluster_resources())
+    concurrency = trial_concurrency(cfg, ray.cluster_resources(), prep.loader)
     client, exp_id = tracking.connect(cfg)
     uri = tracking.resolve_uri(cfg)
-    parent_id = tracking.start_sweep_run(client, exp_id, cfg, splits.fingerprint, splits.sizes())
+    parent_id = tracking.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out(f"[sweep] {cfg.experiment}: {cfg.sweep.num_samples} trials x {cfg.scaling.num_workers} "
-        f"DDP worker(s), {concurrency} at a time; data {splits.sizes()}; MLflow {uri}")
+        f"DDP worker(s), {concurrency} at a time; data {prep.sizes} ({prep.loader}); "
+        f"MLflow {uri}")
 
-    callback = _SweepCallback(cfg, client, exp_id, parent_id, splits.fingerprint, out)
+    callback = _SweepCallback(cfg, client, exp_id, parent_id, prep.fingerprint, out)
     tuner = _tuner(cfg, space, cfg.sweep.num_samples, scheduler, concurrency, callback,
-                   storage, stamp)
+                   storage, stamp, prep.summary)
     try:
         tuner.fit()
         best = progress.best_trial(callback.records, cfg.sweep.metric, cfg.sweep.mode)
         if best is None:
             raise RuntimeError("no trial finished an epoch; see the errors above")
         champion_cfg = config_mod.with_values(cfg, best.values)
-        weights = _champion_weights(champion_cfg, best, storage, stamp, out)
-        net = model.from_config(champion_cfg, splits.x_train, splits.num_classes)
+        weights = _champion_weights(champion_cfg, best, storage, stamp, out, prep.summary)
+        # the stem's statistics are buffers: load_state_dict brings the trained ones
+        d = prep.num_features
+        net = model.from_config(champion_cfg, np.zeros(d), np.ones(d), len(prep.classes))
         net.load_state_dict(weights)
-        test_metrics = evaluate_test(net, splits)
+        test_metrics = evaluate_test(net, prep)
+        example = next(iter(prep.test_batches()))[0][:5].numpy()
         version = tracking.register_champion(
-            champion_cfg, parent_id, model.WithProbabilities(net), splits.x_test[:5],
-            splits.classes, test_metrics, best.run_id or "")
+            champion_cfg, parent_id, model.WithProbabilities(net), example,
+            prep.classes, test_metrics, best.run_id or "")
     except BaseException:
         tracking.end_run(client, parent_id, "FAILED", {})
         raise
@@ -137,11 +209,12 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
         "orchestrator.champion_trial": best.trial_id,
         **{f"orchestrator.champion.{k}": str(v) for k, v in best.values.items()}})
     return SweepSummary(exp_id, parent_id, callback.records, best, best.values, test_metrics,
-                        version, uri, cfg.tracking.register_as)
+                        version, uri, cfg.tracking.register_as, prep.sizes)
 
 
 def _tuner(cfg: Config, space: dict[str, Any], num_samples: int, scheduler: Any,
-           concurrency: int, callback: Any, storage: str, stamp: str) -> Any:
+           concurrency: int, callback: Any, storage: str, stamp: str,
+           summary: data.Summary | None) -> Any:
     from ray import tune
 
     from orchestrator import ray_train
@@ -156,7 +229,8 @@ def _tuner(cfg: Config, space: dict[str, Any], num_samples: int, scheduler: Any,
         trial_cfg = config_mod.with_values(cfg, values)
         trial_id = tune.get_context().get_trial_id()
         trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",
-                                         storage, callbacks=[TuneReportCallback()])
+                                         storage, callbacks=[TuneReportCallback()],
+                                         summary=summary)
         trainer.fit()
 
     return tune.Tuner(
@@ -166,8 +240,10 @@ def _tuner(cfg: Config, space: dict[str, Any], num_samples: int, scheduler: Any,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=cfg.sweep.metric, mode=cfg.sweep.mode, num_samples=num_samples,
-            # random search and grids both come from Tune's variant generator, seeded
-            search_alg=tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed),
+            # random search and grids both come from Tune's variant generator, seeded; given
+            # a generator, Tune leaves the concurrency cap to it
+            search_alg=tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed,
+                                                         max_concurrent=concurrency),
             scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=f"{cfg.experiment}-{stamp}", storage_path=storage,
                                   callbacks=[callback], verbose=0),
@@ -186,29 +262,29 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     """One training run of the config as it stands (no search): a TorchTrainer of
     ``scaling.num_workers`` DDP workers, restarted from its last checkpoint up to
     ``scaling.max_failures`` times, logged as one MLflow run tagged ``role=train``."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, path=data.absolute(cfg.data.path)))
-    splits = data.load_splits(cfg.data)
+    prep = prepare(cfg)
+    cfg = prep.cfg
     import ray
 
     from orchestrator import tracking
 
     init_ray(verbose)
-    trial_concurrency(cfg, ray.cluster_resources())  # fails now if one run cannot fit
+    trial_concurrency(cfg, ray.cluster_resources(), prep.loader)  # fails now if it cannot fit
     client, exp_id = tracking.connect(cfg)
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
-        f"{cfg.train.epochs} epochs; data {splits.sizes()}")
-    callback = _SweepCallback(cfg, client, exp_id, None, splits.fingerprint, out)
-    _tuner(cfg, {}, 1, None, 1, callback, storage, stamp).fit()
+        f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
+    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out)
+    _tuner(cfg, {}, 1, None, 1, callback, storage, stamp, prep.summary).fit()
     rec = callback.records[0]
     assert rec.run_id is not None
     return TrainSummary(rec.run_id, rec, tracking.resolve_uri(cfg))
 
 
 def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
-                      out: Callable[[str], None]) -> dict[str, torch.Tensor]:
+                      out: Callable[[str], None], summary: data.Summary | None,
+                      ) -> dict[str, torch.Tensor]:
     """Refit on train + validation for the best epoch count (as scikit-learn's refit does),
     so the champion learns from every row but the test split; or take the trial's weights."""
     assert best.best is not None and best.checkpoint is not None
@@ -220,24 +296,18 @@ def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
     refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
     out(f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs")
     result = ray_train.make_trainer(refit_cfg, f"{cfg.experiment}-{stamp}-refit", storage,
-                                    refit=True).fit()
+                                    refit=True, summary=summary).fit()
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as d:
         return loop.load_checkpoint(d)["model"]
 
 
 @torch.no_grad()
-def evaluate_test(net: torch.nn.Module, splits: data.Splits) -> dict[str, float]:
+def evaluate_test(net: torch.nn.Module, prep: Prepared) -> dict[str, float]:
     """The one and only look at the test split."""
-    from orchestrator import metrics
-
-    net.eval()
-    logits = net(torch.from_numpy(splits.x_test))
-    y = torch.from_numpy(splits.y_test)
-    cm = metrics.confusion(loop.predict(logits), y, splits.num_classes)
-    loss = loop.make_loss(splits.num_classes)(logits, y).item()
-    return {"test_loss": loss, "test_accuracy": metrics.accuracy(cm),
-            "test_f1": metrics.macro_f1(cm)}
+    num_classes = len(prep.classes)
+    return loop.evaluate(net.cpu(), prep.test_batches(), num_classes,
+                         loop.make_loss(num_classes), loop.LocalSeam(), "test")
 
 
 def _callback_base() -> type:

@@ -70,3 +70,44 @@ def test_too_few_rows_per_class_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         data.read(DataConfig(path=path))
     assert e.value.key == "data.label" and "only 1 rows" in e.value.problem
+
+
+# ---------------------------------------------------------------- the streaming path's pieces
+
+
+def test_loader_choice_follows_size_unless_told() -> None:
+    small, big = 10 * 2**20, 2 * 2**30
+    assert data.choose_loader(DataConfig(path="x"), small) == "memory"
+    assert data.choose_loader(DataConfig(path="x"), big) == "stream"
+    assert data.choose_loader(DataConfig(path="x", loader="memory"), big) == "memory"
+    assert data.choose_loader(DataConfig(path="x", stream_above_mb=1), small) == "stream"
+
+
+def test_hash_split_is_deterministic_sized_and_keeps_duplicates_together(
+        digits_path: Path) -> None:
+    x = data.read(DataConfig(path=str(digits_path))).features
+    cfg = DataConfig(path="x", test_fraction=0.2, val_fraction=0.25, seed=0)
+    s1, s2 = data.assign_split(x, cfg), data.assign_split(x[::-1].copy(), cfg)[::-1]
+    assert np.array_equal(s1, s2)  # a row's split does not depend on its neighbours
+    shares = np.bincount(s1, minlength=3) / len(x)
+    assert shares[data.TEST] == pytest.approx(0.2, abs=0.03)
+    assert shares[data.VAL] == pytest.approx(0.8 * 0.25, abs=0.03)
+    dup = np.vstack([x[:50], x[:50]])
+    d = data.assign_split(dup, cfg)
+    assert np.array_equal(d[:50], d[50:])
+    other = data.assign_split(x, DataConfig(path="x", seed=1))
+    assert (other != s1).mean() > 0.2  # the seed reshuffles
+
+
+def test_scan_checks_batch_by_batch_and_summarizes(digits_path: Path, tmp_path: Path) -> None:
+    summary = data.scan(DataConfig(path=str(digits_path)), batch_rows=100)
+    assert sum(summary.rows.values()) == 1797 and summary.classes == list(range(10))
+    assert summary.col_mean["train"].shape == (64,)
+    assert summary.fingerprint == data.scan(DataConfig(path=str(digits_path))).fingerprint
+    n = 300
+    bad = np.zeros(n)
+    bad[[5, 150, 299]] = np.nan  # spread over three batches
+    path = _write(tmp_path, a=np.ones(n), b=bad, label=np.arange(n) % 2)
+    with pytest.raises(ConfigError) as e:
+        data.scan(DataConfig(path=path), batch_rows=100)
+    assert "'b'" in e.value.problem and "3 rows" in e.value.problem

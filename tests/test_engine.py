@@ -99,8 +99,8 @@ def test_gradient_checkpointing_changes_memory_not_maths(digits_path: Path) -> N
     plain = _run(_cfg(digits_path, model_={"hidden": [64, 64], "dropout": 0.2}))
     ckpt = _run(_cfg(digits_path, model_={"hidden": [64, 64], "dropout": 0.2},
                      grad_checkpointing=True))
-    net = model.from_config(_cfg(digits_path, grad_checkpointing=True), torch.zeros(4, 64).numpy(),
-                            10)
+    net = model.from_data(_cfg(digits_path, grad_checkpointing=True), torch.zeros(4, 64).numpy(),
+                          10)
     assert any(isinstance(m, model.CheckpointedBlock) for m in net)
     assert _same_weights(plain[2][-1]["model"], ckpt[2][-1]["model"], atol=1e-6)
 

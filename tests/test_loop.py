@@ -43,7 +43,7 @@ def test_checkpoint_holds_weights_that_reproduce_val_metrics(digits_path: Path) 
     improving = [i + 1 for i, v in enumerate(losses) if v < min(losses[:i], default=float("inf"))]
     assert [c["epoch"] for c in saved] == sorted(set(improving) | {2, 4})
     assert {"optimizer", "schedule", "scaler", "stopper"} <= set(saved[-1])
-    net = model.from_config(cfg, splits.x_train, splits.num_classes)
+    net = model.from_data(cfg, splits.x_train, splits.num_classes)
     net.load_state_dict(saved[-1]["model"])
     net.eval()
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_binary_labels_get_one_logit_and_bce(tmp_path: Path) -> None:
     pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(5)}, "label": y}), path)
     cfg = _cfg(path, epochs=15, lr=1e-2)
     splits = data.load_splits(cfg.data)
-    net = model.build(cfg.model, splits.x_train, splits.num_classes)
+    net = model.from_data(cfg, splits.x_train, splits.num_classes)
     assert net[-1].out_features == 1
     seam = loop.LocalSeam()
     loop.train(cfg, splits, seam)

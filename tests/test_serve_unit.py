@@ -14,7 +14,8 @@ from orchestrator import config, model, serve
 def client() -> TestClient:
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    net = model.WithProbabilities(model.build(config.ModelConfig(hidden=[8]), x, 3)).eval()
+    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    net = model.WithProbabilities(net).eval()
     served = serve.Served(net, ["cat", "dog", "eel"], 4, "models:/t@champion")
     return TestClient(serve.create_app(served, max_batch=5))
 
