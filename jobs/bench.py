@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 # One synthetic but learnable problem: 64 features, 10 classes from a random linear teacher.
-ROWS, FEATURES, CLASSES = 24_000, 64, 10
-HIDDEN, BATCH, EPOCHS = [512, 512], 256, 4
+# Epochs of a few seconds, so per-epoch costs (report, checkpoint) weigh as in real runs.
+ROWS, FEATURES, CLASSES = 96_000, 64, 10
+HIDDEN, BATCH, EPOCHS = [512, 512], 256, 5
 
 
 def _dataset(folder: Path) -> str:
@@ -133,6 +134,7 @@ def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
     # state), dominate memory, which is what activation checkpointing trades for time.
     cfg = _config(path, **{"train.precision": precision, "model.hidden": [1024] * 4,
                            "train.batch_size": 8192, "train.epochs": 3,
+                           "data.max_train_rows": 16_000,
                            "train.grad_checkpointing": grad_checkpointing == "True"})
     splits = data.load_splits(cfg.data)
     seam = loop.LocalSeam(device=torch.device("cuda" if cuda else "cpu"))
