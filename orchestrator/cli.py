@@ -13,11 +13,11 @@ EXIT_CONFIG = 2
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator import data, progress, sweep
+    from orchestrator import progress, sweep
 
     cfg = config_mod.load(args.config, args.overrides)
-    data.read(cfg.data)  # data errors too are found before Ray or MLflow start
     sweep.ensure_env()
+    # run() checks the data first (ConfigError) and only then starts Ray and MLflow
     summary = sweep.run(cfg, verbose=args.verbose)
     keys = list(cfg.sweep.space)
     print()
@@ -37,12 +37,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from orchestrator import data, progress, sweep
+    from orchestrator import progress, sweep
 
     cfg = config_mod.load(args.config, args.overrides)
-    data.read(cfg.data)
     sweep.ensure_env()
-    summary = sweep.train_run(cfg, verbose=args.verbose)
+    summary = sweep.train_run(cfg, verbose=args.verbose)  # data checked before Ray starts
     rec = summary.record
     best = rec.best or {}
     nan = float("nan")
