@@ -197,8 +197,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
         d = prep.num_features
         net = model.from_config(champion_cfg, np.zeros(d), np.ones(d), len(prep.classes))
         net.load_state_dict(weights)
-        test_metrics = evaluate_test(net, prep)
-        example = next(iter(prep.test_batches()))[0][:5].numpy()
+        test_metrics, example = evaluate_test(net, prep)
         version = tracking.register_champion(
             champion_cfg, parent_id, model.WithProbabilities(net), example,
             prep.classes, test_metrics, best.run_id or "")
@@ -303,11 +302,21 @@ def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
 
 
 @torch.no_grad()
-def evaluate_test(net: torch.nn.Module, prep: Prepared) -> dict[str, float]:
-    """The one and only look at the test split."""
+def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float], np.ndarray]:
+    """The one and only look at the test split. Also returns its first rows, the logged
+    model's input example, so a streamed test split is read once."""
     num_classes = len(prep.classes)
-    return loop.evaluate(net.cpu(), prep.test_batches(), num_classes,
-                         loop.make_loss(num_classes), loop.LocalSeam(), "test")
+    first: list[np.ndarray] = []
+
+    def batches() -> Iterator[loop.Batch]:
+        for x, y in prep.test_batches():
+            if not first:
+                first.append(x[:5].numpy())
+            yield x, y
+
+    scores = loop.evaluate(net.cpu(), batches(), num_classes, loop.make_loss(num_classes),
+                           loop.LocalSeam(), "test")
+    return scores, first[0]
 
 
 def _callback_base() -> type:
