@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
@@ -13,18 +14,38 @@ EXIT_CONFIG = 2
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator import progress, sweep
+    from orchestrator import sweep
 
     cfg = config_mod.load(args.config, args.overrides)
     sweep.ensure_env()
     # run() checks the data first (ConfigError) and only then starts Ray and MLflow
-    summary = sweep.run(cfg, verbose=args.verbose)
+    _print_summary(cfg, sweep.run(cfg, verbose=args.verbose))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from orchestrator import sweep
+
+    sweep.ensure_env()
+    summary = sweep.resume(args.experiment, args.storage, verbose=args.verbose)
+    cfg = config_mod.from_dict(summary.config)
+    _print_summary(cfg, summary)
+    return 0
+
+
+def _print_summary(cfg: config_mod.Config, summary: Any) -> None:
+    from orchestrator import progress
+
     keys = list(cfg.sweep.space)
     print()
-    print(progress.table(summary.records, keys, summary.champion.trial_id, cfg.train.epochs))
+    print(progress.table(summary.records, keys, summary.champion.trial_id, cfg.train.epochs,
+                         config_mod.rank_metric(cfg)))
     t = summary.test_metrics
-    values = ", ".join(f"{k}={v:.4g}" for k, v in summary.champion_values.items())
-    print(f"\nchampion: trial {summary.champion.trial_id} ({values})")
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in summary.champion_values.items())
+    how = (f", chosen on the mean of {cfg.sweep.confirm_seeds} seeds"
+           if summary.confirmed else "")
+    print(f"\nchampion: trial {summary.champion.trial_id} ({values}){how}")
     print(f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
           f"(held-out test split, {summary.sizes['test']} rows)")
     print(f"  registered as models:/{summary.register_as}@champion (version "
@@ -33,7 +54,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"  mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1 --port 5000")
     print(f"  MLFLOW_TRACKING_URI={summary.tracking_uri} orchestrator serve "
           f"--model models:/{summary.register_as}@champion")
-    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
     s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
+    r.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
+    r.add_argument("--storage", default="results",
+                   help="sweep.storage_path the sweep used (default: results)")
+    r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    r.set_defaults(func=cmd_resume)
 
     t = sub.add_parser("train", help="one DDP training run of the config (no search)")
     t.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")

@@ -129,27 +129,49 @@ class ScalingConfig:
 class SweepConfig:
     num_samples: int = 8
     metric: str = "val_loss"
+    """What trials are ranked by (and early stopping watches)."""
     mode: str = "min"
+    objective: str = "metric"
+    """``metric``: rank by ``sweep.metric``; ``gap_penalized``: rank by
+    val_loss + gap_penalty * max(0, val_loss - train_loss), preferring configurations that
+    generalize (needs ``sweep.metric: val_loss``)."""
+    gap_penalty: float = 1.0
     searcher: str = "random"
+    """``random`` (and grids), ``grid`` (every combination of ``grid``/``choice`` values)
+    or ``optuna`` (TPE, seeded)."""
     seed: int = 0
     """Seed of the searcher: the same seed samples the same configurations."""
     scheduler: str = "asha"
+    """``asha``, ``hyperband``, ``median`` (median stopping rule), ``fifo`` (no early stop)
+    or ``pbt`` (population based training). hyperband and pbt pause and restore trials
+    through Tune checkpoints, so they need single-worker trials."""
     grace_period: int = 5
-    """ASHA: epochs every trial runs before it may be stopped (capped at train.epochs)."""
+    """ASHA/median: epochs every trial runs before it may be stopped (capped at train.epochs)."""
     reduction_factor: int = 3
+    perturbation_interval: int = 4
+    """PBT: epochs between exploit/explore steps."""
     max_concurrent: int | None = None
     """Trials at once; derived from the cluster's CPUs/GPUs when unset."""
+    max_failures: int = 0
+    """Retries of a crashed trial (from its last checkpoint) before it is recorded as failed;
+    the sweep goes on either way."""
+    confirm_seeds: int = 0
+    """Rerun the top ``confirm_top`` configurations with this many seeds each and choose
+    the champion by the mean; 0 turns it off."""
+    confirm_top: int = 3
     refit: bool = True
     """Retrain the best configuration on train + validation before the test split scores it."""
     storage_path: str = "results"
     """Where Ray keeps trial checkpoints (absolute, or relative to the working directory)."""
     space: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
+            "train.l1": {"type": "loguniform", "low": 1e-8, "high": 1e-3},
             "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-1},
             "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
         }
     )
-    """Dotted key -> ``{type: uniform|loguniform|randint|choice|grid, ...}``."""
+    """Dotted key -> ``{type: uniform|loguniform|randint|choice|grid, ...}``. The default is
+    the regularization axis: L1, L2 (weight decay) and dropout."""
 
 
 @dataclass
@@ -397,10 +419,31 @@ def validate(cfg: Config) -> None:
            f"use one of: {', '.join(METRICS)}")
     _check(sw.mode in ("min", "max"), "sweep.mode", f"must be min or max, got {sw.mode!r}",
            "use 'min' for losses, 'max' for accuracy")
-    _check(sw.searcher in ("random", "grid"), "sweep.searcher",
-           f"unknown searcher {sw.searcher!r}", "use 'random' or 'grid'")
-    _check(sw.scheduler in ("asha", "fifo"), "sweep.scheduler",
-           f"unknown scheduler {sw.scheduler!r}", "use 'asha' or 'fifo'")
+    _check(sw.searcher in SEARCHERS, "sweep.searcher",
+           f"unknown searcher {sw.searcher!r}", f"use one of: {', '.join(SEARCHERS)}")
+    _check(sw.scheduler in SCHEDULERS, "sweep.scheduler",
+           f"unknown scheduler {sw.scheduler!r}", f"use one of: {', '.join(SCHEDULERS)}")
+    _check(sw.scheduler not in ("hyperband", "pbt") or s.num_workers == 1, "sweep.scheduler",
+           f"{sw.scheduler} pauses and restores trials through Tune checkpoints, which only "
+           f"single-worker trials write; got scaling.num_workers={s.num_workers}",
+           "set scaling.num_workers: 1, or use scheduler asha or median")
+    _check(sw.objective in ("metric", "gap_penalized"), "sweep.objective",
+           f"unknown objective {sw.objective!r}", "use 'metric' or 'gap_penalized'")
+    _check(sw.objective != "gap_penalized" or (sw.metric, sw.mode) == ("val_loss", "min"),
+           "sweep.objective", f"gap_penalized ranks by val_loss, but sweep.metric is "
+           f"{sw.metric} ({sw.mode})", "set sweep.metric: val_loss and sweep.mode: min")
+    _check(sw.gap_penalty >= 0, "sweep.gap_penalty", f"must be >= 0, got {sw.gap_penalty}",
+           "use e.g. 1.0")
+    _check(sw.perturbation_interval >= 1, "sweep.perturbation_interval",
+           f"must be at least 1, got {sw.perturbation_interval}", "use e.g. 4")
+    _check(sw.max_failures >= -1, "sweep.max_failures",
+           f"must be >= -1 (-1: retry forever), got {sw.max_failures}", "use e.g. 1")
+    _check(sw.confirm_seeds >= 0, "sweep.confirm_seeds",
+           f"must be >= 0, got {sw.confirm_seeds}", "use e.g. 3 (0 turns it off)")
+    _check(sw.confirm_seeds != 1, "sweep.confirm_seeds",
+           "one seed has no spread to compare", "use 0 (off) or at least 2")
+    _check(sw.confirm_top >= 1, "sweep.confirm_top",
+           f"must be at least 1, got {sw.confirm_top}", "use e.g. 3")
     _check(sw.grace_period >= 1, "sweep.grace_period",
            f"must be at least 1, got {sw.grace_period}", "use e.g. 5")
     _check(sw.reduction_factor >= 2, "sweep.reduction_factor",
@@ -413,6 +456,44 @@ def validate(cfg: Config) -> None:
     validate_serve(cfg)
     for dotted, spec in sw.space.items():
         _validate_dimension(cfg, dotted, spec)
+    _validate_searcher(cfg)
+
+
+def _validate_searcher(cfg: Config) -> None:
+    """What each searcher and scheduler can do with the space, checked before any trial."""
+    sw = cfg.sweep
+    kinds = {k: spec["type"] for k, spec in sw.space.items()}
+    if sw.searcher == "grid":
+        for k, kind in kinds.items():
+            _check(kind in ("grid", "choice"), f"sweep.space.{k}",
+                   f"the grid searcher needs a list of values, got type {kind}",
+                   "write {type: grid, values: [...]}, or use searcher random or optuna")
+    if sw.searcher == "optuna":
+        for k, kind in kinds.items():
+            _check(kind != "grid", f"sweep.space.{k}",
+                   "optuna samples; it cannot enumerate a grid",
+                   "use type choice, or searcher grid")
+    if sw.scheduler == "pbt":
+        _check(bool(kinds), "sweep.space", "pbt needs at least one key to mutate",
+               "add e.g. train.weight_decay: {type: loguniform, low: 1e-6, high: 1e-1}")
+        for k in kinds:
+            _check(k in PBT_MUTABLE, f"sweep.space.{k}",
+                   "pbt hands a trial's weights to another configuration, so it can only "
+                   "change keys that keep the model's shape",
+                   f"search only {', '.join(sorted(PBT_MUTABLE))}, or use scheduler asha")
+
+
+SEARCHERS = ("random", "grid", "optuna")
+SCHEDULERS = ("asha", "hyperband", "median", "fifo", "pbt")
+PBT_MUTABLE = {"train.lr", "train.weight_decay", "train.l1", "model.dropout", "train.augment",
+               "train.augment_noise", "train.augment_shift", "train.batch_size"}
+
+
+def rank_metric(cfg: Config) -> tuple[str, str]:
+    """The reported value trials are ranked by, and its mode."""
+    if cfg.sweep.objective == "gap_penalized":
+        return "objective", "min"
+    return cfg.sweep.metric, cfg.sweep.mode
 
 
 def validate_serve(cfg: Config) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from orchestrator import config as config_mod
 from orchestrator import metrics, model
 from orchestrator.config import Config
 from orchestrator.data import Splits
@@ -148,6 +149,8 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     es = t.early_stopping
     stopper = EarlyStopper(es.patience, es.min_delta, cfg.sweep.mode)
+    rank_key, rank_mode = config_mod.rank_metric(cfg)
+    ranker = EarlyStopper(0, 0.0, rank_mode)  # the best epoch by what trials are ranked on
     best_weights: dict[str, torch.Tensor] | None = None
     start = 0
     state = seam.restore()
@@ -157,7 +160,11 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         stopper = EarlyStopper(**state["stopper"])
+        ranker = EarlyStopper(**state.get("ranker", dataclasses.asdict(ranker)))
         best_weights, start = state.get("best_model"), int(state["epoch"])
+        # The optimizer's state carries its hyperparameters; the config's win (PBT hands a
+        # trial another trial's checkpoint together with new values).
+        set_hyperparameters(optimizer, schedule, cfg)
     loss_fn = make_loss(num_classes)
     stem = net[0]
     assert isinstance(stem, model.Standardize)
@@ -202,8 +209,14 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                   # throughput of this worker's training + evaluation, and a wall clock for
                   # the driver's view (benchmarks take steady-state rates from these)
                   "epoch_seconds": time.perf_counter() - epoch_start, "wall_time": time.time()}
+        # Generalization gap: how much worse the model does on rows it did not train on.
+        values["gap"] = values["val_loss"] - values["train_loss"]
+        if cfg.sweep.objective == "gap_penalized":
+            values["objective"] = values["val_loss"] + cfg.sweep.gap_penalty * max(
+                0.0, values["gap"])
         diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
         improved, stop = stopper.update(values[cfg.sweep.metric])
+        is_best, _ = ranker.update(values[rank_key])
         if improved and es.restore_best and es.patience > 0:
             best_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if diverged:
@@ -214,11 +227,13 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                 net.load_state_dict(best_weights)  # end on the best epoch's weights
         last = diverged or stop or epoch + 1 == t.epochs
         # Every N epochs, every new best (the champion's weights), and the last one.
-        if seam.rank == 0 and (last or improved or (epoch + 1) % t.checkpoint_every == 0):
+        if seam.rank == 0 and (last or improved or is_best
+                               or (epoch + 1) % t.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as ckpt:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                            "stopper": dataclasses.asdict(stopper), "best_model": best_weights,
+                            "stopper": dataclasses.asdict(stopper),
+                            "ranker": dataclasses.asdict(ranker), "best_model": best_weights,
                             "epoch": epoch + 1, "metrics": values},
                            os.path.join(ckpt, CHECKPOINT_FILE))
                 seam.report(values, ckpt)
@@ -251,6 +266,19 @@ def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         # torch's SGD couples decay into the gradient; with lr it is the classic L2 step.
         return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=t.lr)
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer,
+                        schedule: torch.optim.lr_scheduler.CosineAnnealingLR, cfg: Config) -> None:
+    """Apply the config's lr and weight decay to a restored optimizer, keeping the schedule's
+    progress (the current lr keeps its fraction of the base lr)."""
+    t = cfg.train
+    for i, group in enumerate(optimizer.param_groups):
+        fraction = group["lr"] / group["initial_lr"] if group.get("initial_lr") else 1.0
+        group["initial_lr"], group["lr"] = t.lr, t.lr * fraction
+        if i == 0:  # the weight matrices (make_optimizer's first group)
+            group["weight_decay"] = t.weight_decay
+    schedule.base_lrs = [t.lr for _ in optimizer.param_groups]
 
 
 def make_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -19,6 +19,7 @@ class TrialRecord:
     checkpoint: str | None = None  # the best epoch's checkpoint folder
     status: str = "RUNNING"
     error: str | None = None
+    logged: int = 0  # the last epoch written to MLflow
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -85,16 +86,19 @@ def status_of(r: TrialRecord, planned_epochs: int) -> str:
 
 
 def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
-          planned_epochs: int) -> str:
-    """The final trial table: searched values, epochs run, val loss and accuracy."""
-    header = ["trial", *keys, "epochs", "val_loss", "val_accuracy", "status"]
+          planned_epochs: int, rank: tuple[str, str] = ("val_loss", "min")) -> str:
+    """The final trial table, best first: searched values, epochs run, the ranking metric,
+    val loss and accuracy, and the generalization gap at the best epoch."""
+    key, mode = rank
+    shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy", "gap"))]
+    header = ["trial", *keys, "epochs", *shown, "status"]
+    sign = 1 if mode == "min" else -1
     rows = []
-    for r in sorted(records, key=lambda r: (r.best or {}).get("val_loss", math.inf)):
+    for r in sorted(records, key=lambda r: sign * (r.best or {}).get(key, sign * math.inf)):
         best = r.best or {}
         mark = " *" if r.trial_id == champion_id else ""
         rows.append([r.trial_id + mark, *(_fmt(r.values.get(k, "")) for k in keys), str(r.epochs),
-                     _fmt(best.get("val_loss", float("nan"))),
-                     _fmt(best.get("val_accuracy", float("nan"))),
+                     *(_fmt(best.get(k, float("nan"))) for k in shown),
                      status_of(r, planned_epochs)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731

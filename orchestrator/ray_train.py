@@ -99,10 +99,12 @@ def stream_datasets(cfg: Config, summary: data.Summary) -> dict[str, ray.data.Da
     return out
 
 
-def stream_feed(cfg: Config, info: dict[str, Any], seam: RaySeam) -> loop.Feed:
-    """This worker's shards of the streamed splits (Ray Train splits them equally)."""
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+def stream_feed(cfg: Config, info: dict[str, Any], seam: loop.Seam,
+                train_shard: Any = None, val_shard: Any = None) -> loop.Feed:
+    """This worker's shards of the streamed splits (Ray Train splits them equally), or the
+    whole datasets given (a single-worker trial on Tune's fast path)."""
+    train_shard = train_shard or ray.train.get_dataset_shard("train")
+    val_shard = val_shard or ray.train.get_dataset_shard("val")
 
     def train_batches(epoch: int, micro_batch: int) -> Iterator[loop.Batch]:
         for b in train_shard.iter_torch_batches(
@@ -120,6 +122,11 @@ def stream_feed(cfg: Config, info: dict[str, Any], seam: RaySeam) -> loop.Feed:
                      np.asarray(info["col_std"]), train_batches, val_batches)
 
 
+def stream_info(summary: data.Summary, group: str) -> dict[str, Any]:
+    return {"classes": summary.classes, "col_mean": summary.col_mean[group].tolist(),
+            "col_std": summary.col_std[group].tolist()}
+
+
 def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any] | None = None,
                  refit: bool = False, summary: data.Summary | None = None,
                  ) -> ray.train.torch.TorchTrainer:
@@ -129,9 +136,7 @@ def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any]
     datasets: dict[str, Any] | None = None
     if summary is not None:
         group = "train+val" if refit else "train"
-        payload["stream"] = {"classes": summary.classes,
-                             "col_mean": summary.col_mean[group].tolist(),
-                             "col_std": summary.col_std[group].tolist()}
+        payload["stream"] = stream_info(summary, group)
         ds = stream_datasets(cfg, summary)
         datasets = {"train": ds[group], "val": ds["val"]}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
@@ -150,8 +155,8 @@ def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any]
             # Keep the best N epochs (the champion's weights) and, always, the latest one.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
-                checkpoint_score_attribute=cfg.sweep.metric,
-                checkpoint_score_order=cfg.sweep.mode,
+                checkpoint_score_attribute=config_mod.rank_metric(cfg)[0],
+                checkpoint_score_order=config_mod.rank_metric(cfg)[1],
             ),
         ),
     )

@@ -1,12 +1,14 @@
-"""Ray Tune edge: search the regularization axis, one TorchTrainer (DDP) per trial, the
-driver as MLflow's only writer, then the champion: refit, test once, register, alias."""
+"""Ray Tune edge: search the regularization axis (trials run as ``orchestrator.trials``
+says), the driver as MLflow's only writer, resume after a crash, confirm the best with more
+seeds, then the champion: refit, test once, register, alias."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop, model, progress
+from orchestrator import data, loop, model, progress, trials
 from orchestrator.config import Config, ConfigError
 from orchestrator.progress import TrialRecord
 
@@ -34,6 +36,8 @@ class SweepSummary:
     tracking_uri: str
     register_as: str
     sizes: dict[str, int]
+    confirmed: list[dict[str, Any]]
+    config: dict[str, Any]
 
 
 @dataclass
@@ -79,47 +83,6 @@ def prepare(cfg: Config) -> Prepared:
                     splits.num_features, splits=splits)
 
 
-# ---------------------------------------------------------------- decisions (pure, no Ray)
-
-
-def search_space(cfg: Config) -> dict[str, Any]:
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    for key, spec in cfg.sweep.space.items():
-        kind = spec["type"]
-        if kind == "uniform":
-            out[key] = tune.uniform(spec["low"], spec["high"])
-        elif kind == "loguniform":
-            out[key] = tune.loguniform(spec["low"], spec["high"])
-        elif kind == "randint":
-            out[key] = tune.randint(spec["low"], spec["high"])
-        elif kind == "choice":
-            out[key] = tune.choice(spec["values"])
-        else:
-            out[key] = tune.grid_search(spec["values"])
-    return out
-
-
-def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "memory") -> int:
-    """How many trials fit at once; ConfigError naming what is missing when not even one does.
-    A streamed trial also keeps ``scaling.data_cpus`` free for its Ray Data tasks: with every
-    CPU held by training workers the read and map tasks would never run."""
-    s = cfg.scaling
-    need_cpu = s.num_workers * s.cpus_per_worker + (s.data_cpus if loader == "stream" else 0)
-    fits = math.floor(cluster.get("CPU", 0) / need_cpu + 1e-9)
-    if s.use_gpu:
-        fits = min(fits, math.floor(cluster.get("GPU", 0) / s.num_workers + 1e-9))
-    if fits < 1:
-        have = f"{cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU"
-        want = f"{need_cpu:g} CPU" + (f", {s.num_workers} GPU" if s.use_gpu else "")
-        raise ConfigError("scaling.num_workers", f"one trial needs {want}; the cluster has {have}",
-                          "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes")
-    if cfg.sweep.max_concurrent is not None:
-        fits = min(fits, cfg.sweep.max_concurrent)
-    return max(1, fits)
-
-
 # ---------------------------------------------------------------- the Ray / MLflow edge
 
 
@@ -156,97 +119,276 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+STATE_FILE = "orchestrator.json"
+
+
+@dataclass
+class Context:
+    """One sweep's handles, shared by its stages (search, confirm, champion)."""
+
+    cfg: Config
+    prep: Prepared
+    client: Any
+    exp_id: str
+    parent_id: str
+    stamp: str
+    storage: str
+    concurrency: int
+    out: Callable[[str], None]
+    resume: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.experiment}-{self.stamp}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.storage) / self.name
+
+
 def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start."""
     prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
-    import ray
-    from ray import tune
-
     from orchestrator import tracking
 
-    scheduler: Any = None
-    if cfg.sweep.scheduler == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=cfg.train.epochs,
-            grace_period=min(cfg.sweep.grace_period, cfg.train.epochs),
-            reduction_factor=cfg.sweep.reduction_factor)
-    space = search_space(cfg)
+    trials.search_space(cfg)  # a bad space fails here, before Ray starts
     init_ray(verbose)
-    concurrency = trial_concurrency(cfg, ray.cluster_resources(), prep.loader)
+    concurrency = _concurrency(cfg, prep)
     client, exp_id = tracking.connect(cfg)
-    uri = tracking.resolve_uri(cfg)
     parent_id = tracking.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
-    storage = str(Path(cfg.sweep.storage_path).absolute())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out(f"[sweep] {cfg.experiment}: {cfg.sweep.num_samples} trials x {cfg.scaling.num_workers} "
-        f"DDP worker(s), {concurrency} at a time; data {prep.sizes} ({prep.loader}); "
-        f"MLflow {uri}")
+    ctx = Context(cfg, prep, client, exp_id, parent_id, time.strftime("%Y%m%d-%H%M%S"),
+                  str(Path(cfg.sweep.storage_path).absolute()), concurrency, out)
+    ctx.path.mkdir(parents=True, exist_ok=True)
+    _write_state(ctx, "running")
+    client.set_tag(parent_id, "orchestrator.sweep_dir", str(ctx.path))
+    path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
+    out(f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
+        f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
+        f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler; data {prep.sizes} "
+        f"({prep.loader}); MLflow {tracking.resolve_uri(cfg)}")
+    out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
+    return _complete(ctx)
 
-    callback = _SweepCallback(cfg, client, exp_id, parent_id, prep.fingerprint, out)
-    tuner = _tuner(cfg, space, cfg.sweep.num_samples, scheduler, concurrency, callback,
-                   storage, stamp, prep.summary)
+
+def resume(experiment: str, storage_path: str = "results", out: Callable[[str], None] = print,
+           verbose: bool = False) -> SweepSummary:
+    """Continue a sweep whose driver died: finished trials stay finished, unfinished ones
+    go on from their last checkpoint, the searcher keeps its state, and MLflow keeps one
+    run per trial."""
+    path = find_sweep(experiment, storage_path)
+    state = json.loads((path / STATE_FILE).read_text())
+    if state["phase"] == "done":
+        raise ConfigError("EXPERIMENT", f"the sweep in {path} already finished",
+                          "start a new one with `orchestrator sweep CONFIG`")
+    prep = prepare(config_mod.from_dict(state["config"]))
+    if prep.fingerprint != state["fingerprint"]:
+        raise ConfigError("data.path", f"the data changed since the sweep started "
+                          f"({prep.fingerprint} != {state['fingerprint']})",
+                          "resume against the same data, or start a new sweep")
+    cfg = prep.cfg
+    from orchestrator import tracking
+
+    init_ray(verbose)
+    concurrency = _concurrency(cfg, prep)
+    client, exp_id = tracking.connect(cfg)
+    parent_id = state["parent_run_id"]
+    client.update_run(parent_id, status="RUNNING")
+    client.set_tag(parent_id, "orchestrator.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
+    ctx = Context(cfg, prep, client, exp_id, parent_id, state["stamp"], str(path.parent),
+                  concurrency, out, resume=True)
+    out(f"[sweep] resuming {path.name} (MLflow parent run {parent_id})")
+    return _complete(ctx)
+
+
+def find_sweep(experiment: str, storage_path: str) -> Path:
+    """A sweep folder, or the newest sweep of that experiment name under the storage path."""
+    given = Path(experiment)
+    if (given / STATE_FILE).is_file():
+        return given.absolute()
+    pattern = re.compile(rf"^{re.escape(experiment)}-\d{{8}}-\d{{6}}$")
+    root = Path(storage_path)
+    found = sorted(p for p in (root.iterdir() if root.is_dir() else [])
+                   if pattern.match(p.name) and (p / STATE_FILE).is_file())
+    if not found:
+        raise ConfigError("EXPERIMENT", f"no sweep named {experiment!r} under {root.absolute()}",
+                          "pass the experiment name from the config (or the folder the sweep "
+                          "printed), and --storage when sweep.storage_path was changed")
+    return found[-1].absolute()
+
+
+def _write_state(ctx: Context, phase: str) -> None:
+    state = {"config": config_mod.to_dict(ctx.cfg), "stamp": ctx.stamp, "phase": phase,
+             "parent_run_id": ctx.parent_id, "experiment_id": ctx.exp_id,
+             "fingerprint": ctx.prep.fingerprint}
+    tmp = ctx.path / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(ctx.path / STATE_FILE)  # atomic: a kill never leaves half a state file
+
+
+def _concurrency(cfg: Config, prep: Prepared) -> int:
+    import ray
+
+    return trials.trial_concurrency(cfg, ray.cluster_resources(), prep.loader,
+                                    trials.alive_nodes())
+
+
+def _complete(ctx: Context) -> SweepSummary:
+    from orchestrator import tracking
+
+    cfg = ctx.cfg
+    key, mode = config_mod.rank_metric(cfg)
     try:
-        tuner.fit()
-        best = progress.best_trial(callback.records, cfg.sweep.metric, cfg.sweep.mode)
+        callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id,
+                                  ctx.prep.fingerprint, ctx.out, trials.total_trials(cfg),
+                                  resumed=ctx.resume)
+        trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
+        _fit(ctx.path, ctx.resume, callback, trainable, lambda: _tuner(
+            cfg, trainable, trials.search_space(cfg), trials.num_samples(cfg),
+            trials.scheduler(cfg), trials.searcher(cfg, ctx.concurrency), ctx.concurrency,
+            callback, ctx.storage, ctx.name))
+        if ctx.resume:
+            callback.forget_orphans()
+        best = progress.best_trial(callback.records, key, mode)
         if best is None:
             raise RuntimeError("no trial finished an epoch; see the errors above")
+        confirmed: list[dict[str, Any]] = []
+        if cfg.sweep.confirm_seeds:
+            best, confirmed = confirm(ctx, callback.records)
         champion_cfg = config_mod.with_values(cfg, best.values)
-        weights = _champion_weights(champion_cfg, best, storage, stamp, out, prep.summary)
+        weights = _champion_weights(ctx, champion_cfg, best)
         # the stem's statistics are buffers: load_state_dict brings the trained ones
-        d = prep.num_features
-        net = model.from_config(champion_cfg, np.zeros(d), np.ones(d), len(prep.classes))
+        d = ctx.prep.num_features
+        net = model.from_config(champion_cfg, np.zeros(d), np.ones(d), len(ctx.prep.classes))
         net.load_state_dict(weights)
-        test_metrics, example = evaluate_test(net, prep)
+        test_metrics, example = evaluate_test(net, ctx.prep)
         version = tracking.register_champion(
-            champion_cfg, parent_id, model.WithProbabilities(net), example,
-            prep.classes, test_metrics, best.run_id or "")
+            champion_cfg, ctx.parent_id, model.WithProbabilities(net), example,
+            ctx.prep.classes, test_metrics, best.run_id or "")
     except BaseException:
-        tracking.end_run(client, parent_id, "FAILED", {})
+        tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
-    tracking.end_run(client, parent_id, "FINISHED", {
+    _write_state(ctx, "done")
+    tracking.end_run(ctx.client, ctx.parent_id, "FINISHED", {
         "orchestrator.champion_trial": best.trial_id,
         **{f"orchestrator.champion.{k}": str(v) for k, v in best.values.items()}})
-    return SweepSummary(exp_id, parent_id, callback.records, best, best.values, test_metrics,
-                        version, uri, cfg.tracking.register_as, prep.sizes)
+    return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, best.values,
+                        test_metrics, version, tracking.resolve_uri(cfg),
+                        cfg.tracking.register_as, ctx.prep.sizes, confirmed,
+                        config_mod.to_dict(cfg))
 
 
-def _tuner(cfg: Config, space: dict[str, Any], num_samples: int, scheduler: Any,
-           concurrency: int, callback: Any, storage: str, stamp: str,
-           summary: data.Summary | None) -> Any:
+# Tune pickles the run's callbacks into the experiment folder; a resumed run must get the
+# live one of this driver (with its MLflow client and output), looked up by the folder.
+_LIVE: dict[str, Any] = {}
+
+
+def _live_callback(key: str) -> Any:
+    from ray.tune import Callback
+
+    return _LIVE.get(key) or Callback()
+
+
+def _fit(path: Path, resume: bool, callback: Any, trainable: Any,
+         make_tuner: Callable[[], Any]) -> Any:
+    """Start the Tune run, or restore it from its folder: finished trials are kept as they
+    are, unfinished ones continue from their last checkpoint, errored ones stay failed."""
     from ray import tune
 
-    from orchestrator import ray_train
+    callback.key = str(path)
+    _LIVE[str(path)] = callback
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        tuner = make_tuner()
+    return tuner.fit()
 
-    def trial_fn(values: dict[str, Any]) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
 
-        # Train V2 workers block on each report until the controller polls (every 2 s by
-        # default): with epochs of a fraction of a second that poll would set the pace.
-        # The trainer passes this variable on to its controller.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-        trial_cfg = config_mod.with_values(cfg, values)
-        trial_id = tune.get_context().get_trial_id()
-        trainer = ray_train.make_trainer(trial_cfg, f"{cfg.experiment}-{stamp}-{trial_id}",
-                                         storage, callbacks=[TuneReportCallback()],
-                                         summary=summary)
-        trainer.fit()
+def _tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: int,
+           scheduler: Any, search_alg: Any, concurrency: int, callback: Any, storage: str,
+           name: str) -> Any:
+    from ray import tune
 
+    key, mode = config_mod.rank_metric(cfg)
     return tune.Tuner(
-        # The trial itself only waits on its TorchTrainer; the workers hold the CPUs/GPUs.
-        # (Tune refuses an empty request, so the trial asks for a token 1 MiB of memory.)
-        tune.with_resources(trial_fn, {"cpu": 0, "memory": 2**20}),
+        trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(
-            metric=cfg.sweep.metric, mode=cfg.sweep.mode, num_samples=num_samples,
-            # random search and grids both come from Tune's variant generator, seeded; given
-            # a generator, Tune leaves the concurrency cap to it
-            search_alg=tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed,
-                                                         max_concurrent=concurrency),
-            scheduler=scheduler, max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name=f"{cfg.experiment}-{stamp}", storage_path=storage,
-                                  callbacks=[callback], verbose=0),
+        tune_config=tune.TuneConfig(metric=key, mode=mode, num_samples=num_samples,
+                                    search_alg=search_alg, scheduler=scheduler,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, callbacks=[callback] if callback else [],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=trials.max_failures(cfg)),
+            # fast-path trials checkpoint through Tune: keep the best N and the latest
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=key,
+                checkpoint_score_order=mode)),
     )
+
+
+def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list[dict[str, Any]]]:
+    """Rerun the top ``confirm_top`` configurations with ``confirm_seeds`` fresh seeds each
+    and choose the champion by the mean. Fresh seeds, not the searched one: the search
+    picked each winner partly for its lucky seed, and counting that run again would keep
+    the luck in the mean."""
+    from ray import tune
+
+    cfg, sw = ctx.cfg, ctx.cfg.sweep
+    key, mode = config_mod.rank_metric(cfg)
+    done = [r for r in records if r.best is not None and r.status != "ERROR"]
+    top = sorted(done, key=lambda r: r.best[key], reverse=mode == "max")[:sw.confirm_top]  # type: ignore[index]
+    sets = [{**r.values, "train.seed": cfg.train.seed + 1 + k}
+            for r in top for k in range(sw.confirm_seeds)]
+    ctx.out(f"[confirm] {len(top)} best configuration(s) x {sw.confirm_seeds} seeds = "
+            f"{len(sets)} runs, full budget")
+    callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id, ctx.prep.fingerprint,
+                              ctx.out, len(sets), role="confirm", resumed=ctx.resume)
+    trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
+    name = f"{ctx.name}-confirm"
+    _fit(Path(ctx.storage) / name, ctx.resume, callback, trainable, lambda: _tuner(
+        cfg, trainable, {trials.SET_KEY: tune.grid_search(sets)}, 1, None,
+        tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency), ctx.concurrency,
+        callback, ctx.storage, name))
+    rows: list[dict[str, Any]] = []
+    for r in top:
+        runs = [c for c in callback.records if c.best is not None and c.status != "ERROR"
+                and _without_seed(c.values) == _without_seed(r.values)]
+        if not runs:
+            continue
+        scores = np.array([c.best[key] for c in runs])  # type: ignore[index]
+        accs = np.array([c.best.get("val_accuracy", np.nan) for c in runs])  # type: ignore[union-attr]
+        rows.append({"trial_id": r.trial_id, "values": r.values, "record": r, "runs": runs,
+                     "mean": float(scores.mean()), "std": float(scores.std(ddof=1))
+                     if len(scores) > 1 else 0.0, "n": len(runs),
+                     "val_accuracy": float(np.nanmean(accs)), "search": r.best[key]})  # type: ignore[index]
+    if not rows:
+        raise RuntimeError("no confirmation run finished; see the errors above")
+    rows.sort(key=lambda row: row["mean"], reverse=mode == "max")
+    for i, row in enumerate(rows):
+        ctx.out(f"[confirm] {'*' if i == 0 else ' '} trial {row['trial_id']}: {key} "
+                f"{row['mean']:.4f} +- {row['std']:.4f} over {row['n']} seeds "
+                f"(search run {row['search']:.4f}; val_accuracy {row['val_accuracy']:.4f})")
+        ctx.client.set_tag(ctx.parent_id, f"orchestrator.confirm.{row['trial_id']}",
+                           f"{key} mean={row['mean']:.5f} std={row['std']:.5f} n={row['n']}")
+    win = rows[0]
+    ctx.client.log_metric(ctx.parent_id, f"confirm_{key}_mean", win["mean"])
+    ctx.client.log_metric(ctx.parent_id, f"confirm_{key}_std", win["std"])
+    best_run = (min if mode == "min" else max)(win["runs"], key=lambda c: c.best[key])
+    base: TrialRecord = win["record"]
+    # refit length: the median of the seeds' best epochs, robust to one early or late seed
+    epochs = float(np.median([c.best["epoch"] for c in win["runs"]]))
+    champion = TrialRecord(base.trial_id, base.values, base.run_id, base.epochs,
+                           {**(best_run.best or {}), key: win["mean"], "epoch": round(epochs),
+                            "val_accuracy": win["val_accuracy"]},
+                           best_run.checkpoint, base.status)
+    table = [{k: v for k, v in row.items() if k not in ("record", "runs")} for row in rows]
+    return champion, table
+
+
+def _without_seed(values: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in values.items() if k != "train.seed"}, sort_keys=True)
 
 
 @dataclass
@@ -258,48 +400,48 @@ class TrainSummary:
 
 def train_run(cfg: Config, out: Callable[[str], None] = print,
               verbose: bool = False) -> TrainSummary:
-    """One training run of the config as it stands (no search): a TorchTrainer of
-    ``scaling.num_workers`` DDP workers, restarted from its last checkpoint up to
-    ``scaling.max_failures`` times, logged as one MLflow run tagged ``role=train``."""
+    """One training run of the config as it stands (no search): in a single trial on the
+    fast path, or a TorchTrainer of ``scaling.num_workers`` DDP workers; restarted from its
+    last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
     prep = prepare(cfg)
     cfg = prep.cfg
-    import ray
-
     from orchestrator import tracking
 
     init_ray(verbose)
-    trial_concurrency(cfg, ray.cluster_resources(), prep.loader)  # fails now if it cannot fit
+    _concurrency(cfg, prep)  # fails now if one run cannot fit
     client, exp_id = tracking.connect(cfg)
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
         f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
-    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out)
-    _tuner(cfg, {}, 1, None, 1, callback, storage, stamp, prep.summary).fit()
+    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1)
+    trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
+    no_search = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, max_failures=0))
+    _tuner(no_search, trainable, {}, 1, None, None, 1, callback, storage,
+           f"{cfg.experiment}-{stamp}-train").fit()
     rec = callback.records[0]
     assert rec.run_id is not None
     return TrainSummary(rec.run_id, rec, tracking.resolve_uri(cfg))
 
 
-def _champion_weights(cfg: Config, best: TrialRecord, storage: str, stamp: str,
-                      out: Callable[[str], None], summary: data.Summary | None,
-                      ) -> dict[str, torch.Tensor]:
+def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:
     """Refit on train + validation for the best epoch count (as scikit-learn's refit does),
     so the champion learns from every row but the test split; or take the trial's weights."""
     assert best.best is not None and best.checkpoint is not None
     if not cfg.sweep.refit:
         return loop.load_checkpoint(best.checkpoint)["model"]
-    from orchestrator import ray_train
-
     epochs = int(best.best["epoch"])
     refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-    out(f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs")
-    result = ray_train.make_trainer(refit_cfg, f"{cfg.experiment}-{stamp}-refit", storage,
-                                    refit=True, summary=summary).fit()
-    assert result.checkpoint is not None
-    with result.checkpoint.as_directory() as d:
-        return loop.load_checkpoint(d)["model"]
-
+    ctx.out(f"[sweep] refitting the champion ({best.trial_id}) on train+validation for "
+            f"{epochs} epochs")
+    trainable = trials.make_trainable(refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary,
+                                      refit=True)
+    grid = _tuner(refit_cfg, trainable, {}, 1, None, None, 1, None, ctx.storage,
+                  f"{ctx.name}-refit-{time.strftime('%H%M%S')}").fit()
+    result = grid[0]
+    if result.error is not None:
+        raise RuntimeError(f"the champion's refit failed: {result.error}")
+    return loop.load_checkpoint(trials.final_checkpoint(result))["model"]
 
 @torch.no_grad()
 def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float], np.ndarray]:
@@ -326,14 +468,42 @@ def _callback_base() -> type:
 
 
 class _SweepCallback(_callback_base()):  # type: ignore[misc]
-    """Runs in the driver: keeps the ledger, writes MLflow, prints progress."""
+    """Runs in the driver: keeps the ledger, writes MLflow (its only writer), prints progress.
+
+    Its ledger is saved with Tune's experiment state (``get_state``), so a resumed sweep
+    knows every trial it had; a trial Tune re-runs finds its MLflow run again rather than
+    opening a second one, and an epoch replayed from a checkpoint is logged once."""
 
     def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str | None,
-                 fingerprint: str, out: Callable[[str], None]):
+                 fingerprint: str, out: Callable[[str], None], total: int,
+                 role: str = "trial", resumed: bool = False):
         self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
-        self.fingerprint, self.out = fingerprint, out
+        self.fingerprint, self.out, self.total, self.role = fingerprint, out, total, role
+        self.resumed = resumed
+        self.key = ""
         self.by_id: dict[str, TrialRecord] = {}
-        self.total = cfg.sweep.num_samples * _grid_size(cfg)
+        self._started: set[str] = set()  # trials (re)started and not yet reporting
+
+    def __reduce__(self) -> tuple:
+        return (_live_callback, (self.key,))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"by_id": self.by_id}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        from orchestrator import tracking
+
+        self.by_id = state["by_id"]
+        for rec in self.by_id.values():
+            if rec.run_id and rec.status == "RUNNING":  # MLflow may have seen more epochs
+                rec.logged = max(rec.logged, tracking.last_step(self.client, rec.run_id))
+        done = sum(r.status != "RUNNING" for r in self.by_id.values())
+        self.out(f"[{self._tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
+                 f"rerun), {len(self.by_id) - done} to continue from their last checkpoint")
+
+    @property
+    def _tag(self) -> str:
+        return "sweep" if self.role == "trial" else self.role
 
     @property
     def records(self) -> list[TrialRecord]:
@@ -344,11 +514,18 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
         rec = self.by_id.get(trial.trial_id)
         if rec is None:
-            values = {k: v for k, v in trial.config.items() if k in self.cfg.sweep.space}
+            values = trials.values_of(trial.config)
             rec = TrialRecord(trial.trial_id, values)
-            trial_cfg = config_mod.with_values(self.cfg, values)
-            rec.run_id = tracking.start_trial_run(self.client, self.exp_id, self.parent_id,
-                                                  trial.trial_id, trial_cfg, self.fingerprint)
+            found = (tracking.find_trial_run(self.client, self.exp_id, self.parent_id,
+                                             trial.trial_id)
+                     if self.resumed and self.parent_id else None)
+            if found:  # started just before the driver died, after Tune's last save
+                rec.run_id, rec.logged = found
+                self.client.update_run(rec.run_id, status="RUNNING")
+            else:
+                rec.run_id = tracking.start_trial_run(
+                    self.client, self.exp_id, self.parent_id, trial.trial_id,
+                    config_mod.with_values(self.cfg, values), self.fingerprint, self.role)
             if self.parent_id is None:
                 self.out(f"[train] MLflow run {rec.run_id}")
             self.by_id[trial.trial_id] = rec
@@ -356,23 +533,46 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._record(trial)
-        if self.parent_id is not None:
-            values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in rec.values.items())
-            self.out(f"[sweep] trial {rec.trial_id} started ({values})")
+        self._started.add(trial.trial_id)
+        if self.parent_id is not None and rec.epochs == 0:
+            self.out(f"[{self._tag}] trial {rec.trial_id} started ({_show(rec.values)})")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.out(f"[{self._tag}] trial {trial.trial_id} crashed; retrying from its last "
+                 f"checkpoint")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         from orchestrator import tracking
 
         rec = self._record(trial)
-        if int(result.get("epoch", 0)) <= rec.epochs:
-            return  # an epoch replayed after a worker-group restart: logged once already
-        progress.update(rec, result, self.cfg.sweep.metric, self.cfg.sweep.mode)
-        assert rec.run_id is not None
-        tracking.log_epoch(self.client, rec.run_id, result)
+        epoch = int(result.get("epoch", 0))
+        if trial.trial_id in self._started:
+            self._started.discard(trial.trial_id)
+            if epoch > 1:  # a retry, a resumed sweep, an unpaused or exploited (PBT) trial
+                self.out(f"[{self._tag}] trial {rec.trial_id} continues from epoch {epoch - 1}")
+        values = trials_mod.values_of(trial.config)
+        if values != rec.values:  # PBT moved this trial to new values
+            rec.values = values
+            assert rec.run_id is not None
+            self.client.set_tag(rec.run_id, f"orchestrator.values.epoch{epoch}", _show(values))
+        if epoch <= rec.epochs:
+            return  # an epoch replayed from a checkpoint: in the ledger already
+        key, mode = config_mod.rank_metric(self.cfg)
+        progress.update(rec, result, key, mode)
+        if epoch > rec.logged:
+            assert rec.run_id is not None
+            tracking.log_epoch(self.client, rec.run_id, result)
+            rec.logged = epoch
         if self.parent_id is None:
             self.out(progress.epoch_line(result))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        # Fast-path trials checkpoint through Tune: the path arrives here, after the result.
+        rec = self._record(trial)
+        if rec.best is not None and rec.best.get("epoch") == trial.last_result.get("epoch"):
+            rec.checkpoint = checkpoint.path
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         from orchestrator import tracking
@@ -386,22 +586,51 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             tags["orchestrator.error"] = error[-5000:]
         tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
         if self.parent_id is not None:
-            self.out(progress.progress_line(self.records, self.total, self.cfg.sweep.metric,
-                                            self.cfg.sweep.mode))
+            key, mode = config_mod.rank_metric(self.cfg)
+            line = progress.progress_line(self.records, self.total, key, mode)
+            self.out(line.replace("[sweep]", f"[{self._tag}]"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "ERROR", str(getattr(trial, "error_file", "") or "trial failed"))
+        self._finish(trial, "ERROR", _error_text(trial))
+        self.out(f"[{self._tag}] trial {trial.trial_id} failed: "
+                 f"{(self.by_id[trial.trial_id].error or '').strip().splitlines()[-1:]}")
+
+    def forget_orphans(self) -> None:
+        """Runs opened for trials Tune no longer knows (started after its last save before
+        the driver died; Tune runs them again under new ids): deleted, so every trial has
+        exactly one run."""
+        from orchestrator import tracking
+
+        if self.parent_id is None:
+            return
+        known = {r.run_id for r in self.records}
+        for run in tracking.child_runs(self.client, self.exp_id, self.parent_id):
+            if (run.info.run_id not in known and run.info.status == "RUNNING"
+                    and run.data.tags.get(tracking.ROLE) == self.role):
+                self.client.delete_run(run.info.run_id)
 
 
-def _grid_size(cfg: Config) -> int:
-    sizes = [len(s["values"]) for s in cfg.sweep.space.values() if s["type"] == "grid"]
-    return int(np.prod(sizes)) if sizes else 1
+trials_mod = trials
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()[-5000:]
+    return str(getattr(trial, "error_msg", None) or "trial failed")
+
+
+def _show(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
 
 
 def ensure_env() -> None:
-    """Keep Ray's Tune output and its V2 deprecation chatter out of the progress lines."""
+    """Keep Ray's Tune output and its V2 deprecation chatter out of the progress lines, and
+    save Tune's experiment state often (what a resumed sweep starts from)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")

@@ -21,7 +21,8 @@ from orchestrator import config as config_mod
 from orchestrator.config import Config
 
 ROLE = "orchestrator.role"
-METRIC_KEYS = ("train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1")
+METRIC_KEYS = ("train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1",
+               "gap", "objective")
 
 
 def resolve_uri(cfg: Config) -> str:
@@ -85,16 +86,38 @@ def start_sweep_run(client: MlflowClient, exp_id: str, cfg: Config, fingerprint:
 
 
 def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str | None, trial_id: str,
-                    cfg: Config, fingerprint: str) -> str:
-    """A trial's run under the sweep's; without a parent, the run of `orchestrator train`."""
-    tags = {ROLE: "trial" if parent_id else "train", "orchestrator.trial_id": trial_id,
-            **common_tags(cfg, fingerprint)}
+                    cfg: Config, fingerprint: str, role: str = "trial") -> str:
+    """A trial's run under the sweep's (``role`` trial, or confirm for a seed rerun); without a
+    parent, the run of `orchestrator train`."""
+    role = role if parent_id else "train"
+    tags = {ROLE: role, "orchestrator.trial_id": trial_id, **common_tags(cfg, fingerprint)}
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
-    name = f"trial-{trial_id}" if parent_id else f"train-{cfg.experiment}"
+    name = f"{role}-{trial_id}" if parent_id else f"train-{cfg.experiment}"
     run = client.create_run(exp_id, run_name=name, tags=tags)
     log_params(client, run.info.run_id, cfg)
     return run.info.run_id
+
+
+def find_trial_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str,
+                   ) -> tuple[str, int] | None:
+    """A resumed sweep's existing run for a trial, and the last epoch it logged."""
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                f"tags.`orchestrator.trial_id` = '{trial_id}'")
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    return run_id, last_step(client, run_id)
+
+
+def last_step(client: MlflowClient, run_id: str) -> int:
+    return max((m.step for m in client.get_metric_history(run_id, "val_loss")), default=0)
+
+
+def child_runs(client: MlflowClient, exp_id: str, parent_id: str) -> list[Any]:
+    return list(client.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000))
 
 
 def log_epoch(client: MlflowClient, run_id: str, values: dict[str, Any]) -> None:

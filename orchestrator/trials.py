@@ -1,0 +1,293 @@
+"""How one trial runs under Ray Tune, and the searchers and schedulers that drive them.
+
+Two ways to run the same loop (``loop.train``), chosen by ``scaling.num_workers``:
+- **fast path**, 1 worker: the loop runs inside the Tune trial's own process, which reports
+  and checkpoints through Tune (about a second to start; schedulers can pause, clone and
+  restore it: HyperBand, PBT);
+- **N workers**: the trial starts a TorchTrainer (DDP) and relays its reports with
+  ``TuneReportCallback`` (15-20 s to start a worker group here).
+Either way the trial reports the same metrics each epoch and writes the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator import config as config_mod
+from orchestrator import data, loop
+from orchestrator.config import Config, ConfigError
+
+SET_KEY = "_set"  # a param_space key whose value is a whole dict of dotted values (confirm runs)
+
+
+def values_of(trial_config: dict[str, Any], space_keys: Any = None) -> dict[str, Any]:
+    """The dotted config values a trial was given (a confirm run's come packed in one key)."""
+    out = {k: v for k, v in trial_config.items() if k != SET_KEY
+           and (space_keys is None or k in space_keys)}
+    return {**trial_config.get(SET_KEY, {}), **out}
+
+
+def fast_path(cfg: Config) -> bool:
+    return cfg.scaling.num_workers == 1
+
+
+class TuneSeam:
+    """The loop inside a single-worker Tune trial: reports and checkpoints go to Tune."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, use_gpu: bool) -> None:
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def wrap(self, net: nn.Module) -> nn.Module:
+        return net.to(self.device)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def report(self, values: dict[str, float], checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(values, checkpoint=ckpt)
+
+    def restore(self) -> dict[str, Any] | None:
+        # A retried, resumed, unpaused (HyperBand) or exploited (PBT) trial starts here.
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return loop.load_checkpoint(d)
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What the Tune trial itself holds. On the fast path it is the worker; otherwise it only
+    waits on its TorchTrainer, whose workers hold the CPUs/GPUs (Tune refuses an empty
+    request, so it asks for a token 1 MiB of memory)."""
+    s = cfg.scaling
+    if fast_path(cfg):
+        return {"cpu": s.cpus_per_worker, "gpu": 1 if s.use_gpu else 0}
+    return {"cpu": 0, "memory": 2**20}
+
+
+def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary | None,
+                   refit: bool = False) -> Any:
+    """The Tune trainable for this config. Its name (``trial_fn``) is what a resumed sweep
+    is matched against, so both paths share it."""
+    from ray import tune
+
+    def trial_fn(trial_config: dict[str, Any]) -> None:
+        trial_cfg = config_mod.with_values(cfg, values_of(trial_config))
+        if fast_path(trial_cfg):
+            _run_in_trial(trial_cfg, summary, refit)
+            return
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from orchestrator import ray_train
+
+        # Train V2 workers block on each report until the controller polls (every 2 s by
+        # default): with epochs of a fraction of a second that poll would set the pace.
+        # The trainer passes this variable on to its controller.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+        trial_id = tune.get_context().get_trial_id()
+        # The same name on a retry or a resumed sweep: Train picks up its own checkpoints.
+        name = f"{cfg.experiment}-{stamp}-{trial_id}" + ("-refit" if refit else "")
+        ray_train.make_trainer(trial_cfg, name, storage, callbacks=[TuneReportCallback()],
+                               refit=refit, summary=summary).fit()
+
+    return tune.with_resources(trial_fn, trial_resources(cfg))
+
+
+def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> None:
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    seam = TuneSeam(cfg.scaling.use_gpu)
+    if summary is not None:
+        from orchestrator import ray_train
+
+        group = "train+val" if refit else "train"
+        ds = ray_train.stream_datasets(cfg, summary)
+        feed = ray_train.stream_feed(cfg, ray_train.stream_info(summary, group), seam,
+                                     ds[group], ds["val"])
+        loop.train(cfg, feed, seam)
+        return
+    splits = data.load_splits(cfg.data)
+    loop.train(cfg, data.merge_validation(splits) if refit else splits, seam)
+
+
+def final_checkpoint(result: Any) -> str:
+    """The last checkpoint folder of a finished trial, whichever path it ran on."""
+    if result.checkpoint is not None:  # fast path: Tune's own checkpoint
+        return str(result.checkpoint.path)
+    return str(result.metrics["checkpoint_path"])  # relayed from the TorchTrainer
+
+
+def max_failures(cfg: Config) -> int:
+    """Retries of a crashed trial. On the fast path the trial is the worker, so a worker's
+    restarts (``scaling.max_failures``) are the trial's too."""
+    sw, s = cfg.sweep.max_failures, cfg.scaling.max_failures
+    if -1 in (sw, s if fast_path(cfg) else 0):
+        return -1
+    return sw + (s if fast_path(cfg) else 0)
+
+
+# ---------------------------------------------------------------- searchers and schedulers
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    from ray import tune
+
+    grid = cfg.sweep.searcher == "grid"
+    out: dict[str, Any] = {}
+    for key, spec in cfg.sweep.space.items():
+        kind = spec["type"]
+        if kind == "uniform":
+            out[key] = tune.uniform(spec["low"], spec["high"])
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(spec["low"], spec["high"])
+        elif kind == "randint":
+            out[key] = tune.randint(spec["low"], spec["high"])
+        elif kind == "choice" and not grid:
+            out[key] = tune.choice(spec["values"])
+        else:  # grid, or a choice the grid searcher enumerates
+            out[key] = tune.grid_search(spec["values"])
+    return out
+
+
+def num_samples(cfg: Config) -> int:
+    """Tune's num_samples: the grid searcher runs each combination once; the others draw
+    ``sweep.num_samples`` (times any grid dimensions, as Tune does)."""
+    return 1 if cfg.sweep.searcher == "grid" else cfg.sweep.num_samples
+
+
+def total_trials(cfg: Config) -> int:
+    sizes = [len(s["values"]) for s in cfg.sweep.space.values()
+             if s["type"] == "grid" or (s["type"] == "choice" and cfg.sweep.searcher == "grid")]
+    return num_samples(cfg) * math.prod(sizes)
+
+
+def searcher(cfg: Config, concurrency: int) -> Any:
+    """Seeded: the same ``sweep.seed`` proposes the same configurations."""
+    from ray import tune
+
+    if cfg.sweep.searcher == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        tpe = optuna.samplers.TPESampler(seed=cfg.sweep.seed)
+        # metric and mode reach it from the TuneConfig
+        return ConcurrencyLimiter(OptunaSearch(sampler=tpe), max_concurrent=concurrency)
+    # Random search and grids both come from Tune's variant generator; given a generator,
+    # Tune leaves the concurrency cap to it.
+    return tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed,
+                                             max_concurrent=concurrency)
+
+
+def scheduler(cfg: Config) -> Any:
+    from ray.tune import schedulers
+
+    sw, epochs = cfg.sweep, cfg.train.epochs
+    grace = min(sw.grace_period, epochs)
+    if sw.scheduler == "asha":
+        return schedulers.ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
+                                        reduction_factor=sw.reduction_factor)
+    if sw.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=epochs,
+                                             reduction_factor=sw.reduction_factor)
+    if sw.scheduler == "median":
+        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=grace,
+                                             min_samples_required=3)
+    if sw.scheduler == "pbt":
+        return schedulers.PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=sw.perturbation_interval,
+            hyperparam_mutations=pbt_mutations(cfg))
+    return None  # fifo: every trial runs its full budget
+
+
+def pbt_mutations(cfg: Config) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, spec in cfg.sweep.space.items():
+        kind = spec["type"]
+        if kind in ("choice", "grid"):
+            out[key] = list(spec["values"])
+        else:
+            out[key] = {"uniform": tune.uniform, "loguniform": tune.loguniform,
+                        "randint": tune.randint}[kind](spec["low"], spec["high"])
+    return out
+
+
+# ---------------------------------------------------------------- fitting the cluster
+
+
+def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "memory",
+                      nodes: list[dict[str, float]] | None = None) -> int:
+    """How many trials fit at once, packing each trial's workers onto the nodes; a
+    ConfigError naming what is missing when not even one does (rather than trials pending
+    forever). A streamed trial also keeps ``scaling.data_cpus`` free for its Ray Data
+    tasks: with every CPU held by training workers the read and map tasks would never run."""
+    s = cfg.scaling
+    bundle = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
+    extra_cpu = s.data_cpus if loader == "stream" else 0.0
+    free = [dict(n) for n in (nodes if nodes else [cluster])]
+    fits = 0
+    while _place(free, bundle, s.num_workers) and _take_cpu(free, extra_cpu):
+        fits += 1
+        if cfg.sweep.max_concurrent is not None and fits >= cfg.sweep.max_concurrent:
+            break
+    if fits < 1:
+        want = f"{s.num_workers} worker(s) x {_show(bundle)}" + (
+            f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else "")
+        biggest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        have = (f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes
+                else _show(cluster))
+        raise ConfigError("scaling.num_workers", f"one trial needs {want}; the cluster has {have}",
+                          "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes")
+    return fits
+
+
+def _place(free: list[dict[str, float]], bundle: dict[str, float], count: int) -> bool:
+    """Place ``count`` bundles (spread over nodes as needed), taking them from ``free``."""
+    trial = [dict(n) for n in free]
+    for _ in range(count):
+        node = next((n for n in trial
+                     if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
+        if node is None:
+            return False
+        for k, v in bundle.items():
+            node[k] = node.get(k, 0.0) - v
+    free[:] = trial
+    return True
+
+
+def _take_cpu(free: list[dict[str, float]], cpus: float) -> bool:
+    if cpus <= 0:
+        return True
+    total = sum(n.get("CPU", 0.0) for n in free)
+    if total + 1e-9 < cpus:
+        return False
+    for n in free:  # Ray Data tasks go anywhere: take the CPUs from wherever they are left
+        used = min(n.get("CPU", 0.0), cpus)
+        n["CPU"] = n.get("CPU", 0.0) - used
+        cpus -= used
+    return True
+
+
+def _show(res: dict[str, float]) -> str:
+    return ", ".join(f"{res.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
