@@ -265,6 +265,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, raw, "")
     validate(cfg)
+    _check(cfg.sweep.scheduler != "pbt" or bool(cfg.sweep.space), "sweep.space",
+           "pbt needs at least one key to mutate",
+           "add e.g. train.weight_decay: {type: loguniform, low: 1e-6, high: 1e-1}")
+    _check(not cfg.sweep.confirm_seeds or "train.seed" not in cfg.sweep.space,
+           "sweep.confirm_seeds", "confirmation varies train.seed, which the search also varies",
+           "remove train.seed from sweep.space, or set sweep.confirm_seeds: 0")
     return cfg
 
 
@@ -474,8 +480,6 @@ def _validate_searcher(cfg: Config) -> None:
                    "optuna samples; it cannot enumerate a grid",
                    "use type choice, or searcher grid")
     if sw.scheduler == "pbt":
-        _check(bool(kinds), "sweep.space", "pbt needs at least one key to mutate",
-               "add e.g. train.weight_decay: {type: loguniform, low: 1e-6, high: 1e-1}")
         for k in kinds:
             _check(k in PBT_MUTABLE, f"sweep.space.{k}",
                    "pbt hands a trial's weights to another configuration, so it can only "

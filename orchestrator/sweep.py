@@ -321,10 +321,11 @@ def _tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: int,
             name=name, storage_path=storage, callbacks=[callback] if callback else [],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=trials.max_failures(cfg)),
-            # fast-path trials checkpoint through Tune: keep the best N and the latest
+            # fast-path trials checkpoint through Tune: keep the best N and the latest (PBT
+            # clones any trial's latest, which a best-N policy may already have deleted)
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints, checkpoint_score_attribute=key,
-                checkpoint_score_order=mode)),
+                num_to_keep=None if cfg.sweep.scheduler == "pbt" else cfg.train.keep_checkpoints,
+                checkpoint_score_attribute=key, checkpoint_score_order=mode)),
     )
 
 
@@ -595,8 +596,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "ERROR", _error_text(trial))
-        self.out(f"[{self._tag}] trial {trial.trial_id} failed: "
-                 f"{(self.by_id[trial.trial_id].error or '').strip().splitlines()[-1:]}")
+        lines = (self.by_id[trial.trial_id].error or "").strip().splitlines() or ["?"]
+        self.out(f"[{self._tag}] trial {trial.trial_id} failed: {lines[-1]}")
 
     def forget_orphans(self) -> None:
         """Runs opened for trials Tune no longer knows (started after its last save before

@@ -1,0 +1,99 @@
+"""A sweep whose driver is SIGKILLed mid-sweep, then `orchestrator resume`: finished trials are
+not rerun, unfinished ones continue from their last checkpoint, the searcher keeps its
+state, and MLflow ends with exactly one run per trial. Real local Ray, real MLflow SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TRIALS, EPOCHS = 6, 15
+
+
+def test_killed_driver_resumes_without_rerunning_or_duplicating(
+        digits_path: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # Tune saves its experiment state every second here, so the kill finds recent state
+    env = {**os.environ, "RAY_ADDRESS": "local", "TUNE_GLOBAL_CHECKPOINT_S": "1",
+           "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "orchestrator.cli", "sweep",
+            str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
+            f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/results",
+            "experiment=resume", "tracking.register_as=resume-digits",
+            "scaling.num_workers=1", "scaling.cpus_per_worker=1", "model.hidden=[128]",
+            f"sweep.num_samples={TRIALS}", f"train.epochs={EPOCHS}", "sweep.scheduler=fifo"]
+    log = (tmp_path / "driver.err").open("w")
+    driver = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=log, text=True)
+    first: list[str] = []
+    try:
+        assert driver.stdout is not None
+        deadline = time.time() + 300
+        for line in driver.stdout:  # two trials finished and a later one started
+            first.append(line)
+            if "trials done 2/" in "".join(first) and "_00003 started" in line:
+                break
+            assert time.time() < deadline, "".join(first)
+        time.sleep(3.0)  # a few epochs in, checkpointed, and in Tune's saved state
+        started_by_driver = psutil.Process(driver.pid).children(recursive=True)
+        killed_at = time.time()
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        # stop the Ray processes that driver started, if its death did not take them along
+        for p in locals().get("started_by_driver", []):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    print("".join(first))
+    assert "trials done 2/" in "".join(first)
+
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "resume",
+                           "--storage", f"{tmp_path}/results"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "restored" in out and f"trials done {TRIALS}/{TRIALS}" in out
+    assert "continues from epoch" in out  # an unfinished trial went on from its checkpoint
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags["orchestrator.role"] == "sweep"]
+    children = [r for r in runs if r.data.tags["orchestrator.role"] == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "orchestrator.resumed" in parents[0].data.tags
+    # exactly one run per trial, each with every epoch once
+    ids = [r.data.tags["orchestrator.trial_id"] for r in children]
+    assert len(ids) == TRIALS and len(set(ids)) == TRIALS
+    for r in children:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (ids, steps)
+    # the trials that had finished before the kill were not run again
+    finished_before = [r for r in children if r.info.end_time < killed_at * 1000]
+    assert len(finished_before) >= 2
+    for r in finished_before:
+        assert f"trial {r.data.tags['orchestrator.trial_id']} started" not in out
+    # the searcher kept its state: six distinct configurations, no more
+    configs = {json.dumps([r.data.params["train.weight_decay"], r.data.params["model.dropout"]])
+               for r in children}
+    assert len(configs) == TRIALS
+    assert str(client.get_model_version_by_alias("resume-digits", "champion").version) == "1"
