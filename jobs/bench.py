@@ -2,6 +2,7 @@
 line, one JSON object with the figures; ratios are measured against a baseline in the same run.
 
     python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP
+    python -m jobs.bench sweep       # fast-path trials vs TorchTrainer trials; ASHA vs FIFO
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -197,7 +198,13 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-BENCHMARKS = {"loop": bench_loop}
+def bench_sweep() -> dict[str, float]:
+    from jobs.bench_sweep import bench_sweep as run
+
+    return run()
+
+
+BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep}
 
 
 def main(argv: list[str]) -> int:

@@ -33,7 +33,7 @@ def values_of(trial_config: dict[str, Any], space_keys: Any = None) -> dict[str,
 
 
 def fast_path(cfg: Config) -> bool:
-    return cfg.scaling.num_workers == 1
+    return cfg.scaling.num_workers == 1 and cfg.scaling.fast_path
 
 
 class TuneSeam:
@@ -117,8 +117,28 @@ def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> Non
                                      ds[group], ds["val"])
         loop.train(cfg, feed, seam)
         return
-    splits = data.load_splits(cfg.data)
+    splits = _splits(cfg.data)
     loop.train(cfg, data.merge_validation(splits) if refit else splits, seam)
+
+
+_CACHE: dict[str, data.Splits] = {}
+
+
+def _splits(data_cfg: config_mod.DataConfig) -> data.Splits:
+    """The splits, read once per process: a reused trial process (Tune's reuse_actors)
+    serves the next trial from memory. Keyed by the data settings and the file's mtime."""
+    import dataclasses
+    import json
+
+    try:
+        stamp = os.stat(data_cfg.path).st_mtime_ns
+    except OSError:  # object storage: no cheap stamp, read again
+        return data.load_splits(data_cfg)
+    key = json.dumps([dataclasses.asdict(data_cfg), stamp], sort_keys=True)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = data.load_splits(data_cfg)
+    return _CACHE[key]
 
 
 def final_checkpoint(result: Any) -> str:

@@ -60,6 +60,14 @@ def test_terminal_shows_progress_table_accuracy_and_next_commands(sweep: dict) -
     assert f"orchestrator serve --model models:/{NAME}@champion" in out
 
 
+def test_asha_stops_two_worker_trials_early_and_the_sweep_still_finishes(sweep: dict) -> None:
+    # Two 2-worker trials fill the CPUs: a pruned trial's worker group must be released
+    # for the later trials to start (with the group leaked, the sweep would wait forever).
+    rows = [line for line in sweep["out"].splitlines() if line.rstrip().endswith("pruned")]
+    assert rows, sweep["out"][-3000:]
+    assert f"trials done {TRIALS}/{TRIALS}, running 0" in sweep["out"]
+
+
 def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> None:
     client = _client(sweep["uri"])
     exp = client.get_experiment_by_name("e2e")
@@ -81,7 +89,7 @@ def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> N
         seen.add((p["train.weight_decay"], p["model.dropout"]))
         epochs = int(t.data.tags["orchestrator.epochs_run"])
         assert 1 <= epochs <= EPOCHS
-        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1"):
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1", "gap"):
             steps = [m.step for m in client.get_metric_history(t.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), key  # once per epoch, no dupes
     assert len(seen) == TRIALS  # each trial its own sampled L2 / dropout

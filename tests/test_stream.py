@@ -1,6 +1,7 @@
 """Big-data path with the real Ray Data: the Parquet streams through
-`get_dataset_shard(...).iter_torch_batches` into 2 DDP workers; the champion's test split
-streams too. (Digits forced onto the stream path with data.loader=stream.)"""
+`get_dataset_shard(...).iter_torch_batches` into 2 DDP workers, or whole into a single-worker
+trial on the fast path; the champion's test split streams too. (Digits forced onto the
+stream path with data.loader=stream.)"""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("workers", [2, 1])  # DDP shards, and the fast path's whole datasets
 def test_streamed_sweep_trains_registers_and_scores_the_champion(
-        digits_path: Path, tmp_path: Path) -> None:
+        digits_path: Path, tmp_path: Path, workers: int) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -26,7 +28,7 @@ def test_streamed_sweep_trains_registers_and_scores_the_champion(
          str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
          "data.loader=stream", f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/r",
          "experiment=stream", "tracking.register_as=stream-digits", "sweep.num_samples=2",
-         "train.epochs=4", "sweep.grace_period=4"],
+         "train.epochs=4", "sweep.grace_period=4", f"scaling.num_workers={workers}"],
         cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
         text=True, timeout=900)
     print(proc.stdout[-3000:], proc.stderr[-3000:])

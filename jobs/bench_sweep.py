@@ -1,0 +1,149 @@
+"""`python -m jobs.bench sweep`: what the sweep machinery buys, measured on digits.
+
+1. Fast path: 8 single-worker trials run inside their Tune trials vs the same 8 trials each
+   through a TorchTrainer; wall-time ratio (``fast_path_speedup``).
+2. ASHA vs full-budget random search (FIFO) over the same space and searcher seeds: the
+   epochs each spends until it first reaches within 0.5 percentage points of the best
+   validation accuracy either finds (``asha_epochs_fraction``, ASHA's / FIFO's). Summed over
+   several searcher seeds, so one lucky draw order does not decide it. A search that never
+   gets there is charged every epoch it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FAST_TRIALS, FAST_EPOCHS = 8, 3
+SEARCH_TRIALS, SEARCH_EPOCHS, SEEDS = 32, 20, (0, 1, 2)
+TOLERANCE = 0.005  # 0.5 percentage points
+SPACE = {  # the regularization axis and the learning rate, wide: few draws are near the best
+    "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1.0},
+    "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.9},
+    "train.lr": {"type": "loguniform", "low": 1e-6, "high": 0.3},
+}
+
+
+def _config(path: str, tmp: Path, **over: Any) -> Any:
+    from orchestrator import config
+
+    raw: dict[str, Any] = {
+        "experiment": "bench-sweep",
+        "data": {"path": path, "val_fraction": 0.3},  # 431 rows: 0.5 pp is 2 rows
+        "model": {"hidden": [256]},
+        "train": {"epochs": SEARCH_EPOCHS, "batch_size": 64},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "sweep": {"space": SPACE, "storage_path": str(tmp / "results"), "grace_period": 1,
+                  "reduction_factor": 4, "metric": "val_loss", "mode": "min"},
+    }
+    for dotted, v in over.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return config.from_dict(raw)
+
+
+class _Tape:
+    """A Tune callback that keeps every epoch's result in the order the driver got them."""
+
+    def __new__(cls) -> Any:
+        from ray.tune import Callback
+
+        class Tape(Callback):
+            def __init__(self) -> None:
+                self.results: list[dict[str, float]] = []
+
+            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                                **info: Any) -> None:
+                self.results.append({"trial": trial.trial_id, "epoch": result["epoch"],
+                                     "val_accuracy": result["val_accuracy"]})
+
+        return Tape()
+
+
+def _fit(cfg: Any, tmp: Path, name: str, samples: int) -> tuple[float, list[dict[str, float]]]:
+    import ray
+
+    from orchestrator import sweep, trials
+
+    concurrency = trials.trial_concurrency(cfg, ray.cluster_resources())
+    tape = _Tape()
+    tuner = sweep.make_tuner(cfg, trials.make_trainable(cfg, name, str(tmp / "results"), None),
+                         trials.search_space(cfg), samples, trials.scheduler(cfg),
+                         trials.searcher(cfg, concurrency), concurrency, tape,
+                         str(tmp / "results"), name)
+    start = time.perf_counter()
+    grid = tuner.fit()
+    seconds = time.perf_counter() - start
+    errors = [r.error for r in grid if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{name}: {len(errors)} trial(s) failed: {errors[0]}")
+    return seconds, tape.results
+
+
+def epochs_to_reach(results: list[dict[str, float]], target: float) -> int:
+    """Epochs run (all trials together, in arrival order) until one reaches the target."""
+    for i, r in enumerate(results):
+        if r["val_accuracy"] >= target - 1e-12:
+            return i + 1
+    return len(results)
+
+
+def bench_sweep() -> dict[str, float]:
+    from orchestrator import data, sweep
+
+    sweep.ensure_env()
+    os.environ.setdefault("RAY_ADDRESS", "local")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        path = str(data.export_digits(tmp / "digits.parquet"))
+        sweep.init_ray()
+        print(f"sweep benchmark on digits; {os.cpu_count()} CPUs")
+
+        short = {"train.epochs": FAST_EPOCHS, "sweep.scheduler": "fifo"}
+        fast_s, _ = _fit(_config(path, tmp, **short), tmp, "fast", FAST_TRIALS)
+        slow_s, _ = _fit(_config(path, tmp, **short, **{"scaling.fast_path": False}), tmp,
+                         "trainer", FAST_TRIALS)
+        print(f"  {FAST_TRIALS} single-worker trials x {FAST_EPOCHS} epochs: fast path "
+              f"{fast_s:.1f} s, TorchTrainer per trial {slow_s:.1f} s "
+              f"-> {slow_s / fast_s:.1f}x faster")
+
+        asha_total = fifo_total = 0
+        rows = []
+        for seed in SEEDS:
+            runs = {}
+            for sched in ("asha", "fifo"):
+                cfg = _config(path, tmp, **{"sweep.scheduler": sched, "sweep.seed": seed})
+                seconds, results = _fit(cfg, tmp, f"{sched}-{seed}", SEARCH_TRIALS)
+                runs[sched] = (seconds, results)
+            best = max(r["val_accuracy"] for _, res in runs.values() for r in res)
+            target = best - TOLERANCE
+            a = epochs_to_reach(runs["asha"][1], target)
+            f = epochs_to_reach(runs["fifo"][1], target)
+            asha_total, fifo_total = asha_total + a, fifo_total + f
+            rows.append((seed, best, a, len(runs["asha"][1]), f, len(runs["fifo"][1]),
+                         runs["asha"][0], runs["fifo"][0]))
+            print(f"  seed {seed}: best val_accuracy {best:.4f}; epochs to within 0.5 pp: "
+                  f"ASHA {a} (of {len(runs['asha'][1])} run, {runs['asha'][0]:.0f} s), "
+                  f"FIFO {f} (of {len(runs['fifo'][1])}, {runs['fifo'][0]:.0f} s)")
+        import ray
+
+        ray.shutdown()
+    fraction = asha_total / fifo_total
+    print(f"  {SEARCH_TRIALS} trials x {SEARCH_EPOCHS} epochs, seeds {list(SEEDS)}: ASHA spends "
+          f"{fraction:.2f} of FIFO's epochs to get within 0.5 pp of the best")
+    return {
+        "fast_path_speedup": round(slow_s / fast_s, 3),
+        "fast_path_seconds": round(fast_s, 2),
+        "trainer_path_seconds": round(slow_s, 2),
+        "asha_epochs_fraction": round(fraction, 4),
+        "asha_epochs_to_target": asha_total,
+        "fifo_epochs_to_target": fifo_total,
+        "asha_epochs_total": sum(r[3] for r in rows),
+        "fifo_epochs_total": sum(r[5] for r in rows),
+    }

@@ -1,0 +1,310 @@
+"""The sweep's decisions, no Ray runtime: fitting trials onto nodes, what each searcher and
+scheduler accepts, the ranking objective, and the driver's ledger across replays, PBT moves
+and a resumed sweep (with a fake MLflow client)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from jobs import bench_sweep
+from orchestrator import config, loop, sweep, trials
+from orchestrator.config import ConfigError
+
+
+def _cfg(**over: Any) -> config.Config:
+    raw: dict[str, Any] = {"data": {"path": "x.parquet"}}
+    for dotted, v in over.items():
+        if dotted.startswith("sweep.space."):
+            raw.setdefault("sweep", {}).setdefault("space", {})[dotted[12:]] = v
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return config.from_dict(raw)
+
+
+# ---------------------------------------------------------------- fitting the cluster
+
+
+def test_two_half_cpu_workers_fit_twice_on_two_cpus() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5})
+    assert trials.trial_concurrency(cfg, {"CPU": 2}) == 2
+
+
+def test_workers_spread_over_nodes_when_no_node_holds_them_all() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 1})
+    assert trials.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}]) == 1
+
+
+def test_gpu_trials_are_counted_by_the_gpus_on_each_node() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.use_gpu": True})
+    nodes = [{"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}, {"CPU": 16}]
+    assert trials.trial_concurrency(cfg, {"CPU": 48, "GPU": 2}, nodes=nodes) == 1
+
+
+def test_a_worker_bigger_than_every_node_fails_at_once_naming_what_is_missing() -> None:
+    # 8 CPUs in total, but no node can hold one 4-CPU worker: Ray would wait forever
+    cfg = _cfg(**{"scaling.num_workers": 1, "scaling.cpus_per_worker": 4})
+    with pytest.raises(ConfigError) as e:
+        trials.trial_concurrency(cfg, {"CPU": 8}, nodes=[{"CPU": 2}] * 4)
+    assert e.value.key == "scaling.num_workers"
+    assert "4 CPU" in e.value.problem and "biggest 2 CPU" in e.value.problem
+
+
+def test_max_concurrent_caps_what_the_cluster_allows() -> None:
+    cfg = _cfg(**{"sweep.max_concurrent": 3})
+    assert trials.trial_concurrency(cfg, {"CPU": 16}) == 3
+    assert trials.trial_concurrency(_cfg(), {"CPU": 16}) == 16
+
+
+def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 1, "scaling.data_cpus": 1})
+    assert trials.trial_concurrency(cfg, {"CPU": 4}, "stream") == 2
+    assert trials.trial_concurrency(cfg, {"CPU": 4}, "memory") == 4
+
+
+# ---------------------------------------------------------------- searchers, schedulers
+
+
+@pytest.mark.parametrize(("over", "key"), [
+    ({"sweep.searcher": "grid"}, "sweep.space.train.l1"),  # loguniform cannot be enumerated
+    ({"sweep.searcher": "optuna", "sweep.space.model.dropout": {"type": "grid",
+                                                                "values": [0.1, 0.2]}},
+     "sweep.space.model.dropout"),
+    ({"sweep.scheduler": "pbt", "scaling.num_workers": 2}, "sweep.scheduler"),
+    ({"sweep.scheduler": "hyperband", "scaling.fast_path": False}, "sweep.scheduler"),
+    ({"sweep.scheduler": "pbt", "sweep.space.model.hidden": {"type": "choice",
+                                                             "values": [[64], [128]]}},
+     "sweep.space.model.hidden"),
+    ({"sweep.objective": "gap_penalized", "sweep.metric": "val_accuracy",
+      "sweep.mode": "max"}, "sweep.objective"),
+    ({"sweep.confirm_seeds": 1}, "sweep.confirm_seeds"),
+    ({"sweep.searcher": "bayes"}, "sweep.searcher"),
+    ({"sweep.scheduler": "pbt", "sweep.space": {}}, "sweep.space"),
+])
+def test_what_a_searcher_or_scheduler_cannot_do_is_a_config_error(over: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _cfg(**over)
+    assert e.value.key == key
+
+
+def test_the_default_space_is_the_regularization_axis() -> None:
+    assert set(_cfg().sweep.space) == {"train.l1", "train.weight_decay", "model.dropout"}
+
+
+def test_the_grid_searcher_enumerates_choices_once_each() -> None:
+    cfg = _cfg(**{"sweep.searcher": "grid", "sweep.num_samples": 8, "sweep.space": {
+        "model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]},
+        "model.hidden": {"type": "choice", "values": [[64], [256]]}}})
+    space = trials.search_space(cfg)
+    assert space["model.hidden"] == {"grid_search": [[64], [256]]}
+    assert trials.num_samples(cfg) == 1 and trials.total_trials(cfg) == 6
+    random = _cfg(**{"sweep.num_samples": 4, "sweep.space": {
+        "model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]}}})
+    assert trials.total_trials(random) == 12  # Tune's rule: num_samples x grid
+
+
+def test_each_searcher_and_scheduler_is_built_from_the_config() -> None:
+    from ray.tune import schedulers
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    assert isinstance(trials.searcher(_cfg(), 2), BasicVariantGenerator)
+    assert isinstance(trials.searcher(_cfg(**{"sweep.searcher": "optuna"}), 2),
+                      ConcurrencyLimiter)
+    kinds = {"asha": schedulers.AsyncHyperBandScheduler, "hyperband": schedulers.HyperBandScheduler,
+             "median": schedulers.MedianStoppingRule,
+             "pbt": schedulers.PopulationBasedTraining}
+    for name, kind in kinds.items():
+        assert isinstance(trials.scheduler(_cfg(**{"sweep.scheduler": name})), kind)
+    assert trials.scheduler(_cfg(**{"sweep.scheduler": "fifo"})) is None
+    assert trials.pbt_mutations(_cfg())["model.dropout"].lower == 0.0
+
+
+def test_the_fast_path_is_a_single_worker_holding_its_own_resources() -> None:
+    one = _cfg(**{"scaling.cpus_per_worker": 2})
+    assert trials.fast_path(one) and trials.trial_resources(one) == {"cpu": 2, "gpu": 0}
+    two = _cfg(**{"scaling.num_workers": 2})
+    assert not trials.fast_path(two) and trials.trial_resources(two)["cpu"] == 0
+    assert not trials.fast_path(_cfg(**{"scaling.fast_path": False}))
+
+
+def test_a_fast_path_trial_retries_for_the_worker_and_for_the_sweep() -> None:
+    assert trials.max_failures(_cfg(**{"sweep.max_failures": 1, "scaling.max_failures": 2})) == 3
+    ddp = _cfg(**{"sweep.max_failures": 1, "scaling.max_failures": 2, "scaling.num_workers": 2})
+    assert trials.max_failures(ddp) == 1  # the TorchTrainer restarts its own workers
+    assert trials.max_failures(_cfg(**{"sweep.max_failures": -1})) == -1
+
+
+def test_a_confirm_run_unpacks_its_values() -> None:
+    packed = {trials.SET_KEY: {"model.dropout": 0.2, "train.seed": 3}}
+    assert trials.values_of(packed) == {"model.dropout": 0.2, "train.seed": 3}
+    assert trials.values_of({"model.dropout": 0.1}) == {"model.dropout": 0.1}
+
+
+# ---------------------------------------------------------------- the objective in the loop
+
+
+def test_the_loop_reports_the_gap_and_the_penalized_objective(digits_path: Path) -> None:
+    cfg = _cfg(**{"data.path": str(digits_path), "train.epochs": 2, "model.hidden": [32],
+                  "sweep.objective": "gap_penalized", "sweep.gap_penalty": 2.0})
+    seam = loop.LocalSeam()
+    loop.train(cfg, sweep.prepare(cfg).splits, seam)  # type: ignore[arg-type]
+    for r in seam.reports:
+        assert r["gap"] == pytest.approx(r["val_loss"] - r["train_loss"])
+        assert r["objective"] == pytest.approx(r["val_loss"] + 2.0 * max(0.0, r["gap"]))
+    assert config.rank_metric(cfg) == ("objective", "min")
+    assert config.rank_metric(_cfg()) == ("val_loss", "min")
+
+
+def test_a_restored_optimizer_takes_the_configs_hyperparameters() -> None:
+    # PBT hands a trial another trial's checkpoint with new values: the config must win
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    old = _cfg(**{"train.lr": 0.01, "train.weight_decay": 0.1})
+    opt = loop.make_optimizer(net, old)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    fraction = opt.param_groups[0]["lr"] / 0.01
+    new = _cfg(**{"train.lr": 0.001, "train.weight_decay": 0.5})
+    loop.set_hyperparameters(opt, sched, new)
+    assert opt.param_groups[0]["weight_decay"] == 0.5 and opt.param_groups[1]["weight_decay"] == 0
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001 * fraction)
+    sched.step()
+    assert opt.param_groups[0]["lr"] < 0.001
+
+
+# ---------------------------------------------------------------- the driver's ledger
+
+
+class FakeClient:
+    """Just enough of MlflowClient for the ledger; records what was written."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.metrics: list[tuple[str, str, int]] = []
+
+    def create_run(self, exp_id: str, run_name: str, tags: dict[str, str]) -> Any:
+        run_id = f"run{len(self.runs)}"
+        self.runs[run_id] = {"tags": dict(tags), "status": "RUNNING"}
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+    def log_batch(self, run_id: str, metrics: list = (), params: list = ()) -> None:  # type: ignore[assignment]
+        self.metrics += [(run_id, m.key, m.step) for m in metrics]
+
+    def log_text(self, *a: Any) -> None: ...
+
+    def set_tag(self, run_id: str, k: str, v: str) -> None:
+        self.runs[run_id]["tags"][k] = v
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.runs[run_id]["status"] = status
+
+    def update_run(self, run_id: str, status: str) -> None:
+        self.runs[run_id]["status"] = status
+
+    def search_runs(self, exp_ids: list, filter_string: str = "", **kw: Any) -> list:
+        return [SimpleNamespace(info=SimpleNamespace(run_id=k, status=v["status"]),
+                                data=SimpleNamespace(tags=v["tags"]))
+                for k, v in self.runs.items()
+                if f"'{v['tags'].get('orchestrator.trial_id')}'" in filter_string
+                or "trial_id" not in filter_string]
+
+    def get_metric_history(self, run_id: str, key: str) -> list:
+        return [SimpleNamespace(step=s) for r, k, s in self.metrics if r == run_id and k == key]
+
+    def delete_run(self, run_id: str) -> None:
+        del self.runs[run_id]
+
+
+def _trial(tid: str, **values: Any) -> Any:
+    return SimpleNamespace(trial_id=tid, config=values, last_result={})
+
+
+def _result(epoch: int, val_loss: float) -> dict[str, float]:
+    return {"epoch": float(epoch), "val_loss": val_loss, "train_loss": val_loss / 2,
+            "val_accuracy": 0.9}
+
+
+def _callback(client: FakeClient, out: list[str], resumed: bool = False) -> Any:
+    return sweep._SweepCallback(_cfg(), client, "exp", "parent", "fp", out.append, 4,
+                                resumed=resumed)
+
+
+def test_replayed_epochs_are_logged_once_and_restarts_say_where_they_continue() -> None:
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    t = _trial("t1", **{"model.dropout": 0.1})
+    cb.on_trial_start(0, [], t)
+    for e in (1, 2, 3):
+        cb.on_trial_result(0, [], t, _result(e, 1.0 / e))
+    cb.on_trial_start(0, [], t)  # a retry from the epoch-2 checkpoint
+    for e in (3, 4):
+        cb.on_trial_result(0, [], t, _result(e, 1.0 / e))
+    steps = [s for r, k, s in client.metrics if k == "val_loss"]
+    assert steps == [1, 2, 3, 4]
+    assert "[sweep] trial t1 continues from epoch 2" in out
+    assert cb.by_id["t1"].best["epoch"] == 4
+
+
+def test_a_pbt_move_updates_the_values_and_tags_the_run() -> None:
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    cb.on_trial_result(0, [], _trial("t1", **{"model.dropout": 0.1}), _result(1, 1.0))
+    cb.on_trial_result(0, [], _trial("t1", **{"model.dropout": 0.3}), _result(2, 0.5))
+    assert cb.by_id["t1"].values == {"model.dropout": 0.3}
+    assert "model.dropout=0.3" in client.runs["run0"]["tags"]["orchestrator.values.epoch2"]
+
+
+def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> None:
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    cb.key = "/results/x"
+    sweep._LIVE["/results/x"] = cb
+    assert pickle.loads(pickle.dumps(cb)) is cb  # Tune's tuner.pkl gets the live one back
+    t1, t2 = _trial("t1", **{"model.dropout": 0.1}), _trial("t2", **{"model.dropout": 0.2})
+    cb.on_trial_result(0, [], t1, _result(1, 1.0))
+    cb.on_trial_complete(0, [], t1)
+    cb.on_trial_result(0, [], t2, _result(1, 1.0))
+    state = pickle.loads(pickle.dumps(cb.get_state()))
+    cb.on_trial_result(0, [], t2, _result(2, 0.9))  # after Tune's last save: MLflow has it
+    t3 = _trial("t3", **{"model.dropout": 0.3})
+    cb.on_trial_result(0, [], t3, _result(1, 0.8))  # a trial Tune's saved state never knew
+
+    again = _callback(client, out, resumed=True)
+    again.set_state(state)
+    assert "restored 2 trial(s): 1 finished" in out[-1]
+    again.on_trial_result(0, [], t2, _result(2, 0.9))  # replayed from its checkpoint
+    again.on_trial_result(0, [], t2, _result(3, 0.8))
+    t2_steps = [s for r, k, s in client.metrics if r == "run1" and k == "val_loss"]
+    assert t2_steps == [1, 2, 3]
+    again.forget_orphans()  # t3's run: Tune reruns that trial under a new id
+    assert set(client.runs) == {"run0", "run1"}
+    assert again.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
+
+
+def test_resume_finds_the_newest_sweep_or_says_what_to_pass(tmp_path: Path) -> None:
+    for stamp in ("20260101-000000", "20260102-000000"):
+        (tmp_path / f"exp-{stamp}").mkdir()
+        (tmp_path / f"exp-{stamp}" / sweep.STATE_FILE).write_text("{}")
+    (tmp_path / "exp-20260103-000000-confirm").mkdir()
+    assert sweep.find_sweep("exp", str(tmp_path)).name == "exp-20260102-000000"
+    given = sweep.find_sweep(str(tmp_path / "exp-20260101-000000"), "nowhere")
+    assert given.name == "exp-20260101-000000"
+    with pytest.raises(ConfigError) as e:
+        sweep.find_sweep("other", str(tmp_path))
+    assert e.value.key == "EXPERIMENT" and "--storage" in e.value.fix
+
+
+def test_epochs_to_reach_counts_in_arrival_order() -> None:
+    results = [{"val_accuracy": a} for a in (0.5, 0.9, 0.8, 0.97, 0.99)]
+    assert bench_sweep.epochs_to_reach(results, 0.97) == 4
+    assert bench_sweep.epochs_to_reach(results, 1.0) == 5  # never: charged every epoch
