@@ -51,11 +51,7 @@ def _config(path: str, **over: Any) -> Any:
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
     }
     for dotted, v in over.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
+        config.set_dotted(raw, dotted, v)
     return config.from_dict(raw)
 
 

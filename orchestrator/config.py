@@ -145,12 +145,14 @@ class SweepConfig:
     seed: int = 0
     """Seed of the searcher: the same seed samples the same configurations."""
     scheduler: str = "asha"
-    """``asha``, ``hyperband``, ``median`` (median stopping rule), ``fifo`` (no early stop)
-    or ``pbt`` (population based training). hyperband and pbt pause and restore trials
-    through Tune checkpoints, so they need single-worker trials."""
+    """``asha``, ``hyperband`` (asynchronous: ASHA over ``brackets`` brackets), ``median``
+    (median stopping rule), ``fifo`` (no early stop) or ``pbt`` (population based training,
+    which clones trials through Tune checkpoints, so it needs single-worker trials)."""
     grace_period: int = 5
     """ASHA/median: epochs every trial runs before it may be stopped (capped at train.epochs)."""
     reduction_factor: int = 3
+    brackets: int = 3
+    """hyperband: brackets, each starting the stopping rungs at a larger minimum budget."""
     perturbation_interval: int = 4
     """PBT: epochs between exploit/explore steps."""
     max_concurrent: int | None = None
@@ -252,7 +254,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(item, "an override must look like key=value",
                           "write e.g. train.lr=0.01 or model.hidden=[128,128]")
-    value = yaml.safe_load(text) if text.strip() else None
+    set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict of raw config (before validation)."""
     if key.startswith("sweep.space."):  # space keys themselves contain dots
         raw.setdefault("sweep", {}).setdefault("space", {})[key[len("sweep.space."):]] = value
         return
@@ -432,12 +438,13 @@ def validate(cfg: Config) -> None:
            f"unknown searcher {sw.searcher!r}", f"use one of: {', '.join(SEARCHERS)}")
     _check(sw.scheduler in SCHEDULERS, "sweep.scheduler",
            f"unknown scheduler {sw.scheduler!r}", f"use one of: {', '.join(SCHEDULERS)}")
-    _check(sw.scheduler not in ("hyperband", "pbt") or (s.num_workers == 1 and s.fast_path),
-           "sweep.scheduler",
-           f"{sw.scheduler} pauses and restores trials through Tune checkpoints, which only "
-           f"single-worker trials on the fast path write; got scaling.num_workers="
-           f"{s.num_workers}, scaling.fast_path={s.fast_path}",
+    _check(sw.scheduler != "pbt" or (s.num_workers == 1 and s.fast_path), "sweep.scheduler",
+           f"pbt clones trials through Tune checkpoints, which only single-worker trials on "
+           f"the fast path write; got scaling.num_workers={s.num_workers}, "
+           f"scaling.fast_path={s.fast_path}",
            "set scaling.num_workers: 1 (and fast_path: true), or use scheduler asha or median")
+    _check(sw.brackets >= 1, "sweep.brackets", f"must be at least 1, got {sw.brackets}",
+           "use e.g. 3")
     _check(sw.objective in ("metric", "gap_penalized"), "sweep.objective",
            f"unknown objective {sw.objective!r}", "use 'metric' or 'gap_penalized'")
     _check(sw.objective != "gap_penalized" or (sw.metric, sw.mode) == ("val_loss", "min"),

@@ -220,8 +220,13 @@ def scheduler(cfg: Config) -> Any:
         return schedulers.ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
                                         reduction_factor=sw.reduction_factor)
     if sw.scheduler == "hyperband":
-        return schedulers.HyperBandScheduler(time_attr="epoch", max_t=epochs,
-                                             reduction_factor=sw.reduction_factor)
+        # Asynchronous HyperBand: ASHA run over several brackets, each with its own minimum
+        # budget, which hedges against stopping slow starters too early. Unlike Tune's
+        # synchronous HyperBandScheduler it never pauses a trial to wait for a bracket to
+        # fill, so it works for DDP trials too and keeps every CPU busy.
+        return schedulers.AsyncHyperBandScheduler(
+            time_attr="epoch", max_t=epochs, grace_period=grace,
+            reduction_factor=sw.reduction_factor, brackets=sw.brackets)
     if sw.scheduler == "median":
         return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=grace,
                                              min_samples_required=3)

@@ -20,14 +20,7 @@ from orchestrator.config import ConfigError
 def _cfg(**over: Any) -> config.Config:
     raw: dict[str, Any] = {"data": {"path": "x.parquet"}}
     for dotted, v in over.items():
-        if dotted.startswith("sweep.space."):
-            raw.setdefault("sweep", {}).setdefault("space", {})[dotted[12:]] = v
-            continue
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
+        config.set_dotted(raw, dotted, v)
     return config.from_dict(raw)
 
 
@@ -80,7 +73,8 @@ def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
                                                                 "values": [0.1, 0.2]}},
      "sweep.space.model.dropout"),
     ({"sweep.scheduler": "pbt", "scaling.num_workers": 2}, "sweep.scheduler"),
-    ({"sweep.scheduler": "hyperband", "scaling.fast_path": False}, "sweep.scheduler"),
+    ({"sweep.scheduler": "pbt", "scaling.fast_path": False}, "sweep.scheduler"),
+    ({"sweep.scheduler": "hyperband", "sweep.brackets": 0}, "sweep.brackets"),
     ({"sweep.scheduler": "pbt", "sweep.space.model.hidden": {"type": "choice",
                                                              "values": [[64], [128]]}},
      "sweep.space.model.hidden"),
@@ -119,12 +113,15 @@ def test_each_searcher_and_scheduler_is_built_from_the_config() -> None:
     assert isinstance(trials.searcher(_cfg(), 2), BasicVariantGenerator)
     assert isinstance(trials.searcher(_cfg(**{"sweep.searcher": "optuna"}), 2),
                       ConcurrencyLimiter)
-    kinds = {"asha": schedulers.AsyncHyperBandScheduler, "hyperband": schedulers.HyperBandScheduler,
+    kinds = {"asha": schedulers.AsyncHyperBandScheduler,
+             "hyperband": schedulers.AsyncHyperBandScheduler,
              "median": schedulers.MedianStoppingRule,
              "pbt": schedulers.PopulationBasedTraining}
     for name, kind in kinds.items():
         assert isinstance(trials.scheduler(_cfg(**{"sweep.scheduler": name})), kind)
     assert trials.scheduler(_cfg(**{"sweep.scheduler": "fifo"})) is None
+    hyperband = trials.scheduler(_cfg(**{"sweep.scheduler": "hyperband", "sweep.brackets": 2}))
+    assert len(hyperband._brackets) == 2
     assert trials.pbt_mutations(_cfg())["model.dropout"].lower == 0.0
 
 

@@ -96,3 +96,16 @@ def test_pbt_moves_trials_to_better_values_and_keeps_their_weights(
     for r in trials:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
         assert len(steps) == len(set(steps))
+
+
+
+
+def test_asynchronous_hyperband_stops_trials_in_its_brackets(digits_path: Path,
+                                                              tmp_path: Path) -> None:
+    out, (client, runs) = _sweep(
+        tmp_path, digits_path, "hyperband", "sweep.scheduler=hyperband", "sweep.brackets=2",
+        "sweep.grace_period=1", "sweep.reduction_factor=2", "sweep.num_samples=8",
+        "train.epochs=6")
+    assert "hyperband scheduler" in out
+    epochs = sorted(int(r.data.tags["orchestrator.epochs_run"]) for r in _role(runs, "trial"))
+    assert len(epochs) == 8 and epochs[0] < 6 and epochs[-1] == 6
