@@ -152,7 +152,8 @@ class SweepConfig:
     """ASHA/median: epochs every trial runs before it may be stopped (capped at train.epochs)."""
     reduction_factor: int = 3
     brackets: int = 3
-    """hyperband: brackets, each starting the stopping rungs at a larger minimum budget."""
+    """hyperband: up to this many brackets, each starting its stopping rungs at a larger
+    minimum budget (grace_period x reduction_factor^k, kept below train.epochs)."""
     perturbation_interval: int = 4
     """PBT: epochs between exploit/explore steps."""
     max_concurrent: int | None = None
@@ -445,6 +446,18 @@ def validate(cfg: Config) -> None:
            "set scaling.num_workers: 1 (and fast_path: true), or use scheduler asha or median")
     _check(sw.brackets >= 1, "sweep.brackets", f"must be at least 1, got {sw.brackets}",
            "use e.g. 3")
+    if sw.scheduler == "pbt":
+        _check(sw.perturbation_interval < t.epochs, "sweep.perturbation_interval",
+               f"{sw.perturbation_interval} is not below train.epochs ({t.epochs}): pbt would "
+               "never perturb", "use e.g. train.epochs / 5")
+        _check(sw.perturbation_interval % t.checkpoint_every == 0, "train.checkpoint_every",
+               f"pbt clones the checkpoint of a perturbation epoch; every "
+               f"{t.checkpoint_every} epochs does not divide sweep.perturbation_interval "
+               f"({sw.perturbation_interval})", "set train.checkpoint_every: 1")
+        _check(not sw.refit and not sw.confirm_seeds, "sweep.refit",
+               "a pbt trial's score comes from a schedule of values that a refit or a seed "
+               "rerun from scratch cannot replay", "set sweep.refit: false and "
+               "sweep.confirm_seeds: 0 (the champion keeps the trial's own weights)")
     _check(sw.objective in ("metric", "gap_penalized"), "sweep.objective",
            f"unknown objective {sw.objective!r}", "use 'metric' or 'gap_penalized'")
     _check(sw.objective != "gap_penalized" or (sw.metric, sw.mode) == ("val_loss", "min"),
@@ -529,6 +542,13 @@ def _validate_dimension(cfg: Config, dotted: str, spec: Any) -> None:
     except KeyError:
         raise ConfigError(key, f"'{dotted}' is not a config key",
                           "search a real key, e.g. train.weight_decay or model.dropout") from None
+    # Resources, the data checked at the door, the schedulers' budget and where results go
+    # are decided once for the whole sweep; a trial may only change how it trains.
+    _check((dotted.startswith(("train.", "model.")) or dotted == "data.max_train_rows")
+           and dotted not in ("train.epochs", "train.checkpoint_every"), key,
+           "only training and model settings (and data.max_train_rows) can be searched",
+           "search e.g. train.weight_decay, train.lr or model.hidden; set the rest outside "
+           "sweep.space")
     _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, key,
            f"needs a 'type' among {', '.join(SPACE_TYPES)}, got {spec!r}",
            "write e.g. {type: loguniform, low: 1e-6, high: 1e-2}")

@@ -150,7 +150,7 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     es = t.early_stopping
     stopper = EarlyStopper(es.patience, es.min_delta, cfg.sweep.mode)
     rank_key, rank_mode = config_mod.rank_metric(cfg)
-    ranker = EarlyStopper(0, 0.0, rank_mode)  # the best epoch by what trials are ranked on
+    best_rank: float | None = None  # the best value of what trials are ranked on
     best_weights: dict[str, torch.Tensor] | None = None
     start = 0
     state = seam.restore()
@@ -160,7 +160,9 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         stopper = EarlyStopper(**state["stopper"])
-        ranker = EarlyStopper(**state.get("ranker", dataclasses.asdict(ranker)))
+        best_rank = state.get("best_rank")
+        if state.get("outcome") in ("early_stopped", "diverged"):
+            return str(state["outcome"])  # it had ended: a resumed sweep must not train on
         best_weights, start = state.get("best_model"), int(state["epoch"])
         # The optimizer's state carries its hyperparameters; the config's win (PBT hands a
         # trial another trial's checkpoint together with new values).
@@ -216,7 +218,12 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                 0.0, values["gap"])
         diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
         improved, stop = stopper.update(values[cfg.sweep.metric])
-        is_best, _ = ranker.update(values[rank_key])
+        value = values[rank_key]
+        # ties count: a later equal epoch becomes the best, as in the driver's ledger
+        is_best = math.isfinite(value) and (best_rank is None or (
+            value <= best_rank if rank_mode == "min" else value >= best_rank))
+        if is_best:
+            best_rank = value
         if improved and es.restore_best and es.patience > 0:
             best_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if diverged:
@@ -233,8 +240,8 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                             "stopper": dataclasses.asdict(stopper),
-                            "ranker": dataclasses.asdict(ranker), "best_model": best_weights,
-                            "epoch": epoch + 1, "metrics": values},
+                            "best_rank": best_rank, "best_model": best_weights,
+                            "epoch": epoch + 1, "metrics": values, "outcome": outcome},
                            os.path.join(ckpt, CHECKPOINT_FILE))
                 seam.report(values, ckpt)
         else:

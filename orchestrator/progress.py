@@ -20,13 +20,16 @@ class TrialRecord:
     status: str = "RUNNING"
     error: str | None = None
     logged: int = 0  # the last epoch written to MLflow
+    best_values: dict[str, Any] | None = None  # the values at the best epoch (PBT moves them)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
 def better(new: float, old: float | None, mode: str) -> bool:
+    """At least as good: a tie moves the best to the later epoch, as the loop's checkpoint
+    at every best and Tune's keep-the-best-N both do."""
     if old is None or math.isnan(old):
         return not math.isnan(new)
-    return new < old if mode == "min" else new > old
+    return new <= old if mode == "min" else new >= old
 
 
 def update(record: TrialRecord, result: dict[str, Any], metric: str, mode: str) -> bool:
@@ -35,8 +38,9 @@ def update(record: TrialRecord, result: dict[str, Any], metric: str, mode: str) 
     record.history.append(row)
     record.epochs = int(row.get("epoch", record.epochs + 1))
     if metric in row and better(row[metric], record.best[metric] if record.best else None, mode):
-        record.best = row
-        record.checkpoint = result.get("checkpoint_path") or record.checkpoint
+        record.best, record.best_values = row, dict(record.values)
+        # the relayed checkpoint (DDP trials); fast-path trials' arrives after (on_checkpoint)
+        record.checkpoint = result.get("checkpoint_path")
         return True
     return False
 

@@ -255,7 +255,9 @@ def _complete(ctx: Context) -> SweepSummary:
         confirmed: list[dict[str, Any]] = []
         if cfg.sweep.confirm_seeds:
             best, confirmed = confirm(ctx, callback.records)
-        champion_cfg = config_mod.with_values(cfg, best.values)
+        # the values that produced the best epoch (a PBT trial's may have moved since)
+        champion_values = best.best_values or best.values
+        champion_cfg = config_mod.with_values(cfg, champion_values)
         weights = _champion_weights(ctx, champion_cfg, best)
         # the stem's statistics are buffers: load_state_dict brings the trained ones
         d = ctx.prep.num_features
@@ -271,22 +273,24 @@ def _complete(ctx: Context) -> SweepSummary:
     _write_state(ctx, "done")
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED", {
         "orchestrator.champion_trial": best.trial_id,
-        **{f"orchestrator.champion.{k}": str(v) for k, v in best.values.items()}})
-    return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, best.values,
+        **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()}})
+    return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, champion_values,
                         test_metrics, version, tracking.resolve_uri(cfg),
                         cfg.tracking.register_as, ctx.prep.sizes, confirmed,
                         config_mod.to_dict(cfg))
 
 
 # Tune pickles the run's callbacks into the experiment folder; a resumed run must get the
-# live one of this driver (with its MLflow client and output), looked up by the folder.
+# live one of this driver (with its MLflow client and output), looked up by the run's name
+# (not its path: the results folder may have moved or be reached another way).
 _LIVE: dict[str, Any] = {}
 
 
 def _live_callback(key: str) -> Any:
-    from ray.tune import Callback
-
-    return _LIVE.get(key) or Callback()
+    if key not in _LIVE:
+        raise RuntimeError(f"no live sweep callback for {key!r}: restore a sweep through "
+                           "`orchestrator resume`, which provides one")
+    return _LIVE[key]
 
 
 def _fit(path: Path, resume: bool, callback: Any, trainable: Any,
@@ -295,8 +299,8 @@ def _fit(path: Path, resume: bool, callback: Any, trainable: Any,
     are, unfinished ones continue from their last checkpoint, errored ones stay failed."""
     from ray import tune
 
-    callback.key = str(path)
-    _LIVE[str(path)] = callback
+    callback.key = path.name
+    _LIVE[path.name] = callback
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
@@ -342,7 +346,11 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
     cfg, sw = ctx.cfg, ctx.cfg.sweep
     key, mode = config_mod.rank_metric(cfg)
     done = [r for r in records if r.best is not None and r.status != "ERROR"]
-    top = sorted(done, key=lambda r: r.best[key], reverse=mode == "max")[:sw.confirm_top]  # type: ignore[index]
+    top: list[TrialRecord] = []
+    for r in sorted(done, key=lambda r: r.best[key], reverse=mode == "max"):  # type: ignore[index]
+        if _without_seed(r.values) not in {_without_seed(t.values) for t in top}:
+            top.append(r)  # the same values drawn twice are one configuration
+    top = top[:sw.confirm_top]
     sets = [{**r.values, "train.seed": cfg.train.seed + 1 + k}
             for r in top for k in range(sw.confirm_seeds)]
     ctx.out(f"[confirm] {len(top)} best configuration(s) x {sw.confirm_seeds} seeds = "
@@ -355,6 +363,8 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
         cfg, trainable, {trials.SET_KEY: tune.grid_search(sets)}, 1, None,
         tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency), ctx.concurrency,
         callback, ctx.storage, name))
+    if ctx.resume:
+        callback.forget_orphans()
     rows: list[dict[str, Any]] = []
     for r in top:
         runs = [c for c in callback.records if c.best is not None and c.status != "ERROR"
@@ -556,8 +566,9 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             if epoch > 1:  # a retry, a resumed sweep, an unpaused or exploited (PBT) trial
                 self.out(f"[{self._tag}] trial {rec.trial_id} continues from epoch {epoch - 1}")
         values = trials_mod.values_of(trial.config)
-        if values != rec.values:  # PBT moved this trial to new values
-            rec.values = values
+        if values != rec.values:  # PBT moved this trial to new values and a better one's
+            rec.values = values  # checkpoint, which may be some epochs behind this trial
+            rec.epochs = min(rec.epochs, epoch - 1)
             assert rec.run_id is not None
             self.client.set_tag(rec.run_id, f"orchestrator.values.epoch{epoch}", _show(values))
         if epoch <= rec.epochs:
@@ -592,7 +603,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if self.parent_id is not None:
             key, mode = config_mod.rank_metric(self.cfg)
             line = progress.progress_line(self.records, self.total, key, mode)
-            self.out(line.replace("[sweep]", f"[{self._tag}]"))
+            self.out(line.replace("[sweep]", f"[{self._tag}] trial {rec.trial_id} "
+                                  f"{tags['orchestrator.status']};"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "TERMINATED")

@@ -11,6 +11,7 @@ Either way the trial reports the same metrics each epoch and writes the same che
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -226,15 +227,37 @@ def scheduler(cfg: Config) -> Any:
         # fill, so it works for DDP trials too and keeps every CPU busy.
         return schedulers.AsyncHyperBandScheduler(
             time_attr="epoch", max_t=epochs, grace_period=grace,
-            reduction_factor=sw.reduction_factor, brackets=sw.brackets)
+            reduction_factor=sw.reduction_factor, brackets=hyperband_brackets(cfg))
     if sw.scheduler == "median":
         return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=grace,
                                              min_samples_required=3)
     if sw.scheduler == "pbt":
         return schedulers.PopulationBasedTraining(
             time_attr="epoch", perturbation_interval=sw.perturbation_interval,
-            hyperparam_mutations=pbt_mutations(cfg))
+            hyperparam_mutations=pbt_mutations(cfg),
+            custom_explore_fn=functools.partial(clamp, space=sw.space))
     return None  # fifo: every trial runs its full budget
+
+
+def clamp(values: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Keep PBT's perturbations (x0.8 / x1.2) inside the searched ranges: a dropout pushed
+    past its range would make an invalid config and crash the trial."""
+    out = dict(values)
+    for key, spec in space.items():
+        if key in out and spec["type"] in ("uniform", "loguniform", "randint"):
+            high = spec["high"] - 1 if spec["type"] == "randint" else spec["high"]
+            out[key] = type(out[key])(min(max(out[key], spec["low"]), high))
+    return out
+
+
+def hyperband_brackets(cfg: Config) -> int:
+    """``sweep.brackets``, less those whose first rung would not come before the last epoch
+    (they would stop nothing)."""
+    sw, b = cfg.sweep, 1
+    while b < sw.brackets and min(sw.grace_period, cfg.train.epochs) * (
+            sw.reduction_factor ** b) < cfg.train.epochs:
+        b += 1
+    return b
 
 
 def pbt_mutations(cfg: Config) -> dict[str, Any]:

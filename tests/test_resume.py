@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,11 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
             if "trials done 2/" in "".join(first) and "_00003 started" in line:
                 break
             assert time.time() < deadline, "".join(first)
-        time.sleep(3.0)  # a few epochs in, checkpointed, and in Tune's saved state
+        # wait for that trial's first checkpoint, then for Tune's next save of its state
+        while not list((tmp_path / "results").glob("resume-*/trial_fn_*_00003_*/checkpoint_*")):
+            assert time.time() < deadline and driver.poll() is None, "".join(first)
+            time.sleep(0.1)
+        time.sleep(1.5)
         started_by_driver = psutil.Process(driver.pid).children(recursive=True)
         killed_at = time.time()
         driver.send_signal(signal.SIGKILL)
@@ -62,7 +67,8 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
             except psutil.NoSuchProcess:
                 pass
     print("".join(first))
-    assert "trials done 2/" in "".join(first)
+    finished = re.findall(r"\[sweep\] trial (\S+) finished;", "".join(first))
+    assert len(finished) >= 2
 
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "resume",
                            "--storage", f"{tmp_path}/results"],
@@ -88,10 +94,10 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), (ids, steps)
     # the trials that had finished before the kill were not run again
-    finished_before = [r for r in children if r.info.end_time < killed_at * 1000]
-    assert len(finished_before) >= 2
-    for r in finished_before:
-        assert f"trial {r.data.tags['orchestrator.trial_id']} started" not in out
+    for trial_id in finished:
+        assert f"trial {trial_id} started" not in out
+        run = next(r for r in children if r.data.tags["orchestrator.trial_id"] == trial_id)
+        assert run.info.end_time < killed_at * 1000
     # the searcher kept its state: six distinct configurations, no more
     configs = {json.dumps([r.data.params["train.weight_decay"], r.data.params["model.dropout"]])
                for r in children}

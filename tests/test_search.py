@@ -72,17 +72,28 @@ def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
     ({"sweep.searcher": "optuna", "sweep.space.model.dropout": {"type": "grid",
                                                                 "values": [0.1, 0.2]}},
      "sweep.space.model.dropout"),
-    ({"sweep.scheduler": "pbt", "scaling.num_workers": 2}, "sweep.scheduler"),
-    ({"sweep.scheduler": "pbt", "scaling.fast_path": False}, "sweep.scheduler"),
+    ({"sweep.scheduler": "pbt", "scaling.num_workers": 2, "sweep.refit": False},
+     "sweep.scheduler"),
+    ({"sweep.scheduler": "pbt", "scaling.fast_path": False, "sweep.refit": False},
+     "sweep.scheduler"),
     ({"sweep.scheduler": "hyperband", "sweep.brackets": 0}, "sweep.brackets"),
-    ({"sweep.scheduler": "pbt", "sweep.space.model.hidden": {"type": "choice",
-                                                             "values": [[64], [128]]}},
+    ({"sweep.scheduler": "pbt", "sweep.refit": False,
+      "sweep.space.model.hidden": {"type": "choice", "values": [[64], [128]]}},
      "sweep.space.model.hidden"),
+    ({"sweep.scheduler": "pbt"}, "sweep.refit"),  # a refit cannot replay a pbt schedule
+    ({"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.perturbation_interval": 30},
+     "sweep.perturbation_interval"),
+    ({"sweep.scheduler": "pbt", "sweep.refit": False, "train.checkpoint_every": 3},
+     "train.checkpoint_every"),
+    ({"sweep.space.scaling.num_workers": {"type": "choice", "values": [1, 2]}},
+     "sweep.space.scaling.num_workers"),  # resources are the sweep's, not a trial's
+    ({"sweep.space.train.epochs": {"type": "choice", "values": [5, 10]}},
+     "sweep.space.train.epochs"),
     ({"sweep.objective": "gap_penalized", "sweep.metric": "val_accuracy",
       "sweep.mode": "max"}, "sweep.objective"),
     ({"sweep.confirm_seeds": 1}, "sweep.confirm_seeds"),
     ({"sweep.searcher": "bayes"}, "sweep.searcher"),
-    ({"sweep.scheduler": "pbt", "sweep.space": {}}, "sweep.space"),
+    ({"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.space": {}}, "sweep.space"),
 ])
 def test_what_a_searcher_or_scheduler_cannot_do_is_a_config_error(over: dict, key: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -118,10 +129,13 @@ def test_each_searcher_and_scheduler_is_built_from_the_config() -> None:
              "median": schedulers.MedianStoppingRule,
              "pbt": schedulers.PopulationBasedTraining}
     for name, kind in kinds.items():
-        assert isinstance(trials.scheduler(_cfg(**{"sweep.scheduler": name})), kind)
+        cfg = _cfg(**{"sweep.scheduler": name, "sweep.refit": name != "pbt"})
+        assert isinstance(trials.scheduler(cfg), kind)
     assert trials.scheduler(_cfg(**{"sweep.scheduler": "fifo"})) is None
     hyperband = trials.scheduler(_cfg(**{"sweep.scheduler": "hyperband", "sweep.brackets": 2}))
     assert len(hyperband._brackets) == 2
+    # grace 5, reduction 3, 30 epochs: brackets start at 5 and 15; one at 45 would stop nothing
+    assert trials.hyperband_brackets(_cfg(**{"sweep.brackets": 5})) == 2
     assert trials.pbt_mutations(_cfg())["model.dropout"].lower == 0.0
 
 
@@ -138,6 +152,13 @@ def test_a_fast_path_trial_retries_for_the_worker_and_for_the_sweep() -> None:
     ddp = _cfg(**{"sweep.max_failures": 1, "scaling.max_failures": 2, "scaling.num_workers": 2})
     assert trials.max_failures(ddp) == 1  # the TorchTrainer restarts its own workers
     assert trials.max_failures(_cfg(**{"sweep.max_failures": -1})) == -1
+
+
+def test_pbt_perturbations_stay_inside_the_searched_ranges() -> None:
+    space = {"model.dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+             "train.batch_size": {"type": "randint", "low": 16, "high": 128}}
+    assert trials.clamp({"model.dropout": 0.6, "train.batch_size": 300, "x": 1}, space) == {
+        "model.dropout": 0.5, "train.batch_size": 127, "x": 1}
 
 
 def test_a_confirm_run_unpacks_its_values() -> None:
@@ -159,6 +180,26 @@ def test_the_loop_reports_the_gap_and_the_penalized_objective(digits_path: Path)
         assert r["objective"] == pytest.approx(r["val_loss"] + 2.0 * max(0.0, r["gap"]))
     assert config.rank_metric(cfg) == ("objective", "min")
     assert config.rank_metric(_cfg()) == ("val_loss", "min")
+
+
+def test_a_run_that_had_ended_does_not_train_on_after_a_resume(digits_path: Path,
+                                                                tmp_path: Path) -> None:
+    cfg = _cfg(**{"data.path": str(digits_path), "train.epochs": 20, "model.hidden": [32],
+                  "train.early_stopping.patience": 1,
+                  "train.early_stopping.min_delta": 100.0})  # stops at epoch 2
+    splits = sweep.prepare(cfg).splits
+    kept: list[str] = []
+
+    def keep(d: str) -> None:
+        kept.append(str(tmp_path / "ckpt"))
+        Path(kept[-1]).mkdir(exist_ok=True)
+        (Path(kept[-1]) / loop.CHECKPOINT_FILE).write_bytes(
+            (Path(d) / loop.CHECKPOINT_FILE).read_bytes())
+
+    first = loop.LocalSeam(on_checkpoint=keep)
+    assert loop.train(cfg, splits, first) == "early_stopped" and len(first.reports) == 2  # type: ignore[arg-type]
+    again = loop.LocalSeam(resume_from=kept[-1])
+    assert loop.train(cfg, splits, again) == "early_stopped" and again.reports == []  # type: ignore[arg-type]
 
 
 def test_a_restored_optimizer_takes_the_configs_hyperparameters() -> None:
@@ -266,7 +307,12 @@ def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> No
     cb = _callback(client, out)
     cb.key = "/results/x"
     sweep._LIVE["/results/x"] = cb
-    assert pickle.loads(pickle.dumps(cb)) is cb  # Tune's tuner.pkl gets the live one back
+    try:
+        assert pickle.loads(pickle.dumps(cb)) is cb  # Tune's tuner.pkl gets the live one back
+    finally:
+        del sweep._LIVE["/results/x"]
+    with pytest.raises(RuntimeError, match="orchestrator resume"):
+        pickle.loads(pickle.dumps(cb))  # never a silent no-op callback
     t1, t2 = _trial("t1", **{"model.dropout": 0.1}), _trial("t2", **{"model.dropout": 0.2})
     cb.on_trial_result(0, [], t1, _result(1, 1.0))
     cb.on_trial_complete(0, [], t1)
