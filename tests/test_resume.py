@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
-TRIALS, EPOCHS = 6, 15
+TRIALS, EPOCHS = 6, 30
 
 
 def test_killed_driver_resumes_without_rerunning_or_duplicating(
@@ -34,7 +34,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
             str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
             f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/results",
             "experiment=resume", "tracking.register_as=resume-digits",
-            "scaling.num_workers=1", "scaling.cpus_per_worker=1", "model.hidden=[128]",
+            "scaling.num_workers=1", "scaling.cpus_per_worker=1", "model.hidden=[512,512]",
             f"sweep.num_samples={TRIALS}", f"train.epochs={EPOCHS}", "sweep.scheduler=fifo"]
     log = (tmp_path / "driver.err").open("w")
     driver = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
