@@ -508,9 +508,18 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         from orchestrator import tracking
 
         self.by_id = state["by_id"]
+        key, mode = config_mod.rank_metric(self.cfg)
         for rec in self.by_id.values():
-            if rec.run_id and rec.status == "RUNNING":  # MLflow may have seen more epochs
-                rec.logged = max(rec.logged, tracking.last_step(self.client, rec.run_id))
+            if not (rec.run_id and rec.status == "RUNNING"):
+                continue
+            # MLflow may hold epochs that Tune's last save missed; a trial that then finished
+            # reports nothing more, so the ledger takes them from MLflow
+            for row in tracking.epochs_since(self.client, rec.run_id, rec.epochs):
+                progress.update(rec, row, key, mode)
+            best_ckpt = self.client.get_run(rec.run_id).data.tags.get(BEST_CHECKPOINT)
+            if rec.best is not None and best_ckpt:
+                rec.checkpoint = best_ckpt
+            rec.logged = max(rec.logged, rec.epochs)
         done = sum(r.status != "RUNNING" for r in self.by_id.values())
         self.out(f"[{self._tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
                  f"rerun), {len(self.by_id) - done} to continue from their last checkpoint")
@@ -574,7 +583,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if epoch <= rec.epochs:
             return  # an epoch replayed from a checkpoint: in the ledger already
         key, mode = config_mod.rank_metric(self.cfg)
-        progress.update(rec, result, key, mode)
+        if progress.update(rec, result, key, mode) and rec.checkpoint:
+            self._note_checkpoint(rec)
         if epoch > rec.logged:
             assert rec.run_id is not None
             tracking.log_epoch(self.client, rec.run_id, result)
@@ -588,6 +598,12 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         rec = self._record(trial)
         if rec.best is not None and rec.best.get("epoch") == trial.last_result.get("epoch"):
             rec.checkpoint = checkpoint.path
+            self._note_checkpoint(rec)
+
+    def _note_checkpoint(self, rec: TrialRecord) -> None:
+        # in MLflow too: a resumed sweep whose Tune state missed this epoch finds it there
+        assert rec.run_id is not None and rec.checkpoint is not None
+        self.client.set_tag(rec.run_id, BEST_CHECKPOINT, rec.checkpoint)
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         from orchestrator import tracking
@@ -630,6 +646,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
 
 trials_mod = trials
+BEST_CHECKPOINT = "orchestrator.best_checkpoint"
 
 
 def _error_text(trial: Any) -> str:

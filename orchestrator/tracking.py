@@ -111,6 +111,16 @@ def find_trial_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: 
     return run_id, last_step(client, run_id)
 
 
+def epochs_since(client: MlflowClient, run_id: str, after: int) -> list[dict[str, float]]:
+    """The per-epoch metrics a run holds beyond epoch ``after``, oldest first."""
+    rows: dict[int, dict[str, float]] = {}
+    for key in METRIC_KEYS:
+        for m in client.get_metric_history(run_id, key):
+            if m.step > after:
+                rows.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
+    return [rows[k] for k in sorted(rows)]
+
+
 def last_step(client: MlflowClient, run_id: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, "val_loss")), default=0)
 

@@ -229,6 +229,7 @@ class FakeClient:
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
         self.metrics: list[tuple[str, str, int]] = []
+        self.values: dict[tuple[str, str, int], float] = {}
 
     def create_run(self, exp_id: str, run_name: str, tags: dict[str, str]) -> Any:
         run_id = f"run{len(self.runs)}"
@@ -237,6 +238,7 @@ class FakeClient:
 
     def log_batch(self, run_id: str, metrics: list = (), params: list = ()) -> None:  # type: ignore[assignment]
         self.metrics += [(run_id, m.key, m.step) for m in metrics]
+        self.values.update({(run_id, m.key, m.step): m.value for m in metrics})
 
     def log_text(self, *a: Any) -> None: ...
 
@@ -257,7 +259,11 @@ class FakeClient:
                 or "trial_id" not in filter_string]
 
     def get_metric_history(self, run_id: str, key: str) -> list:
-        return [SimpleNamespace(step=s) for r, k, s in self.metrics if r == run_id and k == key]
+        return [SimpleNamespace(step=s, value=self.values[(r, k, s)])
+                for r, k, s in self.metrics if r == run_id and k == key]
+
+    def get_run(self, run_id: str) -> Any:
+        return SimpleNamespace(data=SimpleNamespace(tags=self.runs[run_id]["tags"]))
 
     def delete_run(self, run_id: str) -> None:
         del self.runs[run_id]
@@ -351,3 +357,20 @@ def test_epochs_to_reach_counts_in_arrival_order() -> None:
     results = [{"val_accuracy": a} for a in (0.5, 0.9, 0.8, 0.97, 0.99)]
     assert bench_sweep.epochs_to_reach(results, 0.97) == 4
     assert bench_sweep.epochs_to_reach(results, 1.0) == 5  # never: charged every epoch
+
+
+def test_epochs_that_only_mlflow_saw_before_the_kill_rejoin_the_ledger() -> None:
+    # The driver logged epochs 2-3 and the trial finished, after Tune's last save (epoch 1):
+    # the resumed trial reports nothing more, so the ledger must take them from MLflow.
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    t = _trial("t1", **{"model.dropout": 0.1})
+    cb.on_trial_result(0, [], t, _result(1, 1.0))
+    state = pickle.loads(pickle.dumps(cb.get_state()))
+    for e in (2, 3):
+        cb.on_trial_result(0, [], t, {**_result(e, 1.0 / e), "checkpoint_path": f"/ckpt/{e}"})
+    again = _callback(client, out, resumed=True)
+    again.set_state(state)
+    rec = again.by_id["t1"]
+    assert rec.epochs == 3 and rec.best["epoch"] == 3 and rec.checkpoint == "/ckpt/3"
+    assert rec.logged == 3
