@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -28,6 +29,7 @@ from orchestrator.config import Config
 from orchestrator.data import Splits
 
 CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"  # every epoch's metrics so far, readable without torch
 
 
 class Seam(Protocol):
@@ -152,6 +154,7 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     rank_key, rank_mode = config_mod.rank_metric(cfg)
     best_rank: float | None = None  # the best value of what trials are ranked on
     best_weights: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = []
     start = 0
     state = seam.restore()
     if state is not None:  # resume exactly where the checkpoint left off
@@ -164,6 +167,7 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         if state.get("outcome") in ("early_stopped", "diverged"):
             return str(state["outcome"])  # it had ended: a resumed sweep must not train on
         best_weights, start = state.get("best_model"), int(state["epoch"])
+        history = list(state.get("history", []))
         # The optimizer's state carries its hyperparameters; the config's win (PBT hands a
         # trial another trial's checkpoint together with new values).
         set_hyperparameters(optimizer, schedule, cfg)
@@ -233,6 +237,7 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
             if best_weights is not None:
                 net.load_state_dict(best_weights)  # end on the best epoch's weights
         last = diverged or stop or epoch + 1 == t.epochs
+        history.append(values)
         # Every N epochs, every new best (the champion's weights), and the last one.
         if seam.rank == 0 and (last or improved or is_best
                                or (epoch + 1) % t.checkpoint_every == 0):
@@ -241,8 +246,13 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                             "stopper": dataclasses.asdict(stopper),
                             "best_rank": best_rank, "best_model": best_weights,
-                            "epoch": epoch + 1, "metrics": values, "outcome": outcome},
+                            "epoch": epoch + 1, "metrics": values, "outcome": outcome,
+                            "history": history},
                            os.path.join(ckpt, CHECKPOINT_FILE))
+                # A driver that lost some epochs' reports (it was killed while they were in
+                # flight) fills them in from here after a resume.
+                with open(os.path.join(ckpt, HISTORY_FILE), "w") as f:
+                    json.dump(history, f)
                 seam.report(values, ckpt)
         else:
             seam.report(values, None)

@@ -21,6 +21,7 @@ class TrialRecord:
     error: str | None = None
     logged: int = 0  # the last epoch written to MLflow
     best_values: dict[str, Any] | None = None  # the values at the best epoch (PBT moves them)
+    gap: tuple[int, int] | None = None  # epochs (lo, hi) exclusive this driver never received
     history: list[dict[str, float]] = field(default_factory=list)
 
 

@@ -582,6 +582,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             self.client.set_tag(rec.run_id, f"orchestrator.values.epoch{epoch}", _show(values))
         if epoch <= rec.epochs:
             return  # an epoch replayed from a checkpoint: in the ledger already
+        if epoch > rec.epochs + 1 and self.cfg.sweep.scheduler != "pbt":
+            # epochs this driver never got (reports in flight when an earlier driver was
+            # killed; the worker group went on from a later checkpoint): filled in from
+            # the history in the next checkpoint this trial reports
+            rec.gap = (rec.epochs, epoch)
         key, mode = config_mod.rank_metric(self.cfg)
         if progress.update(rec, result, key, mode) and rec.checkpoint:
             self._note_checkpoint(rec)
@@ -589,6 +594,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             assert rec.run_id is not None
             tracking.log_epoch(self.client, rec.run_id, result)
             rec.logged = epoch
+        if rec.gap and result.get("checkpoint_path"):
+            self._fill_gap(rec, str(result["checkpoint_path"]))
         if self.parent_id is None:
             self.out(progress.epoch_line(result))
 
@@ -599,7 +606,26 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if rec.best is not None and rec.best.get("epoch") == trial.last_result.get("epoch"):
             rec.checkpoint = checkpoint.path
             self._note_checkpoint(rec)
+        if rec.gap:
+            self._fill_gap(rec, checkpoint.path)
 
+    def _fill_gap(self, rec: TrialRecord, checkpoint_dir: str) -> None:
+        from orchestrator import tracking
+
+        assert rec.gap is not None and rec.run_id is not None
+        lo, hi = rec.gap
+        path = Path(checkpoint_dir) / loop.HISTORY_FILE
+        if not path.is_file():
+            return
+        rows = [r for r in json.loads(path.read_text()) if lo < int(r["epoch"]) < hi]
+        for row in rows:
+            tracking.log_epoch(self.client, rec.run_id, row)
+        # In the history, not a candidate for the best epoch: their checkpoints are gone.
+        rec.history = sorted(rec.history + rows, key=lambda r: r["epoch"])
+        rec.gap = None
+        if rows:
+            self.out(f"[{self._tag}] trial {rec.trial_id}: epochs {lo + 1}-{hi - 1} "
+                     "recovered from its checkpoint")
     def _note_checkpoint(self, rec: TrialRecord) -> None:
         # in MLflow too: a resumed sweep whose Tune state missed this epoch finds it there
         assert rec.run_id is not None and rec.checkpoint is not None

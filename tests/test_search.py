@@ -4,6 +4,7 @@ and a resumed sweep (with a fake MLflow client)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -374,3 +375,23 @@ def test_epochs_that_only_mlflow_saw_before_the_kill_rejoin_the_ledger() -> None
     rec = again.by_id["t1"]
     assert rec.epochs == 3 and rec.best["epoch"] == 3 and rec.checkpoint == "/ckpt/3"
     assert rec.logged == 3
+
+
+def test_epochs_a_killed_driver_never_received_are_filled_in_from_the_checkpoint(
+        tmp_path: Path) -> None:
+    # A DDP trial's worker group went on from its epoch-4 checkpoint, but the killed driver
+    # had received epochs 1-2 only: 3 and 4 come from that checkpoint's history.
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    t = _trial("t1", **{"model.dropout": 0.1})
+    for e in (1, 2):
+        cb.on_trial_result(0, [], t, _result(e, 1.0 / e))
+    ckpt = tmp_path / "checkpoint_5"
+    ckpt.mkdir()
+    (ckpt / loop.HISTORY_FILE).write_text(json.dumps([_result(e, 1.0 / e) for e in range(1, 6)]))
+    cb.on_trial_start(0, [], t)
+    cb.on_trial_result(0, [], t, {**_result(5, 0.2), "checkpoint_path": str(ckpt)})
+    steps = sorted(s for r, k, s in client.metrics if k == "val_loss")
+    assert steps == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in cb.by_id["t1"].history] == [1, 2, 3, 4, 5]
+    assert "epochs 3-4 recovered" in out[-1]
