@@ -19,11 +19,15 @@ import pytest
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
-TRIALS, EPOCHS = 6, 30
+EPOCHS = 30
 
 
+# 1 worker: the loop runs in the Tune trial, which Tune restores from its checkpoint;
+# 2 workers: a TorchTrainer per trial, which Ray Train restores from its own storage
+@pytest.mark.parametrize("workers", [1, 2])
 def test_killed_driver_resumes_without_rerunning_or_duplicating(
-        digits_path: Path, tmp_path: Path) -> None:
+        digits_path: Path, tmp_path: Path, workers: int) -> None:
+    trials = 6 if workers == 1 else 4  # two finish before the kill, a later two are cut off
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -34,8 +38,9 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
             str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
             f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/results",
             "experiment=resume", "tracking.register_as=resume-digits",
-            "scaling.num_workers=1", "scaling.cpus_per_worker=1", "model.hidden=[512,512]",
-            f"sweep.num_samples={TRIALS}", f"train.epochs={EPOCHS}", "sweep.scheduler=fifo"]
+            f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={1 / workers}",
+            "model.hidden=[512,512]",
+            f"sweep.num_samples={trials}", f"train.epochs={EPOCHS}", "sweep.scheduler=fifo"]
     log = (tmp_path / "driver.err").open("w")
     driver = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=log, text=True)
@@ -49,7 +54,9 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
                 break
             assert time.time() < deadline, "".join(first)
         # wait for that trial's first checkpoint, then for Tune's next save of its state
-        while not list((tmp_path / "results").glob("resume-*/trial_fn_*_00003_*/checkpoint_*")):
+        pattern = ("resume-*/trial_fn_*_00003_*/checkpoint_*" if workers == 1
+                   else "resume-*-*_00003/checkpoint_*")
+        while not list((tmp_path / "results").glob(pattern)):
             assert time.time() < deadline and driver.poll() is None, "".join(first)
             time.sleep(0.1)
         time.sleep(1.5)
@@ -76,7 +83,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "restored" in out and f"trials done {TRIALS}/{TRIALS}" in out
+    assert "restored" in out and f"trials done {trials}/{trials}" in out
     assert "continues from epoch" in out  # an unfinished trial went on from its checkpoint
 
     client = MlflowClient(uri)
@@ -88,7 +95,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     assert "orchestrator.resumed" in parents[0].data.tags
     # exactly one run per trial, each with every epoch once
     ids = [r.data.tags["orchestrator.trial_id"] for r in children]
-    assert len(ids) == TRIALS and len(set(ids)) == TRIALS
+    assert len(ids) == trials and len(set(ids)) == trials
     for r in children:
         assert r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
@@ -101,5 +108,5 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     # the searcher kept its state: six distinct configurations, no more
     configs = {json.dumps([r.data.params["train.weight_decay"], r.data.params["model.dropout"]])
                for r in children}
-    assert len(configs) == TRIALS
+    assert len(configs) == trials
     assert str(client.get_model_version_by_alias("resume-digits", "champion").version) == "1"
