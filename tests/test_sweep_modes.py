@@ -87,7 +87,7 @@ def test_pbt_moves_trials_to_better_values_and_keeps_their_weights(
         digits_path: Path, tmp_path: Path) -> None:
     out, (client, runs) = _sweep(
         tmp_path, digits_path, "pbt", "sweep.scheduler=pbt", "sweep.perturbation_interval=2",
-        "sweep.num_samples=4", "train.epochs=8", "sweep.refit=false")
+        "sweep.num_samples=4", "train.epochs=14", "sweep.refit=false")
     assert "continues from epoch" in out  # an exploited trial resumed a better one's weights
     trials = _role(runs, "trial")
     moved = [r for r in trials if any(k.startswith("orchestrator.values.epoch")
