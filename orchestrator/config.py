@@ -148,6 +148,14 @@ class SweepConfig:
     """``asha``, ``hyperband`` (asynchronous: ASHA over ``brackets`` brackets), ``median``
     (median stopping rule), ``fifo`` (no early stop) or ``pbt`` (population based training,
     which clones trials through Tune checkpoints, so it needs single-worker trials)."""
+    asha_mode: str = "auto"
+    """``promote``: ASHA as published (Li et al. 2020): a trial pauses at each rung and
+    resumes only once it ranks in the top 1/reduction_factor there, so no trial runs its
+    whole budget before others have been compared with it; needs single-worker fast-path
+    trials (pausing one is a checkpoint, not a worker-group restart). ``stop``: Tune's
+    asynchronous ASHA, which never pauses and stops a trial that ranks below the top
+    1/reduction_factor of those seen at a rung so far (the first trials run in full).
+    ``auto``: promote on the fast path, stop otherwise."""
     grace_period: int = 5
     """ASHA/median: epochs every trial runs before it may be stopped (capped at train.epochs)."""
     reduction_factor: int = 3
@@ -444,6 +452,16 @@ def validate(cfg: Config) -> None:
            f"the fast path write; got scaling.num_workers={s.num_workers}, "
            f"scaling.fast_path={s.fast_path}",
            "set scaling.num_workers: 1 (and fast_path: true), or use scheduler asha or median")
+    _check(sw.asha_mode in ("auto", "promote", "stop"), "sweep.asha_mode",
+           f"unknown mode {sw.asha_mode!r}", "use one of: auto, promote, stop")
+    _check(sw.asha_mode != "promote" or sw.scheduler == "asha", "sweep.asha_mode",
+           f"promote is a mode of scheduler asha, not {sw.scheduler}",
+           "set sweep.scheduler: asha, or drop sweep.asha_mode")
+    _check(sw.asha_mode != "promote" or (s.num_workers == 1 and s.fast_path), "sweep.asha_mode",
+           f"promote pauses and resumes trials through Tune checkpoints, which only "
+           f"single-worker trials on the fast path write; got scaling.num_workers="
+           f"{s.num_workers}, scaling.fast_path={s.fast_path}",
+           "set scaling.num_workers: 1, or sweep.asha_mode: stop")
     _check(sw.brackets >= 1, "sweep.brackets", f"must be at least 1, got {sw.brackets}",
            "use e.g. 3")
     if sw.scheduler == "pbt":
@@ -523,6 +541,25 @@ def rank_metric(cfg: Config) -> tuple[str, str]:
     if cfg.sweep.objective == "gap_penalized":
         return "objective", "min"
     return cfg.sweep.metric, cfg.sweep.mode
+
+
+def asha_promotes(cfg: Config) -> bool:
+    """Whether the sweep runs ASHA by promotion (trials pause at rungs) rather than stopping."""
+    sw = cfg.sweep
+    fast = cfg.scaling.num_workers == 1 and cfg.scaling.fast_path
+    return sw.scheduler == "asha" and (sw.asha_mode == "promote"
+                                       or (sw.asha_mode == "auto" and fast))
+
+
+def rungs(cfg: Config) -> list[int]:
+    """ASHA's rung epochs: grace_period x reduction_factor^k, below train.epochs (as Tune's
+    ASHAScheduler places its milestones)."""
+    sw, epochs = cfg.sweep, cfg.train.epochs
+    out, r = [], min(sw.grace_period, epochs)
+    while r < epochs:
+        out.append(r)
+        r *= sw.reduction_factor
+    return out
 
 
 def validate_serve(cfg: Config) -> None:

@@ -178,6 +178,9 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     accum = t.grad_accum_steps
     micro_batch = max(1, t.batch_size // (seam.world_size * accum))
     outcome = "completed"
+    # ASHA by promotion pauses a trial at its rungs; the checkpoint of that very epoch is
+    # what it resumes from when promoted (an older one would replay epochs)
+    rung_epochs = set(config_mod.rungs(cfg)) if config_mod.asha_promotes(cfg) else set()
 
     for epoch in range(start, t.epochs):
         # Dropout and augmentation draw from an RNG that is a function of (seed, epoch, rank),
@@ -238,8 +241,8 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                 net.load_state_dict(best_weights)  # end on the best epoch's weights
         last = diverged or stop or epoch + 1 == t.epochs
         history.append(values)
-        # Every N epochs, every new best (the champion's weights), and the last one.
-        if seam.rank == 0 and (last or improved or is_best
+        # Every N epochs, every new best (the champion's weights), rungs, and the last one.
+        if seam.rank == 0 and (last or improved or is_best or epoch + 1 in rung_epochs
                                or (epoch + 1) % t.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as ckpt:
                 torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),

@@ -71,7 +71,7 @@ def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str
     done = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     running = sum(r.status == "RUNNING" for r in records)
     best = best_trial(records, metric, mode)
-    head = f"[sweep] trials done {done}/{total}, running {running}"
+    head = f"[sweep] trials done {done}/{total}, in progress {running}"
     if best is None or best.best is None:
         return head
     values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())

@@ -165,7 +165,8 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
     out(f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
         f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
-        f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler; data {prep.sizes} "
+        f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler"
+        f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
         f"({prep.loader}); MLflow {tracking.resolve_uri(cfg)}")
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _complete(ctx)
@@ -315,6 +316,9 @@ def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: 
     from ray import tune
 
     key, mode = config_mod.rank_metric(cfg)
+    if hasattr(scheduler, "bind"):  # ASHA by promotion steers the searcher's cap
+        grid = trials.total_trials(cfg) // trials.num_samples(cfg)
+        scheduler.bind(search_alg, concurrency, num_samples * grid)
     return tune.Tuner(
         trainable,
         param_space=space,

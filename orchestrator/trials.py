@@ -217,6 +217,11 @@ def scheduler(cfg: Config) -> Any:
 
     sw, epochs = cfg.sweep, cfg.train.epochs
     grace = min(sw.grace_period, epochs)
+    if sw.scheduler == "asha" and config_mod.asha_promotes(cfg):
+        from orchestrator.tune_asha import PromotionASHA
+
+        return PromotionASHA(config_mod.rungs(cfg), sw.reduction_factor,
+                             *config_mod.rank_metric(cfg))
     if sw.scheduler == "asha":
         return schedulers.ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
                                         reduction_factor=sw.reduction_factor)

@@ -65,7 +65,7 @@ def test_asha_stops_two_worker_trials_early_and_the_sweep_still_finishes(sweep: 
     # for the later trials to start (with the group leaked, the sweep would wait forever).
     rows = [line for line in sweep["out"].splitlines() if line.rstrip().endswith("pruned")]
     assert rows, sweep["out"][-3000:]
-    assert f"trials done {TRIALS}/{TRIALS}, running 0" in sweep["out"]
+    assert f"trials done {TRIALS}/{TRIALS}, in progress 0" in sweep["out"]
 
 
 def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> None:

@@ -109,3 +109,28 @@ def test_asynchronous_hyperband_stops_trials_in_its_brackets(digits_path: Path,
     assert "hyperband scheduler" in out
     epochs = sorted(int(r.data.tags["orchestrator.epochs_run"]) for r in _role(runs, "trial"))
     assert len(epochs) == 8 and epochs[0] < 6 and epochs[-1] == 6
+
+
+def test_asha_by_promotion_pauses_trials_at_rungs_and_resumes_the_best(
+        digits_path: Path, tmp_path: Path) -> None:
+    out, (client, runs) = _sweep(
+        tmp_path, digits_path, "promote", "sweep.scheduler=asha", "sweep.asha_mode=promote",
+        "sweep.grace_period=1", "sweep.reduction_factor=3", "sweep.num_samples=9",
+        "sweep.max_concurrent=1", "train.epochs=9", "sweep.refit=false")
+    assert "asha scheduler (by promotion)" in out
+    assert "continues from epoch 1" in out  # paused at the first rung, promoted later
+    trials = _role(runs, "trial")
+    epochs = sorted(int(r.data.tags["orchestrator.epochs_run"]) for r in trials)
+    assert len(epochs) == 9 and epochs[-1] == 9 and sum(epochs) < 9 * 9
+    # rungs at epochs 1 and 3: a trial ends at a rung (or the budget), never between
+    assert set(epochs) <= {1, 3, 9}
+    # the first trial had nobody to beat, yet it paused at the first rung: the second one
+    # started before the first had finished (one trial at a time)
+    ids = sorted(r.data.tags["orchestrator.trial_id"] for r in trials)
+    ended = [line for line in out.splitlines() if line.startswith(f"[sweep] trial {ids[0]} ")
+             and ("finished;" in line or "pruned;" in line)]
+    assert len(ended) == 1 and out.index(f"trial {ids[1]} started") < out.index(ended[0])
+    for r in trials:  # paused and resumed from the rung's own checkpoint: no epoch twice
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, int(r.data.tags["orchestrator.epochs_run"]) + 1))
+
