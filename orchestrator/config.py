@@ -193,7 +193,13 @@ class TrackingConfig:
     uri: str | None = None
     """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
     register_as: str = "orchestrator-champion"
-    """Registered-model name of the champion (alias ``champion``)."""
+    """Registered-model name of the champion (alias ``champion``; the version it replaces
+    keeps ``previous``)."""
+    system_metrics: bool = False
+    """Log the driver machine's CPU, memory, disk, network and GPU use on the sweep's run
+    (MLflow's system-metrics monitor, ``system/*`` metrics)."""
+    system_metrics_interval: float = 10.0
+    """Seconds between system-metrics samples."""
 
 
 @dataclass
@@ -500,6 +506,8 @@ def validate(cfg: Config) -> None:
     _check(sw.max_concurrent is None or sw.max_concurrent >= 1, "sweep.max_concurrent",
            f"must be at least 1, got {sw.max_concurrent}",
            "remove it to derive it from the cluster")
+    _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
+           f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
     _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",
            "name the registered model, e.g. digits-mlp")
     validate_serve(cfg)

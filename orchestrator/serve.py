@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -34,13 +35,23 @@ class Served:
 
 
 def load(model_uri: str, tracking_uri: str | None = None) -> Served:
+    """The model behind ``model_uri``, rebuilt from its plain weights and config (``torch.load
+    (weights_only=True)``: no code is unpickled). A model logged before the weights were
+    (no ``extra_files/model.json``) loads its torch.export program instead, which holds no
+    pickled code either."""
     import mlflow
+
+    from orchestrator import model, tracking
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    info = mlflow.models.get_model_info(model_uri)
-    meta = info.metadata or {}
-    # Logged with torch.export (pt2): a graph module already in eval mode, no code unpickled.
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    extra = folder / "extra_files"
+    if (extra / tracking.MODEL_FILE).is_file():
+        net, spec = tracking.load_weights(extra)
+        return Served(model.WithProbabilities(net).eval(), list(spec["classes"]),
+                      int(spec["num_features"]), model_uri)
+    meta = mlflow.models.get_model_info(model_uri).metadata or {}
     net = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     return Served(net, list(meta["classes"]), int(meta["num_features"]), model_uri)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop, model, progress, trials
+from orchestrator import data, loop, model, plots, progress, trials
 from orchestrator.config import Config, ConfigError
 from orchestrator.progress import TrialRecord
 
@@ -237,12 +237,23 @@ def _concurrency(cfg: Config, prep: Prepared) -> int:
 def _complete(ctx: Context) -> SweepSummary:
     from orchestrator import tracking
 
+    monitor = tracking.system_monitor(ctx.cfg, ctx.parent_id)
+    try:
+        return _search_and_register(ctx)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _search_and_register(ctx: Context) -> SweepSummary:
+    from orchestrator import tracking
+
     cfg = ctx.cfg
     key, mode = config_mod.rank_metric(cfg)
     try:
         callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id,
                                   ctx.prep.fingerprint, ctx.out, trials.total_trials(cfg),
-                                  resumed=ctx.resume)
+                                  resumed=ctx.resume, sizes=ctx.prep.sizes)
         trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
         _fit(ctx.path, ctx.resume, callback, trainable, lambda: make_tuner(
             cfg, trainable, trials.search_space(cfg), trials.num_samples(cfg),
@@ -253,6 +264,7 @@ def _complete(ctx: Context) -> SweepSummary:
         best = progress.best_trial(callback.records, key, mode)
         if best is None:
             raise RuntimeError("no trial finished an epoch; see the errors above")
+        log_sweep_plots(ctx.client, ctx.parent_id, cfg, callback.records, best.trial_id)
         confirmed: list[dict[str, Any]] = []
         if cfg.sweep.confirm_seeds:
             best, confirmed = confirm(ctx, callback.records)
@@ -266,7 +278,7 @@ def _complete(ctx: Context) -> SweepSummary:
         net.load_state_dict(weights)
         test_metrics, example = evaluate_test(net, ctx.prep)
         version = tracking.register_champion(
-            champion_cfg, ctx.parent_id, model.WithProbabilities(net), example,
+            champion_cfg, ctx.parent_id, net, example,
             ctx.prep.classes, test_metrics, best.run_id or "")
     except BaseException:
         tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
@@ -279,6 +291,31 @@ def _complete(ctx: Context) -> SweepSummary:
                         test_metrics, version, tracking.resolve_uri(cfg),
                         cfg.tracking.register_as, ctx.prep.sizes, confirmed,
                         config_mod.to_dict(cfg))
+
+
+def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRecord],
+                    champion_id: str | None) -> None:
+    """On the sweep's run: every trial's best ranking metric over weight decay x dropout
+    (or the first two searched keys), and a parallel-coordinates plot of all searched keys."""
+    from orchestrator import tracking
+
+    key, _ = config_mod.rank_metric(cfg)
+    space = cfg.sweep.space
+    done = [r for r in records if r.best is not None and key in r.best]
+    keys = [k for k in space if all(k in r.values for r in done)]
+    if not done or not keys:
+        return
+    points = [{**r.values, key: r.best[key]} for r in done]  # type: ignore[index]
+    logs = {k for k, spec in space.items() if spec["type"] == "loguniform"}
+    pair = (["train.weight_decay", "model.dropout"]
+            if {"train.weight_decay", "model.dropout"} <= set(keys) else keys[:2])
+    star = next((i for i, r in enumerate(done) if r.trial_id == champion_id), None)
+    if len(pair) == 2:
+        tracking.log_png(client, run_id, plots.regularization_map(
+            points, pair[0], pair[1], key, log_x=pair[0] in logs, log_y=pair[1] in logs,
+            champion=star), "regularization_map.png")
+    tracking.log_png(client, run_id, plots.parallel_coordinates(points, keys, key, logs),
+                     "parallel_coordinates.png")
 
 
 # Tune pickles the run's callbacks into the experiment folder; a resumed run must get the
@@ -360,7 +397,8 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
     ctx.out(f"[confirm] {len(top)} best configuration(s) x {sw.confirm_seeds} seeds = "
             f"{len(sets)} runs, full budget")
     callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id, ctx.prep.fingerprint,
-                              ctx.out, len(sets), role="confirm", resumed=ctx.resume)
+                              ctx.out, len(sets), role="confirm", resumed=ctx.resume,
+                              sizes=ctx.prep.sizes)
     trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
     name = f"{ctx.name}-confirm"
     _fit(Path(ctx.storage) / name, ctx.resume, callback, trainable, lambda: make_tuner(
@@ -432,7 +470,8 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
         f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
-    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1)
+    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1,
+                              sizes=prep.sizes)
     trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
     no_search = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, max_failures=0))
     make_tuner(no_search, trainable, {}, 1, None, None, 1, callback, storage,
@@ -494,8 +533,10 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
     def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str | None,
                  fingerprint: str, out: Callable[[str], None], total: int,
-                 role: str = "trial", resumed: bool = False):
+                 role: str = "trial", resumed: bool = False,
+                 sizes: dict[str, int] | None = None):
         self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
+        self.sizes = sizes  # row counts per split: the dataset lineage on every run
         self.fingerprint, self.out, self.total, self.role = fingerprint, out, total, role
         self.resumed = resumed
         self.key = ""
@@ -552,7 +593,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             else:
                 rec.run_id = tracking.start_trial_run(
                     self.client, self.exp_id, self.parent_id, trial.trial_id,
-                    config_mod.with_values(self.cfg, values), self.fingerprint, self.role)
+                    config_mod.with_values(self.cfg, values), self.fingerprint, self.role,
+                    sizes=self.sizes)
             if self.parent_id is None:
                 self.out(f"[train] MLflow run {rec.run_id}")
             self.by_id[trial.trial_id] = rec
@@ -645,6 +687,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}
         if error:
             tags["orchestrator.error"] = error[-5000:]
+        if rec.history:  # the trial's learning curves, as a picture on its run
+            title = f"{self._tag} {rec.trial_id}: {_show(rec.values)}" if rec.values else \
+                f"{self._tag} {rec.trial_id}"
+            tracking.log_png(self.client, rec.run_id,
+                             plots.learning_curves(rec.history, title), "learning_curves.png")
         tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
         if self.parent_id is not None:
             key, mode = config_mod.rank_metric(self.cfg)

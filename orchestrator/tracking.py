@@ -3,10 +3,12 @@ there is exactly one run per trial and no "database is locked" from many SQLite 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator import config as config_mod
@@ -76,17 +78,41 @@ def log_params(client: MlflowClient, run_id: str, cfg: Config) -> None:
     client.log_text(run_id, config_mod.to_yaml(cfg), "config.yaml")
 
 
+def dataset_inputs(cfg: Config, fingerprint: str, sizes: dict[str, int] | None,
+                   ) -> list[DatasetInput]:
+    """Dataset lineage (``mlflow.log_input``'s entities): the Parquet source, its content
+    digest, and one input per split with its row count, tagged with the split as context."""
+    path = cfg.data.path
+    kind = path.split("://", 1)[0] if "://" in path else "local"
+    stem = Path(path.rstrip("/")).stem or "data"
+    out = []
+    for split, rows in (sizes or {}).items():
+        context = {"train": "training", "val": "validation", "test": "test"}.get(split, split)
+        ds = Dataset(name=f"{stem}.{split}", digest=fingerprint[:36], source_type=kind,
+                     source=json.dumps({"uri": path}),
+                     schema=json.dumps({"label": cfg.data.label,
+                                        "features": "every other column"}),
+                     profile=json.dumps({"num_rows": rows, "split": split,
+                                         "test_fraction": cfg.data.test_fraction,
+                                         "val_fraction": cfg.data.val_fraction,
+                                         "split_seed": cfg.data.seed}))
+        out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
+    return out
+
+
 def start_sweep_run(client: MlflowClient, exp_id: str, cfg: Config, fingerprint: str,
                     sizes: dict[str, int]) -> str:
     tags = {ROLE: "sweep", **common_tags(cfg, fingerprint),
             **{f"orchestrator.rows.{k}": str(v) for k, v in sizes.items()}}
     run = client.create_run(exp_id, run_name=f"sweep-{cfg.experiment}", tags=tags)
     log_params(client, run.info.run_id, cfg)
+    client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg, fingerprint, sizes))
     return run.info.run_id
 
 
 def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str | None, trial_id: str,
-                    cfg: Config, fingerprint: str, role: str = "trial") -> str:
+                    cfg: Config, fingerprint: str, role: str = "trial",
+                    sizes: dict[str, int] | None = None) -> str:
     """A trial's run under the sweep's (``role`` trial, or confirm for a seed rerun); without a
     parent, the run of `orchestrator train`."""
     role = role if parent_id else "train"
@@ -96,7 +122,30 @@ def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str | None, tr
     name = f"{role}-{trial_id}" if parent_id else f"train-{cfg.experiment}"
     run = client.create_run(exp_id, run_name=name, tags=tags)
     log_params(client, run.info.run_id, cfg)
+    if sizes:
+        client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg, fingerprint, sizes))
     return run.info.run_id
+
+
+def system_monitor(cfg: Config, run_id: str) -> Any:
+    """MLflow's system-metrics monitor on the run, started; ``None`` when not asked for.
+    Samples the machine this driver runs on (the whole machine: trials on it included)."""
+    if not cfg.tracking.system_metrics:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.tracking.system_metrics_interval,
+                                   resume_logging=True, tracking_uri=resolve_uri(cfg))
+    monitor.start()
+    return monitor
+
+
+def log_png(client: MlflowClient, run_id: str, png: bytes, name: str) -> None:
+    """A picture as a run artifact (MLflow's UI shows PNGs inline)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path), artifact_path="plots")
 
 
 def find_trial_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str,
@@ -142,36 +191,91 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]
     client.set_terminated(run_id, status=status)
 
 
+WEIGHTS_FILE, MODEL_FILE = "weights.pt", "model.json"  # the pickle-free form, in extra_files/
+
+
 def register_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_example: np.ndarray,
                       classes: list, test_metrics: dict[str, float], trial_run_id: str) -> str:
-    """Log the served form of the model on the sweep run, register it, move ``champion``.
+    """Log the served form of the model on the sweep run, register it, move ``champion``
+    (the version it replaces keeps the alias ``previous``).
 
     Runs only after the sweep succeeded and the test split was scored, so a failed sweep
     never moves the alias. Returns the new model version.
+
+    ``net`` is the trained network (logits out). Two forms are logged in one MLflow model:
+    torch.export's pt2 program (``mlflow.pyfunc.load_model`` serves it; probabilities out)
+    and, under ``extra_files/``, the weights as a plain state dict of tensors plus the
+    model's config as JSON, which ``load_weights`` rebuilds with ``torch.load(weights_only=
+    True)``: serving never unpickles code.
     """
     from mlflow.models import infer_signature
 
+    from orchestrator import model
+
     net = net.cpu().eval()
+    served = model.WithProbabilities(net).eval()
     with torch.no_grad():
-        example_out = net(torch.from_numpy(x_example)).numpy()
+        example_out = served(torch.from_numpy(x_example)).numpy()
     signature = infer_signature(x_example, example_out)
     client = MlflowClient()
-    with mlflow.start_run(run_id=parent_id):
-        info = mlflow.pytorch.log_model(
-            net, name="model", signature=signature, input_example=x_example[:2],
-            # torch.export's pt2 format: the graph and weights, no pickled Python classes,
-            # so the model loads where this package is not installed.
-            serialization_format="pt2",
-            metadata={"classes": classes, "num_features": int(x_example.shape[1])},
-            # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}", "numpy"],
-        )
-        mlflow.log_metrics(test_metrics)
-    version = mlflow.register_model(info.model_uri, cfg.tracking.register_as,
+    meta = {"classes": classes, "num_features": int(x_example.shape[1])}
+    with tempfile.TemporaryDirectory() as d:
+        weights, spec = write_weights(d, cfg, net, classes, int(x_example.shape[1]))
+        with mlflow.start_run(run_id=parent_id):
+            info = mlflow.pytorch.log_model(
+                served, name="model", signature=signature, input_example=x_example[:2],
+                # torch.export's pt2 format: the graph and weights, no pickled Python classes,
+                # so the model loads where this package is not installed.
+                serialization_format="pt2", metadata=meta,
+                extra_files=[str(weights), str(spec)],
+                # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"mlflow=={mlflow.__version__}", "numpy"],
+            )
+            mlflow.log_metrics(test_metrics)
+    name = cfg.tracking.register_as
+    old = champion_version(client, name)
+    version = mlflow.register_model(info.model_uri, name,
                                     tags={"trial_run_id": trial_run_id,
                                           **{k: f"{v:.4f}" for k, v in test_metrics.items()}})
-    client.set_registered_model_alias(cfg.tracking.register_as, "champion", version.version)
+    if old is not None and old != str(version.version):
+        client.set_registered_model_alias(name, "previous", old)  # before champion moves
+    client.set_registered_model_alias(name, "champion", version.version)
     client.set_tag(parent_id, "orchestrator.champion_version", version.version)
     client.set_tag(trial_run_id, "orchestrator.champion", "true")
     return str(version.version)
+
+
+def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None  # no such model or alias yet
+
+
+def write_weights(folder: str | Path, cfg: Config, net: torch.nn.Module, classes: list,
+                  num_features: int) -> tuple[Path, Path]:
+    """The pickle-free form of a trained network: its tensors (a plain state dict) and the
+    config that rebuilds it (JSON)."""
+    weights, spec = Path(folder) / WEIGHTS_FILE, Path(folder) / MODEL_FILE
+    torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, weights)
+    spec.write_text(json.dumps({
+        "format": 1, "model": config_mod.to_dict(cfg)["model"], "shape": cfg.data.shape,
+        "num_classes": len(classes), "classes": classes, "num_features": num_features}))
+    return weights, spec
+
+
+def load_weights(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The pickle-free champion: its network rebuilt from ``model.json`` and the tensors of
+    ``weights.pt`` (``weights_only=True``: no code is unpickled). Logits out."""
+    from orchestrator import model
+
+    folder = Path(folder)
+    spec = json.loads((folder / MODEL_FILE).read_text())
+    mcfg = config_mod.ModelConfig(**spec["model"])
+    d = int(spec["num_features"])
+    net = model.build(mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32),
+                      int(spec["num_classes"]), spec["shape"])
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)  # the stem's statistics are buffers: the trained ones
+    return net.eval(), spec

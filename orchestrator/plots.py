@@ -1,0 +1,133 @@
+"""The pictures logged to MLflow: a trial's learning curves, and the sweep's view of the
+searched space (validation metric over weight decay x dropout, parallel coordinates).
+
+Pure functions from plain rows to PNG bytes (matplotlib's Agg backend, no display), so they
+are tested without Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes; set before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CMAP = "viridis_r"  # for a loss: bright = low = good (and drawn on top)
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def by_epoch(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """One row per epoch, the latest kept (a PBT move or a retry may report an epoch again)."""
+    rows = {int(r["epoch"]): r for r in history if "epoch" in r}
+    return [rows[e] for e in sorted(rows)]
+
+
+def learning_curves(history: list[dict[str, float]], title: str) -> bytes:
+    """Train vs validation loss and accuracy per epoch: the bias/variance picture of a trial
+    (both high: underfit; validation drifting up from training: overfit)."""
+    rows = by_epoch(history)
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, kind in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            ys = [r.get(f"{split}_{kind}", math.nan) for r in rows]
+            ax.plot(epochs, ys, style, marker="o", markersize=3,
+                    label=f"{'training' if split == 'train' else 'validation'} {kind}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(kind)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if rows and "val_loss" in rows[0]:
+        best = min(rows, key=lambda r: r.get("val_loss", math.inf))
+        axes[0].axvline(best["epoch"], color="grey", lw=0.8, ls=":")
+        axes[0].annotate("best val", (best["epoch"], best["val_loss"]), fontsize=8,
+                         textcoords="offset points", xytext=(4, 6))
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _axis(values: list[Any], log: bool) -> tuple[list[float], list[str] | None]:
+    """Positions on an axis: numbers (log10 for log-scaled ranges) or category indices."""
+    if _numeric(values):
+        pos = [math.log10(v) if log and v > 0 else float(v) for v in values]
+        return pos, None
+    labels = list(dict.fromkeys(str(v) for v in values))
+    return [float(labels.index(str(v))) for v in values], labels
+
+
+def regularization_map(points: list[dict[str, Any]], x: str, y: str, metric: str,
+                       log_x: bool = False, log_y: bool = False, champion: int | None = None,
+                       ) -> bytes:
+    """Each trial at its (x, y) values, coloured by its best ``metric``: where along the
+    regularization axes the sweet spot lies."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    xs, xl = _axis([p[x] for p in points], log_x)
+    ys, yl = _axis([p[y] for p in points], log_y)
+    cs = [p[metric] for p in points]
+    sc = ax.scatter(xs, ys, c=cs, cmap=CMAP if "loss" in metric else "viridis", s=60,
+                    edgecolors="black", linewidths=0.4)
+    if champion is not None:
+        ax.scatter([xs[champion]], [ys[champion]], marker="*", s=260, facecolors="none",
+                   edgecolors="red", linewidths=1.5, label="champion")
+        ax.legend(loc="best")
+    fig.colorbar(sc, ax=ax, label=f"best {metric}")
+    for axis, labels, name, log in ((ax.xaxis, xl, x, log_x), (ax.yaxis, yl, y, log_y)):
+        if labels:
+            axis.set_ticks(range(len(labels)), labels)
+        axis.set_label_text(f"log10 {name}" if log and not labels else name)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"best {metric} per trial")
+    return _png(fig)
+
+
+def parallel_coordinates(points: list[dict[str, Any]], keys: list[str], metric: str,
+                         logs: set[str] | None = None) -> bytes:
+    """One line per trial across every searched key (each axis scaled to its own range) and
+    the metric, coloured by the metric: which combinations the good trials share."""
+    logs = logs or set()
+    axes_keys = [*keys, metric]
+    columns, ticks = [], []
+    for k in axes_keys:
+        pos, labels = _axis([p[k] for p in points], k in logs)
+        finite = [v for v in pos if math.isfinite(v)]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        span = hi - lo or 1.0
+        columns.append([(v - lo) / span if math.isfinite(v) else 1.0 for v in pos])
+        ticks.append(labels if labels else [f"{lo:.3g}", f"{hi:.3g}"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(axes_keys)), 4.8))
+    values = [p[metric] for p in points]
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    norm = matplotlib.colors.Normalize(min(finite), max(finite))
+    cmap = matplotlib.colormaps[CMAP if "loss" in metric else "viridis"]
+    order = sorted(range(len(points)), key=lambda i: -values[i] if "loss" in metric
+                   else values[i])  # the best drawn last, on top
+    for i in order:
+        color = cmap(norm(values[i])) if math.isfinite(values[i]) else "lightgrey"
+        ax.plot(range(len(axes_keys)), [c[i] for c in columns], color=color, alpha=0.8, lw=1.4)
+    ax.set_xticks(range(len(axes_keys)),
+                  [f"log10 {k}" if k in logs else k for k in axes_keys], rotation=20)
+    for j, t in enumerate(ticks):
+        ax.annotate(t[0], (j, 0), textcoords="offset points", xytext=(3, -12), fontsize=7)
+        ax.annotate(t[-1], (j, 1), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        ax.axvline(j, color="black", lw=0.6)
+    ax.set_yticks([])
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
+                 label=f"best {metric}")
+    ax.set_title(f"{len(points)} trials: searched values and best {metric}")
+    return _png(fig)

@@ -1,0 +1,90 @@
+"""MLflow's inputs without MLflow running: the pictures, the dataset lineage entities and the
+pickle-free champion's round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator import config, model, plots, tracking
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _cfg(**over: Any) -> config.Config:
+    raw: dict[str, Any] = {"data": {"path": "s3://bucket/digits.parquet"}}
+    for dotted, v in over.items():
+        config.set_dotted(raw, dotted, v)
+    return config.from_dict(raw)
+
+
+def _history(epochs: int) -> list[dict[str, float]]:
+    return [{"epoch": float(e), "train_loss": 1 / e, "val_loss": 1 / e + 0.01 * e,
+             "train_accuracy": 1 - 1 / (e + 1), "val_accuracy": 0.9 - 0.01 * e}
+            for e in range(1, epochs + 1)]
+
+
+def test_learning_curves_are_a_png_with_one_point_per_epoch() -> None:
+    history = _history(6)
+    replayed = history + [dict(history[2], val_loss=0.5)]  # epoch 3 reported again
+    rows = plots.by_epoch(replayed)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[2]["val_loss"] == 0.5
+    png = plots.learning_curves(replayed, "trial t1")
+    assert png.startswith(PNG) and len(png) > 10_000
+
+
+def test_sweep_plots_take_numbers_log_scales_categories_and_failed_metrics() -> None:
+    points = [{"train.weight_decay": 10 ** -k, "model.dropout": 0.1 * k,
+               "model.hidden": [64] if k % 2 else [256], "val_loss": 0.1 * k}
+              for k in range(1, 7)]
+    points[3]["val_loss"] = math.nan  # a diverged trial: drawn grey, does not break the scale
+    heat = plots.regularization_map(points, "train.weight_decay", "model.dropout", "val_loss",
+                                    log_x=True, champion=0)
+    par = plots.parallel_coordinates(points, ["train.weight_decay", "model.dropout",
+                                              "model.hidden"], "val_loss",
+                                     logs={"train.weight_decay"})
+    assert heat.startswith(PNG) and par.startswith(PNG)
+    assert heat != par
+
+
+def test_dataset_lineage_names_the_source_digest_and_rows_of_each_split() -> None:
+    inputs = tracking.dataset_inputs(_cfg(), "ab" * 32, {"train": 1000, "val": 200, "test": 300})
+    assert [i.dataset.name for i in inputs] == ["digits.train", "digits.val", "digits.test"]
+    assert {i.tags[0].value for i in inputs} == {"training", "validation", "test"}
+    ds = inputs[0].dataset
+    assert ds.source_type == "s3" and json.loads(ds.source)["uri"] == "s3://bucket/digits.parquet"
+    assert ds.digest == ("ab" * 32)[:36] and json.loads(ds.profile)["num_rows"] == 1000
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path,
+                                                                 kind: str) -> None:
+    cfg = _cfg(**{"model.kind": kind, "model.hidden": [8, 4], "data.shape": [1, 8, 8]})
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(32, 64)).astype(np.float32)
+    net = model.from_data(cfg, x, num_classes=10).eval()
+    tracking.write_weights(tmp_path, cfg, net, list(range(10)), 64)
+    back, spec = tracking.load_weights(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(net(torch.from_numpy(x)), back(torch.from_numpy(x)))
+    assert spec["classes"] == list(range(10)) and spec["num_features"] == 64
+
+
+def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path: Path) -> None:
+    cfg = _cfg(**{"model.hidden": [4]})
+    net = model.from_data(cfg, np.ones((4, 3), dtype=np.float32), num_classes=2)
+    tracking.write_weights(tmp_path, cfg, net, [0, 1], 3)
+    torch.save({"payload": _Evil()}, tmp_path / tracking.WEIGHTS_FILE)  # not just tensors
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        tracking.load_weights(tmp_path)
+
+
+class _Evil:
+    def __reduce__(self) -> tuple:
+        return (print, ("unpickled code ran",))
