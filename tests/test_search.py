@@ -348,6 +348,15 @@ class FakeClient:
 
     def log_text(self, *a: Any) -> None: ...
 
+    def log_inputs(self, run_id: str, datasets: list) -> None:
+        self.runs[run_id]["inputs"] = [d.dataset.name for d in datasets]
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str = "") -> None:
+        with open(local_path, "rb") as f:
+            assert f.read(4) == b"\x89PNG"
+        self.runs[run_id].setdefault("artifacts", []).append(
+            f"{artifact_path}/{Path(local_path).name}")
+
     def set_tag(self, run_id: str, k: str, v: str) -> None:
         self.runs[run_id]["tags"][k] = v
 
@@ -403,6 +412,8 @@ def test_replayed_epochs_are_logged_once_and_restarts_say_where_they_continue() 
     assert steps == [1, 2, 3, 4]
     assert "[sweep] trial t1 continues from epoch 2" in out
     assert cb.by_id["t1"].best["epoch"] == 4
+    cb.on_trial_complete(0, [], t)  # the finished trial's curves, as a picture on its run
+    assert client.runs["run0"]["artifacts"] == ["plots/learning_curves.png"]
 
 
 def test_a_pbt_move_updates_the_values_and_tags_the_run() -> None:
