@@ -11,6 +11,7 @@ from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
 
 EXIT_CONFIG = 2
+EXIT_TRACKING = 4  # training finished, but MLflow was away: writes kept for a replay
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -19,8 +20,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides)
     sweep.ensure_env()
     # run() checks the data first (ConfigError) and only then starts Ray and MLflow
-    _print_summary(cfg, sweep.run(cfg, verbose=args.verbose))
-    return 0
+    return _print_summary(cfg, sweep.run(cfg, verbose=args.verbose))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -29,11 +29,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sweep.ensure_env()
     summary = sweep.resume(args.experiment, args.storage, verbose=args.verbose)
     cfg = config_mod.from_dict(summary.config)
-    _print_summary(cfg, summary)
-    return 0
+    return _print_summary(cfg, summary)
 
 
-def _print_summary(cfg: config_mod.Config, summary: Any) -> None:
+def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
     from orchestrator import progress
 
     keys = list(cfg.sweep.space)
@@ -48,12 +47,22 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> None:
     print(f"\nchampion: trial {summary.champion.trial_id} ({values}){how}")
     print(f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
           f"(held-out test split, {summary.sizes['test']} rows)")
+    if summary.model_version is None:
+        print(f"  NOT registered yet: MLflow at {summary.tracking_uri} was away at the end; "
+              f"{summary.pending} write(s) and the champion are kept in {summary.sweep_dir}")
+        print(f"\nnext, once MLflow is back:\n  orchestrator tracking replay {summary.sweep_dir}")
+        return EXIT_TRACKING
     print(f"  registered as models:/{summary.register_as}@champion (version "
           f"{summary.model_version})")
     print("\nnext:")
-    print(f"  mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1 --port 5000")
+    if summary.tracking_uri.startswith("http"):
+        print(f"  open {summary.tracking_uri} (the MLflow UI)")
+    else:
+        print(f"  mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1 "
+              "--port 5000")
     print(f"  MLFLOW_TRACKING_URI={summary.tracking_uri} orchestrator serve "
           f"--model models:/{summary.register_as}@champion")
+    return EXIT_TRACKING if summary.pending else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,6 +89,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or cfg.serve.host
     port = args.port if args.port is not None else cfg.serve.port
     serve.run(args.model, host, port, tracking_uri=args.tracking_uri, max_batch=cfg.serve.max_batch)
+    return 0
+
+
+def cmd_tracking_serve(args: argparse.Namespace) -> int:
+    """`mlflow server` with a database backend and proxied artifacts (clients upload and
+    download artifacts through the server, so trials need no access to its disk or bucket)."""
+    import os
+    from pathlib import Path
+
+    backend = args.backend
+    if backend.startswith("sqlite:///") and not backend.startswith("sqlite:////"):
+        backend = "sqlite:///" + str(Path(backend[len("sqlite:///"):]).absolute())
+    if not (backend.startswith(("sqlite:", "postgresql", "mysql", "mssql"))):
+        raise ConfigError("--backend", f"{backend!r} is not a database URI",
+                          "use sqlite:///mlflow.db or postgresql://USER:PASS@HOST:5432/mlflow")
+    artifacts = args.artifacts if "://" in args.artifacts else str(Path(args.artifacts).absolute())
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    argv = [str(mlflow_bin), "server", "--backend-store-uri", backend,
+            "--artifacts-destination", artifacts, "--serve-artifacts",
+            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+            *args.extra]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"orchestrator: MLflow will listen on {args.host}: anyone who reaches port "
+              f"{args.port} can read and write runs; see the README (basic auth)",
+              file=sys.stderr)
+    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {backend}, "
+          f"artifacts {artifacts}); point tracking.uri or MLFLOW_TRACKING_URI at it",
+          flush=True)
+    os.execv(argv[0], argv)  # the server is this process: stopping it stops the server
+    return 0  # pragma: no cover
+
+
+def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from orchestrator import sweep, tracking
+
+    sweep.ensure_env()
+    folder = Path(args.folder).absolute()
+    state = folder / sweep.STATE_FILE
+    uri = args.tracking_uri
+    if uri is None and state.is_file():
+        cfg = config_mod.from_dict(json.loads(state.read_text())["config"])
+        uri = tracking.resolve_uri(cfg)
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("--tracking-uri", f"{folder} holds no sweep state to take it from",
+                          "pass --tracking-uri URI")
+    tracking.replay(folder, uri, patience=args.patience)
     return 0
 
 
@@ -123,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
+
+    tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
+    tsub = tr.add_subparsers(dest="action", required=True)
+    ts = tsub.add_parser("serve", help="mlflow server: database backend, proxied artifacts")
+    ts.add_argument("--backend", default="sqlite:///mlflow.db",
+                    help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB")
+    ts.add_argument("--artifacts", default="mlartifacts",
+                    help="where the server keeps artifacts: a folder, s3://... or gs://...")
+    ts.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    ts.add_argument("--port", type=int, default=5000)
+    ts.add_argument("--workers", type=int, default=2)
+    ts.add_argument("extra", nargs="*", help="after --: more `mlflow server` options, e.g. "
+                    "-- --app-name basic-auth")
+    ts.set_defaults(func=cmd_tracking_serve)
+    tp = tsub.add_parser("replay", help="send the MLflow writes a sweep kept while its "
+                         "tracking server was away, then register its champion")
+    tp.add_argument("folder", help="the sweep folder the sweep printed")
+    tp.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
+    tp.add_argument("--patience", type=float, default=60.0,
+                    help="seconds to keep trying an unreachable server (default 60)")
+    tp.set_defaults(func=cmd_tracking_replay)
 
     d = sub.add_parser("data", help="export a built-in real data set to Parquet")
     dsub = d.add_subparsers(dest="action", required=True)

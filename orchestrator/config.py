@@ -200,6 +200,9 @@ class TrackingConfig:
     (MLflow's system-metrics monitor, ``system/*`` metrics)."""
     system_metrics_interval: float = 10.0
     """Seconds between system-metrics samples."""
+    drain_timeout: float = 60.0
+    """If the tracking server went away mid-sweep: seconds the sweep waits for it at the end
+    before keeping the unsent writes (and the champion) for `orchestrator tracking replay`."""
 
 
 @dataclass
@@ -508,6 +511,8 @@ def validate(cfg: Config) -> None:
            "remove it to derive it from the cluster")
     _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
            f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
+    _check(cfg.tracking.drain_timeout >= 0, "tracking.drain_timeout",
+           f"must be >= 0 seconds, got {cfg.tracking.drain_timeout}", "use e.g. 60")
     _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",
            "name the registered model, e.g. digits-mlp")
     validate_serve(cfg)

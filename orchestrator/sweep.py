@@ -32,12 +32,14 @@ class SweepSummary:
     champion: TrialRecord
     champion_values: dict[str, Any]
     test_metrics: dict[str, float]
-    model_version: str
+    model_version: str | None  # None: MLflow was away at the end (see ``pending``)
     tracking_uri: str
     register_as: str
     sizes: dict[str, int]
     confirmed: list[dict[str, Any]]
     config: dict[str, Any]
+    pending: int = 0  # MLflow writes kept for `orchestrator tracking replay`
+    sweep_dir: str = ""
 
 
 @dataclass
@@ -153,13 +155,14 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     from orchestrator import tracking
 
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
+    client, exp_id = tracking.connect(cfg, out)  # so does a tracking server that is not up
     init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
-    client, exp_id = tracking.connect(cfg)
     parent_id = tracking.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
     ctx = Context(cfg, prep, client, exp_id, parent_id, time.strftime("%Y%m%d-%H%M%S"),
                   str(Path(cfg.sweep.storage_path).absolute()), concurrency, out)
     ctx.path.mkdir(parents=True, exist_ok=True)
+    client.use_journal(ctx.path)
     _write_state(ctx, "running")
     client.set_tag(parent_id, "orchestrator.sweep_dir", str(ctx.path))
     path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
@@ -190,9 +193,10 @@ def resume(experiment: str, storage_path: str = "results", out: Callable[[str], 
     cfg = prep.cfg
     from orchestrator import tracking
 
+    client, exp_id = tracking.connect(cfg, out)
+    client.use_journal(path)
     init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
-    client, exp_id = tracking.connect(cfg)
     parent_id = state["parent_run_id"]
     client.update_run(parent_id, status="RUNNING")
     client.set_tag(parent_id, "orchestrator.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -277,9 +281,14 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         net = model.from_config(champion_cfg, np.zeros(d), np.ones(d), len(ctx.prep.classes))
         net.load_state_dict(weights)
         test_metrics, example = evaluate_test(net, ctx.prep)
-        version = tracking.register_champion(
-            champion_cfg, ctx.parent_id, net, example,
-            ctx.prep.classes, test_metrics, best.run_id or "")
+        version: str | None = None
+        if ctx.client.drain(block=True, patience=cfg.tracking.drain_timeout):
+            version = tracking.register_champion(
+                champion_cfg, ctx.parent_id, net, example, ctx.prep.classes, test_metrics,
+                ctx.client.run_id(best.run_id) or "")
+        else:  # MLflow is still away: keep what registering needs, for the replay
+            tracking.keep_champion(ctx.path, champion_cfg, ctx.parent_id, net, example,
+                                   ctx.prep.classes, test_metrics, best.run_id or "")
     except BaseException:
         tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
@@ -287,10 +296,15 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED", {
         "orchestrator.champion_trial": best.trial_id,
         **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()}})
+    ctx.client.drain(block=False)
+    if ctx.client.queue:
+        ctx.out(f"[tracking] MLflow at {tracking.resolve_uri(cfg)} still does not answer: "
+                f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
+                f"When it is back: orchestrator tracking replay {ctx.path}")
     return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, champion_values,
                         test_metrics, version, tracking.resolve_uri(cfg),
                         cfg.tracking.register_as, ctx.prep.sizes, confirmed,
-                        config_mod.to_dict(cfg))
+                        config_mod.to_dict(cfg), len(ctx.client.queue), str(ctx.path))
 
 
 def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRecord],
@@ -463,11 +477,12 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     cfg = prep.cfg
     from orchestrator import tracking
 
+    client, exp_id = tracking.connect(cfg, out)
     init_ray(verbose)
     _concurrency(cfg, prep)  # fails now if one run cannot fit
-    client, exp_id = tracking.connect(cfg)
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    client.use_journal(Path(storage) / f"{cfg.experiment}-{stamp}-train")
     out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
         f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
     callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1,
@@ -744,3 +759,9 @@ def ensure_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff
+    # x2, 120 s timeout), all inside a Tune callback; the outbox keeps those writes instead
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run

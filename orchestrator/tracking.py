@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator import config as config_mod
-from orchestrator.config import Config
+from orchestrator.config import Config, ConfigError
 
 ROLE = "orchestrator.role"
 METRIC_KEYS = ("train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1",
@@ -38,14 +39,26 @@ def resolve_uri(cfg: Config) -> str:
     return uri
 
 
-def connect(cfg: Config) -> tuple[MlflowClient, str]:
+def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[Any, str]:
+    """The driver's MLflow client (writes through an outbox: a tracking server that goes
+    away mid-sweep does not stop training) and the experiment's id. The server must answer
+    now: a wrong URI fails here, before any training."""
+    from orchestrator import outbox
+
     uri = resolve_uri(cfg)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+    try:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+    except Exception as e:
+        if not outbox.unreachable(e):
+            raise
+        raise ConfigError("tracking.uri", f"MLflow at {uri} does not answer "
+                          f"({outbox._short(e)})", "start it (orchestrator tracking serve), or "
+                          "point tracking.uri / $MLFLOW_TRACKING_URI at a running one") from None
     mlflow.set_experiment(experiment_id=exp_id)
-    return client, exp_id
+    return outbox.Outbox(client, out), exp_id
 
 
 def _git_commit() -> str:
@@ -279,3 +292,55 @@ def load_weights(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     net.load_state_dict(state)  # the stem's statistics are buffers: the trained ones
     return net.eval(), spec
+
+
+PENDING = "champion-pending"  # a champion trained while MLflow was away, to register later
+
+
+def keep_champion(folder: Path, cfg: Config, parent_id: str, net: torch.nn.Module,
+                  x_example: np.ndarray, classes: list, test_metrics: dict[str, float],
+                  trial_run_id: str) -> Path:
+    """What ``register_champion`` needs, on disk (weights, config, example, scores), for a
+    replay once the tracking server is back."""
+    pending = Path(folder) / PENDING
+    pending.mkdir(parents=True, exist_ok=True)
+    write_weights(pending, cfg, net, classes, int(x_example.shape[1]))
+    (pending / "champion.json").write_text(json.dumps({
+        "config": config_mod.to_dict(cfg), "parent_id": parent_id,
+        "trial_run_id": trial_run_id, "example": x_example.tolist(), "classes": classes,
+        "test_metrics": test_metrics}))
+    return pending
+
+
+def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
+           patience: float = 60.0) -> str | None:
+    """Send what a sweep (or train run) kept while its tracking server was away: the queued
+    writes in order, then the champion's registration. Returns the new model version, if a
+    champion was waiting. Raises if the server still does not answer."""
+    import shutil
+
+    from orchestrator import outbox
+
+    mlflow.set_tracking_uri(uri)
+    box = outbox.Outbox(MlflowClient(uri), out)
+    box.queue, box.journal = outbox.load_journal(folder), folder / outbox.JOURNAL
+    total = len(box.queue)
+    if not box.drain(block=True, patience=patience):
+        raise RuntimeError(f"MLflow at {uri} still does not answer: {len(box.queue)} of "
+                           f"{total} write(s) left in {folder / outbox.JOURNAL}")
+    if total:
+        out(f"[tracking] replayed {total} kept write(s) to {uri}")
+    pending = folder / PENDING
+    if not (pending / "champion.json").is_file():
+        return None
+    info = json.loads((pending / "champion.json").read_text())
+    net, spec = load_weights(pending)
+    cfg = config_mod.from_dict(info["config"])
+    version = register_champion(
+        cfg, box.run_id(info["parent_id"]) or "", net,
+        np.asarray(info["example"], dtype=np.float32), info["classes"], info["test_metrics"],
+        box.run_id(info["trial_run_id"]) or "")
+    shutil.rmtree(pending)
+    out(f"[tracking] champion registered as models:/{cfg.tracking.register_as}@champion "
+        f"(version {version})")
+    return version

@@ -1,0 +1,153 @@
+"""The outbox between the sweep and MLflow: a tracking server that goes away never stops
+training, and nothing it should have received is lost or reordered (fake client)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+from mlflow.entities import Metric
+
+from orchestrator import config, outbox, tracking
+
+
+class FlakyClient:
+    """A client whose server can be switched off: calls then fail like MLflow's do."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.calls: list[tuple[str, tuple]] = []
+        self.files: list[bytes] = []
+        self.created = 0
+
+    def _check(self) -> None:
+        if not self.up:
+            raise requests.exceptions.ConnectionError(
+                "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded")
+
+    def create_run(self, exp_id: str, run_name: str = "", tags: Any = None) -> Any:
+        self._check()
+        self.created += 1
+        run_id = f"real{self.created}"
+        self.calls.append(("create_run", (run_name,)))
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        self._check()
+        self.calls.append(("log_batch", (run_id, tuple((m.key, m.step) for m in metrics))))
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._check()
+        if key == "bad":
+            raise ValueError("INVALID_PARAMETER_VALUE: tag key 'bad'")
+        self.calls.append(("set_tag", (run_id, key, value)))
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str = "") -> None:
+        self._check()
+        self.files.append(Path(local_path).read_bytes())
+        self.calls.append(("log_artifact", (run_id, artifact_path)))
+
+    def get_run(self, run_id: str) -> str:
+        self._check()
+        return run_id
+
+
+def _metric(step: int) -> list[Metric]:
+    return [Metric("val_loss", 1.0 / step, 0, step)]
+
+
+def test_writes_go_straight_through_while_the_server_answers() -> None:
+    client = FlakyClient()
+    box = outbox.Outbox(client, out=lambda _: None)
+    run = box.create_run("0", run_name="trial-a")
+    box.log_batch(run.info.run_id, metrics=_metric(1))
+    assert client.calls == [("create_run", ("trial-a",)),
+                            ("log_batch", ("real1", (("val_loss", 1),)))]
+    assert box.queue == [] and box.kept == 0
+
+
+def test_an_outage_keeps_writes_in_order_and_they_land_once_it_is_over(tmp_path: Path) -> None:
+    client, said = FlakyClient(), []
+    box = outbox.Outbox(client, out=said.append)
+    box.use_journal(tmp_path)
+    first = box.create_run("0", run_name="trial-a").info.run_id
+    box.log_batch(first, metrics=_metric(1))
+    client.up = False
+    box.log_batch(first, metrics=_metric(2))  # no exception: training goes on
+    second = box.create_run("0", run_name="trial-b").info.run_id  # made while away
+    assert second.startswith(outbox.PLACEHOLDER)
+    box.log_batch(second, metrics=_metric(1))
+    box.set_tag(second, "orchestrator.status", "finished")
+    assert len(box.queue) == 4 and len(outbox.load_journal(tmp_path)) == 4
+    assert sum("unreachable" in line for line in said) == 1
+    client.up = True
+    box.log_batch(first, metrics=_metric(3))  # queued behind the others, not before them
+    assert box.drain(block=True, patience=10)
+    assert client.calls[2:] == [
+        ("log_batch", ("real1", (("val_loss", 2),))), ("create_run", ("trial-b",)),
+        ("log_batch", ("real2", (("val_loss", 1),))),
+        ("set_tag", ("real2", "orchestrator.status", "finished")),
+        ("log_batch", ("real1", (("val_loss", 3),)))]
+    assert box.run_id(second) == "real2"
+    box.set_tag(second, "late", "1")  # the ledger still holds the placeholder
+    assert client.calls[-1] == ("set_tag", ("real2", "late", "1"))
+    assert box.get_run(second) == "real2"  # reads too
+    assert not (tmp_path / outbox.JOURNAL).exists()  # all sent: nothing to replay
+    assert any("answers again: 5 kept" in line for line in said)
+
+
+def test_a_wrong_write_still_raises() -> None:
+    box = outbox.Outbox(FlakyClient(), out=lambda _: None)
+    with pytest.raises(ValueError, match="INVALID_PARAMETER_VALUE"):
+        box.set_tag("real1", "bad", "x")
+    assert box.queue == []
+
+
+def test_a_journal_outlives_the_process_and_its_temporary_files(tmp_path: Path) -> None:
+    client = FlakyClient()
+    client.up = False
+    box = outbox.Outbox(client, out=lambda _: None)
+    box.use_journal(tmp_path)
+    run = box.create_run("0", run_name="trial-a").info.run_id
+    box.log_batch(run, metrics=_metric(1))
+    with tempfile.TemporaryDirectory() as d:  # as log_png does
+        png = Path(d) / "learning_curves.png"
+        png.write_bytes(b"\x89PNG-picture")
+        box.log_artifact(run, str(png), artifact_path="plots")
+    # the driver is gone; later, with the server back, a new process replays the journal
+    client.up = True
+    later = outbox.Outbox(client, out=lambda _: None)
+    later.queue, later.journal = outbox.load_journal(tmp_path), tmp_path / outbox.JOURNAL
+    assert later.drain(block=True, patience=10)
+    assert [c[0] for c in client.calls] == ["create_run", "log_batch", "log_artifact"]
+    assert client.calls[1][1][0] == "real1" and client.files == [b"\x89PNG-picture"]
+    assert not (tmp_path / "mlflow-journal-files").exists()
+
+
+def test_unreachable_is_about_the_server_not_the_request() -> None:
+    from mlflow.exceptions import MlflowException
+
+    assert outbox.unreachable(requests.exceptions.ConnectionError("refused"))
+    assert outbox.unreachable(MlflowException(
+        "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
+        "exception HTTPConnectionPool(host='127.0.0.1', port=5000)"))
+    assert outbox.unreachable(MlflowException("API request to endpoint /x failed with error "
+                                              "code 503 != 200"))
+    assert not outbox.unreachable(MlflowException("INVALID_PARAMETER_VALUE: bad metric"))
+    assert not outbox.unreachable(MlflowException("failed with error code 404 != 200"))
+
+
+def test_dataset_inputs_survive_the_journal() -> None:
+    cfg = config.from_dict({"data": {"path": "data/digits.parquet"}})
+    inputs = tracking.dataset_inputs(cfg, "f" * 64, {"train": 10, "val": 2, "test": 3})
+    entry = outbox._encode("log_inputs", ("run1",), {"datasets": inputs})
+    import json
+
+    method, args, kw = outbox._decode(json.loads(json.dumps(entry)))
+    assert method == "log_inputs" and args == ("run1",)
+    assert [d.dataset.name for d in kw["datasets"]] == [d.dataset.name for d in inputs]
+    assert kw["datasets"][0].tags[0].value == "training"
