@@ -3,6 +3,7 @@ line, one JSON object with the figures; ratios are measured against a baseline i
 
     python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP
     python -m jobs.bench sweep       # fast-path trials vs TorchTrainer trials; ASHA vs FIFO
+    python -m jobs.bench tracking    # epoch time with MLflow tracking on vs off
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -200,7 +201,13 @@ def bench_sweep() -> dict[str, float]:
     return run()
 
 
-BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep}
+def bench_tracking() -> dict[str, float]:
+    from jobs.bench_tracking import bench_tracking as run
+
+    return run()
+
+
+BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep, "tracking": bench_tracking}
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -82,15 +83,29 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
 
 
 class Outbox:
-    """An MlflowClient whose writes survive the tracking server going away (see above)."""
+    """An MlflowClient whose writes never hold training up (see above).
 
-    def __init__(self, client: Any, out: Callable[[str], None] = print) -> None:
+    With ``background`` (the sweep's), writes are sent by one sender thread, in order, so a
+    Tune callback returns at once: Tune's function trainables wait for the driver to take
+    each result, so a slow write would slow training itself. ``create_run`` stays
+    synchronous while nothing is queued (the run id is saved with Tune's state and must be
+    real). Reads wait for queued writes first (a read sees what was written before it)."""
+
+    def __init__(self, client: Any, out: Callable[[str], None] = print,
+                 background: bool = False) -> None:
         self.client, self.out = client, out
         self.queue: list[dict[str, Any]] = []
         self.ids: dict[str, str] = {}  # placeholder run id -> real one
         self.journal: Path | None = None
         self.kept = self.replayed = 0
-        self._pause, self._next_try = FIRST_PAUSE, 0.0
+        self.down = False  # the server stopped answering and has not answered since
+        self.error: BaseException | None = None  # a write the server refused (not an outage)
+        self._pause, self._next_try, self._hurry = FIRST_PAUSE, 0.0, False
+        self._cv = threading.Condition()
+        self._busy = False  # the sender is sending the queue's head
+        if background:
+            threading.Thread(target=self._sender, name="mlflow-outbox", daemon=True).start()
+        self.background = background
 
     # -- the client's interface: reads go straight through, writes through the outbox
 
@@ -98,36 +113,61 @@ class Outbox:
         attr = getattr(self.client, name)
         if not callable(attr):
             return attr
-        if name not in WRITES:  # a read: straight through, with real run ids
-            return lambda *args, **kw: attr(*self._real_ids(args, kw)[0],
-                                            **self._real_ids(args, kw)[1])
+        if name not in WRITES:  # a read: after the queued writes, with real run ids
+            def read(*args: Any, **kw: Any) -> Any:
+                if not self.down:
+                    self.drain(block=True, patience=30.0)
+                args, kw = self._real_ids(args, kw)
+                return attr(*args, **kw)
+            return read
         return lambda *args, **kw: self._write(name, args, kw)
 
     def use_journal(self, folder: Path) -> None:
-        """Keep a copy of every queued write in ``folder`` (the sweep's), for a replay after
-        this process is gone. Writes already queued are written there too."""
-        self.journal = folder / JOURNAL
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.queue:
-            self._rewrite()
+        """Where queued writes are journaled while the server is away (the sweep's folder),
+        for a replay after this process is gone."""
+        with self._cv:
+            self.journal = folder / JOURNAL
+            folder.mkdir(parents=True, exist_ok=True)
+            if self.down:
+                self._rewrite()
 
     def _write(self, method: str, args: tuple, kw: dict[str, Any]) -> Any:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         args, kw = self._real_ids(args, kw)
-        if not self.queue:
+        if method == "create_run" and self.background and not self.down:
+            # the run id is saved with Tune's state (a resumed sweep finds the run by it), so
+            # it must be a real one: wait for the writes ahead (normally a few milliseconds)
+            self.drain(block=True, patience=30.0)
+        with self._cv:
+            direct = not self.queue and not self._busy and (
+                method == "create_run" or not self.background)
+        if direct:
             try:
                 return getattr(self.client, method)(*args, **kw)
             except Exception as e:  # noqa: BLE001 - only an unreachable server is kept
                 if not unreachable(e):
                     raise
-                self.out(f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
-                         "writes are kept and sent when it answers")
-                self._next_try = time.monotonic() + self._pause
+                with self._cv:
+                    self._outage(e)
         placeholder = self._keep(method, args, kw)
-        self.drain(block=False)
+        if not self.background:
+            self.drain(block=False)
         if method == "create_run":
-            real = self.ids.get(placeholder, placeholder)
-            return SimpleNamespace(info=SimpleNamespace(run_id=real))
+            return SimpleNamespace(info=SimpleNamespace(run_id=self.ids.get(placeholder,
+                                                                            placeholder)))
         return None
+
+    def _outage(self, e: BaseException) -> None:
+        """(Under the lock.) The server stopped answering: say so once, journal the queue."""
+        if not self.down:
+            self.down = True
+            self.out(f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
+                     "writes are kept and sent when it answers")
+            if self.journal is not None:
+                self._rewrite()
+        self._next_try = time.monotonic() + self._pause
 
     def _keep(self, method: str, args: tuple, kw: dict[str, Any]) -> str:
         entry = _encode(method, args, kw)
@@ -149,11 +189,14 @@ class Outbox:
                 entry["args"][1] = str(keep / src.name)
             else:
                 entry["kw"]["local_path"] = str(keep / src.name)
-        self.queue.append(entry)
-        self.kept += 1
-        if self.journal is not None:
-            with self.journal.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+        with self._cv:
+            self.queue.append(entry)
+            if self.down:
+                self.kept += 1
+                if self.journal is not None:
+                    with self.journal.open("a") as f:
+                        f.write(json.dumps(entry) + "\n")
+            self._cv.notify_all()
         return placeholder
 
     def _real_ids(self, args: tuple, kw: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -161,10 +204,81 @@ class Outbox:
             return self.ids.get(v, v) if isinstance(v, str) and v.startswith(PLACEHOLDER) else v
         return tuple(swap(a) for a in args), {k: swap(v) for k, v in kw.items()}
 
+    def _send_head(self) -> bool:
+        """Send the oldest queued write (called with the lock released); False if the server
+        did not answer."""
+        with self._cv:
+            entry = self.queue[0]
+            self._busy = True
+        try:
+            method, args, kw = _decode(entry)
+            args, kw = self._real_ids(args, kw)
+            try:
+                result = getattr(self.client, method)(*args, **kw)
+            except Exception as e:  # noqa: BLE001
+                with self._cv:
+                    if unreachable(e):
+                        self._outage(e)
+                        self._pause = min(self._pause * 2, MAX_PAUSE)
+                        return False
+                    self.queue.pop(0)  # refused for what it is: retrying cannot help
+                    self.error = e
+                    self.out(f"[tracking] MLflow refused a write ({method}): {_short(e)}")
+                    self._cv.notify_all()
+                    return True
+            if method == "log_artifact":  # the outbox's own copy of the file
+                shutil.rmtree(Path(args[1] if len(args) > 1 else kw["local_path"]).parent,
+                              ignore_errors=True)
+            with self._cv:
+                if method == "create_run":
+                    self.ids[entry["placeholder"]] = result.info.run_id
+                self.queue.pop(0)
+                self._pause = FIRST_PAUSE
+                if self.down:
+                    self.replayed += 1
+                    if not self.queue:
+                        self.down = False
+                        self.out(f"[tracking] MLflow answers again: {self.replayed} kept "
+                                 "write(s) sent")
+                    if self.journal is not None:
+                        self._rewrite()
+                self._cv.notify_all()
+            return True
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def _sender(self) -> None:
+        while True:
+            with self._cv:
+                while not self.queue or time.monotonic() < self._next_try:
+                    wait = (max(0.0, self._next_try - time.monotonic()) if self.queue
+                            else None)
+                    if self._hurry and self.queue:
+                        wait = min(wait or 0.0, FIRST_PAUSE)
+                        self._next_try = min(self._next_try, time.monotonic() + FIRST_PAUSE)
+                    self._cv.wait(timeout=wait)
+            self._send_head()
+
     def drain(self, block: bool = False, patience: float = 0.0) -> bool:
-        """Send queued writes, oldest first; True when none is left. Without ``block`` it
-        tries only when the back-off allows; with it, it keeps trying for ``patience`` s."""
+        """Until no write is queued: True when none is left. Without ``block``, one attempt
+        if the back-off allows (the caller's thread sends, when there is no sender thread);
+        with it, keeps at it for up to ``patience`` seconds, retrying every FIRST_PAUSE."""
         deadline = time.monotonic() + patience
+        if self.background:
+            with self._cv:
+                self._hurry = block
+                self._cv.notify_all()
+                try:
+                    while self.queue or self._busy:
+                        left = deadline - time.monotonic()
+                        if not block or left <= 0:
+                            return False
+                        self._cv.wait(timeout=min(left, 0.5))
+                    return True
+                finally:
+                    self._hurry = False
         while self.queue:
             now = time.monotonic()
             if block:  # waiting anyway: try every FIRST_PAUSE s, not the long back-off
@@ -174,36 +288,31 @@ class Outbox:
                     return False
                 time.sleep(min(self._next_try, deadline) - now)
                 continue
-            entry = self.queue[0]
-            method, args, kw = _decode(entry)
-            args, kw = self._real_ids(args, kw)
-            try:
-                result = getattr(self.client, method)(*args, **kw)
-            except Exception as e:  # noqa: BLE001
-                if not unreachable(e):
-                    raise
-                self._next_try = time.monotonic() + self._pause
-                self._pause = min(self._pause * 2, MAX_PAUSE)
-                continue
-            if method == "create_run":
-                self.ids[entry["placeholder"]] = result.info.run_id
-            self.queue.pop(0)
-            self.replayed += 1
-            self._pause = FIRST_PAUSE
-            if not self.queue:
-                self.out(f"[tracking] MLflow answers again: {self.replayed} kept write(s) sent")
-            if self.journal is not None:
-                self._rewrite()
+            self._send_head()
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
         return True
 
     def _rewrite(self) -> None:
-        assert self.journal is not None
+        """(Under the lock.) The journal holds exactly the queue."""
+        if self.journal is None:
+            return
         tmp = self.journal.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in self.queue))
         tmp.replace(self.journal)  # atomic: a kill leaves the old or the new journal
         if not self.queue:
-            self.journal.unlink()
+            self.journal.unlink(missing_ok=True)
             shutil.rmtree(self.journal.parent / "mlflow-journal-files", ignore_errors=True)
+
+    @classmethod
+    def from_journal(cls, client: Any, folder: Path, out: Callable[[str], None] = print,
+                     ) -> Outbox:
+        """An outbox holding the writes a gone process kept in ``folder``, to replay."""
+        box = cls(client, out)
+        box.queue, box.journal = load_journal(folder), folder / JOURNAL
+        box.down = bool(box.queue)
+        return box
 
     def run_id(self, run_id: str | None) -> str | None:
         """The real id of a run created while the server was away (once replayed)."""

@@ -296,7 +296,8 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     tracking.end_run(ctx.client, ctx.parent_id, "FINISHED", {
         "orchestrator.champion_trial": best.trial_id,
         **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()}})
-    ctx.client.drain(block=False)
+    # what the end of the sweep wrote (already waited for, if the server is away)
+    ctx.client.drain(block=True, patience=0.0 if ctx.client.down else 60.0)
     if ctx.client.queue:
         ctx.out(f"[tracking] MLflow at {tracking.resolve_uri(cfg)} still does not answer: "
                 f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
@@ -493,7 +494,12 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
            f"{cfg.experiment}-{stamp}-train").fit()
     rec = callback.records[0]
     assert rec.run_id is not None
-    return TrainSummary(rec.run_id, rec, tracking.resolve_uri(cfg))
+    if not client.drain(block=True, patience=cfg.tracking.drain_timeout):
+        out(f"[tracking] MLflow at {tracking.resolve_uri(cfg)} does not answer: "
+            f"{len(client.queue)} write(s) kept; when it is back: orchestrator tracking "
+            f"replay {Path(storage) / f'{cfg.experiment}-{stamp}-train'} --tracking-uri "
+            f"{tracking.resolve_uri(cfg)}")
+    return TrainSummary(client.run_id(rec.run_id) or rec.run_id, rec, tracking.resolve_uri(cfg))
 
 
 def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:

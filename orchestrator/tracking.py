@@ -58,7 +58,7 @@ def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[Any, str]:
                           f"({outbox._short(e)})", "start it (orchestrator tracking serve), or "
                           "point tracking.uri / $MLFLOW_TRACKING_URI at a running one") from None
     mlflow.set_experiment(experiment_id=exp_id)
-    return outbox.Outbox(client, out), exp_id
+    return outbox.Outbox(client, out, background=True), exp_id
 
 
 def _git_commit() -> str:
@@ -322,8 +322,7 @@ def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
     from orchestrator import outbox
 
     mlflow.set_tracking_uri(uri)
-    box = outbox.Outbox(MlflowClient(uri), out)
-    box.queue, box.journal = outbox.load_journal(folder), folder / outbox.JOURNAL
+    box = outbox.Outbox.from_journal(MlflowClient(uri), folder, out)
     total = len(box.queue)
     if not box.drain(block=True, patience=patience):
         raise RuntimeError(f"MLflow at {uri} still does not answer: {len(box.queue)} of "

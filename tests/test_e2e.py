@@ -3,6 +3,7 @@ ASHA), a real MLflow SQLite store in a temporary folder, the real HTTP server on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import torch
 
 from conftest import ROOT, free_port
 from orchestrator import config, data
@@ -110,6 +112,40 @@ def test_champion_alias_loads_with_pyfunc_and_scores_the_reported_accuracy(sweep
     assert acc == pytest.approx(reported, abs=1e-9)
     assert f"test accuracy {reported:.4f}" in sweep["out"]
     assert acc > 0.9  # a short 6-epoch sweep; the full demo's figure is in the README
+
+
+def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: dict) -> None:
+    import mlflow
+
+    from orchestrator import serve, tracking
+
+    client = _client(sweep["uri"])
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags["orchestrator.role"] == "sweep")
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/regularization_map.png", "plots/parallel_coordinates.png"}
+    for r in runs:
+        contexts = {i.tags[0].value: json.loads(i.dataset.profile)["num_rows"]
+                    for i in r.inputs.dataset_inputs}
+        assert contexts == {"training": len(sweep["splits"].y_train),
+                            "validation": len(sweep["splits"].y_val),
+                            "test": len(sweep["splits"].y_test)}
+        if r.data.tags["orchestrator.role"] == "trial":
+            arts = [a.path for a in client.list_artifacts(r.info.run_id, "plots")]
+            assert arts == ["plots/learning_curves.png"]
+            png = Path(client.download_artifacts(r.info.run_id, arts[0], str(sweep["tmp"])))
+            assert png.read_bytes()[:4] == b"\x89PNG"
+    # the served form: plain tensors + JSON, no unpickled code, same scores as pyfunc
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
+    spec = json.loads((folder / "extra_files" / tracking.MODEL_FILE).read_text())
+    assert spec["num_features"] == 64 and spec["model"]["hidden"] == [1024]
+    served = serve.load(f"models:/{NAME}@champion", sweep["uri"])
+    x = sweep["splits"].x_test
+    with torch.no_grad():
+        mine = served.net(torch.from_numpy(x)).numpy()
+    theirs = np.asarray(mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(x))
+    assert np.allclose(mine, theirs, atol=1e-5)
 
 
 def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:

@@ -4,6 +4,7 @@ training, and nothing it should have received is lost or reordered (fake client)
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -120,8 +121,7 @@ def test_a_journal_outlives_the_process_and_its_temporary_files(tmp_path: Path) 
         box.log_artifact(run, str(png), artifact_path="plots")
     # the driver is gone; later, with the server back, a new process replays the journal
     client.up = True
-    later = outbox.Outbox(client, out=lambda _: None)
-    later.queue, later.journal = outbox.load_journal(tmp_path), tmp_path / outbox.JOURNAL
+    later = outbox.Outbox.from_journal(client, tmp_path, out=lambda _: None)
     assert later.drain(block=True, patience=10)
     assert [c[0] for c in client.calls] == ["create_run", "log_batch", "log_artifact"]
     assert client.calls[1][1][0] == "real1" and client.files == [b"\x89PNG-picture"]
@@ -151,3 +151,29 @@ def test_dataset_inputs_survive_the_journal() -> None:
     assert method == "log_inputs" and args == ("run1",)
     assert [d.dataset.name for d in kw["datasets"]] == [d.dataset.name for d in inputs]
     assert kw["datasets"][0].tags[0].value == "training"
+
+
+def test_the_background_sender_keeps_order_and_reads_see_earlier_writes(tmp_path: Path) -> None:
+    client, said = FlakyClient(), []
+    box = outbox.Outbox(client, out=said.append, background=True)
+    box.use_journal(tmp_path)
+    run = box.create_run("0", run_name="trial-a").info.run_id  # synchronous: a real id
+    assert run == "real1"
+    for step in range(1, 51):
+        box.log_batch(run, metrics=_metric(step))  # returns at once; the sender sends
+    assert box.get_run(run) == "real1"  # a read waits for the writes before it
+    assert [c[1][1][0][1] for c in client.calls[1:]] == list(range(1, 51))
+    client.up = False
+    box.log_batch(run, metrics=_metric(51))
+    deadline = time.time() + 10
+    while not box.down:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert (tmp_path / outbox.JOURNAL).is_file()
+    box.log_batch(run, metrics=_metric(52))
+    assert not box.drain(block=True, patience=0.5)  # still away
+    client.up = True
+    assert box.drain(block=True, patience=10)
+    assert [c[1][1][0][1] for c in client.calls[51:]] == [51, 52]
+    assert not (tmp_path / outbox.JOURNAL).exists()
+    assert any("answers again" in line for line in said)
