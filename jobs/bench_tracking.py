@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-REPEATS = int(os.environ.get("BENCH_REPEATS", 3))
+REPEATS = int(os.environ.get("BENCH_REPEATS", 4))
 
 
 class NullClient:
@@ -33,8 +33,8 @@ class NullClient:
         return lambda *a, **kw: None
 
 
-def _period(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> float:
-    """Median seconds between epoch reports, after the first, as the trial's clock saw them."""
+def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[float]:
+    """Seconds between epoch reports, after the first, as the trial's clock saw them."""
     from orchestrator import sweep, trials
 
     prep = sweep.prepare(cfg)
@@ -46,7 +46,7 @@ def _period(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> float:
     rec = callback.records[0]
     clock = [r["wall_time"] for r in sorted(rec.history, key=lambda r: r["epoch"])]
     steps = [b - a for a, b in zip(clock, clock[1:], strict=False)]
-    return statistics.median(steps[1:] or steps)
+    return steps[1:] or steps
 
 
 def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
@@ -56,18 +56,20 @@ def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
     on: list[float] = []
     off: list[float] = []
     lag: list[float] = []
-    for k in range(REPEATS):
-        off.append(_period(cfg, NullClient(), "0", tmp, f"{label}-off-{k}"))
-        on.append(_period(cfg, client, exp_id, tmp, f"{label}-on-{k}"))
+    for k in range(REPEATS):  # ABBA order, so drifts in the machine's speed hit both alike
+        for mode in (("off", "on") if k % 2 == 0 else ("on", "off")):
+            if mode == "off":
+                off += _periods(cfg, NullClient(), "0", tmp, f"{label}-off-{k}")
+            else:
+                on += _periods(cfg, client, exp_id, tmp, f"{label}-on-{k}")
         start = time.perf_counter()  # what the sender still had to send when training ended
         assert client.drain(block=True, patience=120)
         lag.append(time.perf_counter() - start)
     overhead = statistics.median(on) / statistics.median(off) - 1
     print(f"  {label}: epoch period tracking off {statistics.median(off) * 1000:.1f} ms, "
           f"on {statistics.median(on) * 1000:.1f} ms -> overhead {overhead * 100:+.1f} % "
-          f"(repeats off {[round(x * 1000, 1) for x in off]}, on "
-          f"{[round(x * 1000, 1) for x in on]}); MLflow caught up {max(lag):.2f} s after "
-          "the last epoch")
+          f"(medians of {len(off)} and {len(on)} epochs over {REPEATS} alternating runs "
+          f"each); MLflow caught up {max(lag):.2f} s after the last epoch")
     return {"overhead": overhead, "off_ms": statistics.median(off) * 1000,
             "on_ms": statistics.median(on) * 1000, "lag_s": max(lag)}
 
@@ -85,11 +87,11 @@ def bench_tracking() -> dict[str, float]:
               f"{REPEATS} repeats each")
         uri = f"sqlite:///{tmp}/mlflow.db"
         big = bench._config(bench._dataset(tmp), **{
-            "train.epochs": 6, "tracking.uri": uri, "experiment": "bench-tracking",
+            "train.epochs": 8, "tracking.uri": uri, "experiment": "bench-tracking",
             "sweep.storage_path": str(tmp / "results")})
         second = _workload(big, tmp, f"{bench.ROWS:,} rows x {bench.FEATURES} features")
         digits = bench._config(str(data.export_digits(tmp / "digits.parquet")), **{
-            "train.epochs": 40, "tracking.uri": uri, "experiment": "bench-tracking",
+            "train.epochs": 60, "tracking.uri": uri, "experiment": "bench-tracking",
             "model.hidden": [256], "train.batch_size": 64,
             "sweep.storage_path": str(tmp / "results")})
         tiny = _workload(digits, tmp, "digits (1.2k rows)")

@@ -30,6 +30,7 @@ from typing import Any
 
 JOURNAL = "mlflow-journal.jsonl"
 FIRST_PAUSE, MAX_PAUSE = 2.0, 30.0
+LINGER = 0.5  # seconds a write may wait for others to share its call
 PLACEHOLDER = "offline-"
 WRITES = ("create_run", "log_batch", "set_tag", "set_terminated", "update_run",
           "log_artifact", "log_text", "log_inputs", "delete_run")
@@ -80,6 +81,32 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
                                        tags=[InputTag(k, v) for k, v in d["tags"]])
                           for d in kw["datasets"]]
     return method, args, kw
+
+
+def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """The queue's head, merged with the ``log_batch`` writes right behind it for the same
+    run (within MLflow's per-call limits): (the write to send, how many entries it covers).
+    Order is kept: only consecutive entries are merged."""
+    head = queue[0]
+    if head["method"] != "log_batch":
+        return head, 1
+    run = head["args"][0] if head["args"] else head["kw"].get("run_id")
+    kw: dict[str, Any] = {k: list(head["kw"].get(k, [])) for k in ("metrics", "params", "tags")}
+    if not head["args"]:
+        kw["run_id"] = run
+    merged: dict[str, Any] = {"method": "log_batch", "args": list(head["args"]), "kw": kw}
+    taken = 1
+    for e in queue[1:]:
+        same = e["method"] == "log_batch" and (
+            (e["args"][0] if e["args"] else e["kw"].get("run_id")) == run)
+        sizes = {k: len(kw[k]) + len(e["kw"].get(k, []))
+                 for k in ("metrics", "params", "tags")}
+        if not same or sizes["metrics"] > 1000 or sizes["params"] > 100 or sizes["tags"] > 100:
+            break
+        for k in ("metrics", "params", "tags"):
+            kw[k] += e["kw"].get(k, [])
+        taken += 1
+    return merged, taken
 
 
 class Outbox:
@@ -171,6 +198,7 @@ class Outbox:
 
     def _keep(self, method: str, args: tuple, kw: dict[str, Any]) -> str:
         entry = _encode(method, args, kw)
+        entry["at"] = time.time()
         placeholder = ""
         if method == "create_run":
             placeholder = PLACEHOLDER + uuid.uuid4().hex[:12]
@@ -208,7 +236,7 @@ class Outbox:
         """Send the oldest queued write (called with the lock released); False if the server
         did not answer."""
         with self._cv:
-            entry = self.queue[0]
+            entry, taken = _coalesce(self.queue)
             self._busy = True
         try:
             method, args, kw = _decode(entry)
@@ -221,7 +249,7 @@ class Outbox:
                         self._outage(e)
                         self._pause = min(self._pause * 2, MAX_PAUSE)
                         return False
-                    self.queue.pop(0)  # refused for what it is: retrying cannot help
+                    del self.queue[:taken]  # refused for what it is: retrying cannot help
                     self.error = e
                     self.out(f"[tracking] MLflow refused a write ({method}): {_short(e)}")
                     self._cv.notify_all()
@@ -232,10 +260,10 @@ class Outbox:
             with self._cv:
                 if method == "create_run":
                     self.ids[entry["placeholder"]] = result.info.run_id
-                self.queue.pop(0)
+                del self.queue[:taken]
                 self._pause = FIRST_PAUSE
                 if self.down:
-                    self.replayed += 1
+                    self.replayed += taken
                     if not self.queue:
                         self.down = False
                         self.out(f"[tracking] MLflow answers again: {self.replayed} kept "
@@ -252,13 +280,21 @@ class Outbox:
     def _sender(self) -> None:
         while True:
             with self._cv:
-                while not self.queue or time.monotonic() < self._next_try:
-                    wait = (max(0.0, self._next_try - time.monotonic()) if self.queue
-                            else None)
-                    if self._hurry and self.queue:
-                        wait = min(wait or 0.0, FIRST_PAUSE)
-                        self._next_try = min(self._next_try, time.monotonic() + FIRST_PAUSE)
-                    self._cv.wait(timeout=wait)
+                while True:
+                    if not self.queue:
+                        self._cv.wait()
+                        continue
+                    now = time.monotonic()
+                    if self._hurry:
+                        self._next_try = min(self._next_try, now + FIRST_PAUSE)
+                    # a short linger lets an epoch's writes of several trials, and several
+                    # epochs of short ones, go as one call per run (each call costs the
+                    # driver milliseconds of Python, and the driver holds up the trials)
+                    ready = max(self._next_try, self.queue[0]["at"] - time.time() + now
+                                + (0.0 if self._hurry else LINGER))
+                    if now >= ready:
+                        break
+                    self._cv.wait(timeout=ready - now)
             self._send_head()
 
     def drain(self, block: bool = False, patience: float = 0.0) -> bool:
