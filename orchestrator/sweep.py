@@ -576,16 +576,26 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         self.by_id = state["by_id"]
         key, mode = config_mod.rank_metric(self.cfg)
         for rec in self.by_id.values():
-            if not (rec.run_id and rec.status == "RUNNING"):
+            if not rec.run_id:
                 continue
-            # MLflow may hold epochs that Tune's last save missed; a trial that then finished
-            # reports nothing more, so the ledger takes them from MLflow
-            for row in tracking.epochs_since(self.client, rec.run_id, rec.epochs):
-                progress.update(rec, row, key, mode)
-            best_ckpt = self.client.get_run(rec.run_id).data.tags.get(BEST_CHECKPOINT)
-            if rec.best is not None and best_ckpt:
-                rec.checkpoint = best_ckpt
-            rec.logged = max(rec.logged, rec.epochs)
+            run = self.client.get_run(rec.run_id)
+            logged = tracking.last_step(self.client, rec.run_id)
+            if rec.status == "RUNNING":
+                # MLflow may hold epochs that Tune's last save missed; a trial that then
+                # finished reports nothing more, so the ledger takes them from MLflow
+                for row in tracking.epochs_since(self.client, rec.run_id, rec.epochs):
+                    progress.update(rec, row, key, mode)
+                best_ckpt = run.data.tags.get(BEST_CHECKPOINT)
+                if rec.best is not None and best_ckpt:
+                    rec.checkpoint = best_ckpt
+            # and the other way round: epochs the ledger holds that were still in the dead
+            # driver's outbox (writes are sent from a thread, up to half a second later)
+            for row in plots.by_epoch(rec.history):
+                if int(row["epoch"]) > logged:
+                    tracking.log_epoch(self.client, rec.run_id, row)
+            rec.logged = max(logged, rec.epochs)
+            if rec.status != "RUNNING" and run.info.status == "RUNNING":
+                self._close(rec)  # it ended, but its end had not reached MLflow
         done = sum(r.status != "RUNNING" for r in self.by_id.values())
         self.out(f"[{self._tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
                  f"rerun), {len(self.by_id) - done} to continue from their last checkpoint")
@@ -699,10 +709,15 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         self.client.set_tag(rec.run_id, BEST_CHECKPOINT, rec.checkpoint)
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
-        from orchestrator import tracking
-
         rec = self._record(trial)
         rec.status, rec.error = status, error
+        self._close(rec)
+
+    def _close(self, rec: TrialRecord) -> None:
+        """End a finished trial's run: its learning curves, its status, and a progress line."""
+        from orchestrator import tracking
+
+        error = rec.error
         assert rec.run_id is not None
         tags = {"orchestrator.epochs_run": str(rec.epochs),
                 "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}

@@ -378,7 +378,8 @@ class FakeClient:
                 for r, k, s in self.metrics if r == run_id and k == key]
 
     def get_run(self, run_id: str) -> Any:
-        return SimpleNamespace(data=SimpleNamespace(tags=self.runs[run_id]["tags"]))
+        return SimpleNamespace(data=SimpleNamespace(tags=self.runs[run_id]["tags"]),
+                               info=SimpleNamespace(status=self.runs[run_id]["status"]))
 
     def delete_run(self, run_id: str) -> None:
         del self.runs[run_id]
@@ -491,6 +492,27 @@ def test_epochs_that_only_mlflow_saw_before_the_kill_rejoin_the_ledger() -> None
     rec = again.by_id["t1"]
     assert rec.epochs == 3 and rec.best["epoch"] == 3 and rec.checkpoint == "/ckpt/3"
     assert rec.logged == 3
+
+
+def test_epochs_still_in_the_dead_drivers_outbox_reach_mlflow_on_resume() -> None:
+    # Tune saved a ledger with epochs 1-3 of t1 and t2 finished; the driver died before its
+    # outbox sent t1's epoch 3 and t2's end. The resume sends both from the ledger.
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    t1, t2 = _trial("t1", **{"model.dropout": 0.1}), _trial("t2", **{"model.dropout": 0.2})
+    for e in (1, 2, 3):
+        cb.on_trial_result(0, [], t1, _result(e, 1.0 / e))
+    cb.on_trial_result(0, [], t2, _result(1, 0.5))
+    cb.by_id["t2"].status = "TERMINATED"  # the ledger knew; MLflow never heard
+    state = pickle.loads(pickle.dumps(cb.get_state()))
+    client.metrics = [m for m in client.metrics if not (m[0] == "run0" and m[2] == 3)]
+    assert client.runs["run1"]["status"] == "RUNNING"
+    again = _callback(client, out, resumed=True)
+    again.set_state(state)
+    steps = sorted(s for r, k, s in client.metrics if r == "run0" and k == "val_loss")
+    assert steps == [1, 2, 3] and again.by_id["t1"].logged == 3
+    assert client.runs["run1"]["status"] == "FINISHED"
+    assert client.runs["run1"]["tags"]["orchestrator.status"] == "pruned"  # 1 of 30 epochs
 
 
 def test_epochs_a_killed_driver_never_received_are_filled_in_from_the_checkpoint(
