@@ -88,3 +88,30 @@ def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path: Path) 
 class _Evil:
     def __reduce__(self) -> tuple:
         return (print, ("unpickled code ran",))
+
+
+def test_a_new_champion_leaves_the_old_one_the_previous_alias(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    """A real MLflow SQLite store, no Ray: two registrations move `champion` and `previous`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _cfg(**{"model.hidden": [4], "tracking.register_as": "m", "tracking.uri": uri})
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    versions = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = model.from_data(cfg, x, num_classes=3)
+        parent = client.create_run(exp).info.run_id
+        trial = client.create_run(exp).info.run_id
+        versions.append(tracking.register_champion(cfg, parent, net, x, [0, 1, 2],
+                                                   {"test_accuracy": 0.5}, trial))
+    assert tracking.champion_version(client, "m") == versions[1] == "2"
+    assert tracking.champion_version(client, "m", "previous") == versions[0] == "1"
+    assert tracking.champion_version(client, "nope") is None
