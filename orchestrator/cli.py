@@ -143,6 +143,16 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from orchestrator import review
+
+    view = review.load(args.experiment, args.storage)
+    review.print_view(view)
+    path = review.write(view)
+    print(f"\nwritten: {path} (and fit_map.png beside it)")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import data
 
@@ -183,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
+
+    dg = sub.add_parser("diagnose", help="label a finished sweep's trials underfit / good "
+                        "fit / overfit and propose the next search space")
+    dg.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
+    dg.add_argument("--storage", default="results",
+                    help="sweep.storage_path the sweep used (default: results)")
+    dg.set_defaults(func=cmd_diagnose)
 
     tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
     tsub = tr.add_subparsers(dest="action", required=True)

@@ -206,6 +206,21 @@ class TrackingConfig:
 
 
 @dataclass
+class DiagnosisConfig:
+    """Thresholds of the bias/variance labels (see orchestrator/diagnosis.py), as fractions
+    of the baseline's loss (predicting the training split's class frequencies)."""
+
+    underfit_loss_ratio: float = 0.25
+    """underfit: training loss at the best epoch above this x the baseline's loss."""
+    gap_ratio: float = 0.1
+    """overfit: validation minus training loss at the last epoch above this x baseline."""
+    rise_ratio: float = 0.05
+    """overfit: validation loss rose above its minimum by more than this x baseline ..."""
+    early_fraction: float = 0.75
+    """... having bottomed out at or before this fraction of the epochs run."""
+
+
+@dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -222,6 +237,7 @@ class Config:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnosis: DiagnosisConfig = field(default_factory=DiagnosisConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 
@@ -511,6 +527,12 @@ def validate(cfg: Config) -> None:
            "remove it to derive it from the cluster")
     _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
            f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
+    dg = cfg.diagnosis
+    for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio"):
+        _check(getattr(dg, key) > 0, f"diagnosis.{key}",
+               f"must be > 0, got {getattr(dg, key)}", "use the default, or e.g. 0.1")
+    _check(0 < dg.early_fraction <= 1, "diagnosis.early_fraction",
+           f"must be in (0, 1], got {dg.early_fraction}", "use e.g. 0.75")
     _check(cfg.tracking.drain_timeout >= 0, "tracking.drain_timeout",
            f"must be >= 0 seconds, got {cfg.tracking.drain_timeout}", "use e.g. 60")
     _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,7 @@ class Summary:
     rows: dict[str, int]
     col_mean: dict[str, np.ndarray]  # per split group: "train", "train+val"
     col_std: dict[str, np.ndarray]
+    class_counts: list[int] = field(default_factory=list)  # all rows, in ``classes`` order
 
     def sizes(self) -> dict[str, int]:
         return dict(self.rows)
@@ -243,7 +244,8 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
         means[group] = sums[group] / n
         stds[group] = np.sqrt(np.maximum(squares[group] / n - means[group] ** 2, 0.0))
     return Summary([c.item() if hasattr(c, "item") else c for c in classes], names,
-                   digest.hexdigest()[:16], rows, means, stds)
+                   digest.hexdigest()[:16], rows, means, stds,
+                   [int(label_counts[c]) for c in classes.tolist()])
 
 
 def split(ds: Dataset, cfg: DataConfig) -> Splits:

@@ -131,3 +131,35 @@ def parallel_coordinates(points: list[dict[str, Any]], keys: list[str], metric: 
                  label=f"best {metric}")
     ax.set_title(f"{len(points)} trials: searched values and best {metric}")
     return _png(fig)
+
+
+LABEL_COLORS = {"underfit": "tab:blue", "good_fit": "tab:green", "overfit": "tab:red",
+                None: "lightgrey"}
+
+
+def fit_map(points: list[dict[str, Any]], keys: list[str], logs: set[str] | None = None,
+            ) -> bytes:
+    """The underfit / sweet spot / overfit chart, from the sweep's own trials: training
+    (circles) and validation (crosses) loss at each trial's best epoch against each
+    regularization key, coloured by the trial's label."""
+    logs = logs or set()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for p in points:
+            color = LABEL_COLORS.get(p.get("label"), "lightgrey")
+            ax.scatter([p[key]], [p["train_loss"]], marker="o", color=color, s=36)
+            ax.scatter([p[key]], [p["val_loss"]], marker="x", color=color, s=44)
+            ax.plot([p[key], p[key]], [p["train_loss"], p["val_loss"]], color=color,
+                    lw=0.6, alpha=0.5)
+        if key in logs:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("loss at the best epoch")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="s", ls="", label=str(lab))
+               for lab, c in LABEL_COLORS.items() if lab is not None]
+    handles += [plt.Line2D([], [], color="black", marker="o", ls="", label="training loss"),
+                plt.Line2D([], [], color="black", marker="x", ls="", label="validation loss")]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle("bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit)")
+    return _png(fig)

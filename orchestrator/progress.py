@@ -23,6 +23,7 @@ class TrialRecord:
     best_values: dict[str, Any] | None = None  # the values at the best epoch (PBT moves them)
     gap: tuple[int, int] | None = None  # epochs (lo, hi) exclusive this driver never received
     history: list[dict[str, float]] = field(default_factory=list)
+    diagnosis: str | None = None  # underfit / good_fit / overfit, once it ended
 
 
 def better(new: float, old: float | None, mode: str) -> bool:
@@ -96,7 +97,7 @@ def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
     val loss and accuracy, and the generalization gap at the best epoch."""
     key, mode = rank
     shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy", "gap"))]
-    header = ["trial", *keys, "epochs", *shown, "status"]
+    header = ["trial", *keys, "epochs", *shown, "status", "fit"]
     sign = 1 if mode == "min" else -1
     rows = []
     for r in sorted(records, key=lambda r: sign * (r.best or {}).get(key, sign * math.inf)):
@@ -104,7 +105,7 @@ def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
         mark = " *" if r.trial_id == champion_id else ""
         rows.append([r.trial_id + mark, *(_fmt(r.values.get(k, "")) for k in keys), str(r.epochs),
                      *(_fmt(best.get(k, float("nan"))) for k in shown),
-                     status_of(r, planned_epochs)])
+                     status_of(r, planned_epochs), r.diagnosis or "-"])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

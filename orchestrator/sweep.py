@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop, model, plots, progress, trials
+from orchestrator import data, diagnosis, loop, model, plots, progress, trials
 from orchestrator.config import Config, ConfigError
 from orchestrator.progress import TrialRecord
 
@@ -54,6 +54,16 @@ class Prepared:
     num_features: int
     splits: data.Splits | None = None  # memory
     summary: data.Summary | None = None  # stream
+
+    @property
+    def baseline(self) -> diagnosis.Baseline:
+        """What predicting the training split's class frequencies scores (the yardstick
+        of the bias/variance labels)."""
+        if self.splits is not None:
+            return diagnosis.baseline(np.bincount(self.splits.y_train,
+                                                  minlength=len(self.classes)).tolist())
+        assert self.summary is not None
+        return diagnosis.baseline(self.summary.class_counts)
 
     def test_batches(self) -> Iterator[loop.Batch]:
         """The test split in CPU batches (streamed through Ray Data for big data)."""
@@ -165,6 +175,10 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     client.use_journal(ctx.path)
     _write_state(ctx, "running")
     client.set_tag(parent_id, "orchestrator.sweep_dir", str(ctx.path))
+    base = prep.baseline
+    client.set_tag(parent_id, "orchestrator.baseline",
+                   f"loss={base.loss:.4f} accuracy={base.accuracy:.4f} (predicting the "
+                   "training split's class frequencies)")
     path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
     out(f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
         f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
@@ -257,7 +271,8 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     try:
         callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id,
                                   ctx.prep.fingerprint, ctx.out, trials.total_trials(cfg),
-                                  resumed=ctx.resume, sizes=ctx.prep.sizes)
+                                  resumed=ctx.resume, sizes=ctx.prep.sizes,
+                                  base=ctx.prep.baseline)
         trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
         _fit(ctx.path, ctx.resume, callback, trainable, lambda: make_tuner(
             cfg, trainable, trials.search_space(cfg), trials.num_samples(cfg),
@@ -331,6 +346,13 @@ def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRe
             champion=star), "regularization_map.png")
     tracking.log_png(client, run_id, plots.parallel_coordinates(points, keys, key, logs),
                      "parallel_coordinates.png")
+    regs = [k for k in diagnosis.REGULARIZERS if k in keys
+            and space[k]["type"] in ("uniform", "loguniform")]
+    fits = [{**r.values, "train_loss": r.best["train_loss"], "val_loss": r.best["val_loss"],
+             "label": r.diagnosis} for r in done
+            if r.best is not None and "train_loss" in r.best and "val_loss" in r.best]
+    if regs and fits:
+        tracking.log_png(client, run_id, plots.fit_map(fits, regs, logs), "fit_map.png")
 
 
 # Tune pickles the run's callbacks into the experiment folder; a resumed run must get the
@@ -413,7 +435,7 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
             f"{len(sets)} runs, full budget")
     callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id, ctx.prep.fingerprint,
                               ctx.out, len(sets), role="confirm", resumed=ctx.resume,
-                              sizes=ctx.prep.sizes)
+                              sizes=ctx.prep.sizes, base=ctx.prep.baseline)
     trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
     name = f"{ctx.name}-confirm"
     _fit(Path(ctx.storage) / name, ctx.resume, callback, trainable, lambda: make_tuner(
@@ -487,7 +509,7 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
         f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
     callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1,
-                              sizes=prep.sizes)
+                              sizes=prep.sizes, base=prep.baseline)
     trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
     no_search = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, max_failures=0))
     make_tuner(no_search, trainable, {}, 1, None, None, 1, callback, storage,
@@ -555,9 +577,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str | None,
                  fingerprint: str, out: Callable[[str], None], total: int,
                  role: str = "trial", resumed: bool = False,
-                 sizes: dict[str, int] | None = None):
+                 sizes: dict[str, int] | None = None,
+                 base: diagnosis.Baseline | None = None):
         self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
         self.sizes = sizes  # row counts per split: the dataset lineage on every run
+        self.base = base  # the bias/variance yardstick: each ended trial gets its label
         self.fingerprint, self.out, self.total, self.role = fingerprint, out, total, role
         self.resumed = resumed
         self.key = ""
@@ -723,6 +747,13 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}
         if error:
             tags["orchestrator.error"] = error[-5000:]
+        found = (diagnosis.diagnose(rec.history, self.base, config_mod.with_values(
+            self.cfg, rec.best_values or rec.values), thresholds(self.cfg))
+            if self.base is not None else None)
+        if found is not None:
+            rec.diagnosis = found.label
+            tags.update({DIAGNOSIS: found.label, f"{DIAGNOSIS}_reasons": found.reasons,
+                         f"{DIAGNOSIS}_fixes": "; ".join(found.fixes)})
         if rec.history:  # the trial's learning curves, as a picture on its run
             title = f"{self._tag} {rec.trial_id}: {_show(rec.values)}" if rec.values else \
                 f"{self._tag} {rec.trial_id}"
@@ -760,6 +791,13 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
 trials_mod = trials
 BEST_CHECKPOINT = "orchestrator.best_checkpoint"
+DIAGNOSIS = "orchestrator.diagnosis"
+
+
+def thresholds(cfg: Config) -> diagnosis.Thresholds:
+    d = cfg.diagnosis
+    return diagnosis.Thresholds(d.underfit_loss_ratio, d.gap_ratio, d.rise_ratio,
+                                d.early_fraction)
 
 
 def _error_text(trial: Any) -> str:

@@ -124,7 +124,8 @@ def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: d
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = next(r for r in runs if r.data.tags["orchestrator.role"] == "sweep")
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/regularization_map.png", "plots/parallel_coordinates.png"}
+    assert plots == {"plots/regularization_map.png", "plots/parallel_coordinates.png",
+                     "plots/fit_map.png"}
     for r in runs:
         contexts = {i.tags[0].value: json.loads(i.dataset.profile)["num_rows"]
                     for i in r.inputs.dataset_inputs}
@@ -134,6 +135,8 @@ def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: d
         if r.data.tags["orchestrator.role"] == "trial":
             arts = [a.path for a in client.list_artifacts(r.info.run_id, "plots")]
             assert arts == ["plots/learning_curves.png"]
+            assert r.data.tags["orchestrator.diagnosis"] in ("underfit", "good_fit", "overfit")
+            assert "loss" in r.data.tags["orchestrator.diagnosis_reasons"]
             png = Path(client.download_artifacts(r.info.run_id, arts[0], str(sweep["tmp"])))
             assert png.read_bytes()[:4] == b"\x89PNG"
     # the served form: plain tensors + JSON, no unpickled code, same scores as pyfunc

@@ -111,7 +111,7 @@ def test_four_concurrent_two_worker_trials_make_exactly_one_run_each(
     parent = sweeps[0]
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {  # type: ignore[attr-defined]
-        "plots/regularization_map.png", "plots/parallel_coordinates.png"}
+        "plots/regularization_map.png", "plots/parallel_coordinates.png", "plots/fit_map.png"}
     assert (tmp_path / "artifacts").is_dir()
     version = client.get_model_version_by_alias("four", "champion")  # type: ignore[attr-defined]
     assert version.run_id == parent.info.run_id

@@ -1,0 +1,171 @@
+"""After a sweep: `orchestrator diagnose EXPERIMENT`. Reads the sweep back from MLflow (its
+trials' values, curves and labels), prints the bias/variance picture and proposes the next
+search space, which is also written next to the sweep as ``next_space.yaml``."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator import config as config_mod
+from orchestrator import diagnosis, plots
+from orchestrator.config import Config, ConfigError
+
+NEXT_SPACE = "next_space.yaml"
+
+
+@dataclass
+class TrialView:
+    trial_id: str
+    run_id: str
+    values: dict[str, Any]
+    history: list[dict[str, float]]
+    label: str | None
+    reasons: str
+    fixes: list[str] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)  # the row of the best epoch
+
+
+@dataclass
+class SweepView:
+    folder: Path
+    cfg: Config
+    parent_run_id: str
+    baseline: diagnosis.Baseline
+    trials: list[TrialView]
+    space: dict[str, dict[str, Any]]  # proposed next
+    why: list[str]
+
+
+METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "gap")
+
+
+def load(experiment: str, storage: str = "results") -> SweepView:
+    """A finished (or stopped) sweep, from its folder's state and MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import sweep, tracking
+
+    folder = sweep.find_sweep(experiment, storage)
+    state = json.loads((folder / sweep.STATE_FILE).read_text())
+    cfg = config_mod.from_dict(state["config"])
+    client = MlflowClient(tracking.resolve_uri(cfg))
+    parent = client.get_run(state["parent_run_id"])
+    base = _baseline(parent.data.tags.get("orchestrator.baseline", ""))
+    if not math.isfinite(base.loss):  # a sweep from before the baseline was logged
+        try:
+            base = sweep.prepare(cfg).baseline
+        except (ConfigError, OSError):
+            pass  # the data moved: the trials stay unlabelled
+    key, mode = config_mod.rank_metric(cfg)
+    views = []
+    for run in tracking.child_runs(client, state["experiment_id"], state["parent_run_id"]):
+        if run.data.tags.get(tracking.ROLE) != "trial":
+            continue
+        values = {k: yaml.safe_load(run.data.params[k]) for k in cfg.sweep.space
+                  if k in run.data.params}
+        rows: dict[int, dict[str, float]] = {}
+        for m in METRICS:
+            for point in client.get_metric_history(run.info.run_id, m):
+                rows.setdefault(point.step, {"epoch": float(point.step)})[m] = point.value
+        history = [rows[e] for e in sorted(rows)]
+        label = run.data.tags.get("orchestrator.diagnosis")
+        reasons = run.data.tags.get("orchestrator.diagnosis_reasons", "")
+        fixes = [f for f in run.data.tags.get("orchestrator.diagnosis_fixes", "").split("; ")
+                 if f]
+        if label is None and history:  # a sweep from before the labels: judge it now
+            found = diagnosis.diagnose(history, base, config_mod.with_values(cfg, values),
+                                       _thresholds(cfg))
+            if found is not None:
+                label, reasons, fixes = found.label, found.reasons, found.fixes
+        scored = [r for r in history if key in r and math.isfinite(r[key])]
+        best = (min if mode == "min" else max)(scored, key=lambda r: r[key]) if scored else {}
+        views.append(TrialView(run.data.tags.get("orchestrator.trial_id", run.info.run_id),
+                               run.info.run_id, values, history, label, reasons, fixes,
+                               best))
+    if not views:
+        raise ConfigError("EXPERIMENT", f"the sweep in {folder} has no trial runs in MLflow",
+                          "run the sweep first, or check tracking.uri")
+    points = [{**v.values, key: v.best[key], "label": v.label} for v in views if v.best]
+    space, why = diagnosis.propose(points, cfg.sweep.space, key, mode, cfg)
+    return SweepView(folder, cfg, state["parent_run_id"], base, views, space, why)
+
+
+def _baseline(tag: str) -> diagnosis.Baseline:
+    found = dict(re.findall(r"(loss|accuracy)=([0-9.eE+-]+)", tag))
+    return diagnosis.Baseline(float(found.get("loss", "nan")),
+                              float(found.get("accuracy", "nan")))
+
+
+def _thresholds(cfg: Config) -> diagnosis.Thresholds:
+    d = cfg.diagnosis
+    return diagnosis.Thresholds(d.underfit_loss_ratio, d.gap_ratio, d.rise_ratio,
+                                d.early_fraction)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
+    key, mode = config_mod.rank_metric(view.cfg)
+    counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
+    out(f"[diagnose] {view.folder.name}: {len(view.trials)} trials: "
+        + ", ".join(f"{n} {lab}" for lab, n in counts.items())
+        + f"; baseline (class frequencies) loss {view.baseline.loss:.3f}, accuracy "
+          f"{view.baseline.accuracy:.3f}")
+    keys = list(view.cfg.sweep.space)
+    header = ["trial", *keys, key, "train_loss", "fit"]
+    rows = []
+    ranked = sorted(view.trials, key=lambda t: t.best.get(key, math.inf if mode == "min"
+                                                          else -math.inf),
+                    reverse=mode == "max")
+    for t in ranked:
+        rows.append([t.trial_id, *(_fmt(t.values.get(k, "")) for k in keys),
+                     _fmt(t.best.get(key, math.nan)), _fmt(t.best.get("train_loss", math.nan)),
+                     t.label or "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for cells in [header, ["-" * w for w in widths], *rows]:
+        out("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
+    out("")
+    for t in ranked:
+        if t.label and t.label != "good_fit":
+            out(f"{t.trial_id} {t.label}: {t.reasons}")
+            for f in t.fixes[:4]:
+                out(f"    try: {f}")
+    best = ranked[0]
+    out(f"\nsweet spot: trial {best.trial_id} ("
+        + ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())
+        + f"), {key}={best.best.get(key, math.nan):.4f}, {best.label or 'unlabelled'}")
+    out("\nnext search space (orchestrator sweep CONFIG --refine-from "
+        f"{view.cfg.experiment}):")
+    out("  " + yaml.safe_dump({"sweep": {"space": view.space}}, sort_keys=False,
+                             default_flow_style=None).replace("\n", "\n  ").rstrip())
+    out("because:")
+    for w in view.why:
+        out(f"  - {w}")
+
+
+def write(view: SweepView) -> Path:
+    """``next_space.yaml`` and ``fit_map.png`` in the sweep's folder."""
+    path = view.folder / NEXT_SPACE
+    path.write_text(yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why},
+                                   sort_keys=False))
+    logs = {k for k, s in view.cfg.sweep.space.items() if s["type"] == "loguniform"}
+    regs = [k for k in diagnosis.REGULARIZERS if k in view.cfg.sweep.space
+            and view.cfg.sweep.space[k]["type"] in ("uniform", "loguniform")]
+    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
+             "label": t.label} for t in view.trials
+            if "train_loss" in t.best and "val_loss" in t.best]
+    if regs and fits:
+        (view.folder / "fit_map.png").write_bytes(plots.fit_map(fits, regs, logs))
+    return path
