@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{progress.status_of(rec, cfg.train.epochs)} after {rec.epochs} epochs; best "
           f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
           f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})")
+    if rec.diagnosis:
+        print(f"  fit: {rec.diagnosis} ({rec.diagnosis_reasons})")
     print(f"  MLflow run {summary.run_id} in {summary.tracking_uri}")
     print(f"  best checkpoint: {rec.checkpoint}")
     return 0 if rec.status == "TERMINATED" else 1

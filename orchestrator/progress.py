@@ -24,6 +24,7 @@ class TrialRecord:
     gap: tuple[int, int] | None = None  # epochs (lo, hi) exclusive this driver never received
     history: list[dict[str, float]] = field(default_factory=list)
     diagnosis: str | None = None  # underfit / good_fit / overfit, once it ended
+    diagnosis_reasons: str = ""
 
 
 def better(new: float, old: float | None, mode: str) -> bool:

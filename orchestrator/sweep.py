@@ -751,7 +751,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             self.cfg, rec.best_values or rec.values), thresholds(self.cfg))
             if self.base is not None else None)
         if found is not None:
-            rec.diagnosis = found.label
+            rec.diagnosis, rec.diagnosis_reasons = found.label, found.reasons
             tags.update({DIAGNOSIS: found.label, f"{DIAGNOSIS}_reasons": found.reasons,
                          f"{DIAGNOSIS}_fixes": "; ".join(found.fixes)})
         if rec.history:  # the trial's learning curves, as a picture on its run
