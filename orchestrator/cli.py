@@ -19,8 +19,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     sweep.ensure_env()
+    tags: dict[str, str] = {}
+    if args.refine_from:
+        cfg, tags = _refined(cfg, args.refine_from)
     # run() checks the data first (ConfigError) and only then starts Ray and MLflow
-    return _print_summary(cfg, sweep.run(cfg, verbose=args.verbose))
+    return _print_summary(cfg, sweep.run(cfg, verbose=args.verbose, tags=tags))
+
+
+def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config, dict]:
+    """The config with the search space `orchestrator diagnose` proposes after the sweep
+    ``experiment`` (closing the loop), and the tags linking the new sweep to it."""
+    from orchestrator import review
+
+    view = review.load(experiment, cfg.sweep.storage_path)
+    raw = config_mod.to_dict(cfg)
+    raw["sweep"]["space"] = view.space
+    new = config_mod.from_dict(raw)  # the proposal is checked like any space
+    print(f"[sweep] refining {view.folder.name} (MLflow run {view.parent_run_id}):")
+    for why in view.why:
+        print(f"  - {why}")
+    return new, {"orchestrator.refined_from": view.parent_run_id,
+                 "orchestrator.refined_from_sweep": view.folder.name,
+                 "orchestrator.refine_reasons": " | ".join(view.why)[:5000]}
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -171,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
     s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    s.add_argument("--refine-from", default=None, metavar="EXPERIMENT",
+                   help="search the space `orchestrator diagnose EXPERIMENT` proposes (its "
+                        "newest sweep under sweep.storage_path, or a sweep folder)")
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")

@@ -158,7 +158,8 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
     values, the best ``metric`` and the ``label``), and why, change by change:
 
     - every trial underfit: more capacity (``model.hidden`` searched at 2x and 4x the
-      current width) and every regularization range's top cut tenfold;
+      current width) and less regularization (log ranges moved down: the bottom a
+      hundredfold, the top tenfold; linear ones cut to their lowest tenth);
     - otherwise, for each numeric key: where the best trial sits on a range's edge, the
       range is extended past that edge (tenfold on a log scale, half its width on a
       linear one, within what the key allows); elsewhere it is narrowed to the span of the
@@ -181,12 +182,13 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
         for key in REGULARIZERS:
             if key in new and new[key]["type"] in ("uniform", "loguniform"):
                 spec = new[key]
-                if spec["type"] == "loguniform":
-                    spec["high"] = _round(max(spec["low"] * 1.0001, spec["high"] / 10))
+                if spec["type"] == "loguniform":  # a hundredfold lower at the bottom
+                    spec["low"], spec["high"] = _round(spec["low"] / 100), _round(
+                        spec["high"] / 10)
                 else:
                     spec["high"] = _round(spec["low"] + (spec["high"] - spec["low"]) / 10)
-                why.append(f"{key}: less regularization, top of the range cut to "
-                           f"{spec['high']:.3g}")
+                why.append(f"{key}: less regularization, searched over [{spec['low']:.3g}, "
+                           f"{spec['high']:.3g}]")
         return new, why
     for key, spec in space.items():
         if spec["type"] not in ("uniform", "loguniform") or key not in best:
@@ -198,8 +200,12 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
             continue
         at = (to(best[key]) - lo) / span
         limit_lo, limit_hi = LIMITS.get(key, (-math.inf, math.inf))
-        if at <= EDGE or at >= 1 - EDGE:
-            down = at <= EDGE
+        seen = [to(p[key]) for p in done if key in p]
+        lowest, highest = to(best[key]) <= min(seen), to(best[key]) >= max(seen)
+        # on an edge: in the range's outer tenth, or the most extreme value drawn that
+        # way and in the outer quarter (the trend points past the edge)
+        if at <= EDGE or at >= 1 - EDGE or (lowest and at <= 0.25) or (highest and at >= 0.75):
+            down = at <= 0.5
             step = 1.0 if spec["type"] == "loguniform" else span / 2
             floor = -math.inf if spec["type"] == "loguniform" and limit_lo <= 0 else to(limit_lo)
             if down:

@@ -158,8 +158,10 @@ class Context:
         return Path(self.storage) / self.name
 
 
-def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) -> SweepSummary:
-    """The whole sweep. Config and data are checked before Ray or MLflow start."""
+def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
+        tags: dict[str, str] | None = None) -> SweepSummary:
+    """The whole sweep. Config and data are checked before Ray or MLflow start. ``tags`` go
+    on the sweep's MLflow run (a refined sweep names the one it came from)."""
     prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
     from orchestrator import tracking
@@ -175,6 +177,8 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     client.use_journal(ctx.path)
     _write_state(ctx, "running")
     client.set_tag(parent_id, "orchestrator.sweep_dir", str(ctx.path))
+    for k, v in (tags or {}).items():
+        client.set_tag(parent_id, k, v)
     base = prep.baseline
     client.set_tag(parent_id, "orchestrator.baseline",
                    f"loss={base.loss:.4f} accuracy={base.accuracy:.4f} (predicting the "

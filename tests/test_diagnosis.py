@@ -114,7 +114,8 @@ def test_when_every_trial_underfits_capacity_goes_up_and_regularization_down() -
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min",
                                    _cfg(**{"model.hidden": [16]}))
     assert space["model.hidden"] == {"type": "choice", "values": [[32], [64]]}
-    assert space["train.weight_decay"]["high"] == pytest.approx(1e-2)
+    assert space["train.weight_decay"] == {"type": "loguniform", "low": pytest.approx(1e-6),
+                                           "high": pytest.approx(1e-2)}
     assert space["model.dropout"]["high"] == pytest.approx(0.06)
     assert "every trial underfit" in why[0]
     config.from_dict({"data": {"path": "x.parquet"}, "sweep": {"space": space}})  # valid
