@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= token
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint data clean
+.PHONY: install demo test test-fast lint data clean browser
 
 install: $(STAMP)
 
@@ -34,7 +34,12 @@ lint: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow" -q
 
-test: $(STAMP) lint
+# Debian's Chromium: the report test opens the HTML report in a real headless browser.
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: $(STAMP) lint browser
 	$(BIN)/pytest -q
 
 clean:

@@ -175,6 +175,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator import report, review
+
+    path = report.write(review.load(args.experiment, args.storage))
+    print(f"report: {path} (also on the sweep's MLflow run); open it in a browser")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import data
 
@@ -225,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--storage", default="results",
                     help="sweep.storage_path the sweep used (default: results)")
     dg.set_defaults(func=cmd_diagnose)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of a finished sweep")
+    rp.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
+    rp.add_argument("--storage", default="results",
+                    help="sweep.storage_path the sweep used (default: results)")
+    rp.set_defaults(func=cmd_report)
 
     tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
     tsub = tr.add_subparsers(dest="action", required=True)

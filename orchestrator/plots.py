@@ -163,3 +163,22 @@ def fit_map(points: list[dict[str, Any]], keys: list[str], logs: set[str] | None
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle("bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit)")
     return _png(fig)
+
+
+def confusion_matrix(cm: list[list[float]], classes: list, title: str) -> bytes:
+    """Counts of (true class, predicted class), the diagonal being the right answers."""
+    fig, ax = plt.subplots(figsize=(0.55 * len(classes) + 2.5, 0.55 * len(classes) + 2))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max((v for row in cm for v in row), default=0)
+    for i, row in enumerate(cm):
+        for j, v in enumerate(row):
+            if v:
+                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
+                        color="white" if v > top / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    return _png(fig)

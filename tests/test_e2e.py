@@ -185,3 +185,19 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_report_shows_the_champions_confusion_matrix_and_renders(sweep: dict) -> None:
+    from test_report import _rendered
+
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "e2e", "--storage",
+                           f"{sweep['tmp']}/results"], cwd=sweep["tmp"], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = Path(proc.stdout.split("report: ")[1].split()[0])
+    text = page.read_text()
+    assert 'alt="confusion matrix"' in text and "test_accuracy" in text
+    assert 'alt="regularization map"' in text and 'alt="fit map"' in text
+    images = text.count("<img ")
+    assert _rendered(page, sweep["tmp"]) == (images, images)

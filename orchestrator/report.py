@@ -1,0 +1,183 @@
+"""`orchestrator report EXPERIMENT`: one self-contained HTML file (pictures inlined as PNG
+data URIs, no scripts or links to fetch) of a finished sweep: the trials with their
+bias/variance labels, their learning curves, the regularization map and fit chart, the
+champion's test scores and confusion matrix, and the proposed next search space. Written
+to the sweep's folder and logged to the sweep's MLflow run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator import config as config_mod
+from orchestrator import diagnosis, plots
+from orchestrator.review import SweepView
+
+REPORT = "report.html"
+CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
+COLORS = {"underfit": "#1f77b4", "good_fit": "#2ca02c", "overfit": "#d62728"}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; }
+td, th { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } .label { color: white; padding: 1px 6px; border-radius: 3px; }
+img { max-width: 100%; } .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+pre { background: #f6f6f6; padding: 8px; } .muted { color: #777; }
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _label(label: str | None) -> str:
+    if not label:
+        return '<span class="muted">-</span>'
+    return (f'<span class="label" style="background:{COLORS.get(label, "#777")}">'
+            f"{html.escape(label)}</span>")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def champion_section(view: SweepView) -> tuple[str, str | None]:
+    """The champion's test scores and confusion matrix (the registered model rescored on
+    the test split), or a note saying why there is none."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import serve, sweep, tracking
+
+    uri = tracking.resolve_uri(view.cfg)
+    client = MlflowClient(uri)
+    parent = client.get_run(view.parent_run_id)
+    version = parent.data.tags.get("orchestrator.champion_version")
+    scores = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    trial = parent.data.tags.get("orchestrator.champion_trial")
+    if version is None:
+        return '<p class="muted">No champion was registered by this sweep.</p>', trial
+    name = view.cfg.tracking.register_as
+    out = [f"<p>Trial <b>{html.escape(trial or '?')}</b>, registered as "
+           f"<code>models:/{html.escape(name)}/{html.escape(version)}</code>.</p>"]
+    out.append("<table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in sorted(scores))
+               + "</tr><tr>" + "".join(f"<td>{scores[k]:.4f}</td>" for k in sorted(scores))
+               + "</tr></table>")
+    try:
+        served = serve.load(f"models:/{name}/{version}", uri)
+        prep = sweep.prepare(view.cfg)
+    except Exception as e:  # noqa: BLE001 - the data or model moved: say so, keep the rest
+        out.append(f'<p class="muted">Confusion matrix unavailable: {html.escape(str(e))}</p>')
+        return "\n".join(out), trial
+    import torch
+
+    classes = list(served.classes)
+    cm = [[0.0] * len(classes) for _ in classes]
+    with torch.inference_mode():
+        for x, y in prep.test_batches():
+            pred = served.net(x).argmax(dim=1)
+            for t, p in zip(y.tolist(), pred.tolist(), strict=True):
+                cm[int(t)][int(p)] += 1
+    out.append(_img(plots.confusion_matrix(cm, classes, "champion on the test split"),
+                    "confusion matrix"))
+    return "\n".join(out), trial
+
+
+def render(view: SweepView, champion_html: str, champion_id: str | None = None) -> str:
+    """The report's HTML, from a loaded sweep (``review.load``)."""
+    cfg = view.cfg
+    key, mode = config_mod.rank_metric(cfg)
+    space = cfg.sweep.space
+    keys = list(space)
+    logs = {k for k, s in space.items() if s["type"] == "loguniform"}
+    ranked = sorted(view.trials, key=lambda t: t.best.get(key, math.inf if mode == "min"
+                                                          else -math.inf),
+                    reverse=mode == "max")
+    counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sweep report: "
+             f"{html.escape(view.folder.name)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>Sweep {html.escape(view.folder.name)}</h1>",
+             f"<p>{len(view.trials)} trials, ranked by {html.escape(key)} ({mode}): "
+             + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items())
+             + f". Baseline (predicting the class frequencies): loss "
+               f"{view.baseline.loss:.3f}, accuracy {view.baseline.accuracy:.3f}. "
+               f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "
+               f"{time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    # the trials
+    head = ["trial", *keys, "epochs", key, "train_loss", "val_accuracy", "fit", "why"]
+    parts.append("<h2>Trials</h2><table><tr>"
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+    for t in ranked:
+        epochs = int(max((r["epoch"] for r in t.history), default=0))
+        cells = [html.escape(t.trial_id), *(_fmt(t.values.get(k, "")) for k in keys),
+                 str(epochs), _fmt(t.best.get(key, math.nan)),
+                 _fmt(t.best.get("train_loss", math.nan)),
+                 _fmt(t.best.get("val_accuracy", math.nan)), _label(t.label),
+                 html.escape(t.reasons)]
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    # the search space, seen whole
+    scored = [t for t in ranked if key in t.best]
+    points = [{**t.values, key: t.best[key], "label": t.label} for t in scored]
+    star = next((i for i, t in enumerate(scored) if t.trial_id == champion_id), None)
+    numeric = [k for k in keys if space[k]["type"] in ("uniform", "loguniform", "randint")]
+    pair = (["train.weight_decay", "model.dropout"]
+            if {"train.weight_decay", "model.dropout"} <= set(keys) else numeric[:2])
+    parts.append("<h2>Where the sweet spot lies</h2><div class='grid'>")
+    if len(pair) == 2 and points:
+        parts.append(_img(plots.regularization_map(points, pair[0], pair[1], key,
+                                                   log_x=pair[0] in logs,
+                                                   log_y=pair[1] in logs, champion=star),
+                          "regularization map"))
+    if points and keys:
+        parts.append(_img(plots.parallel_coordinates(points, keys, key, logs),
+                          "parallel coordinates"))
+    parts.append("</div>")
+    regs = [k for k in diagnosis.REGULARIZERS if k in space
+            and space[k]["type"] in ("uniform", "loguniform")]
+    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
+             "label": t.label} for t in ranked if "train_loss" in t.best and "val_loss" in t.best]
+    if regs and fits:
+        parts.append(_img(plots.fit_map(fits, regs, logs), "fit map"))
+    # the champion
+    parts.append("<h2>Champion</h2>" + champion_html)
+    # learning curves
+    parts.append(f"<h2>Learning curves (the best {min(CURVES_SHOWN, len(ranked))})</h2>"
+                 "<div class='grid'>")
+    for t in ranked[:CURVES_SHOWN]:
+        if t.history:
+            title = f"{t.trial_id} ({t.label or 'unlabelled'})"
+            parts.append(_img(plots.learning_curves(t.history, title),
+                              f"learning curves {t.trial_id}"))
+    parts.append("</div>")
+    # next
+    parts.append("<h2>Next search space</h2><pre>"
+                 + html.escape(yaml.safe_dump({"sweep": {"space": view.space}},
+                                              sort_keys=False))
+                 + "</pre><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in view.why)
+                 + "</ul><p>Run it: <code>orchestrator sweep CONFIG --refine-from "
+                 + html.escape(cfg.experiment) + "</code></p></body></html>")
+    return "\n".join(parts)
+
+
+def write(view: SweepView) -> Path:
+    """The report in the sweep's folder, and as an artifact of the sweep's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+
+    champion_html, champion_id = champion_section(view)
+    path = view.folder / REPORT
+    path.write_text(render(view, champion_html, champion_id))
+    MlflowClient(tracking.resolve_uri(view.cfg)).log_artifact(view.parent_run_id, str(path))
+    return path

@@ -1,0 +1,74 @@
+"""`orchestrator report`: the self-contained HTML report of a sweep (written into a real
+MLflow SQLite store by hand, no Ray), opened in a real headless Chromium (Debian's) to
+check that every picture in it renders."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_review import _sweep_on_disk
+
+from orchestrator import cli, report, review
+
+pytestmark = pytest.mark.slow
+
+# Counts, once the page has loaded, its images and those the browser decoded and laid out.
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-rendered',
+    imgs.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0)
+        .length);
+});</script></body>"""
+
+
+def _rendered(page: Path, tmp: Path) -> tuple[int, int]:
+    """(images, images rendered) as headless Chromium sees the page."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make browser` installs it"
+    probed = tmp / f"probed-{page.name}"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp / 'chromium-profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<body data-images="(\d+)" data-rendered="(\d+)"', dom)
+    assert found, dom[:2000]
+    return int(found[1]), int(found[2])
+
+
+def test_the_report_is_one_file_whose_pictures_render_in_a_browser(tmp_path: Path) -> None:
+    folder = _sweep_on_disk(tmp_path)
+    assert cli.main(["report", "rev", "--storage", str(tmp_path / "results")]) == 0
+    page = folder / report.REPORT
+    text = page.read_text()
+    # self-contained: every picture inlined, nothing to fetch
+    assert not re.search(r'(src|href)="(http|file|/)', text)
+    sources = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(sources) == 5  # parallel coordinates, fit map, 3 learning curves
+    assert all(base64.b64decode(s)[:4] == b"\x89PNG" for s in sources)
+    for expected in ("overfit", "good_fit", "underfit", "sweep:", "train.weight_decay",
+                     "No champion was registered"):
+        assert expected in text
+    assert _rendered(page, tmp_path) == (5, 5)
+    # and the same check catches a picture that does not render
+    broken = tmp_path / "broken.html"
+    broken.write_text(text.replace(sources[0], "bm90IGEgcGljdHVyZQ=="))
+    assert _rendered(broken, tmp_path) == (5, 4)
+
+
+def test_the_report_lands_on_the_sweeps_mlflow_run(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _sweep_on_disk(tmp_path)
+    view = review.load("rev", str(tmp_path / "results"))
+    report.write(view)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert report.REPORT in [a.path for a in client.list_artifacts(view.parent_run_id)]
