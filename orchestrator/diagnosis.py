@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.config import DiagnosisConfig
+
 LABELS = ("underfit", "good_fit", "overfit")
 
 
@@ -43,14 +45,6 @@ def baseline(class_counts: list[int] | Any) -> Baseline:
     return Baseline(-sum(p * math.log(p) for p in priors), max(priors))
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    underfit_loss_ratio: float = 0.25
-    gap_ratio: float = 0.1
-    rise_ratio: float = 0.05
-    early_fraction: float = 0.75
-
-
 @dataclass
 class Diagnosis:
     label: str
@@ -59,11 +53,12 @@ class Diagnosis:
 
 
 def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
-             th: Thresholds | None = None) -> Diagnosis | None:
+             th: DiagnosisConfig | None = None) -> Diagnosis | None:
     """The label of one trial from its per-epoch rows (``epoch``, ``train_loss``,
-    ``val_loss``); ``cfg`` is the trial's own config (for the fixes' current values).
+    ``val_loss``); ``cfg`` is the trial's own config (for the fixes' current values);
+    ``th`` the thresholds (``diagnosis.*`` of the config).
     None when there is nothing to judge (no epoch, or no baseline)."""
-    th = th or Thresholds()
+    th = th or DiagnosisConfig()
     rows = sorted({int(r["epoch"]): r for r in history
                    if "train_loss" in r and "val_loss" in r}.items())
     if not rows or not math.isfinite(base.loss) or base.loss <= 0:

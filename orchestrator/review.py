@@ -82,7 +82,7 @@ def load(experiment: str, storage: str = "results") -> SweepView:
                  if f]
         if label is None and history:  # a sweep from before the labels: judge it now
             found = diagnosis.diagnose(history, base, config_mod.with_values(cfg, values),
-                                       _thresholds(cfg))
+                                       cfg.diagnosis)
             if found is not None:
                 label, reasons, fixes = found.label, found.reasons, found.fixes
         scored = [r for r in history if key in r and math.isfinite(r[key])]
@@ -102,12 +102,6 @@ def _baseline(tag: str) -> diagnosis.Baseline:
     found = dict(re.findall(r"(loss|accuracy)=([0-9.eE+-]+)", tag))
     return diagnosis.Baseline(float(found.get("loss", "nan")),
                               float(found.get("accuracy", "nan")))
-
-
-def _thresholds(cfg: Config) -> diagnosis.Thresholds:
-    d = cfg.diagnosis
-    return diagnosis.Thresholds(d.underfit_loss_ratio, d.gap_ratio, d.rise_ratio,
-                                d.early_fraction)
 
 
 def _fmt(v: Any) -> str:

@@ -752,7 +752,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if error:
             tags["orchestrator.error"] = error[-5000:]
         found = (diagnosis.diagnose(rec.history, self.base, config_mod.with_values(
-            self.cfg, rec.best_values or rec.values), thresholds(self.cfg))
+            self.cfg, rec.best_values or rec.values), self.cfg.diagnosis)
             if self.base is not None else None)
         if found is not None:
             rec.diagnosis, rec.diagnosis_reasons = found.label, found.reasons
@@ -797,11 +797,6 @@ trials_mod = trials
 BEST_CHECKPOINT = "orchestrator.best_checkpoint"
 DIAGNOSIS = "orchestrator.diagnosis"
 
-
-def thresholds(cfg: Config) -> diagnosis.Thresholds:
-    d = cfg.diagnosis
-    return diagnosis.Thresholds(d.underfit_loss_ratio, d.gap_ratio, d.rise_ratio,
-                                d.early_fraction)
 
 
 def _error_text(trial: Any) -> str:

@@ -66,7 +66,7 @@ def test_low_losses_close_together_are_the_sweet_spot() -> None:
 
 def test_thresholds_move_the_line() -> None:
     curves = _curves([1.0, 0.3, 0.12, 0.08], [1.0, 0.35, 0.16, 0.13])
-    strict = diagnosis.Thresholds(gap_ratio=0.01)
+    strict = config.DiagnosisConfig(gap_ratio=0.01)
     d = diagnosis.diagnose(curves, BASE, _cfg(), strict)
     assert d is not None and d.label == "overfit"
 
