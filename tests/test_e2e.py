@@ -65,7 +65,8 @@ def test_terminal_shows_progress_table_accuracy_and_next_commands(sweep: dict) -
 def test_asha_stops_two_worker_trials_early_and_the_sweep_still_finishes(sweep: dict) -> None:
     # Two 2-worker trials fill the CPUs: a pruned trial's worker group must be released
     # for the later trials to start (with the group leaked, the sweep would wait forever).
-    rows = [line for line in sweep["out"].splitlines() if line.rstrip().endswith("pruned")]
+    rows = [line for line in sweep["out"].splitlines()
+            if line.startswith("[sweep] trial ") and " pruned;" in line]
     assert rows, sweep["out"][-3000:]
     assert f"trials done {TRIALS}/{TRIALS}, in progress 0" in sweep["out"]
 
