@@ -71,8 +71,9 @@ class MicroBatcher:
 
     async def _run(self, batch: list[tuple[torch.Tensor, asyncio.Future]],
                    previous: asyncio.Task | None) -> None:
-        if previous is not None:  # in order, one pass at a time
-            await asyncio.shield(previous)
+        if (previous is not None and not previous.done()
+                and previous.get_loop() is asyncio.get_running_loop()):
+            await asyncio.shield(previous)  # in order, one pass at a time
         xs = torch.cat([x for x, _ in batch]) if len(batch) > 1 else batch[0][0]
         loop = asyncio.get_running_loop()
         try:

@@ -110,7 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides, only="serve")
     host = args.host or cfg.serve.host
     port = args.port if args.port is not None else cfg.serve.port
-    serve.run(args.model, host, port, tracking_uri=args.tracking_uri, max_batch=cfg.serve.max_batch)
+    import os
+
+    key = cfg.serve.api_key or os.environ.get("ORCHESTRATOR_API_KEY") or None
+    serve.run(args.model, host, port, tracking_uri=args.tracking_uri,
+              max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms, api_key=key,
+              poll_s=cfg.serve.poll_s)
     return 0
 
 

@@ -226,6 +226,14 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 1024
     """Most rows one /predict request may carry."""
+    window_ms: float = 2.0
+    """Micro-batching: how long a request may wait for others to share its forward pass."""
+    api_key: str | None = None
+    """Required (header X-API-Key, or Authorization: Bearer) on everything but /health;
+    default $ORCHESTRATOR_API_KEY; unset: open."""
+    poll_s: float = 30.0
+    """Seconds between checks that the served alias still names the same version (0: only
+    on POST /reload)."""
 
 
 @dataclass
@@ -602,6 +610,9 @@ def validate_serve(cfg: Config) -> None:
     _check(1 <= v.max_batch, "serve.max_batch", f"must be at least 1, got {v.max_batch}",
            "use e.g. 1024")
     _check(0 < v.port < 65536, "serve.port", f"must be a TCP port, got {v.port}", "use e.g. 8000")
+    _check(0 <= v.window_ms <= 1000, "serve.window_ms",
+           f"must be in [0, 1000] ms, got {v.window_ms}", "use e.g. 2")
+    _check(v.poll_s >= 0, "serve.poll_s", f"must be >= 0, got {v.poll_s}", "use e.g. 30")
 
 
 METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")

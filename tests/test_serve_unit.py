@@ -50,3 +50,77 @@ def test_nan_and_infinity_are_refused(client: TestClient) -> None:
     r = client.post("/predict", content=b'{"features": [[NaN, 1, 2, Infinity]]}',
                     headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+def _served(seed: int, version: str) -> serve.Served:
+    torch.manual_seed(seed)
+    x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
+    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
+                        "models:/t@champion", version, f"run{version}")
+
+
+def test_ready_metadata_and_metrics_describe_the_model_and_the_traffic() -> None:
+    with TestClient(serve.create_app(_served(0, "3"), max_batch=5)) as c:
+        assert c.get("/ready").json()["version"] == "3"
+        meta = c.get("/metadata").json()
+        assert meta["input"] == {"features": 4, "dtype": "float32", "max_rows": 5}
+        assert meta["classes"] == ["cat", "dog", "eel"] and meta["run_id"] == "run3"
+        for _ in range(3):
+            assert c.post("/predict", json={"features": [[0, 1, 2, 3]]}).status_code == 200
+        assert c.post("/predict", json={"features": [[0, 1]]}).status_code == 422
+        text = c.get("/metrics").text
+    assert 'orchestrator_requests_total{path="/predict",status="200"} 3' in text
+    assert 'orchestrator_requests_total{path="/predict",status="422"} 1' in text
+    assert "orchestrator_errors_total 1" in text
+    assert "orchestrator_predict_seconds_count 4" in text
+    assert 'orchestrator_batch_rows_bucket{le="+Inf"} 3' in text  # 3 forward passes
+    assert 'orchestrator_model_info{version="3"} 1' in text
+
+
+def test_an_api_key_guards_everything_but_health() -> None:
+    with TestClient(serve.create_app(_served(0, "1"), api_key="s3cret")) as c:
+        assert c.get("/health").status_code == 200
+        for path in ("/ready", "/metadata", "/metrics"):
+            assert c.get(path).status_code == 401
+        body = {"features": [[0, 1, 2, 3]]}
+        assert c.post("/predict", json=body).status_code == 401
+        assert c.post("/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.post("/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+        ok = c.post("/predict", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed() -> None:
+    with TestClient(serve.create_app(_served(0, "1"), max_body_bytes=1000)) as c:
+        big = b'{"features": [' + b",".join([b"[0,1,2,3]"] * 200) + b"]}"
+        r = c.post("/predict", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "1000 bytes" in r.text
+        assert c.get("/health").status_code == 200
+
+
+def test_reload_swaps_in_the_new_version_and_keeps_answering() -> None:
+    newer: list[serve.Served] = []
+    with TestClient(serve.create_app(_served(0, "1"),
+                                     reload=lambda: newer.pop() if newer else None)) as c:
+        x = {"features": [[0.5, -1, 2, 0.1]]}
+        before = c.post("/predict", json=x).json()["probabilities"]
+        assert c.post("/reload").json() == {"reloaded": False, "version": "1"}
+        newer.append(_served(7, "2"))  # the alias moved
+        assert c.post("/reload").json() == {"reloaded": True, "version": "2"}
+        after = c.post("/predict", json=x).json()["probabilities"]
+        assert after != before and c.get("/ready").json()["version"] == "2"
+        assert "orchestrator_model_reloads_total 1" in c.get("/metrics").text
+
+
+def test_the_alias_is_polled_in_the_background() -> None:
+    import time
+
+    newer = [_served(7, "2")]
+    app = serve.create_app(_served(0, "1"), reload=lambda: newer.pop() if newer else None,
+                           poll_s=0.05)
+    with TestClient(app) as c:
+        deadline = time.time() + 10
+        while c.get("/ready").json()["version"] != "2":
+            assert time.time() < deadline
+            time.sleep(0.05)
