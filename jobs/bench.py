@@ -4,6 +4,7 @@ line, one JSON object with the figures; ratios are measured against a baseline i
     python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP
     python -m jobs.bench sweep       # fast-path trials vs TorchTrainer trials; ASHA vs FIFO
     python -m jobs.bench tracking    # epoch time with MLflow tracking on vs off
+    python -m jobs.bench serve       # the model server vs a naive one and the HTTP ceiling
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -207,7 +208,14 @@ def bench_tracking() -> dict[str, float]:
     return run()
 
 
-BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep, "tracking": bench_tracking}
+def bench_serve() -> dict[str, float]:
+    from jobs.bench_serve import bench_serve as run
+
+    return run()
+
+
+BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep, "tracking": bench_tracking,
+              "serve": bench_serve}
 
 
 def main(argv: list[str]) -> int:
