@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import diagnosis, plots
+from orchestrator import diagnosis, plots, review
 from orchestrator.review import SweepView
 
 REPORT = "report.html"
@@ -143,12 +143,9 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
         parts.append(_img(plots.parallel_coordinates(points, keys, key, logs),
                           "parallel coordinates"))
     parts.append("</div>")
-    regs = [k for k in diagnosis.REGULARIZERS if k in space
-            and space[k]["type"] in ("uniform", "loguniform")]
-    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
-             "label": t.label} for t in ranked if "train_loss" in t.best and "val_loss" in t.best]
-    if regs and fits:
-        parts.append(_img(plots.fit_map(fits, regs, logs), "fit map"))
+    fits = review.fit_map(view, ranked)
+    if fits is not None:
+        parts.append(_img(fits, "fit map"))
     # the champion
     parts.append("<h2>Champion</h2>" + champion_html)
     # learning curves

@@ -154,12 +154,19 @@ def write(view: SweepView) -> Path:
     path = view.folder / NEXT_SPACE
     path.write_text(yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why},
                                    sort_keys=False))
-    logs = {k for k, s in view.cfg.sweep.space.items() if s["type"] == "loguniform"}
-    regs = [k for k in diagnosis.REGULARIZERS if k in view.cfg.sweep.space
-            and view.cfg.sweep.space[k]["type"] in ("uniform", "loguniform")]
-    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
-             "label": t.label} for t in view.trials
-            if "train_loss" in t.best and "val_loss" in t.best]
-    if regs and fits:
-        (view.folder / "fit_map.png").write_bytes(plots.fit_map(fits, regs, logs))
+    png = fit_map(view, view.trials)
+    if png is not None:
+        (view.folder / "fit_map.png").write_bytes(png)
     return path
+
+
+def fit_map(view: SweepView, trials: list[TrialView]) -> bytes | None:
+    """The fit chart of these trials over the searched regularizers; None when the sweep
+    searched none of them."""
+    space = view.cfg.sweep.space
+    logs = {k for k, s in space.items() if s["type"] == "loguniform"}
+    regs = [k for k in diagnosis.REGULARIZERS if k in space
+            and space[k]["type"] in ("uniform", "loguniform")]
+    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
+             "label": t.label} for t in trials if "train_loss" in t.best and "val_loss" in t.best]
+    return plots.fit_map(fits, regs, logs) if regs and fits else None

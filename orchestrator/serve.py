@@ -182,8 +182,9 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
         if api_key and path != "/health" and not _authorized(request, api_key):
             response: Any = JSONResponse({"detail": "missing or wrong API key (X-API-Key)"},
                                          status_code=401)
-        elif int(request.headers.get("content-length") or 0) > limit or (
-                request.method == "POST" and len(await request.body()) > limit):
+        elif _too_big(request, limit) or (  # read here only when no length was declared
+                request.method == "POST" and "content-length" not in request.headers
+                and len(await request.body()) > limit):
             response = JSONResponse({"detail": f"body: more than {limit} bytes"},
                                     status_code=413)
         else:
@@ -253,6 +254,10 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
 
 
 KNOWN = {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"}
+
+
+def _too_big(request: Request, limit: int) -> bool:
+    return int(request.headers.get("content-length") or 0) > limit
 
 
 def _authorized(request: Request, key: str) -> bool:
