@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= token
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast lint data clean browser
+.PHONY: install demo test test-fast lint data clean browser bench-tools
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ test-fast: $(STAMP)
 browser:
 	command -v chromium >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# wrk: the load generator of `python -m jobs.bench serve` (a Python client would need most
+# of a core itself on a small machine and understate every server alike)
+bench-tools:
+	command -v wrk >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 
 test: $(STAMP) lint browser
 	$(BIN)/pytest -q

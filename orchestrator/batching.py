@@ -1,22 +1,38 @@
-"""Micro-batching for the model server: the rows of concurrent requests, gathered for a
-short window, go through the model as one forward pass.
+"""Micro-batching for the model server: the rows of concurrent requests go through the model
+as one forward pass.
 
 One forward pass over 64 rows costs little more than over one (the weights are read once,
 the matrix products are wider), so under concurrency the server's throughput is bounded by
-HTTP, not by the model. A request waits at most ``window_s`` for company; a batch that
-reaches ``max_rows`` goes at once. Forward passes run one at a time on a dedicated thread
-(torch releases the GIL there), so the event loop keeps parsing the next requests while the
-model computes: the next batch fills during the current pass.
+HTTP, not by the model. The policy is the adaptive one of inference servers (Triton's
+dynamic batcher, Ray Serve's ``@serve.batch``):
+
+- an idle model waits at most ``window_s`` for company, then runs what it has; a batch that
+  reaches ``max_rows`` goes at once;
+- while a pass runs, requests queue up; when it ends, everything queued (up to ``max_rows``)
+  goes at once. Under load the batch therefore grows to whatever arrived during one pass, so
+  a slow model gets big, efficient batches and a fast one small, low-latency ones.
+
+Forward passes run one at a time. A slow one (on average over ``inline_below_s``) runs on a
+dedicated thread (torch releases the GIL there), so the event loop keeps parsing the next
+requests while the model computes. A fast one runs on the event loop itself: handing it to
+a thread costs more than the pass, and under load the thread then waits for the GIL.
+
+Rows travel as numpy arrays (cheaper to join and split than tensors); ``fn`` does the
+conversion to the model's device and back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
+
+INLINE_BELOW_S = float(os.environ.get("ORCHESTRATOR_INLINE_BELOW_S", "0.001"))
 
 
 @dataclass
@@ -36,64 +52,80 @@ class BatchStats:
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], window_s: float = 0.002,
-                 max_rows: int = 1024) -> None:
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], window_s: float = 0.002,
+                 max_rows: int = 1024, inline_below_s: float = INLINE_BELOW_S) -> None:
         self.fn, self.window_s, self.max_rows = fn, window_s, max_rows
+        self.inline_below_s = inline_below_s
+        self.pass_s = 0.0  # moving average of a forward pass, to choose where it runs
         self.stats = BatchStats()
-        self._pending: list[tuple[torch.Tensor, asyncio.Future]] = []
+        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._running: asyncio.Task | None = None
+        self._busy = False
+        self._task: asyncio.Task | None = None  # held so the running pass is not collected
         # one thread: forward passes never overlap (the model is used by one at a time)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
 
-    async def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
         """The model's output for ``x`` (rows x features), computed with others' rows."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         self._pending.append((x, future))
         self._rows += len(x)
-        if self._rows >= self.max_rows:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._flush)
+        if not self._busy:  # while busy, the end of the pass starts the next one
+            if self._rows >= self.max_rows:
+                self._start()
+            elif self._timer is None:
+                self._timer = loop.call_later(self.window_s, self._start)
         return await future
 
-    def _flush(self) -> None:
+    def _start(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
+        if self._busy or not self._pending:
             return
-        batch, self._pending, self._rows = self._pending, [], 0
-        previous = self._running
-        self._running = asyncio.get_running_loop().create_task(self._run(batch, previous))
+        # whole requests, up to max_rows (a single request may be bigger: it goes alone)
+        take, rows = 0, 0
+        while take < len(self._pending) and (
+                take == 0 or rows + len(self._pending[take][0]) <= self.max_rows):
+            rows += len(self._pending[take][0])
+            take += 1
+        batch, self._pending = self._pending[:take], self._pending[take:]
+        self._rows -= rows
+        self._busy = True
+        self._task = asyncio.get_running_loop().create_task(self._run(batch))
 
-    async def _run(self, batch: list[tuple[torch.Tensor, asyncio.Future]],
-                   previous: asyncio.Task | None) -> None:
-        if (previous is not None and not previous.done()
-                and previous.get_loop() is asyncio.get_running_loop()):
-            await asyncio.shield(previous)  # in order, one pass at a time
-        xs = torch.cat([x for x, _ in batch]) if len(batch) > 1 else batch[0][0]
-        loop = asyncio.get_running_loop()
+    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         try:
-            out = await loop.run_in_executor(self._pool, self._forward, xs)
+            xs = np.concatenate([x for x, _ in batch]) if len(batch) > 1 else batch[0][0]
+            if self.pass_s < self.inline_below_s:
+                out = self._forward(xs)
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._forward, xs)
         except Exception as e:  # noqa: BLE001 - every waiting request gets the error
             for _, future in batch:
                 if not future.done():
                     future.set_exception(e)
-            return
-        self.stats.add(len(xs))
-        start = 0
-        for x, future in batch:
-            if not future.done():  # its client may have gone
-                future.set_result(out[start:start + len(x)])
-            start += len(x)
+        else:
+            self.stats.add(len(xs))
+            start = 0
+            for x, future in batch:
+                if not future.done():  # its client may have gone
+                    future.set_result(out[start:start + len(x)])
+                start += len(x)
+        finally:
+            self._busy = False
+            if self._pending:  # they queued during this pass: they have waited enough
+                self._start()
 
-    def _forward(self, xs: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.fn(xs)
+    def _forward(self, xs: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self.fn(xs)
+        took = time.perf_counter() - start
+        self.pass_s = took if not self.pass_s else 0.8 * self.pass_s + 0.2 * took
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-

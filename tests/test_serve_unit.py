@@ -124,3 +124,76 @@ def test_the_alias_is_polled_in_the_background() -> None:
         while c.get("/ready").json()["version"] != "2":
             assert time.time() < deadline
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b'{"features": [[1, 2, 3, 4], [1, 2, 3]]}', 422, "features[1]: 3 values"),
+        (b'{"features": [[1, 2, 3, 4], [1, "2", 3, 4]]}', 422,
+         "features[1][1]: a number, not a string"),
+        (b'{"features": [[1, 2, 3, 4], [1, 2, null, 4]]}', 422,
+         "features[1][2]: a number, not null"),
+        (b'{"features": [[1, 2, 3, true]]}', 422, "features[0][3]: a number, not a boolean"),
+        (b'{"features": [[1, 2, 3, 1e39]]}', 422, "features[0][3]: 1e+39 is not a finite float32"),
+        (b'{"features": [[1, 2, 3, [4]]]}', 422, "features[0][3]: a number, not a list"),
+        (b'{"features": [{"a": 1}]}', 422, "features[0]: a list of 4 numbers, not an object"),
+        (b'{"features": "1,2,3,4"}', 422, "features: a non-empty list"),
+        (b'[[1, 2, 3, 4]]', 422, "features: required"),
+        (b'{"features": [[1, 2, 3, 4]', 422, "body: not valid JSON"),
+        (b'{"features": [[1, 2, 3, 1e400]]}', 422, "body: not valid JSON"),
+        (b'{"features": [[1, 2, 3, 1' + b"0" * 400 + b']]}', 422, "number is infinity"),
+    ],
+)
+def test_the_first_bad_value_is_named(body: bytes, status: int, words: str) -> None:
+    with pytest.raises(serve.BadInput) as e:
+        serve.parse_features(body, 4, 5)
+    assert e.value.status == status and words in e.value.message
+
+
+def test_good_rows_parse_to_float32_of_the_same_values() -> None:
+    x = serve.parse_features(b'{"features": [[1, 2.5, -3e10, 0], [4, 5, 6, 7]], "id": 9}', 4, 5)
+    assert x.dtype == np.float32 and x.shape == (2, 4)
+    assert np.allclose(x[0], [1, 2.5, -3e10, 0])
+    big = serve.parse_features(b'{"features": [[1, 2, 3, 1000000000000000000000000]]}', 4, 5)
+    assert big[0, 3] == np.float32(1e24)  # past int64, within float32
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives() -> None:
+    def chunks():  # no content-length: the server must count
+        yield b'{"features": ['
+        for _ in range(400):
+            yield b"[0,1,2,3],"
+        yield b"[0,1,2,3]]}"
+
+    with TestClient(serve.create_app(_served(0, "1"), max_body_bytes=1000)) as c:
+        r = c.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "1000 bytes" in r.text
+        small = c.post("/predict", content=iter([b'{"features": [[0,1,2,3]]}']),
+                       headers={"content-type": "application/json"})
+        assert small.status_code == 200
+
+
+def test_a_bug_answers_500_once_and_the_server_stays_up() -> None:
+    served = _served(0, "1")
+    calls = {"n": 0}
+    real = served.net.forward
+
+    def flaky(x):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug")
+        return real(x)
+
+    served.net.forward = flaky  # type: ignore[method-assign]
+    with TestClient(serve.create_app(served), raise_server_exceptions=False) as c:
+        body = {"features": [[0, 1, 2, 3]]}
+        r = c.post("/predict", json=body)
+        assert r.status_code == 500 and "RuntimeError" in r.text
+        assert c.post("/predict", json=body).status_code == 200
+        assert 'path="/predict",status="500"' in c.get("/metrics").text
+
+
+def test_rows_that_overflow_the_network_get_422_not_nan(client: TestClient) -> None:
+    r = client.post("/predict", json={"features": [[0, 1, 2, 3], [-3.4e38, 3.4e38, 0, 0]]})
+    assert r.status_code == 422 and "features[1]: the model's output is not a number" in r.text
