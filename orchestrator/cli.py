@@ -113,6 +113,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     key = cfg.serve.api_key or os.environ.get("ORCHESTRATOR_API_KEY") or None
+    if args.ray:
+        from orchestrator import serve_ray
+
+        replicas = args.replicas if args.replicas is not None else cfg.serve.replicas
+        if replicas < 1:
+            raise config_mod.ConfigError("serve.replicas", f"must be at least 1, got {replicas} "
+                                         "(--replicas)", "use e.g. --replicas 2")
+        serve_ray.run(args.model, host, port, args.tracking_uri, replicas,
+                      max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms,
+                      api_key=key, poll_s=cfg.serve.poll_s,
+                      replica_cpus=cfg.serve.replica_cpus, replica_gpus=cfg.serve.replica_gpus)
+        return 0
     serve.run(args.model, host, port, tracking_uri=args.tracking_uri,
               max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms, api_key=key,
               poll_s=cfg.serve.poll_s)
@@ -229,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=None, help="default serve.port (8000)")
     v.add_argument("--tracking-uri", default=None,
                    help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
+    v.add_argument("--ray", action="store_true",
+                   help="run as a Ray Serve deployment (this Ray cluster, or a local one)")
+    v.add_argument("--replicas", type=int, default=None,
+                   help="with --ray: replicas (default serve.replicas, 2)")
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
 

@@ -234,6 +234,12 @@ class ServeConfig:
     poll_s: float = 30.0
     """Seconds between checks that the served alias still names the same version (0: only
     on POST /reload)."""
+    replicas: int = 2
+    """With `serve --ray`: Ray Serve replicas of the model server (each loads the model)."""
+    replica_cpus: float = 1.0
+    """With `serve --ray`: CPUs Ray reserves for each replica."""
+    replica_gpus: float = 0.0
+    """With `serve --ray`: GPUs for each replica (e.g. 1, or 0.5 to pack two on one GPU)."""
 
 
 @dataclass
@@ -613,6 +619,12 @@ def validate_serve(cfg: Config) -> None:
     _check(0 <= v.window_ms <= 1000, "serve.window_ms",
            f"must be in [0, 1000] ms, got {v.window_ms}", "use e.g. 2")
     _check(v.poll_s >= 0, "serve.poll_s", f"must be >= 0, got {v.poll_s}", "use e.g. 30")
+    _check(v.replicas >= 1, "serve.replicas", f"must be at least 1, got {v.replicas}",
+           "use e.g. 2")
+    _check(v.replica_cpus > 0, "serve.replica_cpus", f"must be > 0, got {v.replica_cpus}",
+           "use e.g. 1 (or 0.5 to pack two replicas on a core)")
+    _check(v.replica_gpus >= 0, "serve.replica_gpus", f"must be >= 0, got {v.replica_gpus}",
+           "use 0 on CPU nodes, e.g. 1 on GPU nodes")
 
 
 METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")

@@ -7,6 +7,8 @@ import contextlib
 import gc
 import hmac
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -402,7 +404,9 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
                 "input": {"features": st.served.num_features, "dtype": "float32",
                           "max_rows": max_batch},
                 "output": {"probabilities": len(st.served.classes)},
-                "batching": {"window_ms": window_ms}}
+                "batching": {"window_ms": window_ms},
+                # which process answered: tells replicas apart behind a load balancer
+                "server": {"host": socket.gethostname(), "pid": os.getpid()}}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:

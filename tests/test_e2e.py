@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import requests
 import torch
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_until_up
 from orchestrator import config, data
 
 pytestmark = pytest.mark.slow
@@ -161,16 +160,7 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
         env=env, cwd=sweep["tmp"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=1).json() == {"status": "ok"}:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.time() < deadline, "server did not come up"
-            time.sleep(0.5)
+        wait_until_up(f"{base}/health", server)
         splits = sweep["splits"]
         rows = splits.x_test[:20].tolist()
         r = requests.post(f"{base}/predict", json={"features": rows}, timeout=10)

@@ -1,0 +1,119 @@
+"""`orchestrator serve --ray --replicas N`: the model server of ``serve.create_app`` as a Ray
+Serve deployment, scaled across the cluster's nodes.
+
+Each replica loads the model itself (in its ``__init__``, on its own node, from MLflow) and
+builds the same FastAPI app as the single-process server, late-bound through
+``__serve_build_asgi_app__``: the app holds a live model and a thread pool, which are not
+pickled from the driver. Batching is Ray Serve's ``@serve.batch`` (requests gathered per
+replica for at most ``serve.window_ms``) instead of our micro-batcher; everything else
+(validation, API key, /metrics, alias polling) is the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.types import ASGIApp
+
+from orchestrator import serve as serve_mod
+
+APP_NAME = "orchestrator"
+MAX_REQUESTS_PER_BATCH = 256
+
+
+class RayBatcher:
+    """The ``serve.Batcher`` protocol on Ray Serve's ``@serve.batch``."""
+
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], window_s: float,
+                 max_rows: int) -> None:
+        # one thread: the replica's event loop keeps taking requests during a pass, and
+        # passes never overlap (serve.batch runs one batch at a time by default)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
+        pool = self._pool
+
+        @serve.batch(max_batch_size=min(MAX_REQUESTS_PER_BATCH, max_rows),
+                     batch_wait_timeout_s=window_s)
+        async def infer(xs: list[np.ndarray]) -> list[np.ndarray]:
+            joined = np.concatenate(xs) if len(xs) > 1 else xs[0]
+            out = await asyncio.get_running_loop().run_in_executor(pool, forward, joined)
+            return np.split(out, np.cumsum([len(x) for x in xs])[:-1])
+
+        self._infer = infer
+
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
+        return await self._infer(x)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@serve.ingress()  # late-bound: __serve_build_asgi_app__ builds the app on the replica
+class ModelServer:
+    def __init__(self, model_uri: str, tracking_uri: str, max_batch: int, window_ms: float,
+                 api_key: str | None, poll_s: float) -> None:
+        self.served = serve_mod.load(model_uri, tracking_uri)
+        self.options = dict(max_batch=max_batch, window_ms=window_ms, api_key=api_key,
+                            poll_s=poll_s)
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        served = self.served
+        return serve_mod.create_app(served, **self.options,  # type: ignore[arg-type]
+                                    reload=serve_mod.reloader(served.model_uri, served.version),
+                                    make_batcher=RayBatcher)
+
+
+def application(model_uri: str, tracking_uri: str, replicas: int, max_batch: int = 1024,
+                window_ms: float = 2.0, api_key: str | None = None, poll_s: float = 0.0,
+                replica_cpus: float = 1.0, replica_gpus: float = 0.0) -> Any:
+    """The bound Ray Serve application (for ``serve.run``)."""
+    deployment = serve.deployment(
+        name="model", num_replicas=replicas,
+        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
+        # a replica batches what it holds: let it hold enough for full batches
+        max_ongoing_requests=512)(ModelServer)
+    return deployment.bind(model_uri, tracking_uri, max_batch, window_ms, api_key, poll_s)
+
+
+def run(model_uri: str, host: str, port: int, tracking_uri: str | None, replicas: int,
+        max_batch: int = 1024, window_ms: float = 2.0, api_key: str | None = None,
+        poll_s: float = 0.0, replica_cpus: float = 1.0, replica_gpus: float = 0.0) -> None:
+    """Start Ray Serve's HTTP proxy on ``host:port``, deploy, and serve until SIGINT/SIGTERM."""
+    import ray
+
+    from orchestrator import config as config_mod
+    from orchestrator import sweep, tracking
+
+    uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
+    sweep.init_ray()
+    if ray.available_resources().get("CPU", 0) + 1e-9 < replicas * replica_cpus and \
+            ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * replica_cpus:
+        raise SystemExit(f"serve.replicas: {replicas} replicas x {replica_cpus} CPU do not fit "
+                         f"the cluster's {ray.cluster_resources().get('CPU', 0):g} CPUs; lower "
+                         "--replicas or serve.replica_cpus")
+    serve.start(http_options={"host": host, "port": port})
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["now"] = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        serve.run(application(model_uri, uri, replicas, max_batch, window_ms, api_key, poll_s,
+                              replica_cpus, replica_gpus), name=APP_NAME, route_prefix="/")
+        print(f"serving {model_uri} on Ray Serve, {replicas} replicas, on http://{host}:{port}"
+              "  POST /predict /reload  GET /health /ready /metadata /metrics"
+              + ("  (API key required)" if api_key else ""), flush=True)
+        while not stop["now"]:
+            time.sleep(0.5)
+    finally:
+        serve.shutdown()
+        if os.environ.get("RAY_ADDRESS") in (None, "", "local"):
+            ray.shutdown()

@@ -1,0 +1,143 @@
+"""`orchestrator serve --ray --replicas 2`: the model server as a Ray Serve deployment on a
+real local Ray, the model from a real MLflow SQLite store, requests over loopback HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from conftest import free_port, wait_until_up
+from orchestrator import config, model, serve, tracking
+
+pytestmark = pytest.mark.slow
+
+NAME = "ray-served"
+
+
+def _register(uri: str, seed: int) -> str:
+    """A small trained-shape model registered as NAME@champion; its version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    raw: dict[str, Any] = {"data": {"path": "unused.parquet"}}
+    for dotted, v in {"model.hidden": [16], "tracking.register_as": NAME,
+                      "tracking.uri": uri}.items():
+        config.set_dotted(raw, dotted, v)
+    cfg = config.from_dict(raw)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ray-serve") or client.get_experiment(
+        client.create_experiment("ray-serve"))
+    x = np.random.default_rng(seed).normal(size=(32, 6)).astype(np.float32)
+    torch.manual_seed(seed)
+    net = model.from_data(cfg, x, num_classes=3)
+    parent = client.create_run(exp.experiment_id).info.run_id
+    trial = client.create_run(exp.experiment_id).info.run_id
+    return tracking.register_champion(cfg, parent, net, x, ["a", "b", "c"],
+                                      {"test_accuracy": 0.5}, trial)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("ray-serve")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    assert _register(uri, 0) == "1"
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local", "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "2",
+         "--model", f"models:/{NAME}@champion", "--port", str(port), "--tracking-uri", uri,
+         # two replicas on a 2-core machine, with room for Serve's proxy and controller
+         "serve.replica_cpus=0.5", "serve.poll_s=1"],
+        env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/ready", proc, timeout=240)
+        yield {"base": base, "uri": uri, "proc": proc, "tmp": tmp}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def _pids(base: str, n: int = 40) -> dict[int, str]:
+    """pid -> model version, over ``n`` /metadata calls (Serve spreads them on replicas)."""
+    seen = {}
+    for _ in range(n):
+        meta = requests.get(f"{base}/metadata", timeout=10).json()
+        seen[meta["server"]["pid"]] = meta["version"]
+    return seen
+
+
+def test_two_replicas_answer_the_same_predictions(deployed: dict) -> None:
+    base = deployed["base"]
+    assert len(_pids(base)) == 2  # two processes behind one address
+    served = serve.load(f"models:/{NAME}/1", deployed["uri"])
+    x = np.random.default_rng(5).normal(size=(64, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = served.net(torch.from_numpy(x)).numpy()
+
+    def one(i: int) -> list[float]:
+        r = requests.post(f"{base}/predict", json={"features": x[i:i + 1].tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["probabilities"][0]
+
+    # concurrent single-row requests: Ray Serve batches them per replica
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        got = np.array(list(pool.map(one, range(len(x)))))
+    assert np.allclose(got, expected, atol=1e-5)
+    whole = requests.post(f"{base}/predict", json={"features": x.tolist()}, timeout=30).json()
+    assert whole["predictions"] == [served.classes[i] for i in expected.argmax(1)]
+
+
+def test_bad_input_is_refused_by_the_same_rules(deployed: dict) -> None:
+    base = deployed["base"]
+    r = requests.post(f"{base}/predict", json={"features": [[1, 2, 3]]}, timeout=30)
+    assert r.status_code == 422 and "features[0]: 3 values, the model takes 6" in r.text
+    r = requests.post(f"{base}/predict", json={"features": [[1, 2, 3, 4, 5, "x"]]}, timeout=30)
+    assert r.status_code == 422 and "features[0][5]" in r.text
+    assert requests.get(f"{base}/health", timeout=10).status_code == 200
+    assert "orchestrator_requests_total" in requests.get(f"{base}/metrics", timeout=10).text
+
+
+def test_every_replica_moves_to_the_new_champion(deployed: dict) -> None:
+    base = deployed["base"]
+    assert _register(deployed["uri"], 1) == "2"  # the alias moves
+    deadline = time.time() + 120
+    while set(_pids(base, 20).values()) != {"2"} or len(_pids(base, 20)) < 2:
+        assert deployed["proc"].poll() is None
+        assert time.time() < deadline, _pids(base, 20)
+        time.sleep(1)
+    r = requests.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_it_stops_on_sigterm_and_frees_the_port(deployed: dict) -> None:
+    proc = deployed["proc"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{deployed['base']}/health", timeout=5)
+
+
+def test_replicas_that_do_not_fit_are_refused_before_starting(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "0",
+         "--model", f"models:/{NAME}@champion"], capture_output=True, text=True, timeout=120,
+        cwd=tmp_path)
+    assert proc.returncode != 0 and "serve.replicas" in proc.stdout + proc.stderr
