@@ -2,7 +2,7 @@
 # A one-node Ray cluster on loopback with token auth, for `ray job submit` on a laptop.
 #   cluster/local-head.sh up      # starts the head, prints the job-submit command
 #   cluster/local-head.sh down    # stops only the head this script started (by pid)
-# Multi-node local clusters, cloud and KubeRay configs are issue 8.
+# A head with worker nodes: cluster/local.sh (orchestrator cluster up --workers N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STATE=.ray-local

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from orchestrator import config as config_mod
@@ -128,6 +129,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(args.model, host, port, tracking_uri=args.tracking_uri,
               max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms, api_key=key,
               poll_s=cfg.serve.poll_s)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator import submit
+
+    return submit.submit(args.config, args.overrides, args.address,
+                         what="train" if args.train else "sweep",
+                         workdir=Path(args.working_dir), wait=not args.no_wait)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from orchestrator import cluster
+
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        try:
+            state = cluster.up(args.workers, args.cpus_per_worker, args.gpus_per_worker,
+                               args.head_cpus, args.dashboard_port, state_dir)
+        except RuntimeError as e:
+            print(f"orchestrator: {e}", file=sys.stderr)
+            cluster.down(state_dir)  # nothing half-started is left behind
+            return 1
+        print("\n".join(cluster.status_lines(state)))
+        print(f"  submit: orchestrator submit jobs/configs/quickstart.yaml --address "
+              f"{state.address}\n  (with RAY_AUTH_TOKEN_PATH={state.token_path})")
+        return 0
+    if args.action == "down":
+        print("stopped" if cluster.down(state_dir) else f"nothing is up (no {state_dir})")
+        return 0
+    found = cluster.load(state_dir)
+    if found is None:
+        print(f"nothing is up (no {state_dir}/cluster.json)")
+        return 1
+    print("\n".join(cluster.status_lines(found)))
     return 0
 
 
@@ -281,6 +317,30 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--patience", type=float, default=60.0,
                     help="seconds to keep trying an unreachable server (default 60)")
     tp.set_defaults(func=cmd_tracking_replay)
+
+    sb = sub.add_parser("submit", help="ray job submit a sweep (or --train) to a cluster, "
+                        "after pre-flight checks; streams the logs, exits with its status")
+    sb.add_argument("config", help="YAML config inside the working directory")
+    sb.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=32")
+    sb.add_argument("--address", required=True,
+                    help="the cluster's dashboard, e.g. http://HEAD:8265")
+    sb.add_argument("--train", action="store_true", help="one training run (jobs.train)")
+    sb.add_argument("--working-dir", default=".", help="what is uploaded (default: .)")
+    sb.add_argument("--no-wait", action="store_true", help="submit and return")
+    sb.set_defaults(func=cmd_submit)
+
+    cl = sub.add_parser("cluster", help="a multi-node Ray cluster on this machine (loopback, "
+                        "token auth): up, down, status")
+    cl.add_argument("action", choices=["up", "down", "status"])
+    cl.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
+    cl.add_argument("--cpus-per-worker", type=int, default=1)
+    cl.add_argument("--gpus-per-worker", type=int, default=0)
+    cl.add_argument("--head-cpus", type=int, default=0,
+                    help="CPUs the head offers to trials (default 0: it runs the drivers)")
+    cl.add_argument("--dashboard-port", type=int, default=None, help="default: a free port")
+    cl.add_argument("--state-dir", default=".ray-local",
+                    help="where pids, ports and the token are kept (default .ray-local)")
+    cl.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("data", help="export a built-in real data set to Parquet")
     dsub = d.add_subparsers(dest="action", required=True)

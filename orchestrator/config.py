@@ -123,6 +123,10 @@ class ScalingConfig:
     """CPUs a streamed trial leaves to Ray Data's read and map tasks."""
     max_failures: int = 0
     """Restarts of a worker group after a worker dies; each resumes from the last checkpoint."""
+    placement_strategy: str = "PACK"
+    """Where a trial's workers go: ``PACK`` (as few nodes as possible), ``SPREAD`` (across
+    nodes where it can), ``STRICT_SPREAD`` (each worker on its own node; a node lost costs
+    one worker), ``STRICT_PACK`` (all on one node)."""
     fast_path: bool = True
     """Run a single-worker trial's loop inside the Tune trial itself (about 1 s to start)
     instead of through a TorchTrainer (15-20 s)."""
@@ -175,8 +179,11 @@ class SweepConfig:
     confirm_top: int = 3
     refit: bool = True
     """Retrain the best configuration on train + validation before the test split scores it."""
-    storage_path: str = "results"
-    """Where Ray keeps trial checkpoints (absolute, or relative to the working directory)."""
+    storage_path: str = field(
+        default_factory=lambda: os.environ.get("ORCHESTRATOR_STORAGE_PATH", "results"))
+    """Where Ray keeps trial checkpoints (absolute, or relative to the working directory);
+    default ``$ORCHESTRATOR_STORAGE_PATH``, else ``results``. On a multi-node cluster it must
+    be storage every node shares (an NFS/EFS mount at the same path on every node)."""
     space: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "train.l1": {"type": "loguniform", "low": 1e-8, "high": 1e-3},
@@ -465,6 +472,8 @@ def validate(cfg: Config) -> None:
            f"must be at least 1, got {t.checkpoint_every}", "use e.g. 1")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints",
            f"must be at least 1, got {t.keep_checkpoints}", "use e.g. 2")
+    _check(s.placement_strategy in PLACEMENT_STRATEGIES, "scaling.placement_strategy",
+           f"unknown strategy {s.placement_strategy!r}", f"use one of {PLACEMENT_STRATEGIES}")
     _check(s.max_failures >= -1, "scaling.max_failures",
            f"must be >= -1 (-1: retry forever), got {s.max_failures}", "use e.g. 2")
     _check(s.num_workers >= 1, "scaling.num_workers",
@@ -627,6 +636,7 @@ def validate_serve(cfg: Config) -> None:
            "use 0 on CPU nodes, e.g. 1 on GPU nodes")
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")
 
 

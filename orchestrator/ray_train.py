@@ -145,7 +145,8 @@ def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any]
         train_loop_config=payload,
         datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+            placement_strategy=s.placement_strategy),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=name,

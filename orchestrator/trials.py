@@ -293,12 +293,14 @@ def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "mem
     extra_cpu = s.data_cpus if loader == "stream" else 0.0
     free = [dict(n) for n in (nodes if nodes else [cluster])]
     fits = 0
-    while _place(free, bundle, s.num_workers) and _take_cpu(free, extra_cpu):
+    strict = {"STRICT_SPREAD": "spread", "STRICT_PACK": "pack"}.get(s.placement_strategy, "")
+    while _place(free, bundle, s.num_workers, strict) and _take_cpu(free, extra_cpu):
         fits += 1
         if cfg.sweep.max_concurrent is not None and fits >= cfg.sweep.max_concurrent:
             break
     if fits < 1:
-        want = f"{s.num_workers} worker(s) x {_show(bundle)}" + (
+        how = {"spread": " each on its own node", "pack": " all on one node"}.get(strict, "")
+        want = f"{s.num_workers} worker(s) x {_show(bundle)}{how}" + (
             f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else "")
         biggest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         have = (f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes
@@ -308,16 +310,23 @@ def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "mem
     return fits
 
 
-def _place(free: list[dict[str, float]], bundle: dict[str, float], count: int) -> bool:
-    """Place ``count`` bundles (spread over nodes as needed), taking them from ``free``."""
+def _place(free: list[dict[str, float]], bundle: dict[str, float], count: int,
+           strict: str = "") -> bool:
+    """Place ``count`` bundles, taking them from ``free``: over as many nodes as needed, or
+    (``strict="spread"``) each on a node of its own, or (``"pack"``) all on one node."""
+    if strict == "pack":
+        whole = {k: v * count for k, v in bundle.items()}
+        return _place(free, whole, 1)
     trial = [dict(n) for n in free]
+    used: set[int] = set()
     for _ in range(count):
-        node = next((n for n in trial
-                     if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
-        if node is None:
+        i = next((i for i, n in enumerate(trial) if (strict != "spread" or i not in used)
+                  and all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
+        if i is None:
             return False
+        used.add(i)
         for k, v in bundle.items():
-            node[k] = node.get(k, 0.0) - v
+            trial[i][k] = trial[i].get(k, 0.0) - v
     free[:] = trial
     return True
 

@@ -53,6 +53,29 @@ def test_a_worker_bigger_than_every_node_fails_at_once_naming_what_is_missing() 
     assert "4 CPU" in e.value.problem and "biggest 2 CPU" in e.value.problem
 
 
+def test_strict_spread_puts_each_worker_on_a_node_of_its_own() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.placement_strategy": "STRICT_SPREAD"})
+    # 4 CPUs on one node would hold two such trials packed, none strictly spread
+    with pytest.raises(ConfigError) as e:
+        trials.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 4}])
+    assert "each on its own node" in e.value.problem
+    assert trials.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 2}, {"CPU": 2}]) == 2
+    assert trials.trial_concurrency(cfg, {"CPU": 3}, nodes=[{"CPU": 1}] * 3) == 1
+
+
+def test_strict_pack_needs_one_node_for_the_whole_trial() -> None:
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.placement_strategy": "STRICT_PACK"})
+    with pytest.raises(ConfigError):
+        trials.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}])
+    assert trials.trial_concurrency(cfg, {"CPU": 5}, nodes=[{"CPU": 4}, {"CPU": 1}]) == 2
+
+
+def test_an_unknown_placement_strategy_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError) as e:
+        _cfg(**{"scaling.placement_strategy": "spread-ish"})
+    assert e.value.key == "scaling.placement_strategy"
+
+
 def test_max_concurrent_caps_what_the_cluster_allows() -> None:
     cfg = _cfg(**{"sweep.max_concurrent": 3})
     assert trials.trial_concurrency(cfg, {"CPU": 16}) == 3

@@ -1,0 +1,242 @@
+"""`orchestrator submit CONFIG --address http://HOST:8265`: `ray job submit` of a sweep (or a
+training run), with the checks that make it work the first time.
+
+Before anything is uploaded, each check fails with the key at fault and the fix:
+- the config itself (every key, as `orchestrator sweep` checks it);
+- ``auth``: the cluster wants a token (Ray's token auth) and one is found here, and accepted;
+- ``scaling.*``: the cluster's alive nodes can hold one trial (its workers, placed the way the
+  trial will be);
+- ``tracking.uri`` / ``data.path``: a file on this machine (a SQLite store, a relative path)
+  is refused for a cluster elsewhere, since its nodes cannot read it; on a cluster on this
+  machine a relative path is made absolute (the job runs in a copy of the working directory);
+  a tracking server must answer from here (the job checks again from the cluster first thing);
+- ``working_dir``: the upload, zipped exactly as Ray zips it (its excludes, ``.gitignore``,
+  ours: ``.git``, ``.venv``, MLflow stores, data, results), fits Ray's limit.
+
+Then it submits ``python -m jobs.sweep CONFIG ...`` with the working directory as its runtime
+env, streams the job's logs, and exits 0 when the job succeeded, 1 when it failed or stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from orchestrator import config as config_mod
+from orchestrator.config import Config, ConfigError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+EXCLUDES = [".git", ".venv", "venv", "mlflow.db", "*.db", "mlruns", "mlartifacts", "data/",
+            "results/", ".ray-local", "__pycache__", ".pytest_cache", ".mypy_cache",
+            ".ruff_cache", "*.parquet", "mlflow-journal*", "*.egg-info"]
+ENTRYPOINTS = {"sweep": "jobs.sweep", "train": "jobs.train"}
+
+
+def find_token() -> str | None:
+    """The Ray auth token this machine would send: $RAY_AUTH_TOKEN, the file in
+    $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (Ray's own order)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(Path.home() / ".ray/auth_token")):
+        if path and Path(path).is_file():
+            return Path(path).read_text().strip() or None
+    return None
+
+
+def _request(address: str, path: str, token: str | None) -> Any:
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return requests.get(f"{address.rstrip('/')}{path}", headers=headers, timeout=15)
+    except requests.RequestException as e:
+        raise ConfigError("--address",
+                          f"no Ray dashboard answers at {address} ({type(e).__name__})",
+                          "start a cluster (`orchestrator cluster up`) or check the address; "
+                          "the dashboard listens on port 8265 by default") from None
+
+
+def check_auth(address: str) -> str | None:
+    """The token to send (None when the cluster does not want one)."""
+    probe = "/api/v0/nodes?limit=1"
+    if _request(address, probe, None).status_code != 401:
+        return None
+    token = find_token()
+    if token is None:
+        raise ConfigError("auth", f"the cluster at {address} requires a token (Ray token auth) "
+                          "and none was found in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
+                          "~/.ray/auth_token", "copy the cluster's token (`ray get-auth-token` "
+                          "on the head) to ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH")
+    if _request(address, probe, token).status_code in (401, 403):
+        raise ConfigError("auth", f"the cluster at {address} refused this machine's token",
+                          "use the token of that cluster (`ray get-auth-token` on its head)")
+    return token
+
+
+def cluster_nodes(address: str, token: str | None) -> list[dict[str, Any]]:
+    """Every node the dashboard knows (``state`` ALIVE or DEAD, ``resources_total``)."""
+    r = _request(address, "/api/v0/nodes?detail=1&limit=10000", token)
+    if r.status_code != 200:
+        raise ConfigError("--address", f"the dashboard at {address} answered "
+                          f"{r.status_code} to a node listing: {r.text[:200]}",
+                          "check that this is a Ray dashboard (port 8265 by default)")
+    return list(r.json()["data"]["result"]["result"])
+
+
+def check_fits(cfg: Config, nodes: list[dict[str, Any]]) -> int:
+    """How many trials the alive nodes hold at once (ConfigError when not one)."""
+    from orchestrator import trials
+
+    alive = [dict(n.get("resources_total") or {}) for n in nodes if n.get("state") == "ALIVE"]
+    if not alive:
+        raise ConfigError("--address", "the cluster has no alive node", "start its nodes")
+    total = {k: sum(n.get(k, 0.0) for n in alive) for k in ("CPU", "GPU")}
+    loader = "stream" if cfg.data.loader == "stream" else "memory"
+    return trials.trial_concurrency(cfg, total, loader, nodes=alive)
+
+
+def is_local(address: str) -> bool:
+    return (urlparse(address).hostname or "") in LOOPBACK
+
+
+def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
+    """Overrides that carry this machine's view of ``tracking.uri`` and ``data.path`` into
+    the job (absolute where the cluster shares this machine's disk); ConfigError for what a
+    cluster elsewhere cannot reach."""
+    from orchestrator import tracking
+
+    overrides = []
+    uri = tracking.resolve_uri(cfg)
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file", "sqlite"):
+        if not local_cluster:
+            raise ConfigError("tracking.uri", f"{uri} is a file on this machine; the cluster's "
+                              "nodes cannot write to it",
+                              "run `orchestrator tracking serve --host 0.0.0.0` where the "
+                              "cluster reaches it and pass tracking.uri=http://THAT-HOST:5000")
+    elif scheme in ("http", "https"):
+        host = urlparse(uri).hostname or ""
+        if host in LOOPBACK and not local_cluster:
+            raise ConfigError("tracking.uri", f"{uri} names this machine's loopback; on the "
+                              "cluster it would be each node's own", "use an address the "
+                              "cluster reaches, e.g. tracking.uri=http://mlflow.internal:5000")
+        _check_tracking_server(uri)
+    overrides.append(f"tracking.uri={uri}")
+    path = cfg.data.path
+    if "://" not in path:
+        if not local_cluster and not Path(path).is_absolute():
+            raise ConfigError("data.path", f"{path!r} is relative to this machine's working "
+                              "directory, and data is not uploaded with the job",
+                              "put it on s3:// (or gs://), or on storage mounted at the same "
+                              "absolute path on every node, and pass that path")
+        if local_cluster:
+            absolute = Path(path).absolute()
+            if not absolute.exists():
+                raise ConfigError("data.path", f"{absolute} does not exist",
+                                  "export it first, e.g. `make data`")
+            path = str(absolute)
+        overrides.append(f"data.path={path}")
+    return overrides
+
+
+def _check_tracking_server(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10)
+    except requests.RequestException as e:
+        raise ConfigError("tracking.uri", f"no MLflow server answers at {uri} "
+                          f"({type(e).__name__})", "start it (`orchestrator tracking serve`) "
+                          "or fix the address") from None
+
+
+def check_upload(workdir: Path, excludes: Sequence[str] = EXCLUDES) -> int:
+    """The working directory zipped as Ray will zip it; its size in bytes (ConfigError when
+    over Ray's limit, naming what is biggest)."""
+    from ray._private.runtime_env import packaging
+
+    limit = packaging.GCS_STORAGE_MAX_SIZE
+    with tempfile.TemporaryDirectory() as d:
+        target = Path(d) / "upload.zip"
+        packaging._zip_files(str(workdir), list(excludes), str(target), include_gitignore=True)
+        size = target.stat().st_size
+        if size < limit:
+            return size
+        with zipfile.ZipFile(target) as z:
+            biggest = sorted(z.infolist(), key=lambda i: -i.compress_size)[:5]
+        names = ", ".join(f"{i.filename} ({i.compress_size / 2**20:.0f} MiB)" for i in biggest)
+    raise ConfigError("working_dir", f"{workdir} zips to {size / 2**20:.0f} MiB, over Ray's "
+                      f"upload limit of {limit / 2**20:.0f} MiB; biggest: {names}",
+                      "move large files out, list them in .gitignore or .rayignore, or put "
+                      "data on s3:// and pass data.path")
+
+
+def preflight(config_path: str, overrides: Sequence[str], address: str, workdir: Path,
+              out: Callable[[str], None] = print) -> tuple[list[str], str | None]:
+    """Every check; returns (the overrides to pass on, the auth token)."""
+    cfg = config_mod.load(config_path, overrides)
+    rel = Path(config_path).absolute()
+    if not rel.is_relative_to(workdir.absolute()):
+        raise ConfigError("<file>", f"{config_path} is outside the working directory "
+                          f"{workdir}, so the job would not have it",
+                          "keep the config inside the project (e.g. jobs/configs/)")
+    token = check_auth(address)
+    out(f"preflight: {address} " + ("wants a token; ours is accepted" if token
+                                    else "takes requests without a token"))
+    nodes = cluster_nodes(address, token)
+    fits = check_fits(cfg, nodes)
+    alive = sum(1 for n in nodes if n.get("state") == "ALIVE")
+    out(f"preflight: {alive} alive node(s) hold {fits} trial(s) at once")
+    extra = resolve_paths(cfg, is_local(address))
+    out(f"preflight: {' '.join(extra)}")
+    size = check_upload(workdir)
+    out(f"preflight: the working directory zips to {size / 2**20:.1f} MiB")
+    return [*overrides, *extra], token
+
+
+def submit(config_path: str, overrides: Sequence[str], address: str, what: str = "sweep",
+           workdir: Path | None = None, wait: bool = True,
+           out: Callable[[str], None] = print) -> int:
+    """Pre-flight, submit, stream the logs; the exit code (0 succeeded, 1 failed/stopped)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    workdir = (workdir or Path.cwd()).absolute()
+    passed, token = preflight(config_path, overrides, address, workdir, out)
+    entry = " ".join(shlex.quote(a) for a in [
+        "python", "-m", ENTRYPOINTS[what],
+        str(Path(config_path).absolute().relative_to(workdir)), *passed])
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = JobSubmissionClient(address, headers=headers)
+    env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ}
+    job_id = client.submit_job(entrypoint=entry, runtime_env={
+        "working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env_vars})
+    out(f"submitted {job_id}: {entry}")
+    if not wait:
+        out(f"  follow it: ray job logs --address {address} --follow {job_id}")
+        return 0
+    try:
+        asyncio.run(_tail(client, job_id))
+    except KeyboardInterrupt:
+        out(f"\nstopped following; the job goes on. Stop it: ray job stop --address "
+            f"{address} {job_id}")
+        return 130
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():  # the log stream can end a moment before the status
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    info = client.get_job_info(job_id)
+    out(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""))
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+async def _tail(client: Any, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
