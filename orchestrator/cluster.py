@@ -141,9 +141,11 @@ def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) 
     """One more worker node; its pid."""
     expected = 1 + len([p for p in state.workers if _alive(p)]) + 1
     index = len(state.workers)
+    # a temp dir of its own: nodes sharing one would share runtime_resources/, and one
+    # node's clean-up of a job's working directory would pull it from under another's driver
     pid = _spawn([f"--address={state.gcs}", "--node-ip-address=127.0.0.1",
                   f"--num-cpus={state.cpus_per_worker}", f"--num-gpus={state.gpus_per_worker}",
-                  f"--temp-dir={state.temp_dir}", *_node_ports()],
+                  f"--temp-dir={state.temp_dir}-w{index}", *_node_ports()],
                  state, state_dir / f"worker-{index}.log")
     state.workers.append(pid)
     _save(state, state_dir)
@@ -163,6 +165,8 @@ def down(state_dir: Path = STATE_DIR, timeout: float = 60) -> bool:
         return False
     for pid in [*state.workers, state.head_pid]:  # workers first: the head outlives them
         _stop(pid, timeout)
+    for i in range(len(state.workers)):
+        shutil.rmtree(f"{state.temp_dir}-w{i}", ignore_errors=True)
     shutil.rmtree(state.temp_dir, ignore_errors=True)
     (state_dir / "cluster.json").unlink(missing_ok=True)
     return True

@@ -59,3 +59,12 @@ def test_serve_config_needs_no_data_section_but_checks_its_own() -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load(None, ["serve.max_batch=0"], only="serve")
     assert e.value.key == "serve.max_batch"
+
+
+def test_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> None:
+    # `submit CONFIG --address X key=value`: the override still reaches the config check
+    assert cli.main(["submit", "jobs/configs/quickstart.yaml", "--address",
+                     "http://127.0.0.1:1", "train.epochs=0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["submit", "jobs/configs/quickstart.yaml", "--address", "x", "--bogus"])
