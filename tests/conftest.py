@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,38 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         assert time.time() < deadline, f"{url} did not come up in {timeout:g} s"
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`orchestrator cluster up --workers 2`: a head (no CPUs for trials) and two 1-CPU worker
+    nodes on loopback, token auth on; stopped (only what it started) after the module."""
+    import sys
+
+    from orchestrator import cluster
+
+    state_dir = tmp_path_factory.mktemp("cluster") / ".ray-local"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "cluster", "up", "--workers", "2",
+         "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    state = cluster.load(state_dir)
+    assert state is not None
+    try:
+        yield {"state": state, "state_dir": state_dir, "up": proc.stdout}
+    finally:
+        down = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "down",
+                               "--state-dir", str(state_dir)], capture_output=True, text=True,
+                              timeout=300)
+        assert down.returncode == 0, down.stderr
+        for pid in [state.head_pid, *state.workers]:  # only what it started, and all of it
+            assert not running(pid), pid
+
+
+def running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone but for its exit status
+        return f.read().split()[2] != "Z"

@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on loopback (`orchestrator cluster up --workers 2`: a head
-and two worker nodes, each its own `ray start`, token auth on) and `orchestrator submit`
-against it: the quickstart sweep succeeds; a 2-worker DDP trial runs on two different nodes;
-a worker node lost mid-training is survived from the last checkpoint once a node is back.
-The test starts the cluster itself and stops only the processes it started."""
+and two worker nodes, each its own `ray start`, token auth on) and jobs against it: the
+quickstart sweep through `orchestrator submit` and through Ray's own `ray job submit`; a
+2-worker DDP trial on two different nodes; a worker node lost mid-training survived from the
+last checkpoint once a node is back; a config error and a wrong token fail the job. The
+module starts the cluster itself and stops only the processes it started."""
 
 from __future__ import annotations
 
@@ -10,46 +11,21 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, running
 from orchestrator import cluster
 
 pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    state_dir = tmp_path_factory.mktemp("cluster") / ".ray-local"
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "cluster", "up", "--workers", "2",
-         "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    state = cluster.load(state_dir)
-    assert state is not None
-    try:
-        yield {"state": state, "state_dir": state_dir, "up": proc.stdout}
-    finally:
-        down = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "down",
-                               "--state-dir", str(state_dir)], capture_output=True, text=True,
-                              timeout=300)
-        assert down.returncode == 0, down.stderr
-        # only what it started is gone, and all of it
-        for pid in [state.head_pid, *state.workers]:
-            assert not _running(pid), pid
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone but for its exit status
-        return f.read().split()[2] != "Z"
+@pytest.fixture
+def up(local_cluster: dict) -> dict:
+    return local_cluster
 
 
 def _submit(up: dict, tmp: Path, digits: Path, *args: str, wait: bool = True,
@@ -134,7 +110,7 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
             time.sleep(0.5)
         lost = state.workers[-1]
         cluster.stop_worker(state, lost)  # the node goes away with its worker
-        assert not _running(lost)
+        assert not running(lost)
         time.sleep(5)
         cluster.add_worker(state, up["state_dir"])  # capacity comes back
         out, _ = job.communicate(timeout=900)
@@ -149,3 +125,63 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
     # resumed, not restarted: each epoch logged exactly once
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")]
     assert sorted(steps) == list(range(1, epochs + 1)), steps
+
+
+# ---------------------------------------------------------------- Ray's own `ray job submit`
+
+
+@pytest.fixture
+def head(local_cluster: dict) -> dict[str, str]:
+    """The shared multi-node cluster (conftest): `ray job submit` goes to its head."""
+    from orchestrator import cluster
+
+    state = local_cluster["state"]
+    env = cluster.env(state)
+    return {"address": state.address, **{k: env[k] for k in ("RAY_AUTH_MODE",
+                                                             "RAY_AUTH_TOKEN_PATH", "PATH")}}
+
+
+def _ray_job_submit(head: dict[str, str], args: list[str],
+                    env_extra: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **{k: v for k, v in head.items() if k != "address"},
+           **(env_extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir",
+         str(ROOT), "--", "python", "-m", "jobs.sweep", "jobs/configs/quickstart.yaml", *args],
+        env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_ray_job_submit_runs_the_quickstart_sweep(head: dict[str, str], digits_path: Path,
+                                                   tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = _ray_job_submit(head, [f"data.path={digits_path}", f"tracking.uri={uri}",
+                          f"sweep.storage_path={tmp_path}/results", "experiment=job",
+                          "tracking.register_as=job-digits", "sweep.num_samples=2",
+                          "train.epochs=3", "sweep.grace_period=1"])
+    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "trials done 2/2" in proc.stdout and "succeeded" in proc.stdout
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("job").experiment_id])
+    assert sorted(r.data.tags["orchestrator.role"] for r in runs) == ["sweep", "trial", "trial"]
+    assert str(client.get_model_version_by_alias("job-digits", "champion").version) == "1"
+
+
+def test_a_config_error_fails_the_job(head: dict[str, str], tmp_path: Path) -> None:
+    proc = _ray_job_submit(head, [f"data.path={tmp_path}/missing.parquet"])
+    assert proc.returncode != 0
+    assert "'data.path'" in proc.stdout + proc.stderr
+
+
+def test_a_client_without_the_token_is_refused(head: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "no-token"
+    empty.write_text("wrong-token")
+    proc = _ray_job_submit(head, ["sweep.num_samples=1"],
+                   env_extra={"RAY_AUTH_TOKEN_PATH": str(empty)})
+    assert proc.returncode != 0
+    text = (proc.stdout + proc.stderr).lower()
+    assert "token" in text or "unauthorized" in text or "401" in text
