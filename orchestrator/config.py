@@ -472,6 +472,10 @@ def validate(cfg: Config) -> None:
            f"must be at least 1, got {t.checkpoint_every}", "use e.g. 1")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints",
            f"must be at least 1, got {t.keep_checkpoints}", "use e.g. 2")
+    _check("://" not in sw.storage_path, "sweep.storage_path",
+           f"{sw.storage_path!r}: checkpoints on object storage are not supported yet",
+           "use a folder every node mounts at the same path (NFS, EFS, Filestore), e.g. "
+           "/mnt/shared/results")
     _check(s.placement_strategy in PLACEMENT_STRATEGIES, "scaling.placement_strategy",
            f"unknown strategy {s.placement_strategy!r}", f"use one of {PLACEMENT_STRATEGIES}")
     _check(s.max_failures >= -1, "scaling.max_failures",

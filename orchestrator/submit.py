@@ -144,6 +144,16 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
                                   "export it first, e.g. `make data`")
             path = str(absolute)
         overrides.append(f"data.path={path}")
+    storage = cfg.sweep.storage_path
+    if not Path(storage).is_absolute():
+        if local_cluster:  # the job runs in a copy of the working directory, deleted after
+            overrides.append(f"sweep.storage_path={Path(storage).absolute()}")
+        elif storage != "results" or os.environ.get("ORCHESTRATOR_STORAGE_PATH"):
+            raise ConfigError("sweep.storage_path", f"{storage!r} is relative: each node "
+                              "would keep its checkpoints on its own disk",
+                              "pass a folder every node mounts, e.g. "
+                              "sweep.storage_path=/mnt/shared/results")
+        # else: left to the cluster's own $ORCHESTRATOR_STORAGE_PATH (cluster/*.yaml set it)
     return overrides
 
 

@@ -59,7 +59,8 @@ def test_a_relative_data_path_is_refused_remote_and_made_absolute_local(
     (tmp_path / "data/digits.parquet").write_bytes(b"x")
     assert submit.resolve_paths(cfg, local_cluster=True) == [
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-        f"data.path={tmp_path}/data/digits.parquet"]
+        f"data.path={tmp_path}/data/digits.parquet",
+        f"sweep.storage_path={tmp_path}/results"]  # not the job's throwaway copy
     remote = _cfg(**{"tracking.uri": "https://mlflow.example.invalid"})
     with pytest.raises(ConfigError) as e:  # the server check comes first; it does not answer
         submit.resolve_paths(remote, local_cluster=False)
@@ -68,8 +69,25 @@ def test_a_relative_data_path_is_refused_remote_and_made_absolute_local(
 
 def test_s3_data_passes_untouched() -> None:
     cfg = _cfg(**{"data.path": "s3://bucket/digits.parquet",
-                  "tracking.uri": "sqlite:////abs/mlflow.db"})
+                  "tracking.uri": "sqlite:////abs/mlflow.db",
+                  "sweep.storage_path": "/mnt/shared/results"})
     assert submit.resolve_paths(cfg, local_cluster=True) == ["tracking.uri=sqlite:////abs/mlflow.db"]
+
+
+def test_checkpoint_storage_must_be_shared_on_a_remote_cluster(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit, "_check_tracking_server", lambda uri: None)
+    base = {"data.path": "s3://b/d.parquet", "tracking.uri": "http://mlflow.internal:5000"}
+    with pytest.raises(ConfigError) as e:
+        submit.resolve_paths(_cfg(**base, **{"sweep.storage_path": "ckpt"}), local_cluster=False)
+    assert e.value.key == "sweep.storage_path" and "/mnt/shared" in e.value.fix
+    # left unset, the cluster's own $ORCHESTRATOR_STORAGE_PATH decides
+    monkeypatch.delenv("ORCHESTRATOR_STORAGE_PATH", raising=False)
+    assert submit.resolve_paths(_cfg(**base), local_cluster=False) == [
+        "tracking.uri=http://mlflow.internal:5000"]
+    with pytest.raises(ConfigError) as e:
+        _cfg(**{"sweep.storage_path": "s3://bucket/results"})
+    assert e.value.key == "sweep.storage_path"
 
 
 def test_a_trial_that_no_node_holds_is_refused_before_submitting() -> None:
