@@ -145,6 +145,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     state_dir = Path(args.state_dir)
     if args.action == "up":
+        running = cluster.load(state_dir)
+        if running is not None and cluster.is_up(running):
+            print(f"orchestrator: a cluster from {state_dir} is already up ({running.address});"
+                  " `orchestrator cluster down` first", file=sys.stderr)
+            return 1
         try:
             state = cluster.up(args.workers, args.cpus_per_worker, args.gpus_per_worker,
                                args.head_cpus, args.dashboard_port, state_dir)

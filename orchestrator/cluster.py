@@ -80,6 +80,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _dashboard_port() -> int:
+    """Ray's usual 8265 when it is free (what people type), else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8265))
+            return 8265
+        except OSError:
+            return _free_port()
+
+
+def is_up(state: State) -> bool:
+    return _alive(state.head_pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -112,7 +126,7 @@ def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
        state_dir: Path = STATE_DIR, timeout: float = 180) -> State:
     """Start a head and ``workers`` worker nodes on loopback; returns once all are alive."""
     old = load(state_dir)
-    if old is not None and _alive(old.head_pid):
+    if old is not None and is_up(old):
         raise RuntimeError(f"a cluster from {state_dir} is already up (head pid "
                            f"{old.head_pid}, {old.address}); `orchestrator cluster down` first")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +136,7 @@ def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
         token.chmod(0o600)
     # Ray's socket paths must stay short (108 bytes): a folder of our own directly under /tmp
     temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
-    state = State(gcs_port=_free_port(), dashboard_port=dashboard_port or _free_port(),
+    state = State(gcs_port=_free_port(), dashboard_port=dashboard_port or _dashboard_port(),
                   temp_dir=temp_dir, token_path=str(token), head_pid=0,
                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
     state.head_pid = _spawn(
@@ -131,7 +145,7 @@ def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
          f"--ray-client-server-port={_free_port()}", f"--num-cpus={head_cpus}", "--num-gpus=0",
          f"--temp-dir={temp_dir}", *_node_ports()], state, state_dir / "head.log")
     _save(state, state_dir)
-    _wait(state, 1, timeout)
+    _wait(state, 1, timeout, state_dir)
     for _ in range(workers):
         add_worker(state, state_dir, timeout=timeout)
     return state
@@ -149,7 +163,7 @@ def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) 
                  state, state_dir / f"worker-{index}.log")
     state.workers.append(pid)
     _save(state, state_dir)
-    _wait(state, expected, timeout)
+    _wait(state, expected, timeout, state_dir)
     return pid
 
 
@@ -203,12 +217,12 @@ def nodes(state: State) -> list[dict[str, Any]]:
     return submit.cluster_nodes(state.address, Path(state.token_path).read_text().strip())
 
 
-def _wait(state: State, alive: int, timeout: float) -> None:
+def _wait(state: State, alive: int, timeout: float, state_dir: Path) -> None:
     deadline = time.time() + timeout
     last = "no answer"
     while time.time() < deadline:
         if not _alive(state.head_pid):
-            raise RuntimeError(f"the Ray head exited; see {STATE_DIR}/head.log")
+            raise RuntimeError(f"the Ray head exited; see {state_dir}/head.log")
         try:
             up_now = sum(1 for n in nodes(state) if n.get("state") == "ALIVE")
             if up_now >= alive:

@@ -135,9 +135,10 @@ def test_it_stops_on_sigterm_and_frees_the_port(deployed: dict) -> None:
         requests.get(f"{deployed['base']}/health", timeout=5)
 
 
-def test_replicas_that_do_not_fit_are_refused_before_starting(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "0",
-         "--model", f"models:/{NAME}@champion"], capture_output=True, text=True, timeout=120,
-        cwd=tmp_path)
-    assert proc.returncode != 0 and "serve.replicas" in proc.stdout + proc.stderr
+def test_zero_replicas_or_more_than_fit_are_refused_before_deploying(tmp_path: Path) -> None:
+    for replicas in ("0", "64"):  # 64 x 1 CPU on a 2-core machine
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", replicas,
+             "--model", f"models:/{NAME}@champion"], capture_output=True, text=True,
+            timeout=180, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"})
+        assert proc.returncode != 0 and "serve.replicas" in proc.stdout + proc.stderr, replicas
