@@ -40,7 +40,7 @@ class PredictRequest(BaseModel):
 
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", 64))
 SECONDS = float(os.environ.get("BENCH_SECONDS", 6))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 MODELS = {"big": [2048, 2048], "small": [256, 256]}
 
 

@@ -60,7 +60,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
         self._rows = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._busy = False
         self._task: asyncio.Task | None = None  # held so the running pass is not collected
         # one thread: forward passes never overlap (the model is used by one at a time)
@@ -75,8 +75,9 @@ class MicroBatcher:
         if not self._busy:  # while busy, the end of the pass starts the next one
             if self._rows >= self.max_rows:
                 self._start()
-            elif self._timer is None:
-                self._timer = loop.call_later(self.window_s, self._start)
+            elif self._timer is None:  # 0: after the requests that are ready now
+                self._timer = (loop.call_later(self.window_s, self._start) if self.window_s > 0
+                               else loop.call_soon(self._start))
         return await future
 
     def _start(self) -> None:

@@ -142,3 +142,20 @@ def test_stats_count_batches_and_rows() -> None:
 
     b = asyncio.run(main())
     assert b.stats.rows == 10 and 1 <= b.stats.batches < 5 and sum(b.stats.sizes) == 10
+
+
+def test_a_zero_window_still_batches_what_is_ready_at_once() -> None:
+    calls: list[int] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x
+
+    async def main() -> None:
+        batcher = MicroBatcher(fn, window_s=0.0)
+        await asyncio.gather(*(batcher(np.ones((1, 1))) for _ in range(32)))
+        await batcher(np.ones((1, 1)))  # alone: goes without waiting for company
+        batcher.close()
+
+    asyncio.run(main())
+    assert calls == [32, 1]
