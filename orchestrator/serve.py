@@ -177,10 +177,10 @@ def parse_features(body: bytes, num_features: int, max_rows: int) -> np.ndarray:
         x = np.array(rows)
     except (ValueError, TypeError):  # ragged rows
         x = None
-    if (x is None or x.ndim != 2 or x.dtype.kind not in "fiu"
-            or b"true" in body or b"false" in body):  # numpy would take a boolean for 1 or 0
+    matrix = x is not None and x.ndim == 2 and x.dtype.kind in "fiu"
+    if not matrix or b"true" in body or b"false" in body:  # numpy takes a boolean for 1 or 0
         _locate(rows, num_features)
-    if x is None or x.ndim != 2 or x.dtype.kind not in "fiu":  # e.g. integers past int64
+    if x is None or not matrix:  # e.g. integers past int64
         x = np.array(rows, dtype=np.float64)  # _locate found every value a number
     if x.shape[1] != num_features:
         raise BadInput(422, f"features[0]: {x.shape[1]} values, the model takes {num_features}")

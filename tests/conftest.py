@@ -8,10 +8,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from orchestrator import data
+from orchestrator import config, data
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray >= 2.59 enables token auth for local clusters; be explicit, like the Makefile.
@@ -21,6 +22,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 @pytest.fixture(scope="session")
 def digits_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data.export_digits(tmp_path_factory.mktemp("data") / "digits.parquet")
+
+
+def make_cfg(data_path: str = "x.parquet", **over: Any) -> config.Config:
+    """A validated config from dotted overrides, e.g. ``make_cfg(**{"train.epochs": 2})``."""
+    raw: dict[str, Any] = {"data": {"path": data_path}}
+    for dotted, v in over.items():
+        config.set_dotted(raw, dotted, v)
+    return config.from_dict(raw)
 
 
 def free_port() -> int:

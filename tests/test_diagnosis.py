@@ -7,16 +7,14 @@ from typing import Any
 
 import pytest
 
+from conftest import make_cfg
 from orchestrator import config, diagnosis
 
 BASE = diagnosis.baseline([100] * 10)  # ten balanced classes: loss ln 10, accuracy 0.1
 
 
 def _cfg(**over: Any) -> config.Config:
-    raw: dict[str, Any] = {"data": {"path": "x.parquet"}}
-    for dotted, v in over.items():
-        config.set_dotted(raw, dotted, v)
-    return config.from_dict(raw)
+    return make_cfg(**over)
 
 
 def _curves(train: list[float], val: list[float]) -> list[dict[str, float]]:

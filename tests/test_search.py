@@ -13,16 +13,14 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import make_cfg
 from jobs import bench_sweep
 from orchestrator import asha, config, loop, sweep, trials
 from orchestrator.config import ConfigError
 
 
 def _cfg(**over: Any) -> config.Config:
-    raw: dict[str, Any] = {"data": {"path": "x.parquet"}}
-    for dotted, v in over.items():
-        config.set_dotted(raw, dotted, v)
-    return config.from_dict(raw)
+    return make_cfg(**over)
 
 
 # ---------------------------------------------------------------- fitting the cluster

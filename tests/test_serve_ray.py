@@ -11,15 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import requests
 import torch
 
-from conftest import free_port, wait_until_up
-from orchestrator import config, model, serve, tracking
+from conftest import free_port, make_cfg, wait_until_up
+from orchestrator import model, serve, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +30,7 @@ def _register(uri: str, seed: int) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    raw: dict[str, Any] = {"data": {"path": "unused.parquet"}}
-    for dotted, v in {"model.hidden": [16], "tracking.register_as": NAME,
-                      "tracking.uri": uri}.items():
-        config.set_dotted(raw, dotted, v)
-    cfg = config.from_dict(raw)
+    cfg = make_cfg(**{"model.hidden": [16], "tracking.register_as": NAME, "tracking.uri": uri})
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ray-serve") or client.get_experiment(

@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 
+from conftest import free_port, make_cfg
 from orchestrator import config, submit
 from orchestrator.config import ConfigError
 
 
 def _cfg(**over: Any) -> config.Config:
-    raw: dict[str, Any] = {"data": {"path": "data/digits.parquet"}}
-    for dotted, v in over.items():
-        config.set_dotted(raw, dotted, v)
-    return config.from_dict(raw)
+    return make_cfg("data/digits.parquet", **over)
 
 
 def test_a_local_sqlite_store_is_refused_for_a_remote_cluster_with_the_fix() -> None:
@@ -37,7 +35,6 @@ def test_a_loopback_tracking_server_is_refused_for_a_remote_cluster() -> None:
 
 
 def test_an_unreachable_tracking_server_is_refused() -> None:
-    from conftest import free_port
 
     with pytest.raises(ConfigError) as e:
         submit.resolve_paths(_cfg(**{"tracking.uri": f"http://127.0.0.1:{free_port()}"}),
@@ -181,7 +178,6 @@ def test_a_token_cluster_without_a_token_here_is_refused(
 
 
 def test_no_dashboard_at_the_address_is_said_plainly() -> None:
-    from conftest import free_port
 
     with pytest.raises(ConfigError) as e:
         submit.check_auth(f"http://127.0.0.1:{free_port()}")

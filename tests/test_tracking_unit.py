@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_cfg
 from orchestrator import config, model, plots, tracking
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _cfg(**over: Any) -> config.Config:
-    raw: dict[str, Any] = {"data": {"path": "s3://bucket/digits.parquet"}}
-    for dotted, v in over.items():
-        config.set_dotted(raw, dotted, v)
-    return config.from_dict(raw)
+    return make_cfg("s3://bucket/digits.parquet", **over)
 
 
 def _history(epochs: int) -> list[dict[str, float]]:
