@@ -99,6 +99,8 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
     state, results = up["state"], tmp_path / "results"
     job = _submit(up, tmp_path, digits_path, "--train", "scaling.num_workers=2",
                   "scaling.placement_strategy=STRICT_SPREAD", "scaling.max_failures=3",
+                  # the trial actor itself may sit on the node that goes away: Tune retries it
+                  "sweep.max_failures=3",
                   f"train.epochs={epochs}", "model.hidden=[1024,1024]",
                   "experiment=cluster-loss", wait=False)
     assert isinstance(job, subprocess.Popen)
