@@ -113,10 +113,49 @@ def _bad_values(names: list[str], bad_per_column: np.ndarray) -> None:
                           "rows with NaN, null or infinity", "clean or impute them first")
 
 
-def _label_nulls(cfg: DataConfig, nulls: int) -> None:
+def _label_type(schema: pa.Schema, cfg: DataConfig) -> pa.DataType:
+    """The label column's value type when a classifier can take its values as classes:
+    integers, text, booleans, or floats (whose values ``_label_counts`` checks are whole).
+    Anything else (dates, bytes, decimals, lists) would pass training and fail only when the
+    champion's classes are written out, after the whole sweep."""
+    t = schema.field(cfg.label).type
+    inner = t.value_type if pa.types.is_dictionary(t) else t  # pandas categoricals
+    if not any(check(inner) for check in LABEL_TYPES):
+        raise ConfigError("data.label", f"column {cfg.label!r} is {t}, which cannot be "
+                          "class labels (integers, text, booleans or whole-number floats)",
+                          "cast it to integers or text before training (a date: its ISO text)")
+    return inner
+
+
+LABEL_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string,
+               pa.types.is_boolean, pa.types.is_floating)
+
+
+def _label_counts(labels: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tuple[int, int, Any]:
+    """Rows of a float label column that are NaN or infinite, rows that are not whole
+    numbers, and one such value: a NaN would be a class of its own (NaN != NaN) and 0.5
+    is a regression target, not a class."""
+    if not pa.types.is_floating(kind):
+        return 0, 0, None
+    values = labels.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+    finite = np.isfinite(values)
+    fractional = finite & (values != np.floor(values))
+    example = values[fractional][0].item() if fractional.any() else None
+    return int((~finite).sum()), int(fractional.sum()), example
+
+
+def _label_values(cfg: DataConfig, nulls: int, not_finite: int, fractional: int,
+                  example: Any) -> None:
     if nulls:
         raise ConfigError("data.label", f"column {cfg.label!r} has {nulls} empty rows",
                           "drop the rows without a label")
+    if not_finite:
+        raise ConfigError("data.label", f"column {cfg.label!r} has {not_finite} rows with NaN "
+                          "or infinity", "drop those rows, or give each its class")
+    if fractional:
+        raise ConfigError("data.label", f"column {cfg.label!r} has {fractional} rows that are "
+                          f"not whole numbers (e.g. {example!r}): a class label must be",
+                          "map the values to classes (regression labels are not supported)")
 
 
 def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> None:
@@ -129,19 +168,25 @@ def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> N
                           f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits")
 
 
+def _plain(classes: np.ndarray) -> list:
+    """Python values for JSON (the champion's spec): NumPy scalars unwrapped, text as is."""
+    return [c.item() if isinstance(c, np.generic) else c for c in classes]
+
+
 def read(cfg: DataConfig) -> Dataset:
     """Read and check the table; every problem names the column and the count of bad rows."""
     fs, inner = _exists(cfg)
     table = pq.read_table(inner, filesystem=fs)
     names = _feature_names(table.schema, cfg)
+    kind = _label_type(table.schema, cfg)
     x = features_of(table, names)
     _bad_values(names, (~np.isfinite(x)).sum(axis=0))
     label_col = table.column(cfg.label)
-    _label_nulls(cfg, label_col.null_count)
+    _label_values(cfg, label_col.null_count, *_label_counts(label_col, kind))
     classes, y = np.unique(label_col.to_numpy(zero_copy_only=False), return_inverse=True)
     _class_counts(cfg, classes, np.bincount(y))
     digest = hashlib.sha256(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()[:16]
-    return Dataset(x, y.astype(np.int64), [c.item() for c in classes], names, digest)
+    return Dataset(x, y.astype(np.int64), _plain(classes), names, digest)
 
 
 # ---------------------------------------------------------------- data too big for memory
@@ -206,9 +251,11 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
     fs, inner = _exists(cfg)
     dataset = pads.dataset(inner, filesystem=fs, format="parquet")
     names = _feature_names(dataset.schema, cfg)
+    kind = _label_type(dataset.schema, cfg)  # the same label checks as ``read``
     d = len(names)
     bad = np.zeros(d, dtype=np.int64)
-    nulls = 0
+    nulls = not_finite = fractional = 0
+    example = None
     label_counts: dict[Any, int] = {}
     sums = {g: np.zeros(d) for g in ("train", "train+val")}
     squares = {g: np.zeros(d) for g in ("train", "train+val")}
@@ -220,7 +267,10 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
         bad += (~finite).sum(axis=0)
         labels = batch.column(cfg.label)
         nulls += labels.null_count
-        if bad.any() or nulls:
+        n_bad, n_frac, ex = _label_counts(labels, kind)
+        not_finite, fractional = not_finite + n_bad, fractional + n_frac
+        example = example if example is not None else ex
+        if bad.any() or nulls or not_finite or fractional:
             continue  # keep counting; report once the pass is over
         values, counts = np.unique(labels.to_numpy(zero_copy_only=False), return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist(), strict=True):
@@ -233,7 +283,7 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
             squares[group] += np.square(x[mask], dtype=np.float64).sum(axis=0)
         digest.update(x.tobytes())
     _bad_values(names, bad)
-    _label_nulls(cfg, nulls)
+    _label_values(cfg, nulls, not_finite, fractional, example)
     classes = np.array(sorted(label_counts))
     _class_counts(cfg, classes, np.array([label_counts[c] for c in classes.tolist()]))
     if min(rows.values()) == 0:
@@ -243,7 +293,7 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
     for group, n in (("train", rows["train"]), ("train+val", rows["train"] + rows["val"])):
         means[group] = sums[group] / n
         stds[group] = np.sqrt(np.maximum(squares[group] / n - means[group] ** 2, 0.0))
-    return Summary([c.item() if hasattr(c, "item") else c for c in classes], names,
+    return Summary(_plain(classes), names,
                    digest.hexdigest()[:16], rows, means, stds,
                    [int(label_counts[c]) for c in classes.tolist()])
 

@@ -1,3 +1,7 @@
+import datetime
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -5,8 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import ROOT
 from orchestrator import data
 from orchestrator.config import ConfigError, DataConfig
+
+QUICKSTART = ROOT / "jobs/configs/quickstart.yaml"
 
 
 def test_digits_export_is_the_real_data_set(digits_path: Path) -> None:
@@ -111,3 +118,72 @@ def test_scan_checks_batch_by_batch_and_summarizes(digits_path: Path, tmp_path: 
     with pytest.raises(ConfigError) as e:
         data.scan(DataConfig(path=path), batch_rows=100)
     assert "'b'" in e.value.problem and "3 rows" in e.value.problem
+
+
+# ---------------------------------------------------------------- what a class label may be
+
+
+def _label_table(tmp_path: Path, labels: pa.Array) -> str:
+    """12 rows, 2 features; ``labels`` must have 12 values."""
+    return _write(tmp_path, a=np.arange(12, dtype=np.float64), b=np.ones(12), label=labels)
+
+
+BAD_LABELS = [
+    pytest.param(pa.array([datetime.date(2024, 1, 1 + i % 2) for i in range(12)]), "date32",
+                 id="date"),
+    pytest.param(pa.array([b"x", b"y"] * 6), "binary", id="bytes"),
+    pytest.param(pa.array([1.0, 2.0, np.nan] * 4), "4 rows with NaN", id="nan"),
+    pytest.param(pa.array([1.0, 2.0, np.inf] * 4), "with NaN or infinity", id="inf"),
+    pytest.param(pa.array([0.5, 1.0, 2.0] * 4), "not whole numbers (e.g. 0.5)", id="fraction"),
+    pytest.param(pa.array([1, 2, None] * 4), "4 empty rows", id="null"),
+]
+
+
+@pytest.mark.parametrize(("labels", "words"), BAD_LABELS)
+@pytest.mark.parametrize("reader", ["read", "scan"])
+def test_labels_that_cannot_be_classes_are_refused_at_the_door_by_both_loaders(
+        labels: pa.Array, words: str, reader: str, tmp_path: Path) -> None:
+    path = _label_table(tmp_path, labels)
+    with pytest.raises(ConfigError) as e:
+        if reader == "read":
+            data.read(DataConfig(path=path))
+        else:
+            data.scan(DataConfig(path=path), batch_rows=5)  # the bad rows span batches
+    assert e.value.key == "data.label" and "'label'" in e.value.problem
+    assert words in e.value.problem
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes"),
+    [
+        (pa.array([3, 7] * 6), [3, 7]),
+        (pa.array(["cat", "dog"] * 6), ["cat", "dog"]),
+        (pa.array([True, False] * 6), [False, True]),
+        (pa.array([1.0, 2.0] * 6), [1.0, 2.0]),  # whole-number floats stay classes
+        (pa.array(["cat", "dog"] * 6).dictionary_encode(), ["cat", "dog"]),  # categoricals
+    ],
+    ids=["int", "text", "bool", "whole-float", "dictionary"],
+)
+def test_int_text_bool_and_whole_float_labels_are_classes_in_both_loaders(
+        labels: pa.Array, classes: list, tmp_path: Path) -> None:
+    path = _label_table(tmp_path, labels)
+    assert data.read(DataConfig(path=path)).classes == classes
+    summary = data.scan(DataConfig(path=path), batch_rows=5)
+    assert summary.classes == classes and summary.class_counts == [6, 6]
+    json.dumps(classes)  # what registration writes: the classes must be plain JSON values
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_a_date_label_exits_2_through_the_cli_before_ray_or_mlflow(
+        loader: str, tmp_path: Path) -> None:
+    path = _label_table(tmp_path, BAD_LABELS[0].values[0])
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", str(QUICKSTART),
+         f"data.path={path}", f"data.loader={loader}", f"tracking.uri=sqlite:///{db}",
+         f"sweep.storage_path={tmp_path / 'results'}", "sweep.num_samples=1",
+         "train.epochs=1", "sweep.refit=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "'data.label'" in proc.stderr and "date32" in proc.stderr
+    assert not db.exists() and not (tmp_path / "results").exists()  # nothing written
