@@ -12,13 +12,37 @@ what is left; ``orchestrator tracking replay`` sends the journal later.
 A run created while the server is away gets a placeholder id; the placeholder is swapped for
 the real id when the creation is replayed, in every queued write and every later one.
 
-Errors that are not about reaching the server (a bad parameter, a missing run) still raise.
+The journal survives a crash at any point (kill -9, or the machine losing power):
+
+- ``mlflow-journal.jsonl`` holds the kept writes, one JSON line each, and after them
+  ``{"sent": N}`` lines: the first N writes of the file have been sent (or set aside). A
+  kept write is fsynced before the call that made it returns (it is the only copy); a
+  ``sent`` line is not (losing one only sends some writes again, and every write is
+  idempotent, see below). A last line cut short by a crash is skipped with a warning; a bad
+  line anywhere else is an error naming it.
+- ``mlflow-journal-ids.json`` maps each placeholder to its real run id. It is written
+  (atomically, fsynced) before the creation leaves the journal, and kept after the journal
+  is gone, so writes, Tune's saved state and a kept champion that still name a placeholder
+  resolve after any number of outages and restarts.
+- Every run the outbox creates carries the tag ``orchestrator.outbox_id`` (its placeholder):
+  before creating a kept run, a replay looks for a run with that tag, so a crash between
+  the creation and its ``sent`` line (or a creation whose answer was lost) does not create
+  a second run. Metrics keep the timestamp they were logged with, and MLflow stores a point
+  (key, step, timestamp, value) once, so an epoch sent twice is still one point; tags,
+  params, artifacts and run states are set to the same values again.
+- ``mlflow-journal-refused.jsonl`` collects writes MLflow refused for what they are (not an
+  outage), with the error, so they neither block the replay nor vanish.
+
+Errors that are not about reaching the server (a bad parameter, a missing run) still raise
+in a sweep; a replay sets such writes aside and goes on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -29,11 +53,23 @@ from types import SimpleNamespace
 from typing import Any
 
 JOURNAL = "mlflow-journal.jsonl"
+IDS = "mlflow-journal-ids.json"
+REFUSED = "mlflow-journal-refused.jsonl"
+FILES = "mlflow-journal-files"
 FIRST_PAUSE, MAX_PAUSE = 2.0, 30.0
 LINGER = 0.5  # seconds a write may wait for others to share its call
 PLACEHOLDER = "offline-"
+MARKER = "orchestrator.outbox_id"  # the tag a replay finds an already created run by
 WRITES = ("create_run", "log_batch", "set_tag", "set_terminated", "update_run",
           "log_artifact", "log_text", "log_inputs", "delete_run")
+# Tests only: die (SIGKILL, no clean-up) right after this many successful sends, to crash a
+# replay at a chosen point between a write reaching MLflow and the journal saying so.
+KILL_AFTER = "ORCHESTRATOR_TEST_KILL_AFTER_SENDS"
+_sends = 0
+
+
+class JournalError(RuntimeError):
+    """A journal file is damaged in a way a crash cannot explain (not at its end)."""
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -49,6 +85,124 @@ def unreachable(exc: BaseException) -> bool:
         "failed with exception", "failed with error code 5", "Max retries exceeded",
         "Connection refused", "Connection aborted", "timed out", "TEMPORARILY_UNAVAILABLE",
         "database is locked"))
+
+
+def count_send() -> None:
+    """One more write reached MLflow (the crash point of ``KILL_AFTER``, tests only)."""
+    global _sends
+    limit = os.environ.get(KILL_AFTER)
+    if not limit:
+        return
+    _sends += 1
+    if _sends >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- durable files
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a file created, renamed or removed in it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``path`` holds ``text``, durably: a crash leaves the old content or the new, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+def append_line(path: Path, record: dict[str, Any], sync: bool = True) -> None:
+    """One JSON line at the end of ``path``; with ``sync``, durable when this returns."""
+    new = not path.exists()
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    if new and sync:
+        fsync_dir(path.parent)
+
+
+def load_ids(folder: Path) -> dict[str, str]:
+    """The placeholder -> real run id mapping journaled in ``folder`` (empty if none)."""
+    path = Path(folder) / IDS
+    if not path.is_file():
+        return {}
+    try:
+        ids = json.loads(path.read_text())
+    except ValueError as e:  # written atomically: damage is not a crash's doing
+        raise JournalError(f"{path}: not valid JSON ({e}); it maps placeholder run ids "
+                           "(offline-...) to real ones, restore it from a backup") from None
+    if not isinstance(ids, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in ids.items()):
+        raise JournalError(f"{path}: expected an object of placeholder -> run id strings")
+    return ids
+
+
+def load_journal(folder: Path, out: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The writes in ``folder``'s journal not yet sent, oldest first. A last line cut short
+    (the writer died mid-line) is skipped with a warning; any other bad line raises
+    ``JournalError`` naming it."""
+    path = Path(folder) / JOURNAL
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    entries: list[dict[str, Any]] = []
+    done = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            problem = _check_record(record, len(entries))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            problem = f"not valid JSON ({e})"
+        if problem and i == last:
+            out(f"[tracking] warning: {path} line {i + 1} is cut short (the process writing "
+                f"it died); skipped: {line[:80]!r}")
+            continue
+        if problem:
+            raise JournalError(
+                f"{path} line {i + 1} of {last + 1}: {problem}. Only the last line can be cut "
+                "short by a crash, so the file was changed by something else: fix or delete "
+                "that line by hand (each line is one MLflow write) and replay again")
+        if "sent" in record:
+            done = record["sent"]
+        else:
+            entries.append(record)
+    return entries[done:]
+
+
+def _check_record(record: Any, entries: int) -> str:
+    """What is wrong with a journal line ("" if nothing)."""
+    if not isinstance(record, dict):
+        return "expected a JSON object"
+    if "sent" in record:
+        sent = record["sent"]
+        if type(sent) is not int or not 0 <= sent <= entries:
+            return f"sent: expected a count of at most {entries} writes, got {sent!r}"
+        return ""
+    if record.get("method") not in WRITES:
+        return f"method: expected one of {', '.join(WRITES)}, got {record.get('method')!r}"
+    if not isinstance(record.get("args"), list):
+        return "args: expected a list"
+    if not isinstance(record.get("kw"), dict):
+        return "kw: expected an object"
+    if record["method"] == "create_run" and not str(record.get("placeholder", "")).startswith(
+            PLACEHOLDER):
+        return f"placeholder: expected {PLACEHOLDER}..., got {record.get('placeholder')!r}"
+    return ""
 
 
 # ---------------------------------------------------------------- encoding writes as JSON
@@ -81,6 +235,13 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
                                        tags=[InputTag(k, v) for k, v in d["tags"]])
                           for d in kw["datasets"]]
     return method, args, kw
+
+
+def _marked(args: tuple, kw: dict[str, Any], marker: str) -> tuple[tuple, dict[str, Any]]:
+    """``create_run``'s arguments with the marker tag added (``tags`` is its third)."""
+    if len(args) > 2:
+        return (*args[:2], {**(args[2] or {}), MARKER: marker}, *args[3:]), kw
+    return args, {**kw, "tags": {**(kw.get("tags") or {}), MARKER: marker}}
 
 
 def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
@@ -116,18 +277,22 @@ class Outbox:
     Tune callback returns at once: Tune's function trainables wait for the driver to take
     each result, so a slow write would slow training itself. ``create_run`` stays
     synchronous while nothing is queued (the run id is saved with Tune's state and must be
-    real). Reads wait for queued writes first (a read sees what was written before it)."""
+    real). Reads wait for queued writes first (a read sees what was written before it).
+
+    ``strict`` (a sweep's): a write MLflow refuses raises at the next call. Without it (a
+    replay), refused writes are set aside in ``REFUSED`` and counted in ``refused``."""
 
     def __init__(self, client: Any, out: Callable[[str], None] = print,
-                 background: bool = False) -> None:
-        self.client, self.out = client, out
+                 background: bool = False, strict: bool = True) -> None:
+        self.client, self.out, self.strict = client, out, strict
         self.queue: list[dict[str, Any]] = []
         self.ids: dict[str, str] = {}  # placeholder run id -> real one
         self.journal: Path | None = None
-        self.kept = self.replayed = 0
+        self.kept = self.replayed = self.refused = 0
         self.down = False  # the server stopped answering and has not answered since
         self.error: BaseException | None = None  # a write the server refused (not an outage)
         self._pause, self._next_try, self._hurry = FIRST_PAUSE, 0.0, False
+        self._done = 0  # entries at the head of the journal file already sent
         self._cv = threading.Condition()
         self._busy = False  # the sender is sending the queue's head
         if background:
@@ -151,34 +316,57 @@ class Outbox:
 
     def use_journal(self, folder: Path) -> None:
         """Where queued writes are journaled while the server is away (the sweep's folder),
-        for a replay after this process is gone."""
+        for a replay after this process is gone. What an earlier driver of the same folder
+        left there (a resumed sweep) is loaded and sent first."""
         with self._cv:
-            self.journal = folder / JOURNAL
-            folder.mkdir(parents=True, exist_ok=True)
+            self.journal = Path(folder) / JOURNAL
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            known = load_ids(self.journal.parent)
+            if self.ids.keys() - known.keys():  # learnt before there was a folder
+                write_atomic(self.journal.parent / IDS, json.dumps({**known, **self.ids}))
+            self.ids = {**known, **self.ids}
+            earlier = load_journal(self.journal.parent, self.out)
+            if earlier:
+                self.out(f"[tracking] {len(earlier)} write(s) kept by an earlier driver in "
+                         f"{self.journal}: sending them first")
+                self.queue[:0] = earlier
+                self.down = True  # until they are sent, every write is journaled behind them
             if self.down:
                 self._rewrite()
+            else:
+                self._forget_journal()
+            self._cv.notify_all()
+        if earlier:  # before anything reads what they write (a resumed sweep's runs)
+            self.drain(block=True, patience=30.0)
 
     def _write(self, method: str, args: tuple, kw: dict[str, Any]) -> Any:
         if self.error is not None:
             error, self.error = self.error, None
             raise error
         args, kw = self._real_ids(args, kw)
-        if method == "create_run" and self.background and not self.down:
-            # the run id is saved with Tune's state (a resumed sweep finds the run by it), so
-            # it must be a real one: wait for the writes ahead (normally a few milliseconds)
-            self.drain(block=True, patience=30.0)
+        placeholder = ""
+        if method == "create_run":
+            # every run is marked, so a creation whose answer is lost is not made twice
+            placeholder = PLACEHOLDER + uuid.uuid4().hex[:12]
+            args, kw = _marked(args, kw, placeholder)
+            if self.background and not self.down:
+                # the run id is saved with Tune's state (a resumed sweep finds the run by it),
+                # so it must be a real one: wait for the writes ahead (normally milliseconds)
+                self.drain(block=True, patience=30.0)
         with self._cv:
             direct = not self.queue and not self._busy and (
                 method == "create_run" or not self.background)
         if direct:
             try:
-                return getattr(self.client, method)(*args, **kw)
+                result = getattr(self.client, method)(*args, **kw)
+                count_send()
+                return result
             except Exception as e:  # noqa: BLE001 - only an unreachable server is kept
                 if not unreachable(e):
                     raise
                 with self._cv:
                     self._outage(e)
-        placeholder = self._keep(method, args, kw)
+        self._keep(method, args, kw, placeholder)
         if not self.background:
             self.drain(block=False)
         if method == "create_run":
@@ -189,30 +377,31 @@ class Outbox:
     def _outage(self, e: BaseException) -> None:
         """(Under the lock.) The server stopped answering: say so once, journal the queue."""
         if not self.down:
-            self.down = True
             self.out(f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
                      "writes are kept and sent when it answers")
             if self.journal is not None:
                 self._rewrite()
+            self.down = True  # once the journal holds the queue (``down`` is read unlocked)
         self._next_try = time.monotonic() + self._pause
 
-    def _keep(self, method: str, args: tuple, kw: dict[str, Any]) -> str:
+    def _keep(self, method: str, args: tuple, kw: dict[str, Any], placeholder: str) -> None:
         entry = _encode(method, args, kw)
         entry["at"] = time.time()
-        placeholder = ""
-        if method == "create_run":
-            placeholder = PLACEHOLDER + uuid.uuid4().hex[:12]
+        if placeholder:
             entry["placeholder"] = placeholder
         if method == "log_artifact":
             # the file is usually in a temporary folder that is about to go away
             if self.journal is not None:
-                files = self.journal.parent / "mlflow-journal-files"
+                files = self.journal.parent / FILES
             else:
                 files = Path(tempfile.gettempdir()) / "orchestrator-outbox"
             keep = files / uuid.uuid4().hex[:8]
             keep.mkdir(parents=True, exist_ok=True)
             src = Path(entry["args"][1] if len(entry["args"]) > 1 else entry["kw"]["local_path"])
             shutil.copy(src, keep / src.name)
+            with (keep / src.name).open("rb") as f:  # durable before the journal names it
+                os.fsync(f.fileno())
+            fsync_dir(keep)
             if len(entry["args"]) > 1:
                 entry["args"][1] = str(keep / src.name)
             else:
@@ -222,15 +411,27 @@ class Outbox:
             if self.down:
                 self.kept += 1
                 if self.journal is not None:
-                    with self.journal.open("a") as f:
-                        f.write(json.dumps(entry) + "\n")
+                    append_line(self.journal, entry)  # the only copy: durable before we return
             self._cv.notify_all()
-        return placeholder
 
     def _real_ids(self, args: tuple, kw: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         def swap(v: Any) -> Any:
-            return self.ids.get(v, v) if isinstance(v, str) and v.startswith(PLACEHOLDER) else v
+            if isinstance(v, str) and v.startswith(PLACEHOLDER):
+                return self.ids.get(v, v)
+            if isinstance(v, dict):  # create_run's tags (mlflow.parentRunId), not the marker
+                return {k: x if k == MARKER else swap(x) for k, x in v.items()}
+            return v
         return tuple(swap(a) for a in args), {k: swap(v) for k, v in kw.items()}
+
+    def _created(self, args: tuple, kw: dict[str, Any], placeholder: str) -> str | None:
+        """The run a kept ``create_run`` already made (its answer, or its ``sent`` line, was
+        lost), found by its marker tag."""
+        from mlflow.entities import ViewType
+
+        exp = args[0] if args else kw["experiment_id"]
+        runs = self.client.search_runs([exp], filter_string=f"tags.`{MARKER}` = '{placeholder}'",
+                                       run_view_type=ViewType.ALL, max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def _send_head(self) -> bool:
         """Send the oldest queued write (called with the lock released); False if the server
@@ -241,41 +442,77 @@ class Outbox:
         try:
             method, args, kw = _decode(entry)
             args, kw = self._real_ids(args, kw)
+            placeholder, real = entry.get("placeholder", ""), ""
             try:
-                result = getattr(self.client, method)(*args, **kw)
+                if method == "create_run":
+                    args, kw = _marked(args, kw, placeholder)  # also a journal from before marks
+                    real = self.ids.get(placeholder) or self._created(args, kw, placeholder) or ""
+                    if not real:
+                        real = self.client.create_run(*args, **kw).info.run_id
+                        count_send()
+                else:
+                    getattr(self.client, method)(*args, **kw)
+                    count_send()
             except Exception as e:  # noqa: BLE001
                 with self._cv:
                     if unreachable(e):
                         self._outage(e)
                         self._pause = min(self._pause * 2, MAX_PAUSE)
                         return False
-                    del self.queue[:taken]  # refused for what it is: retrying cannot help
-                    self.error = e
+                    # refused for what it is: retrying cannot help
                     self.out(f"[tracking] MLflow refused a write ({method}): {_short(e)}")
-                    self._cv.notify_all()
+                    self._set_aside(taken, e)
+                    if self.strict:
+                        self.error = e
+                    self._settle(taken)
                     return True
             if method == "log_artifact":  # the outbox's own copy of the file
                 shutil.rmtree(Path(args[1] if len(args) > 1 else kw["local_path"]).parent,
                               ignore_errors=True)
             with self._cv:
-                if method == "create_run":
-                    self.ids[entry["placeholder"]] = result.info.run_id
-                del self.queue[:taken]
+                if method == "create_run" and self.ids.get(placeholder) != real:
+                    self._learn(placeholder, real)
                 self._pause = FIRST_PAUSE
-                if self.down:
-                    self.replayed += taken
-                    if not self.queue:
-                        self.down = False
-                        self.out(f"[tracking] MLflow answers again: {self.replayed} kept "
-                                 "write(s) sent")
-                    if self.journal is not None:
-                        self._rewrite()
-                self._cv.notify_all()
+                self._settle(taken)
             return True
         finally:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
+
+    def _learn(self, placeholder: str, real: str) -> None:
+        """(Under the lock.) A placeholder's real id, journaled before the creation leaves
+        the journal: later writes, Tune's saved state and a kept champion may still name it."""
+        self.ids[placeholder] = real
+        if self.journal is not None:
+            write_atomic(self.journal.parent / IDS, json.dumps(self.ids))
+
+    def _set_aside(self, taken: int, e: BaseException) -> None:
+        """(Under the lock.) Refused writes, kept beside the journal with their error."""
+        if self.journal is None:
+            return
+        for entry in self.queue[:taken]:
+            append_line(self.journal.parent / REFUSED, {**entry, "error": _short(e)})
+        self.refused += taken
+        self.out(f"[tracking] set aside in {self.journal.parent / REFUSED}")
+
+    def _settle(self, taken: int) -> None:
+        """(Under the lock.) The queue's first ``taken`` writes are done (sent or set aside)."""
+        del self.queue[:taken]
+        if self.down:
+            self.replayed += taken
+            if not self.queue:
+                self.down = False
+                self.out(f"[tracking] MLflow answers again: {self.replayed} kept "
+                         "write(s) sent")
+            if self.journal is not None:
+                if self.queue:
+                    self._done += taken
+                    # not fsynced: a lost line only sends writes again, which changes nothing
+                    append_line(self.journal, {"sent": self._done}, sync=False)
+                else:
+                    self._forget_journal()
+        self._cv.notify_all()
 
     def _sender(self) -> None:
         while True:
@@ -331,35 +568,40 @@ class Outbox:
         return True
 
     def _rewrite(self) -> None:
-        """(Under the lock.) The journal holds exactly the queue."""
+        """(Under the lock.) The journal holds exactly the queue (and no ``sent`` lines)."""
         if self.journal is None:
             return
-        tmp = self.journal.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in self.queue))
-        tmp.replace(self.journal)  # atomic: a kill leaves the old or the new journal
         if not self.queue:
-            self.journal.unlink(missing_ok=True)
-            shutil.rmtree(self.journal.parent / "mlflow-journal-files", ignore_errors=True)
+            self._forget_journal()
+            return
+        write_atomic(self.journal, "".join(json.dumps(e) + "\n" for e in self.queue))
+        self._done = 0
+
+    def _forget_journal(self) -> None:
+        """(Under the lock.) Nothing is kept: no journal, no kept files (the ids stay)."""
+        assert self.journal is not None
+        self._done = 0
+        if self.journal.exists():
+            self.journal.unlink()
+            fsync_dir(self.journal.parent)
+        shutil.rmtree(self.journal.parent / FILES, ignore_errors=True)
 
     @classmethod
     def from_journal(cls, client: Any, folder: Path, out: Callable[[str], None] = print,
                      ) -> Outbox:
-        """An outbox holding the writes a gone process kept in ``folder``, to replay."""
-        box = cls(client, out)
-        box.queue, box.journal = load_journal(folder), folder / JOURNAL
+        """An outbox holding the writes a gone process kept in ``folder``, to replay (a
+        refused write is set aside, not raised)."""
+        box = cls(client, out, strict=False)
+        folder = Path(folder)
+        box.ids = load_ids(folder)
+        box.queue, box.journal = load_journal(folder, out), folder / JOURNAL
         box.down = bool(box.queue)
+        box._rewrite()  # compact: without the sent lines and a line cut short at the end
         return box
 
     def run_id(self, run_id: str | None) -> str | None:
         """The real id of a run created while the server was away (once replayed)."""
         return self.ids.get(run_id, run_id) if run_id else run_id
-
-
-def load_journal(folder: Path) -> list[dict[str, Any]]:
-    path = folder / JOURNAL
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _short(e: BaseException) -> str:

@@ -17,38 +17,53 @@ from orchestrator import config, outbox, tracking
 
 
 class FlakyClient:
-    """A client whose server can be switched off: calls then fail like MLflow's do."""
+    """A client whose server can be switched off (or goes away after ``answers`` more calls):
+    calls then fail like MLflow's do. Like MLflow, it refuses writes to runs it never made."""
 
     def __init__(self) -> None:
         self.up = True
+        self.answers: int | None = None  # calls left before the server goes away
         self.calls: list[tuple[str, tuple]] = []
         self.files: list[bytes] = []
         self.created = 0
+        self.tags: dict[str, dict[str, str]] = {}  # run id -> its tags
 
-    def _check(self) -> None:
+    def _check(self, run_id: str | None = None) -> None:
+        if self.answers is not None:
+            self.up, self.answers = self.answers > 0 and self.up, max(self.answers - 1, 0)
         if not self.up:
             raise requests.exceptions.ConnectionError(
                 "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded")
+        if run_id is not None and run_id not in self.tags:
+            raise ValueError(f"RESOURCE_DOES_NOT_EXIST: Run '{run_id}' not found")
 
     def create_run(self, exp_id: str, run_name: str = "", tags: Any = None) -> Any:
         self._check()
         self.created += 1
         run_id = f"real{self.created}"
+        self.tags[run_id] = dict(tags or {})
         self.calls.append(("create_run", (run_name,)))
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
 
-    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+    def search_runs(self, exp_ids: list[str], filter_string: str = "", **kw: Any) -> list:
         self._check()
+        marker = filter_string.split("'")[1]  # tags.`orchestrator.outbox_id` = 'offline-...'
+        return [SimpleNamespace(info=SimpleNamespace(run_id=r)) for r, tags in self.tags.items()
+                if tags.get(outbox.MARKER) == marker]
+
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        self._check(run_id)
         self.calls.append(("log_batch", (run_id, tuple((m.key, m.step) for m in metrics))))
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self._check()
         if key == "bad":
             raise ValueError("INVALID_PARAMETER_VALUE: tag key 'bad'")
+        self._check(run_id)
         self.calls.append(("set_tag", (run_id, key, value)))
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str = "") -> None:
-        self._check()
+        self._check(run_id)
         self.files.append(Path(local_path).read_bytes())
         self.calls.append(("log_artifact", (run_id, artifact_path)))
 
