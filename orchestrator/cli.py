@@ -76,12 +76,16 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
     print(f"  registered as models:/{summary.register_as}@champion (version "
           f"{summary.model_version})")
     print("\nnext:")
-    if summary.tracking_uri.startswith("http"):
-        print(f"  open {summary.tracking_uri} (the MLflow UI)")
+    # the URI is shown redacted; MLflow reads the credentials from these variables
+    uri = summary.tracking_uri.replace(f"://{config_mod.REDACTED}@", "://")
+    if uri != summary.tracking_uri:
+        print("  (with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported)")
+    if uri.startswith("http"):
+        print(f"  open {uri} (the MLflow UI)")
     else:
-        print(f"  mlflow ui --backend-store-uri {summary.tracking_uri} --host 127.0.0.1 "
+        print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
               "--port 5000")
-    print(f"  MLFLOW_TRACKING_URI={summary.tracking_uri} orchestrator serve "
+    print(f"  MLFLOW_TRACKING_URI={uri} orchestrator serve "
           f"--model models:/{summary.register_as}@champion")
     return EXIT_TRACKING if summary.pending else 0
 
@@ -214,7 +218,8 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
     uri = args.tracking_uri
     if uri is None and state.is_file():
         cfg = config_mod.from_dict(json.loads(state.read_text())["config"])
-        uri = tracking.resolve_uri(cfg)
+        # saved redacted: its credentials come from $MLFLOW_TRACKING_USERNAME/PASSWORD
+        uri = tracking.resolve_uri(config_mod.restore(cfg, keys=["tracking.uri"]))
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ConfigError("--tracking-uri", f"{folder} holds no sweep state to take it from",

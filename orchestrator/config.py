@@ -6,17 +6,20 @@ start (``ConfigError``; the CLI turns it into exit code 2).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -30,6 +33,19 @@ class ConfigError(ValueError):
 
     def __reduce__(self) -> tuple:  # so it crosses Ray's process boundaries intact
         return (ConfigError, (self.key, self.problem, self.fix))
+
+
+def secret(kind: str = "value", env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata marking a secret: never written or printed as it is (see ``redact``),
+    read back from ``env`` when a saved config is used again (see ``restore``).
+
+    ``kind`` ``value``: the whole value is secret (``env``: the one variable holding it);
+    ``uri``: only a URI's ``user:password@`` part is (``env``: the user's and the password's
+    variables). A new secret key (storage credentials, say) needs only this mark."""
+    return {SECRET: kind, "env": env}
+
+
+SECRET, REDACTED = "secret", "***"
 
 
 @dataclass
@@ -197,8 +213,11 @@ class SweepConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None
-    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``."""
+    uri: str | None = field(default=None, metadata=secret(
+        "uri", ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")))
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``.
+    A ``user:password@`` in it is secret: saved as ``http://***@host``, and read back from
+    ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``."""
     register_as: str = "orchestrator-champion"
     """Registered-model name of the champion (alias ``champion``; the version it replaces
     keeps ``previous``)."""
@@ -235,9 +254,9 @@ class ServeConfig:
     """Most rows one /predict request may carry."""
     window_ms: float = 2.0
     """Micro-batching: how long a request may wait for others to share its forward pass."""
-    api_key: str | None = None
+    api_key: str | None = field(default=None, metadata=secret("value", ("ORCHESTRATOR_API_KEY",)))
     """Required (header X-API-Key, or Authorization: Bearer) on everything but /health;
-    default $ORCHESTRATOR_API_KEY; unset: open."""
+    default $ORCHESTRATOR_API_KEY; unset: open. Secret: saved as ``***``."""
     poll_s: float = 30.0
     """Seconds between checks that the served alias still names the same version (0: only
     on POST /reload)."""
@@ -296,11 +315,12 @@ def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
         raw = loaded or {}
     for item in overrides:
         apply_override(raw, item)
+    # a redacted secret (`orchestrator submit` sends only those) is read from the environment
     if only == "serve":
         cfg = _build(Config, raw, "")
         validate_serve(cfg)
-        return cfg
-    return from_dict(raw)
+        return restore(cfg)
+    return restore(from_dict(raw))
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -309,6 +329,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(item, "an override must look like key=value",
                           "write e.g. train.lr=0.01 or model.hidden=[128,128]")
+    if text.strip() == REDACTED:  # a redacted secret (what submit sends); YAML reads an alias
+        set_dotted(raw, key, REDACTED)
+        return
     set_dotted(raw, key, yaml.safe_load(text) if text.strip() else None)
 
 
@@ -740,7 +763,8 @@ def validate_no_space(cfg: Config) -> None:
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """Dotted params for MLflow: ``train.weight_decay`` -> value (the search space as JSON)."""
+    """Dotted params for MLflow: ``train.weight_decay`` -> value (the search space as JSON),
+    secrets redacted."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -752,13 +776,116 @@ def flatten(cfg: Config) -> dict[str, Any]:
             else:
                 out[f"{prefix}{k}"] = v
 
-    walk(to_dict(cfg), "")
+    walk(to_dict(redact(cfg)), "")
     return out
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    """Of the redacted config: the same with any password, and no oracle to guess one by."""
+    raw = to_dict(redact(cfg))
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, secrets redacted (what is written or shown, never read back as
+    is: ``restore`` brings the secrets back from the environment)."""
+    return yaml.safe_dump(to_dict(redact(cfg)), sort_keys=False)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+# scheme://USERINFO@: greedy up to the token's last '@', so a password holding an unencoded
+# '@' or '/' is hidden whole (an '@' later in a path hides the host too: safe side)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]+@")
+
+
+def redact_uri(text: str) -> str:
+    """Every ``scheme://user:password@host`` in ``text`` as ``scheme://***@host``: for a URI
+    on its own, or any message that may quote one."""
+    return _USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+
+
+def secret_fields(cls: type | None = None, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Every field marked with ``secret(...)``: dotted key -> its metadata."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(secret_fields(hints[f.name], f"{prefix}{f.name}."))
+        elif f.metadata.get(SECRET):
+            out[f"{prefix}{f.name}"] = dict(f.metadata)
+    return out
+
+
+def redacted_value(kind: str, value: Any) -> Any:
+    """``value`` as it is written or shown (``kind``: a field's ``secret(...)`` kind)."""
+    if value is None or value == "":
+        return value  # nothing to hide (and "unset" stays visible as such)
+    if isinstance(value, dict):
+        return {k: redacted_value(kind, v) for k, v in value.items()}
+    if kind == "uri":
+        return redact_uri(str(value))
+    return REDACTED
+
+
+def redact(cfg: Config) -> Config:
+    """A copy with every secret field redacted: what goes into MLflow params, config.yaml,
+    the sweep folder's state files, printed output and error messages."""
+    out = copy.deepcopy(cfg)
+    for dotted, meta in secret_fields().items():
+        _set(out, dotted, redacted_value(meta[SECRET], get(out, dotted)))
+    return out
+
+
+def secrets_set(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """The secret keys this config gives a value to (a URI: only with credentials in it),
+    each with the environment variables that carry it instead."""
+    out = {}
+    for dotted, meta in secret_fields().items():
+        value, kind = get(cfg, dotted), meta[SECRET]
+        if value not in (None, "") and (redacted_value(kind, value) != value
+                                        or is_redacted(kind, value)):
+            out[dotted] = tuple(meta["env"])
+    return out
+
+
+def is_redacted(kind: str, value: Any) -> bool:
+    if kind == "uri":
+        return isinstance(value, str) and f"://{REDACTED}@" in value
+    return value == REDACTED
+
+
+def restore(cfg: Config, keys: Sequence[str] | None = None) -> Config:
+    """A copy with each redacted secret (of ``keys``, default all) read back from the
+    environment; ConfigError naming the key and the variable when one is not set."""
+    out = copy.deepcopy(cfg)
+    for dotted, meta in secret_fields().items():
+        value, env = get(out, dotted), tuple(meta["env"])
+        if (keys is not None and dotted not in keys) or not is_redacted(meta[SECRET], value):
+            continue
+        if meta[SECRET] == "uri":
+            user, password = (os.environ.get(env[0]), os.environ.get(env[1])) \
+                if len(env) == 2 else (None, None)
+            if not user:
+                raise ConfigError(dotted, f"{value} was saved with its credentials redacted "
+                                  "(secrets are never written)",
+                                  f"export {' and '.join(env)} (that server's credentials)")
+            userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+            value = value.replace(f"://{REDACTED}@", f"://{userinfo}@", 1)
+        else:
+            value = os.environ.get(env[0]) if env else None
+            if not value:
+                raise ConfigError(dotted, "was saved redacted (secrets are never written)",
+                                  f"export {env[0] if env else 'its value'}")
+        _set(out, dotted, value)
+    return out
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, leaf, value)

@@ -56,6 +56,8 @@ def load(experiment: str, storage: str = "results") -> SweepView:
     folder = sweep.find_sweep(experiment, storage)
     state = json.loads((folder / sweep.STATE_FILE).read_text())
     cfg = config_mod.from_dict(state["config"])
+    # saved redacted: the tracking URI's credentials come back from the environment
+    cfg = config_mod.restore(cfg, keys=["tracking.uri"])
     client = MlflowClient(tracking.resolve_uri(cfg))
     parent = client.get_run(state["parent_run_id"])
     base = _baseline(parent.data.tags.get("orchestrator.baseline", ""))

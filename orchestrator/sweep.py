@@ -33,7 +33,7 @@ class SweepSummary:
     champion_values: dict[str, Any]
     test_metrics: dict[str, float]
     model_version: str | None  # None: MLflow was away at the end (see ``pending``)
-    tracking_uri: str
+    tracking_uri: str  # redacted (config.redact_uri): for showing
     register_as: str
     sizes: dict[str, int]
     confirmed: list[dict[str, Any]]
@@ -188,7 +188,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
         f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
         f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler"
         f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
-        f"({prep.loader}); MLflow {tracking.resolve_uri(cfg)}")
+        f"({prep.loader}); MLflow {config_mod.redact_uri(tracking.resolve_uri(cfg))}")
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _complete(ctx)
 
@@ -203,7 +203,9 @@ def resume(experiment: str, storage_path: str = "results", out: Callable[[str], 
     if state["phase"] == "done":
         raise ConfigError("EXPERIMENT", f"the sweep in {path} already finished",
                           "start a new one with `orchestrator sweep CONFIG`")
-    prep = prepare(config_mod.from_dict(state["config"]))
+    # the state holds secrets redacted: they come back from the environment (or fail here,
+    # naming the variable, before Ray or MLflow start)
+    prep = prepare(config_mod.restore(config_mod.from_dict(state["config"])))
     if prep.fingerprint != state["fingerprint"]:
         raise ConfigError("data.path", f"the data changed since the sweep started "
                           f"({prep.fingerprint} != {state['fingerprint']})",
@@ -241,7 +243,8 @@ def find_sweep(experiment: str, storage_path: str) -> Path:
 
 
 def _write_state(ctx: Context, phase: str) -> None:
-    state = {"config": config_mod.to_dict(ctx.cfg), "stamp": ctx.stamp, "phase": phase,
+    state = {"config": config_mod.to_dict(config_mod.redact(ctx.cfg)), "stamp": ctx.stamp,
+             "phase": phase,
              "parent_run_id": ctx.parent_id, "experiment_id": ctx.exp_id,
              "fingerprint": ctx.prep.fingerprint}
     tmp = ctx.path / (STATE_FILE + ".tmp")
@@ -318,13 +321,15 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     # what the end of the sweep wrote (already waited for, if the server is away)
     ctx.client.drain(block=True, patience=0.0 if ctx.client.down else 60.0)
     if ctx.client.queue:
-        ctx.out(f"[tracking] MLflow at {tracking.resolve_uri(cfg)} still does not answer: "
+        ctx.out(f"[tracking] MLflow at {config_mod.redact_uri(tracking.resolve_uri(cfg))} "
+                "still does not answer: "
                 f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
                 f"When it is back: orchestrator tracking replay {ctx.path}")
     return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, champion_values,
-                        test_metrics, version, tracking.resolve_uri(cfg),
+                        test_metrics, version, config_mod.redact_uri(tracking.resolve_uri(cfg)),
                         cfg.tracking.register_as, ctx.prep.sizes, confirmed,
-                        config_mod.to_dict(cfg), len(ctx.client.queue), str(ctx.path))
+                        config_mod.to_dict(config_mod.redact(cfg)), len(ctx.client.queue),
+                        str(ctx.path))
 
 
 def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRecord],
@@ -492,7 +497,7 @@ def _without_seed(values: dict[str, Any]) -> str:
 class TrainSummary:
     run_id: str
     record: TrialRecord
-    tracking_uri: str
+    tracking_uri: str  # redacted (config.redact_uri): for showing
 
 
 def train_run(cfg: Config, out: Callable[[str], None] = print,
@@ -521,11 +526,13 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     rec = callback.records[0]
     assert rec.run_id is not None
     if not client.drain(block=True, patience=cfg.tracking.drain_timeout):
-        out(f"[tracking] MLflow at {tracking.resolve_uri(cfg)} does not answer: "
+        shown = config_mod.redact_uri(tracking.resolve_uri(cfg))
+        out(f"[tracking] MLflow at {shown} does not answer: "
             f"{len(client.queue)} write(s) kept; when it is back: orchestrator tracking "
             f"replay {Path(storage) / f'{cfg.experiment}-{stamp}-train'} --tracking-uri "
-            f"{tracking.resolve_uri(cfg)}")
-    return TrainSummary(client.run_id(rec.run_id) or rec.run_id, rec, tracking.resolve_uri(cfg))
+            f"{shown}")
+    return TrainSummary(client.run_id(rec.run_id) or rec.run_id, rec,
+                        config_mod.redact_uri(tracking.resolve_uri(cfg)))
 
 
 def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:

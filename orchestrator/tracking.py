@@ -54,11 +54,14 @@ def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[Any, str]:
     except Exception as e:
         if not outbox.unreachable(e):
             raise
-        raise ConfigError("tracking.uri", f"MLflow at {uri} does not answer "
-                          f"({outbox._short(e)})", "start it (orchestrator tracking serve), or "
-                          "point tracking.uri / $MLFLOW_TRACKING_URI at a running one") from None
+        raise ConfigError("tracking.uri", config_mod.redact_uri(
+            f"MLflow at {uri} does not answer ({outbox._short(e)})"),
+            "start it (orchestrator tracking serve), or point tracking.uri / "
+            "$MLFLOW_TRACKING_URI at a running one") from None
     mlflow.set_experiment(experiment_id=exp_id)
-    return outbox.Outbox(client, out, background=True), exp_id
+    # MLflow's errors quote the request's URL, credentials and all: shown redacted
+    return outbox.Outbox(client, lambda m: out(config_mod.redact_uri(m)),
+                         background=True), exp_id
 
 
 def _git_commit() -> str:
@@ -84,6 +87,8 @@ def common_tags(cfg: Config, fingerprint: str) -> dict[str, str]:
 
 
 def log_params(client: MlflowClient, run_id: str, cfg: Config) -> None:
+    """The config as the run's params and as ``config.yaml``, secrets redacted."""
+    cfg = config_mod.redact(cfg)  # flatten and to_yaml redact too; this says so here
     flat = {k: ("" if v is None else str(v)[:6000]) for k, v in config_mod.flatten(cfg).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
@@ -306,7 +311,7 @@ def keep_champion(folder: Path, cfg: Config, parent_id: str, net: torch.nn.Modul
     pending.mkdir(parents=True, exist_ok=True)
     write_weights(pending, cfg, net, classes, int(x_example.shape[1]))
     (pending / "champion.json").write_text(json.dumps({
-        "config": config_mod.to_dict(cfg), "parent_id": parent_id,
+        "config": config_mod.to_dict(config_mod.redact(cfg)), "parent_id": parent_id,
         "trial_run_id": trial_run_id, "example": x_example.tolist(), "classes": classes,
         "test_metrics": test_metrics}))
     return pending
@@ -322,13 +327,15 @@ def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
     from orchestrator import outbox
 
     mlflow.set_tracking_uri(uri)
-    box = outbox.Outbox.from_journal(MlflowClient(uri), folder, out)
+    box = outbox.Outbox.from_journal(MlflowClient(uri), folder,
+                                     lambda m: out(config_mod.redact_uri(m)))
     total = len(box.queue)
     if not box.drain(block=True, patience=patience):
-        raise RuntimeError(f"MLflow at {uri} still does not answer: {len(box.queue)} of "
+        raise RuntimeError(f"MLflow at {config_mod.redact_uri(uri)} still does not answer: "
+                           f"{len(box.queue)} of "
                            f"{total} write(s) left in {folder / outbox.JOURNAL}")
     if total:
-        out(f"[tracking] replayed {total} kept write(s) to {uri}")
+        out(f"[tracking] replayed {total} kept write(s) to {config_mod.redact_uri(uri)}")
     pending = folder / PENDING
     if not (pending / "champion.json").is_file():
         return None

@@ -84,6 +84,10 @@ def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary 
     is matched against, so both paths share it."""
     from ray import tune
 
+    # Trials need no secret (the driver is MLflow's only writer), and Tune pickles this
+    # trainable into the sweep folder and Ray's object store: it carries them redacted.
+    cfg = config_mod.redact(cfg)
+
     def trial_fn(trial_config: dict[str, Any]) -> None:
         trial_cfg = config_mod.with_values(cfg, values_of(trial_config))
         if fast_path(trial_cfg):

@@ -1,0 +1,153 @@
+"""Secrets (``serve.api_key``, the ``user:password@`` of ``tracking.uri``): marked in the
+config schema, redacted wherever a config is written or shown (MLflow params, config.yaml,
+the sweep folder's state files, printed lines, a job's entrypoint), read back from the
+environment when a saved config is used again. Fast tier: fakes for MLflow's client and for
+``exec``; the real server, sweep, resume and cluster are in test_secrets_e2e.py and
+test_cluster.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import make_cfg
+from orchestrator import config, sweep, tracking
+from orchestrator.config import ConfigError
+
+PASSWORD, API_KEY = "pw-Zq81xKr", "key-Hf27dLp"
+URI = f"http://admin:{PASSWORD}@mlflow.internal:5000"
+
+
+def _cfg(**over: Any) -> config.Config:
+    return make_cfg("data/digits.parquet", **{"tracking.uri": URI, "serve.api_key": API_KEY,
+                                              **over})
+
+
+def _leaks(text: str) -> bool:
+    return PASSWORD in text or API_KEY in text
+
+
+def test_the_schema_marks_the_secret_fields_and_a_new_one_inherits_the_rule() -> None:
+    assert set(config.secret_fields()) == {"tracking.uri", "serve.api_key"}
+
+    @dataclasses.dataclass
+    class Storage:  # a later key, e.g. storage credentials: the mark is all it needs
+        region: str = "eu"
+        secret_key: str | None = dataclasses.field(
+            default=None, metadata=config.secret(env=("STORAGE_SECRET_KEY",)))
+
+    assert set(config.secret_fields(Storage)) == {"secret_key"}
+    assert config.redacted_value("value", "abc") == config.REDACTED
+
+
+@pytest.mark.parametrize("uri, shown", [
+    (URI, "http://***@mlflow.internal:5000"),
+    ("postgresql://mlflow:p@ss/w0rd@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+    ("https://token@host/path?x=1", "https://***@host/path?x=1"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    (f"failed: {URI}/api/2.0/runs and {URI}", "failed: http://***@mlflow.internal:5000/api/"
+     "2.0/runs and http://***@mlflow.internal:5000"),
+])
+def test_a_uri_keeps_its_scheme_and_host_and_loses_its_credentials(uri: str, shown: str) -> None:
+    assert config.redact_uri(uri) == shown
+
+
+def test_redact_hides_every_secret_and_leaves_the_rest() -> None:
+    cfg = _cfg()
+    out = config.redact(cfg)
+    assert out.tracking.uri == "http://***@mlflow.internal:5000"
+    assert out.serve.api_key == config.REDACTED
+    assert cfg.serve.api_key == API_KEY  # a copy: the running config keeps its secrets
+    assert dataclasses.replace(out, tracking=cfg.tracking, serve=cfg.serve) == cfg
+    unset = config.redact(make_cfg("x.parquet"))
+    assert unset.serve.api_key is None and unset.tracking.uri is None
+
+
+class _Recorder:
+    """What MLflow's client would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def log_batch(self, run_id: str, params: Any = (), **kw: Any) -> None:
+        self.sent += [f"{p.key}={p.value}" for p in params]
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.sent.append(text)
+
+
+def test_mlflow_params_config_yaml_and_the_config_hash_hold_no_secret() -> None:
+    rec = _Recorder()
+    tracking.log_params(rec, "run", _cfg())  # type: ignore[arg-type]
+    text = "\n".join(rec.sent)
+    assert "serve.api_key=***" in text and "tracking.uri=http://***@mlflow.internal:5000" in text
+    assert "api_key: '***'" in text  # config.yaml
+    assert not _leaks(text)
+    other = _cfg(**{"tracking.uri": URI.replace(PASSWORD, "other"), "serve.api_key": "other"})
+    # the hash is of the redacted config: no oracle for guessing the password
+    assert config.config_hash(other) == config.config_hash(_cfg())
+    assert not _leaks(config.to_yaml(_cfg())) and not _leaks(json.dumps(config.flatten(_cfg())))
+
+
+def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path) -> None:
+    from orchestrator import model
+
+    cfg = _cfg(**{"model.hidden": [4]})
+    ctx = SimpleNamespace(cfg=cfg, stamp="s", parent_id="p", exp_id="1", path=tmp_path,
+                          prep=SimpleNamespace(fingerprint="f"))
+    sweep._write_state(ctx, "running")  # type: ignore[arg-type]
+    net = model.from_config(cfg, np.zeros(3), np.ones(3), 2)
+    tracking.keep_champion(tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1],
+                           {"test_accuracy": 1.0}, "t")
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {sweep.STATE_FILE, "champion.json"}
+    for p in files:
+        assert not _leaks(p.read_bytes().decode("latin-1")), p
+    state = json.loads((tmp_path / sweep.STATE_FILE).read_text())
+    assert state["config"]["serve"]["api_key"] == config.REDACTED
+
+
+def test_a_saved_config_gets_its_secrets_back_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = config.from_dict(config.to_dict(config.redact(_cfg())))
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ORCHESTRATOR_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError) as e:
+        config.restore(saved)
+    assert e.value.key == "tracking.uri" and "MLFLOW_TRACKING_USERNAME" in e.value.fix
+    assert not _leaks(str(e.value))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    with pytest.raises(ConfigError) as e:
+        config.restore(saved)
+    assert e.value.key == "serve.api_key" and "ORCHESTRATOR_API_KEY" in e.value.fix
+    assert config.restore(saved, keys=["tracking.uri"]).tracking.uri == URI
+    monkeypatch.setenv("ORCHESTRATOR_API_KEY", API_KEY)
+    assert config.restore(saved) == _cfg()
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "p@ss:/word")  # quoted into the URI
+    assert config.restore(saved).tracking.uri == \
+        "http://admin:p%40ss%3A%2Fword@mlflow.internal:5000"
+
+
+def test_a_job_given_redacted_overrides_reads_the_secrets_from_its_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `orchestrator submit` sends is what `python -m jobs.sweep` loads on the cluster."""
+    over = ["data.path=x.parquet", "tracking.uri=http://***@mlflow.internal:5000",
+            "serve.api_key=***"]
+    monkeypatch.delenv("ORCHESTRATOR_API_KEY", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    with pytest.raises(ConfigError) as e:
+        config.load(None, over)
+    assert e.value.key == "serve.api_key"
+    monkeypatch.setenv("ORCHESTRATOR_API_KEY", API_KEY)
+    cfg = config.load(None, over)
+    assert (cfg.tracking.uri, cfg.serve.api_key) == (URI, API_KEY)
+    assert config.load(None, ["serve.api_key=***"], only="serve").serve.api_key == API_KEY
