@@ -182,27 +182,33 @@ def cmd_tracking_serve(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    backend = args.backend
+    backend = args.backend or os.environ.get(BACKEND_ENV) or "sqlite:///mlflow.db"
     if backend.startswith("sqlite:///") and not backend.startswith("sqlite:////"):
         backend = "sqlite:///" + str(Path(backend[len("sqlite:///"):]).absolute())
+    shown = config_mod.redact_uri(backend)  # a database URI carries its password
     if not (backend.startswith(("sqlite:", "postgresql", "mysql", "mssql"))):
-        raise ConfigError("--backend", f"{backend!r} is not a database URI",
+        raise ConfigError("--backend", f"{shown!r} is not a database URI",
                           "use sqlite:///mlflow.db or postgresql://USER:PASS@HOST:5432/mlflow")
     artifacts = args.artifacts if "://" in args.artifacts else str(Path(args.artifacts).absolute())
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    argv = [str(mlflow_bin), "server", "--backend-store-uri", backend,
-            "--artifacts-destination", artifacts, "--serve-artifacts",
+    # The backend goes to `mlflow server` in its environment (the option's envvar), never in
+    # argv: a command line is readable by every user of the machine (ps, /proc/PID/cmdline).
+    env = {**os.environ, BACKEND_ENV: backend}
+    argv = [str(mlflow_bin), "server", "--artifacts-destination", artifacts, "--serve-artifacts",
             "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
             *args.extra]
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"orchestrator: MLflow will listen on {args.host}: anyone who reaches port "
               f"{args.port} can read and write runs; see the README (basic auth)",
               file=sys.stderr)
-    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {backend}, "
+    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {shown}, "
           f"artifacts {artifacts}); point tracking.uri or MLFLOW_TRACKING_URI at it",
           flush=True)
-    os.execv(argv[0], argv)  # the server is this process: stopping it stops the server
+    os.execve(argv[0], argv, env)  # the server is this process: stopping it stops the server
     return 0  # pragma: no cover
+
+
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s envvar
 
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
@@ -310,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
     tsub = tr.add_subparsers(dest="action", required=True)
     ts = tsub.add_parser("serve", help="mlflow server: database backend, proxied artifacts")
-    ts.add_argument("--backend", default="sqlite:///mlflow.db",
-                    help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB")
+    ts.add_argument("--backend", default=None,
+                    help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB; default "
+                    f"${BACKEND_ENV} (better for a password: not on a command line), else "
+                    "sqlite:///mlflow.db")
     ts.add_argument("--artifacts", default="mlartifacts",
                     help="where the server keeps artifacts: a folder, s3://... or gs://...")
     ts.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")

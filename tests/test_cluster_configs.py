@@ -120,9 +120,21 @@ def test_mlflow_runs_on_postgres_with_s3_artifacts_behind_the_service_ray_uses()
     docs = _docs("mlflow.yaml")
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     container = _containers(deploy["spec"])[0]
-    command = " ".join(container["command"] + container["args"])
+    command = " ".join(container["command"] + container.get("args", []))
     assert "orchestrator tracking serve" in command and "--host 0.0.0.0" in command
-    assert "postgresql://" in command and "--artifacts s3://" in command
+    assert "--artifacts s3://" in command
+    # the database URI (its password) comes from the Secret through the environment, never
+    # the command line (shown by `kubectl describe`, `ps` on the node)
+    assert "postgres" not in command.lower() and "--backend" not in command
+    from orchestrator.cli import BACKEND_ENV, build_parser
+
+    args = build_parser().parse_args(container["command"][1:])
+    assert args.backend is None and args.artifacts.startswith("s3://")
+    backend = _env(container)[BACKEND_ENV]
+    assert backend.startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@")
+    db = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "mlflow-db")
+    assert {"name": "mlflow-db"} in [e["secretRef"] for e in container["envFrom"]]
+    assert {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= set(db["stringData"])
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     port = services["mlflow"]["spec"]["ports"][0]["port"]
     rc = next(d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster")

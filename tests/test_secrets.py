@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import make_cfg
-from orchestrator import config, sweep, tracking
+from orchestrator import cli, config, sweep, tracking
 from orchestrator.config import ConfigError
 
 PASSWORD, API_KEY = "pw-Zq81xKr", "key-Hf27dLp"
@@ -151,3 +152,48 @@ def test_a_job_given_redacted_overrides_reads_the_secrets_from_its_environment(
     cfg = config.load(None, over)
     assert (cfg.tracking.uri, cfg.serve.api_key) == (URI, API_KEY)
     assert config.load(None, ["serve.api_key=***"], only="serve").serve.api_key == API_KEY
+
+
+# ---------------------------------------------------------------- orchestrator tracking serve
+
+
+class _Exec(Exception):
+    pass
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+           *argv: str) -> tuple[list[str], dict[str, str], str]:
+    seen: dict[str, Any] = {}
+
+    def fake_exec(path: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        seen.update(args=list(args), env=dict(env if env is not None else os.environ))
+        raise _Exec
+
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "execve", fake_exec)
+    with pytest.raises(_Exec):
+        cli.main(["tracking", "serve", *argv])
+    captured = capsys.readouterr()
+    return seen["args"], seen["env"], captured.out + captured.err
+
+
+def test_tracking_serve_passes_the_backend_in_the_environment_and_prints_it_redacted(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    backend = f"postgresql://mlflow:{PASSWORD}@db:5432/mlflow"
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    argv, env, printed = _serve(monkeypatch, capsys, "--backend", backend)
+    assert not any(PASSWORD in a for a in argv) and "--backend-store-uri" not in argv
+    assert env["MLFLOW_BACKEND_STORE_URI"] == backend
+    assert "postgresql://***@db:5432/mlflow" in printed and PASSWORD not in printed
+    # the way to keep it off orchestrator's own command line too: the variable
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", backend)
+    argv, env, printed = _serve(monkeypatch, capsys)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == backend and PASSWORD not in " ".join(argv)
+    assert PASSWORD not in printed
+
+
+def test_a_bad_backend_is_refused_without_quoting_its_password(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tracking", "serve", "--backend", f"mongodb://u:{PASSWORD}@h/db"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend" in err and "mongodb://***@h/db" in err and PASSWORD not in err
