@@ -230,7 +230,11 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
     if not uri:
         raise ConfigError("--tracking-uri", f"{folder} holds no sweep state to take it from",
                           "pass --tracking-uri URI")
-    tracking.replay(folder, uri, patience=args.patience)
+    try:
+        tracking.replay(folder, uri, patience=args.patience)
+    except RuntimeError as e:  # still away, refused writes, a damaged journal: what to do
+        print(f"orchestrator: tracking replay: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
