@@ -11,7 +11,13 @@ Before anything is uploaded, each check fails with the key at fault and the fix:
   machine a relative path is made absolute (the job runs in a copy of the working directory);
   a tracking server must answer from here (the job checks again from the cluster first thing);
 - ``working_dir``: the upload, zipped exactly as Ray zips it (its excludes, ``.gitignore``,
-  ours: ``.git``, ``.venv``, MLflow stores, data, results), fits Ray's limit.
+  ours: ``.git``, ``.venv``, MLflow stores, data, results), fits Ray's limit;
+- secrets (``config.secret_fields``: ``serve.api_key``, the ``user:password@`` of
+  ``tracking.uri``): never sent. The job's entrypoint and runtime env are stored by Ray and
+  shown by its dashboard and `ray job status`, so a secret goes as ``***`` and the job reads
+  it from the cluster's own environment (a Kubernetes Secret, the nodes' environment):
+  ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, ``ORCHESTRATOR_API_KEY``. A
+  config file holding one in plain text is refused: it would be uploaded with the job.
 
 Then it submits ``python -m jobs.sweep CONFIG ...`` with the working directory as its runtime
 env, streams the job's logs, and exits 0 when the job succeeded, 1 when it failed or stopped.
@@ -129,7 +135,8 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
                               "cluster it would be each node's own", "use an address the "
                               "cluster reaches, e.g. tracking.uri=http://mlflow.internal:5000")
         _check_tracking_server(uri)
-    overrides.append(f"tracking.uri={uri}")
+    # the credentials stay here: the job reads them from the cluster's environment
+    overrides.append(f"tracking.uri={config_mod.redact_uri(uri)}")
     path = cfg.data.path
     if "://" not in path:
         if not local_cluster and not Path(path).is_absolute():
@@ -163,7 +170,8 @@ def _check_tracking_server(uri: str) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10)
     except requests.RequestException as e:
-        raise ConfigError("tracking.uri", f"no MLflow server answers at {uri} "
+        raise ConfigError("tracking.uri", f"no MLflow server answers at "
+                          f"{config_mod.redact_uri(uri)} "
                           f"({type(e).__name__})", "start it (`orchestrator tracking serve`) "
                           "or fix the address") from None
 
@@ -198,6 +206,7 @@ def preflight(config_path: str, overrides: Sequence[str], address: str, workdir:
         raise ConfigError("<file>", f"{config_path} is outside the working directory "
                           f"{workdir}, so the job would not have it",
                           "keep the config inside the project (e.g. jobs/configs/)")
+    check_secrets(config_path, cfg, out)
     token = check_auth(address)
     out(f"preflight: {address} " + ("wants a token; ours is accepted" if token
                                     else "takes requests without a token"))
@@ -206,10 +215,61 @@ def preflight(config_path: str, overrides: Sequence[str], address: str, workdir:
     alive = sum(1 for n in nodes if n.get("state") == "ALIVE")
     out(f"preflight: {alive} alive node(s) hold {fits} trial(s) at once")
     extra = resolve_paths(cfg, is_local(address))
-    out(f"preflight: {' '.join(extra)}")
+    out(f"preflight: {' '.join(extra)}")  # redacted already
     size = check_upload(workdir)
     out(f"preflight: the working directory zips to {size / 2**20:.1f} MiB")
     return [*overrides, *extra], token
+
+
+def check_secrets(config_path: str, cfg: Config, out: Callable[[str], None] = print) -> None:
+    """Refuse a config file that holds a secret (it is uploaded with the working directory)
+    and say where the job finds each secret the config sets."""
+    import yaml
+
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    for dotted, meta in config_mod.secret_fields().items():
+        node: Any = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and config_mod.redacted_value(meta[config_mod.SECRET], node) != node:
+            raise ConfigError(dotted, f"{config_path} holds it in plain text, and the file is "
+                              "uploaded with the job (Ray keeps the upload on every node)",
+                              f"remove it from the file and set {' / '.join(meta['env'])} in "
+                              "the cluster's environment (a Kubernetes Secret, the nodes' env)")
+    needed = dict(config_mod.secrets_set(cfg))
+    from orchestrator import tracking
+
+    uri = tracking.resolve_uri(cfg)
+    creds = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    # credentials in MLflow's own variables here are not sent either: the nodes need theirs
+    if config_mod.redact_uri(uri) != uri or (urlparse(uri).scheme in ("http", "https")
+                                             and any(os.environ.get(v) for v in creds)):
+        needed["tracking.uri"] = creds
+    for dotted, env in needed.items():
+        out(f"preflight: {dotted} is secret: sent as {config_mod.REDACTED}; the job reads it "
+            f"from {' / '.join(env)} in the cluster's environment (set them there: a "
+            "Kubernetes Secret, the nodes' environment)")
+
+
+def job_spec(config_path: str, passed: Sequence[str], workdir: Path,
+             what: str = "sweep") -> tuple[str, dict[str, Any]]:
+    """The job's entrypoint and runtime env, as Ray stores them (and its dashboard and `ray
+    job status` show them): secrets redacted, none in ``env_vars``."""
+    redacted = []
+    secret_keys = config_mod.secret_fields()
+    for item in passed:
+        key, sep, value = item.partition("=")
+        if sep and key in secret_keys:
+            kind = secret_keys[key][config_mod.SECRET]
+            value = config_mod.redact_uri(value) if kind == "uri" else (
+                value and config_mod.REDACTED)
+        redacted.append(f"{key}{sep}{value}")
+    entry = " ".join(shlex.quote(a) for a in [
+        "python", "-m", ENTRYPOINTS[what],
+        str(Path(config_path).absolute().relative_to(workdir)), *redacted])
+    # only what the job needs to reach this cluster's own services, no secret
+    env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ}
+    return entry, {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env_vars}
 
 
 def submit(config_path: str, overrides: Sequence[str], address: str, what: str = "sweep",
@@ -220,14 +280,10 @@ def submit(config_path: str, overrides: Sequence[str], address: str, what: str =
 
     workdir = (workdir or Path.cwd()).absolute()
     passed, token = preflight(config_path, overrides, address, workdir, out)
-    entry = " ".join(shlex.quote(a) for a in [
-        "python", "-m", ENTRYPOINTS[what],
-        str(Path(config_path).absolute().relative_to(workdir)), *passed])
+    entry, runtime_env = job_spec(config_path, passed, workdir, what)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     client = JobSubmissionClient(address, headers=headers)
-    env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ}
-    job_id = client.submit_job(entrypoint=entry, runtime_env={
-        "working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env_vars})
+    job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
     out(f"submitted {job_id}: {entry}")
     if not wait:
         out(f"  follow it: ray job logs --address {address} --follow {job_id}")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import make_cfg
-from orchestrator import cli, config, sweep, tracking
+from conftest import ROOT, make_cfg
+from orchestrator import cli, config, submit, sweep, tracking
 from orchestrator.config import ConfigError
 
 PASSWORD, API_KEY = "pw-Zq81xKr", "key-Hf27dLp"
@@ -197,3 +197,59 @@ def test_a_bad_backend_is_refused_without_quoting_its_password(
     assert cli.main(["tracking", "serve", "--backend", f"mongodb://u:{PASSWORD}@h/db"]) == 2
     err = capsys.readouterr().err
     assert "--backend" in err and "mongodb://***@h/db" in err and PASSWORD not in err
+
+
+# ---------------------------------------------------------------- orchestrator submit
+
+
+def test_submit_sends_secrets_redacted_and_says_where_the_job_finds_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit, "_check_tracking_server", lambda uri: None)
+    cfg = _cfg(**{"data.path": "s3://b/d.parquet", "sweep.storage_path": "/mnt/shared/r"})
+    passed = [f"serve.api_key={API_KEY}", "sweep.num_samples=2",
+              *submit.resolve_paths(cfg, local_cluster=False)]
+    entry, runtime_env = submit.job_spec(str(ROOT / "jobs/configs/quickstart.yaml"), passed,
+                                         ROOT)
+    assert "tracking.uri=http://***@mlflow.internal:5000" in entry
+    assert "serve.api_key=***" in entry and "sweep.num_samples=2" in entry
+    assert not _leaks(entry + json.dumps(runtime_env))
+    lines: list[str] = []
+    submit.check_secrets(str(ROOT / "jobs/configs/quickstart.yaml"), cfg, lines.append)
+    text = "\n".join(lines)
+    assert "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" in text
+    assert "ORCHESTRATOR_API_KEY" in text and not _leaks(text)
+
+
+def test_submit_refuses_a_config_file_that_holds_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: {{path: x.parquet}}\nserve: {{api_key: {API_KEY}}}\n")
+    with pytest.raises(ConfigError) as e:
+        submit.check_secrets(str(path), config.load(path), print)
+    assert e.value.key == "serve.api_key" and "ORCHESTRATOR_API_KEY" in e.value.fix
+    assert not _leaks(str(e.value))
+
+
+def test_the_cluster_configs_give_the_job_its_secrets_from_the_cluster() -> None:
+    """KubeRay: every Ray pod takes them from a Secret; the launcher configs source a file
+    on each node; nothing holds a secret's value inline."""
+    import yaml
+
+    kuberay = ROOT / "cluster/kuberay"
+    wanted = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ORCHESTRATOR_API_KEY"}
+    pods = 0
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        for doc in yaml.safe_load_all((kuberay / name).read_text()):
+            spec = doc.get("spec", {}).get("rayClusterSpec", doc.get("spec", {}))
+            groups = [spec.get("headGroupSpec", {}), *spec.get("workerGroupSpecs", [])]
+            for group in groups:
+                for c in group.get("template", {}).get("spec", {}).get("containers", []):
+                    env = {e["name"]: e for e in c.get("env", [])}
+                    assert wanted <= set(env), (name, c["name"])
+                    for var in wanted:
+                        assert "value" not in env[var]
+                        assert env[var]["valueFrom"]["secretKeyRef"]["optional"] is True
+                    pods += 1
+    assert pods >= 4
+    for name in ("aws.yaml", "gcp.yaml"):
+        text = (ROOT / "cluster" / name).read_text()
+        assert ". ~/.orchestrator-secrets.env" in text and "MLFLOW_TRACKING_PASSWORD=" not in text
