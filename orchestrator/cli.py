@@ -12,6 +12,7 @@ from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
 
 EXIT_CONFIG = 2
+EXIT_REFUSED = 3  # serve: the model version is not servable (no pickle-free form, bad spec)
 EXIT_TRACKING = 4  # training finished, but MLflow was away: writes kept for a replay
 
 
@@ -110,29 +111,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
     from orchestrator import serve
 
     cfg = config_mod.load(args.config, args.overrides, only="serve")
-    host = args.host or cfg.serve.host
-    port = args.port if args.port is not None else cfg.serve.port
-    import os
-
+    opts = dataclasses.replace(cfg.serve, host=args.host or cfg.serve.host,
+                               port=args.port if args.port is not None else cfg.serve.port)
     key = cfg.serve.api_key or os.environ.get("ORCHESTRATOR_API_KEY") or None
-    if args.ray:
-        from orchestrator import serve_ray
+    try:
+        if args.ray:
+            from orchestrator import serve_ray
 
-        replicas = args.replicas if args.replicas is not None else cfg.serve.replicas
-        if replicas < 1:
-            raise config_mod.ConfigError("serve.replicas", f"must be at least 1, got {replicas} "
-                                         "(--replicas)", "use e.g. --replicas 2")
-        serve_ray.run(args.model, host, port, args.tracking_uri, replicas,
-                      max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms,
-                      api_key=key, poll_s=cfg.serve.poll_s,
-                      replica_cpus=cfg.serve.replica_cpus, replica_gpus=cfg.serve.replica_gpus)
-        return 0
-    serve.run(args.model, host, port, tracking_uri=args.tracking_uri,
-              max_batch=cfg.serve.max_batch, window_ms=cfg.serve.window_ms, api_key=key,
-              poll_s=cfg.serve.poll_s)
+            replicas = args.replicas if args.replicas is not None else cfg.serve.replicas
+            if replicas < 1:
+                raise config_mod.ConfigError("serve.replicas", f"must be at least 1, got "
+                                             f"{replicas} (--replicas)", "use e.g. --replicas 2")
+            serve_ray.run(args.model, dataclasses.replace(opts, replicas=replicas),
+                          args.tracking_uri, key)
+        else:
+            serve.run(args.model, opts, args.tracking_uri, key)
+    except serve.Refused as e:
+        print(f"orchestrator: serve: refused model version {e.version or '?'}: {e.reason}",
+              file=sys.stderr)
+        return EXIT_REFUSED
     return 0
 
 

@@ -266,6 +266,20 @@ class ServeConfig:
     """With `serve --ray`: CPUs Ray reserves for each replica."""
     replica_gpus: float = 0.0
     """With `serve --ray`: GPUs for each replica (e.g. 1, or 0.5 to pack two on one GPU)."""
+    max_model_mb: float = 1024.0
+    """Largest ``weights.pt`` a model version may have; a bigger one is refused unread."""
+    allow_unauthenticated: bool = False
+    """Serve without an API key on an address beyond loopback (refused otherwise)."""
+    max_header_bytes: int = 65536
+    """Request line and headers together; a longer head is answered 431."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's head (408 and closed after)."""
+    body_timeout_s: float = 30.0
+    """Seconds a client has, after the head, to send the body (408 and closed after)."""
+    max_connections: int = 1024
+    """Connections (or requests in flight) at once; beyond it, 503."""
+    keepalive_s: float = 5.0
+    """An idle keep-alive connection is closed after this many seconds."""
 
 
 @dataclass
@@ -661,6 +675,13 @@ def validate_serve(cfg: Config) -> None:
            "use e.g. 1 (or 0.5 to pack two replicas on a core)")
     _check(v.replica_gpus >= 0, "serve.replica_gpus", f"must be >= 0, got {v.replica_gpus}",
            "use 0 on CPU nodes, e.g. 1 on GPU nodes")
+    for key in ("max_model_mb", "header_timeout_s", "body_timeout_s", "keepalive_s"):
+        _check(0 < getattr(v, key) < math.inf, f"serve.{key}",
+               f"must be a positive number, got {getattr(v, key)}", "use the default")
+    _check(v.max_header_bytes >= 1024, "serve.max_header_bytes",
+           f"must be at least 1024, got {v.max_header_bytes}", "use e.g. 65536")
+    _check(v.max_connections >= 1, "serve.max_connections",
+           f"must be at least 1, got {v.max_connections}", "use e.g. 1024")
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")

@@ -40,6 +40,17 @@ class ServerMetrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self.reloads = 0
+        self.refusals = 0
+        self.refused: tuple[str, str] | None = None  # the last refused version, and why
+
+    def refusal(self, version: str, reason: str) -> bool:
+        """Count a refused model version; False when it is the one refused last time."""
+        with self.lock:
+            if self.refused is not None and self.refused[0] == version:
+                return False
+            self.refusals += 1
+            self.refused = (version, reason)
+            return True
 
     def request(self, path: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -70,7 +81,23 @@ class ServerMetrics:
                       "# HELP orchestrator_model_reloads_total Model versions swapped in.",
                       "# TYPE orchestrator_model_reloads_total counter",
                       f"orchestrator_model_reloads_total {self.reloads}",
-                      "# HELP orchestrator_model_info The model being served.",
+                      "# HELP orchestrator_model_refusals_total Model versions refused on "
+                      "reload (the served one was kept).",
+                      "# TYPE orchestrator_model_refusals_total counter",
+                      f"orchestrator_model_refusals_total {self.refusals}"]
+            if self.refused is not None:
+                version, reason = (_label(v) for v in self.refused)
+                lines += ["# HELP orchestrator_model_refused_info The last refused version.",
+                          "# TYPE orchestrator_model_refused_info gauge",
+                          f'orchestrator_model_refused_info{{version="{version}",'
+                          f'reason="{reason}"}} 1']
+            lines += ["# HELP orchestrator_model_info The model being served.",
                       "# TYPE orchestrator_model_info gauge",
                       f'orchestrator_model_info{{version="{model_version}"}} 1']
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str, most: int = 500) -> str:
+    """A Prometheus label value: escaped, and short."""
+    value = value if len(value) <= most else value[:most - 3] + "..."
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -9,6 +9,7 @@ import hmac
 import math
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.batching import MicroBatcher
+from orchestrator.config import ServeConfig
 from orchestrator.metrics_text import ServerMetrics
 
 
@@ -43,11 +45,31 @@ class Served:
     run_id: str = ""
 
 
-def load(model_uri: str, tracking_uri: str | None = None) -> Served:
-    """The model behind ``model_uri``, rebuilt from its plain weights and config (``torch.load
-    (weights_only=True)``: no code is unpickled). A model logged before the weights were
-    (no ``extra_files/model.json``) loads its torch.export program instead, which holds no
-    pickled code either."""
+MAX_MODEL_MB = 1024.0  # default cap on weights.pt (serve.max_model_mb)
+
+
+class Refused(RuntimeError):
+    """A model version the server will not load (no pickle-free form, a bad spec, too big):
+    at start-up the server exits with this message; on reload it keeps serving what it has."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(reason)
+        self.version, self.reason = version, reason
+
+
+def no_pickles() -> None:
+    """MLflow's own switch, as a second lock: this process never unpickles a model even if a
+    code path reached MLflow's loaders (``load`` does not call them)."""
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+
+
+def load(model_uri: str, tracking_uri: str | None = None,
+         max_model_mb: float = MAX_MODEL_MB) -> Served:
+    """The model behind ``model_uri``, rebuilt from its pickle-free form only: the plain
+    tensors of ``extra_files/weights.pt`` (``torch.load(weights_only=True)``) and the
+    checked spec of ``extra_files/model.json``. Nothing else of the version is downloaded,
+    and MLflow's model loaders (which unpickle) are never called. A version without that
+    form, with a bad spec or over the size caps is ``Refused``."""
     import mlflow
 
     from orchestrator import model, tracking
@@ -58,16 +80,52 @@ def load(model_uri: str, tracking_uri: str | None = None) -> Served:
     # a fixed version, so the weights and the version reported are the same model even if
     # the alias moves meanwhile
     fixed = _fixed(model_uri, version)
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=fixed))
-    extra = folder / "extra_files"
-    if (extra / tracking.MODEL_FILE).is_file():
-        net, spec = tracking.load_weights(extra)
-        return Served(model.WithProbabilities(net).eval(), list(spec["classes"]),
-                      int(spec["num_features"]), model_uri, version, run_id)
-    meta = mlflow.models.get_model_info(fixed).metadata or {}
-    net = mlflow.pytorch.load_model(fixed, map_location="cpu")
-    return Served(net, list(meta["classes"]), int(meta["num_features"]), model_uri, version,
-                  run_id)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as d:
+        _download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
+        try:
+            net, spec = tracking.load_weights(d)
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
+            raise Refused(version, f"{fixed}: {e}") from None
+    return Served(model.WithProbabilities(net).eval(), list(spec["classes"]),
+                  int(spec["num_features"]), model_uri, version, run_id)
+
+
+def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
+    """``extra_files/model.json`` and ``weights.pt`` of ``fixed`` into ``folder``, each
+    within its cap: checked on the sizes the artifact store lists before anything is
+    downloaded, and again on disk (a store may list no size)."""
+    import mlflow
+
+    from orchestrator import tracking
+
+    caps = {tracking.MODEL_FILE: tracking.MAX_SPEC_BYTES, tracking.WEIGHTS_FILE: max_weights}
+    listed = {Path(a.path).name: a.file_size for a in mlflow.artifacts.list_artifacts(
+        artifact_uri=f"{fixed}/extra_files") if not a.is_dir}
+    missing = [name for name in caps if name not in listed]
+    if missing:
+        files = " and ".join(f"extra_files/{name}" for name in missing)
+        raise Refused(version, (
+            f"{fixed} has no pickle-free form (missing {files}): "
+            "the server loads only plain tensors and a JSON spec, never a pickled model. "
+            "Register the model again with this orchestrator (a sweep, or `orchestrator "
+            "tracking replay` of a kept champion), which logs both files beside it"))
+    for name, cap in caps.items():
+        if (listed[name] or 0) > cap:
+            raise Refused(version, f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
+                                   f"over the cap of {cap:,}" + _raise_cap(name))
+        path = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)))
+        if path.stat().st_size > cap:
+            raise Refused(version, f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
+                                   f"bytes, over the cap of {cap:,}" + _raise_cap(name))
+        if path.parent != folder:
+            path.replace(folder / name)
+
+
+def _raise_cap(name: str) -> str:
+    from orchestrator import tracking
+
+    return " (raise serve.max_model_mb)" if name == tracking.WEIGHTS_FILE else ""
 
 
 def resolve(model_uri: str) -> tuple[str, str]:
@@ -94,15 +152,25 @@ def _fixed(model_uri: str, version: str) -> str:
     return model_uri
 
 
-def reloader(model_uri: str, current: str) -> Callable[[], Served | None]:
-    """For ``create_app``: the model again when its alias has moved to another version."""
+def reloader(model_uri: str, current: str,
+             max_model_mb: float = MAX_MODEL_MB) -> Callable[[], Served | None]:
+    """For ``create_app``: the model again when its alias has moved to another version.
+    A version it refused is not downloaded again: the same ``Refused`` is raised until the
+    alias moves on."""
     seen = {"version": current}
+    refused: dict[str, Refused] = {}
 
     def reload() -> Served | None:
         version, _ = resolve(model_uri)
         if not version or version == seen["version"]:
             return None
-        served = load(model_uri)
+        if version in refused:
+            raise refused[version]
+        try:
+            served = load(model_uri, max_model_mb=max_model_mb)
+        except Refused as e:
+            refused[e.version] = e
+            raise
         seen["version"] = served.version
         return served
     return reload
@@ -320,9 +388,17 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
     box = {"state": _state(served, window_ms / 1000, max_batch * 4, metrics, factory)}
 
     async def swap() -> bool:
+        """Whether a newer version was swapped in; ``Refused`` (logged once per version, and
+        shown in /metrics) when the alias names one that is not served."""
         if reload is None:
             return False
-        newer = await asyncio.get_running_loop().run_in_executor(None, reload)
+        try:
+            newer = await asyncio.get_running_loop().run_in_executor(None, reload)
+        except Refused as e:
+            if metrics.refusal(e.version, e.reason):
+                print(f"serve: refused model version {e.version}, still serving version "
+                      f"{box['state'].version}: {e.reason}", flush=True)
+            raise
         if newer is None:
             return False
         old = box["state"]
@@ -346,6 +422,8 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
                     await asyncio.sleep(poll_s)
                     try:
                         await swap()
+                    except Refused:
+                        pass  # logged and counted by swap
                     except Exception as e:  # noqa: BLE001 - keep serving the model we have
                         print(f"serve: reload failed, still serving the old model: {e}",
                               flush=True)
@@ -412,10 +490,15 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
     def prometheus() -> str:
         return metrics.text(box["state"].version)
 
-    @app.post("/reload")
-    async def reload_now() -> dict[str, Any]:
-        moved = await swap()
-        return {"reloaded": moved, "version": box["state"].version}
+    @app.post("/reload", responses={409: {"description": "the alias names a version that is "
+                                                        "refused; the current one is kept"}})
+    async def reload_now() -> Response:
+        try:
+            moved = await swap()
+        except Refused as e:
+            return _json({"reloaded": False, "version": box["state"].version,
+                          "refused": {"version": e.version, "reason": e.reason}}, 409)
+        return _json({"reloaded": moved, "version": box["state"].version})
 
     return app
 
@@ -430,20 +513,23 @@ def _authorized(scope: Scope, key: str) -> bool:
     return hmac.compare_digest(given, key.encode())
 
 
-def run(model_uri: str, host: str, port: int, tracking_uri: str | None = None,
-        max_batch: int = 1024, window_ms: float = 2.0, api_key: str | None = None,
-        poll_s: float = 0.0) -> None:
+def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None = None,
+        api_key: str | None = None) -> None:
+    """Serve ``model_uri`` on ``opts.host:opts.port`` until stopped; ``Refused`` (before
+    binding) when the version is not servable."""
     import uvicorn
 
     from orchestrator import config as config_mod
     from orchestrator import tracking
 
+    no_pickles()
     uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
-    served = load(model_uri, uri)
+    served = load(model_uri, uri, opts.max_model_mb)
     print(f"serving {model_uri} (version {served.version or '?'}, {len(served.classes)} "
-          f"classes, {served.num_features} features) on http://{host}:{port}  POST /predict "
-          f"/reload  GET /health /ready /metadata /metrics"
+          f"classes, {served.num_features} features) on http://{opts.host}:{opts.port}  "
+          "POST /predict /reload  GET /health /ready /metadata /metrics"
           + ("  (API key required)" if api_key else ""), flush=True)
-    app = create_app(served, max_batch, window_ms, api_key,
-                     reload=reloader(model_uri, served.version), poll_s=poll_s)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(served, opts.max_batch, opts.window_ms, api_key,
+                     reload=reloader(model_uri, served.version, opts.max_model_mb),
+                     poll_s=opts.poll_s)
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning")

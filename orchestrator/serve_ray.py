@@ -24,6 +24,7 @@ from ray import serve
 from starlette.types import ASGIApp
 
 from orchestrator import serve as serve_mod
+from orchestrator.config import ServeConfig
 
 APP_NAME = "orchestrator"
 MAX_REQUESTS_PER_BATCH = 256
@@ -57,48 +58,58 @@ class RayBatcher:
 
 @serve.ingress()  # late-bound: __serve_build_asgi_app__ builds the app on the replica
 class ModelServer:
-    def __init__(self, model_uri: str, tracking_uri: str, max_batch: int, window_ms: float,
-                 api_key: str | None, poll_s: float) -> None:
-        self.served = serve_mod.load(model_uri, tracking_uri)
-        self.options = dict(max_batch=max_batch, window_ms=window_ms, api_key=api_key,
-                            poll_s=poll_s)
+    def __init__(self, model_uri: str, tracking_uri: str, opts: ServeConfig,
+                 api_key: str | None) -> None:
+        serve_mod.no_pickles()  # also in the replica's runtime_env: before anything imports
+        self.served = serve_mod.load(model_uri, tracking_uri, opts.max_model_mb)
+        self.opts, self.api_key = opts, api_key
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        served = self.served
-        return serve_mod.create_app(served, **self.options,  # type: ignore[arg-type]
-                                    reload=serve_mod.reloader(served.model_uri, served.version),
-                                    make_batcher=RayBatcher)
+        served, opts = self.served, self.opts
+        return serve_mod.create_app(
+            served, opts.max_batch, opts.window_ms, self.api_key,
+            reload=serve_mod.reloader(served.model_uri, served.version, opts.max_model_mb),
+            poll_s=opts.poll_s, make_batcher=RayBatcher)
 
 
-def application(model_uri: str, tracking_uri: str, replicas: int, max_batch: int = 1024,
-                window_ms: float = 2.0, api_key: str | None = None, poll_s: float = 0.0,
-                replica_cpus: float = 1.0, replica_gpus: float = 0.0) -> Any:
+def application(model_uri: str, tracking_uri: str, opts: ServeConfig,
+                api_key: str | None = None) -> Any:
     """The bound Ray Serve application (for ``serve.run``)."""
     deployment = serve.deployment(
-        name="model", num_replicas=replicas,
-        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
+        name="model", num_replicas=opts.replicas,
+        ray_actor_options={
+            "num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus,
+            # MLflow's switch set before the replica imports anything (a second lock: the
+            # replica loads only the pickle-free form)
+            "runtime_env": {"env_vars": {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}}},
         # a replica batches what it holds: let it hold enough for full batches
         max_ongoing_requests=512)(ModelServer)
-    return deployment.bind(model_uri, tracking_uri, max_batch, window_ms, api_key, poll_s)
+    return deployment.bind(model_uri, tracking_uri, opts, api_key)
 
 
-def run(model_uri: str, host: str, port: int, tracking_uri: str | None, replicas: int,
-        max_batch: int = 1024, window_ms: float = 2.0, api_key: str | None = None,
-        poll_s: float = 0.0, replica_cpus: float = 1.0, replica_gpus: float = 0.0) -> None:
-    """Start Ray Serve's HTTP proxy on ``host:port``, deploy, and serve until SIGINT/SIGTERM."""
+def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
+        api_key: str | None = None) -> None:
+    """Start Ray Serve's HTTP proxy on ``opts.host:opts.port``, deploy ``opts.replicas``,
+    and serve until SIGINT/SIGTERM. ``serve.Refused`` before anything starts when the
+    version is not servable."""
     import ray
 
     from orchestrator import config as config_mod
     from orchestrator import sweep, tracking
 
+    serve_mod.no_pickles()
     uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
+    replicas, cpus = opts.replicas, opts.replica_cpus
     sweep.init_ray()
-    if ray.available_resources().get("CPU", 0) + 1e-9 < replicas * replica_cpus and \
-            ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * replica_cpus:
-        raise SystemExit(f"serve.replicas: {replicas} replicas x {replica_cpus} CPU do not fit "
+    if ray.available_resources().get("CPU", 0) + 1e-9 < replicas * cpus and \
+            ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * cpus:
+        raise SystemExit(f"serve.replicas: {replicas} replicas x {cpus} CPU do not fit "
                          f"the cluster's {ray.cluster_resources().get('CPU', 0):g} CPUs; lower "
                          "--replicas or serve.replica_cpus")
-    serve.start(http_options={"host": host, "port": port})
+    # the same checks the replicas make, here first: a refused version is a clear error
+    # now, not replicas failing to start over and over
+    serve_mod.load(model_uri, uri, opts.max_model_mb)
+    serve.start(http_options={"host": opts.host, "port": opts.port})
     stop = {"now": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -106,11 +117,10 @@ def run(model_uri: str, host: str, port: int, tracking_uri: str | None, replicas
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        serve.run(application(model_uri, uri, replicas, max_batch, window_ms, api_key, poll_s,
-                              replica_cpus, replica_gpus), name=APP_NAME, route_prefix="/")
-        print(f"serving {model_uri} on Ray Serve, {replicas} replicas, on http://{host}:{port}"
-              "  POST /predict /reload  GET /health /ready /metadata /metrics"
-              + ("  (API key required)" if api_key else ""), flush=True)
+        serve.run(application(model_uri, uri, opts, api_key), name=APP_NAME, route_prefix="/")
+        print(f"serving {model_uri} on Ray Serve, {replicas} replicas, on "
+              f"http://{opts.host}:{opts.port}  POST /predict /reload  GET /health /ready "
+              "/metadata /metrics" + ("  (API key required)" if api_key else ""), flush=True)
         while not stop["now"]:
             time.sleep(0.5)
     finally:

@@ -1,0 +1,143 @@
+"""What the model server accepts from the registry, without MLflow: the pickle-free form's
+spec is input (checked by the config's rules, its size counted against the weights file),
+and a refused reload keeps the served version (fakes for the registry)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from conftest import make_cfg
+from orchestrator import config, model, serve, tracking
+
+
+def _write(folder: Path, **spec_changes: object) -> dict:
+    """A real (tiny) pickle-free model in ``folder``, its spec changed by ``spec_changes``."""
+    cfg = make_cfg(**{"model.hidden": [8]})
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    net = model.from_data(cfg, x, num_classes=3)
+    tracking.write_weights(folder, cfg, net, ["a", "b", "c"], 4)
+    spec = json.loads((folder / tracking.MODEL_FILE).read_text())
+    for key, value in spec_changes.items():
+        if "." in key:
+            section, leaf = key.split(".")
+            spec[section][leaf] = value
+        else:
+            spec[key] = value
+    (folder / tracking.MODEL_FILE).write_text(json.dumps(spec))
+    return spec
+
+
+def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
+        tmp_path: Path) -> None:
+    _write(tmp_path, **{"model.hidden": [2_000_000_000]})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"model\.json: model .* needs 16,000,000,011 float32 "
+                                         r"values, but weights\.pt has only [\d,]+ bytes"):
+        tracking.load_weights(tmp_path)
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"model.hidden": [-3]}, "model.json: model.hidden: layer widths must be positive"),
+        ({"model.hidden": [True]}, "model.json: model.hidden[0]: expected an integer"),
+        ({"model.kind": "transformer"}, "model.json: model.kind: unknown kind"),
+        ({"model.dropout": 2.0}, "model.json: model.dropout: must be in [0, 1)"),
+        ({"model.code": "import os"}, "model.json: model.code: unknown key"),
+        ({"model.hidden": [1] * 2000}, "model.json: model.hidden: 2000 layers, at most 1024"),
+        ({"model.kind": "cnn"}, "model.json: shape: is not set but model.kind is cnn"),
+        ({"shape": [1, 2, 3]}, "model.json: shape: [1, 2, 3] holds 6 values, not num_features"),
+        ({"num_features": "4"}, "model.json: num_features: expected a positive integer"),
+        ({"num_classes": 1}, "model.json: num_classes: expected an integer of at least 2"),
+        ({"classes": ["a", "b"]}, "model.json: classes: expected a list of 3 class names"),
+        ({"classes": ["a", {"b": 1}, "c"]}, "model.json: classes: class names must be"),
+        ({"format": 2}, "model.json: format: expected 1, got 2"),
+        ({"model": "mlp"}, "model.json: model: expected an object"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_the_field(tmp_path: Path, changes: dict,
+                                                words: str) -> None:
+    _write(tmp_path, **changes)
+    with pytest.raises(ValueError) as e:
+        tracking.load_weights(tmp_path)
+    assert words in str(e.value)
+
+
+def test_a_spec_that_is_not_json_or_too_big_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path)
+    (tmp_path / tracking.MODEL_FILE).write_bytes(b"\xff{")
+    with pytest.raises(ValueError, match="model.json: not valid JSON"):
+        tracking.load_weights(tmp_path)
+    (tmp_path / tracking.MODEL_FILE).write_text(" " * (tracking.MAX_SPEC_BYTES + 1))
+    with pytest.raises(ValueError, match="model.json: 1048577 bytes, at most 1048576"):
+        tracking.load_weights(tmp_path)
+
+
+@pytest.mark.parametrize(("kind", "hidden", "shape", "classes"),
+                         [("mlp", [8, 3], None, 2), ("mlp", [], None, 5),
+                          ("cnn", [4, 6], [1, 8, 8], 10), ("cnn", [3, 3, 3], [2, 3, 5], 3)])
+def test_the_counted_size_is_the_built_networks(kind: str, hidden: list[int],
+                                                shape: list[int] | None, classes: int) -> None:
+    mcfg = config.ModelConfig(kind=kind, hidden=hidden)
+    d = int(np.prod(shape)) if shape else 7
+    net = model.build(mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32),
+                      classes, shape)
+    assert tracking.state_elements(mcfg, d, classes, shape) == sum(
+        t.numel() for t in net.state_dict().values())
+
+
+def _served(seed: int, version: str) -> serve.Served:
+    torch.manual_seed(seed)
+    x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
+    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
+                        "models:/t@champion", version, f"run{version}")
+
+
+def test_a_refused_reload_keeps_the_served_version_and_says_so(
+        capsys: pytest.CaptureFixture) -> None:
+    calls = {"n": 0}
+
+    def reload() -> serve.Served | None:
+        calls["n"] += 1
+        raise serve.Refused("2", 'models:/t/2 has no pickle-free form "quoted"')
+
+    with TestClient(serve.create_app(_served(0, "1"), reload=reload)) as c:
+        for _ in range(2):
+            r = c.post("/reload")
+            assert r.status_code == 409
+            assert r.json() == {"reloaded": False, "version": "1", "refused": {
+                "version": "2", "reason": 'models:/t/2 has no pickle-free form "quoted"'}}
+        assert c.post("/predict", json={"features": [[0, 1, 2, 3]]}).status_code == 200
+        assert c.get("/ready").json()["version"] == "1"
+        text = c.get("/metrics").text
+    assert "orchestrator_model_refusals_total 1" in text  # the same version counts once
+    assert ('orchestrator_model_refused_info{version="2",reason="models:/t/2 has no '
+            'pickle-free form \\"quoted\\""} 1') in text
+    assert 'orchestrator_model_info{version="1"} 1' in text
+    assert capsys.readouterr().out.count("refused model version 2, still serving version 1") == 1
+
+
+def test_the_reloader_does_not_download_a_refused_version_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[str] = []
+
+    def load(uri: str, tracking_uri: str | None = None, max_model_mb: float = 0) -> None:
+        loads.append(uri)
+        raise serve.Refused("2", "bad")
+
+    monkeypatch.setattr(serve, "resolve", lambda uri: ("2", "run2"))
+    monkeypatch.setattr(serve, "load", load)
+    reload = serve.reloader("models:/t@champion", "1")
+    for _ in range(3):
+        with pytest.raises(serve.Refused):
+            reload()
+    assert loads == ["models:/t@champion"]
