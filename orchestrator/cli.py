@@ -10,10 +10,12 @@ from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
+from orchestrator.progress import SweepStalled
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # serve: the model version is not servable (no pickle-free form, bad spec)
 EXIT_TRACKING = 4  # training finished, but MLflow was away: writes kept for a replay
+EXIT_STALLED = 5  # a trial reported nothing for sweep.stall_timeout: the sweep was stopped
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -395,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("orchestrator: interrupted", file=sys.stderr)
         return 130
+    except SweepStalled as e:
+        print(f"orchestrator: sweep stalled: {e}", file=sys.stderr)
+        return EXIT_STALLED
 
 
 if __name__ == "__main__":

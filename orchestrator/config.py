@@ -195,6 +195,9 @@ class SweepConfig:
     confirm_top: int = 3
     refit: bool = True
     """Retrain the best configuration on train + validation before the test split scores it."""
+    stall_timeout: float = 1800.0
+    """Seconds a running trial may go without reporting (its start-up and one epoch) before
+    the sweep stops with an error naming it, instead of waiting forever."""
     storage_path: str = field(
         default_factory=lambda: os.environ.get("ORCHESTRATOR_STORAGE_PATH", "results"))
     """Where Ray keeps trial checkpoints (absolute, or relative to the working directory);
@@ -576,6 +579,9 @@ def validate(cfg: Config) -> None:
            f"must be at least 1, got {sw.perturbation_interval}", "use e.g. 4")
     _check(sw.max_failures >= -1, "sweep.max_failures",
            f"must be >= -1 (-1: retry forever), got {sw.max_failures}", "use e.g. 1")
+    _check(sw.stall_timeout > 0, "sweep.stall_timeout",
+           f"must be > 0 seconds, got {sw.stall_timeout}",
+           "use e.g. 1800 (above the slowest epoch, start-up included)")
     _check(sw.confirm_seeds >= 0, "sweep.confirm_seeds",
            f"must be >= 0, got {sw.confirm_seeds}", "use e.g. 3 (0 turns it off)")
     _check(sw.confirm_seeds != 1, "sweep.confirm_seeds",

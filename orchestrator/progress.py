@@ -110,3 +110,27 @@ def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+class SweepStalled(RuntimeError):
+    """A running trial reported nothing for ``sweep.stall_timeout`` seconds."""
+
+
+def stalled(last_seen: dict[str, float], now: float, timeout: float) -> tuple[str, float] | None:
+    """The running trial that has been silent longest, with its silence in seconds, when that
+    is more than ``timeout``; else None. ``last_seen``: trial id -> when it last started or
+    reported, for the trials running now."""
+    if not last_seen:
+        return None
+    trial_id = min(last_seen, key=lambda t: last_seen[t])
+    silent = now - last_seen[trial_id]
+    return (trial_id, silent) if silent > timeout else None
+
+
+def stall_message(trial_id: str, values: dict[str, Any], epoch: int, planned: int,
+                  silent: float, timeout: float) -> str:
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) or "no searched values"
+    last = f"last result: epoch {epoch} of {planned}" if epoch else "no result yet"
+    return (f"trial {trial_id} ({shown}) has reported nothing for {silent / 60:.1f} min "
+            f"({last}; sweep.stall_timeout is {timeout:g} s): the sweep was stopped instead "
+            "of waiting on it")

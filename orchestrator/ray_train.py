@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop
+from orchestrator import data, loop, relay
 from orchestrator.config import Config
+
+CHECKPOINT_PATH = "checkpoint_path"  # the key Ray's own bridge uses, kept for the ledger
 
 
 class RaySeam:
@@ -49,6 +52,64 @@ class RaySeam:
             return None
         with ckpt.as_directory() as d:
             return loop.load_checkpoint(d)
+
+
+class ReportRelay(ray.train.UserCallback):
+    """Runs in the Train controller: every report (rank 0's metrics, the checkpoint's path)
+    goes into the trial's own queue. The put blocks while the queue is full, so the Train run
+    stays in step with Tune, as with Ray's bridge. See ``orchestrator.relay`` for why."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        row = dict(metrics[0])
+        if checkpoint:  # already in storage: Tune gets its path, not a second upload
+            row[CHECKPOINT_PATH] = checkpoint.path
+        self._queue.put(row)
+
+
+def report_queue() -> Any:
+    """The queue between a trial's TorchTrainer and the trial (an actor with no CPUs, owned
+    by the trial, so it goes when the trial does)."""
+    from ray.util.queue import Queue
+
+    return Queue(maxsize=1, actor_options={"num_cpus": 0})
+
+
+def fit_relayed(trainer: ray.train.torch.TorchTrainer, queue: Any,
+                report: Callable[[dict[str, Any]], None]) -> None:
+    """``trainer.fit()`` in a thread of its own while this thread relays every report to
+    ``report`` (``tune.report``): the trial has one producer of results, this thread, and it
+    returns only when fit() has and every report was relayed. fit()'s error is raised here."""
+    from ray.util.queue import Empty
+
+    failed: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # raised again in the trial's thread, below
+            failed.append(e)
+
+    def take(timeout: float) -> dict[str, Any] | None:
+        try:
+            item: dict[str, Any] = (queue.get(block=False) if timeout <= 0
+                                    else queue.get(timeout=timeout))
+            return item
+        except Empty:
+            return None
+
+    thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+    thread.start()
+    try:
+        relay.relay(take, lambda: not thread.is_alive(), report)
+    finally:
+        if not thread.is_alive():
+            queue.shutdown(force=True)
+    if failed:
+        raise failed[0]
 
 
 def worker_fn(payload: dict[str, Any]) -> None:

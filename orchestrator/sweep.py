@@ -311,6 +311,10 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         else:  # MLflow is still away: keep what registering needs, for the replay
             tracking.keep_champion(ctx.path, champion_cfg, ctx.parent_id, net, example,
                                    ctx.prep.classes, test_metrics, best.run_id or "")
+    except progress.SweepStalled as e:
+        message = f"{e}; its state is saved: orchestrator resume {ctx.path}"
+        tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {"orchestrator.error": message})
+        raise progress.SweepStalled(message) from None
     except BaseException:
         tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
@@ -402,6 +406,7 @@ def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: 
     if hasattr(scheduler, "bind"):  # ASHA by promotion steers the searcher's cap
         grid = trials.total_trials(cfg) // trials.num_samples(cfg)
         scheduler.bind(search_alg, concurrency, num_samples * grid)
+    watchdog = _Watchdog(cfg.sweep.stall_timeout, cfg.train.epochs)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -412,7 +417,8 @@ def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: 
                                     # read) serves the next trial too: ~1 s saved per trial
                                     reuse_actors=trials.fast_path(cfg)),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback] if callback else [],
+            name=name, storage_path=storage,
+            callbacks=[callback, watchdog] if callback else [watchdog],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=trials.max_failures(cfg)),
             # fast-path trials checkpoint through Tune: keep the best N and the latest (PBT
@@ -798,6 +804,42 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             if (run.info.run_id not in known and run.info.status == "RUNNING"
                     and run.data.tags.get(tracking.ROLE) == self.role):
                 self.client.delete_run(run.info.run_id)
+
+
+class _Watchdog(_callback_base()):  # type: ignore[misc]
+    """Turns "a running trial has reported nothing for ``sweep.stall_timeout`` seconds" into
+    ``SweepStalled`` naming it. Tune's controller loop keeps turning while a trial hangs in
+    its own process (as trials did at their end with Ray's own Train-to-Tune bridge), so a
+    check at each step of that loop sees any trial's silence."""
+
+    def __init__(self, timeout: float, planned_epochs: int) -> None:
+        self.timeout, self.planned = timeout, planned_epochs
+        self._seen: dict[str, float] = {}  # running trial -> when it last started or reported
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune saves its callbacks with the experiment; a resumed sweep starts its clocks anew
+        return {**self.__dict__, "_seen": {}}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._seen[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._seen[trial.trial_id] = time.monotonic()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        running = {t.trial_id: t for t in trials if t.status == "RUNNING"}
+        # a paused, pending or ended trial is not silent; one that runs again starts anew
+        self._seen = {tid: self._seen.get(tid, now) for tid in running}
+        found = progress.stalled(self._seen, now, self.timeout)
+        if found is None:
+            return
+        trial = running[found[0]]
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        raise progress.SweepStalled(progress.stall_message(
+            found[0], trials_mod.values_of(trial.config), epoch, self.planned, found[1],
+            self.timeout))
 
 
 trials_mod = trials

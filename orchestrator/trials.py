@@ -4,8 +4,9 @@ Two ways to run the same loop (``loop.train``), chosen by ``scaling.num_workers`
 - **fast path**, 1 worker: the loop runs inside the Tune trial's own process, which reports
   and checkpoints through Tune (about a second to start; schedulers can pause, clone and
   restore it: HyperBand, PBT);
-- **N workers**: the trial starts a TorchTrainer (DDP) and relays its reports with
-  ``TuneReportCallback`` (15-20 s to start a worker group here).
+- **N workers**: the trial starts a TorchTrainer (DDP) and relays its reports to Tune
+  itself (``orchestrator.relay``: Ray's ``TuneReportCallback`` can deadlock at a trial's
+  end), 15-20 s to start a worker group here.
 Either way the trial reports the same metrics each epoch and writes the same checkpoints.
 """
 
@@ -93,8 +94,6 @@ def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary 
         if fast_path(trial_cfg):
             _run_in_trial(trial_cfg, summary, refit)
             return
-        from ray.tune.integration.ray_train import TuneReportCallback
-
         from orchestrator import ray_train
 
         # Train V2 workers block on each report until the controller polls (every 2 s by
@@ -104,8 +103,13 @@ def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary 
         trial_id = tune.get_context().get_trial_id()
         # The same name on a retry or a resumed sweep: Train picks up its own checkpoints.
         name = f"{cfg.experiment}-{stamp}-{trial_id}" + ("-refit" if refit else "")
-        ray_train.make_trainer(trial_cfg, name, storage, callbacks=[TuneReportCallback()],
-                               refit=refit, summary=summary).fit()
+        # Not Ray's TuneReportCallback: its bridge can deadlock at the end of a trial
+        # (see orchestrator.relay). The trial relays the Train run's reports itself.
+        queue = ray_train.report_queue()
+        trainer = ray_train.make_trainer(trial_cfg, name, storage,
+                                         callbacks=[ray_train.ReportRelay(queue)],
+                                         refit=refit, summary=summary)
+        ray_train.fit_relayed(trainer, queue, tune.report)
 
     return tune.with_resources(trial_fn, trial_resources(cfg))
 

@@ -68,3 +68,16 @@ def test_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> Non
     assert "train.epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["submit", "jobs/configs/quickstart.yaml", "--address", "x", "--bogus"])
+
+
+def test_a_stalled_sweep_exits_5_with_the_watchdogs_message(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import progress, sweep
+
+    def stalls(*args: object, **kw: object) -> None:
+        raise progress.SweepStalled("trial t_00001 (model.dropout=0.1) has reported nothing")
+
+    monkeypatch.setattr(sweep, "run", stalls)
+    monkeypatch.setattr(sweep, "ensure_env", lambda: None)
+    assert cli.main(["sweep", QUICKSTART]) == cli.EXIT_STALLED == 5
+    assert "sweep stalled: trial t_00001" in capsys.readouterr().err

@@ -37,6 +37,7 @@ def _err(raw: dict) -> ConfigError:
         ({"train": {"epochs": 2.5}}, "train.epochs", "expected an integer"),
         ({"train": {"lr": -0.1}}, "train.lr", "positive"),
         ({"model": {"dropout": 1.0}}, "model.dropout", "[0, 1)"),
+        ({"sweep": {"stall_timeout": 0}}, "sweep.stall_timeout", "> 0 seconds"),
         ({"data": {"path": ""}}, "data.path", "not set"),
         ({"scaling": {"use_gpu": "yes"}}, "scaling.use_gpu", "true or false"),
         ({"sweep": {"space": {"train.nope": {"type": "uniform", "low": 0, "high": 1}}}},
