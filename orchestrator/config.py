@@ -354,13 +354,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict of raw config (before validation)."""
-    if key.startswith("sweep.space."):  # space keys themselves contain dots
-        raw.setdefault("sweep", {}).setdefault("space", {})[key[len("sweep.space."):]] = value
-        return
-    node = raw
     parts = key.split(".")
-    for part in parts[:-1]:
+    if key.startswith("sweep.space."):  # space keys themselves contain dots
+        parts = ["sweep", "space", key[len("sweep.space."):]]
+    node = raw
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if node is None:  # `sweep:` with nothing under it, or `sweep: null`
+            section = ".".join(parts[: i + 1])
+            raise ConfigError(section, f"is empty (null), so {key} has no section to go in",
+                              f"remove '{parts[i]}:' from the file to keep its defaults, or "
+                              "give it keys")
         if not isinstance(node, dict):
             raise ConfigError(key, f"'{part}' is not a section", "override a leaf key")
     node[parts[-1]] = value
@@ -380,8 +384,13 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(prefix or "<root>", f"expected a mapping, got {_show(raw)}",
-                          f"write '{prefix}:' as a section of keys")
+        section = prefix.rstrip(".") or "<root>"
+        if raw is None:  # `sweep:` with every key under it commented out, or `sweep: null`
+            raise ConfigError(section, "is empty (null), not a section of keys",
+                              f"remove '{section.rsplit('.', 1)[-1]}:' to keep its defaults, "
+                              "or give it keys")
+        raise ConfigError(section, f"expected a mapping, got {_show(raw)}",
+                          f"write '{section}:' as a section of keys")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
@@ -414,14 +423,21 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(key, f"expected an integer, got {_show(value)}", f"set {key} to e.g. 4")
     if tp is float:
         # PyYAML reads 1e-4 (no dot) as a string: accept any text that is a number.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected a number, got {_show(value)}", f"set {key} to e.g. 0.1")
+                number = float(value)
+            except (ValueError, OverflowError):  # OverflowError: an int beyond any float
+                number = math.inf if not isinstance(value, str) else None
+        if number is None:
+            raise ConfigError(key, f"expected a number, got {_show(value)}",
+                              f"set {key} to e.g. 0.1")
+        # One rule for every float key: inf and nan are never settings (an infinite timeout
+        # waits forever, and nan passes no range check because it compares false to all).
+        if not math.isfinite(number):
+            raise ConfigError(key, f"must be a finite number, got {value!r}",
+                              f"set {key} to e.g. 0.1")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -730,6 +746,8 @@ def _validate_dimension(cfg: Config, dotted: str, spec: Any) -> None:
     except (TypeError, ValueError):
         raise ConfigError(key, f"low and high must be numbers, got {spec!r}",
                           "write e.g. low: 0.0, high: 0.5") from None
+    _check(math.isfinite(low) and math.isfinite(high), key,
+           f"low and high must be finite, got {low} and {high}", "write e.g. low: 1, high: 8")
     _check(low < high, key, f"low ({low}) must be below high ({high})", "swap or widen the range")
     _check(kind != "loguniform" or low > 0, f"{key}.low",
            f"loguniform needs low > 0, got {low}", "use e.g. 1e-6, or type: uniform")

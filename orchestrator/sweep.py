@@ -95,6 +95,23 @@ def prepare(cfg: Config) -> Prepared:
                     splits.num_features, splits=splits)
 
 
+def check_storage(cfg: Config) -> None:
+    """``sweep.storage_path`` can hold files: made if missing, then a probe file created and
+    deleted (permissions alone do not say, e.g. for root or a read-only mount). Checked
+    before any MLflow run exists: found out later, the parent run would stay RUNNING."""
+    root = Path(cfg.sweep.storage_path).absolute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".orchestrator-probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("sweep.storage_path", f"{str(root)!r} is not a folder this "
+                          f"process can write ({e.strerror or e})",
+                          "point it at a writable folder (on a cluster: storage every node "
+                          "mounts), or fix its permissions") from None
+
+
 # ---------------------------------------------------------------- the Ray / MLflow edge
 
 
@@ -167,6 +184,7 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
     from orchestrator import tracking
 
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
+    check_storage(cfg)  # and storage we cannot write, before the parent run exists
     client, exp_id = tracking.connect(cfg, out)  # so does a tracking server that is not up
     init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
@@ -515,6 +533,7 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     cfg = prep.cfg
     from orchestrator import tracking
 
+    check_storage(cfg)
     client, exp_id = tracking.connect(cfg, out)
     init_ray(verbose)
     _concurrency(cfg, prep)  # fails now if one run cannot fit

@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,102 @@ def test_config_error_survives_pickling() -> None:
 
     e = pickle.loads(pickle.dumps(ConfigError("a.b", "bad", "fix it")))
     assert (e.key, e.problem, e.fix) == ("a.b", "bad", "fix it")
+
+
+# ---------------------------------------------------------------- inf, nan, null sections
+
+
+def _float_keys(cls: type = config.Config, prefix: str = "") -> list[str]:
+    """Every float key of the schema (``float`` or ``float | None``), found by walking it."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _float_keys(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif tp is float or float in typing.get_args(tp):
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_the_schema_has_the_float_keys_the_issue_names() -> None:
+    assert {"train.weight_decay", "tracking.drain_timeout", "serve.poll_s"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "inf", "nan", "1e999"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_must_be_finite(key: str, text: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["data.path=x.parquet", f"{key}={text}"])
+    assert e.value.key == key and "finite" in e.value.problem
+
+
+def test_a_searched_range_must_be_finite() -> None:
+    e = _err({"sweep": {"space": {"train.augment_shift": {"type": "randint", "low": 1,
+                                                      "high": float("inf")}}}})
+    assert e.key == "sweep.space.train.augment_shift" and "finite" in e.problem
+
+
+@pytest.mark.parametrize("overrides", [[], ["sweep.space.train.lr={type: uniform, low: 0.001, "
+                                            "high: 0.1}"], ["sweep.num_samples=2"]])
+def test_a_null_section_is_a_config_error_naming_it(overrides: list[str],
+                                                    tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("data: {path: a.parquet}\nsweep:\n")  # every key under sweep: commented out
+    with pytest.raises(ConfigError) as e:
+        config.load(f, overrides)
+    assert e.value.key == "sweep" and "null" in e.value.problem and "sweep:" in e.value.fix
+
+
+# ---------------------------------------------------------------- the same through the CLI
+
+
+def _sweep_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_cli_exits_2_on_an_infinite_drain_and_a_null_sweep_section(
+        digits_path: Path, tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    common = [f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
+              f"sweep.storage_path={tmp_path / 'results'}"]
+    proc = _sweep_cli(tmp_path, str(ROOT / "jobs/configs/quickstart.yaml"), *common,
+                      "tracking.drain_timeout=.inf")
+    assert proc.returncode == 2 and "'tracking.drain_timeout'" in proc.stderr, proc.stderr
+    f = tmp_path / "null.yaml"
+    f.write_text("experiment: nulls\nsweep: null\n")
+    proc = _sweep_cli(tmp_path, str(f), *common,
+                      "sweep.space.train.lr={type: uniform, low: 0.001, high: 0.1}")
+    assert proc.returncode == 2 and "'sweep'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not db.exists() and not (tmp_path / "results").exists()
+
+
+def test_cli_exits_2_on_unwritable_storage_before_any_mlflow_run(
+        digits_path: Path, tmp_path: Path) -> None:
+    # a folder under a plain file: no one can write there, root included (these tests may
+    # run as root, for whom a chmod-ed folder is writable)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    db = tmp_path / "mlflow.db"
+    proc = _sweep_cli(tmp_path, str(ROOT / "jobs/configs/quickstart.yaml"),
+                      f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
+                      f"sweep.storage_path={blocker / 'results'}", "sweep.num_samples=1",
+                      "train.epochs=1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "'sweep.storage_path'" in proc.stderr and "Traceback" not in proc.stderr
+    if db.exists():  # nothing written: no store at all, or at least no run in it
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{db}")
+        exps = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(exps)
