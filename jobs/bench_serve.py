@@ -8,7 +8,8 @@ needs most of a core itself and so understates every server alike. The servers:
 per request, as in the common FastAPI example, written with ``def`` and with ``async def``
 (the faster of the two is the baseline); (b) ours (``orchestrator.serve.create_app``:
 micro-batching); (c) the HTTP ceiling: the same JSON parsed and checked the way ours does
-(``serve.parse_features``), a constant returned. Two models: an MLP
+(``serve.parse_features``), a constant returned. All three run with the HTTP limits of
+``orchestrator serve`` (``serve.limits``). Two models: an MLP
 64-2048-2048-10, whose forward pass dominates (``throughput_ratio`` = ours / naive), and the
 digits champion's shape (64-256-256-10), where HTTP dominates (``ceiling_fraction`` = ours /
 ceiling).
@@ -218,5 +219,10 @@ def bench_serve() -> dict[str, float]:
 if __name__ == "__main__" and sys.argv[1:2] == ["_server"]:
     import uvicorn
 
+    from orchestrator import config, serve
+
     kind, size, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
-    uvicorn.run(app(kind, size), host="127.0.0.1", port=port, log_level="error")
+    # every server with the limits `orchestrator serve` runs with (header cap and read
+    # deadlines, connection cap, keep-alive), so the ratios compare like with like
+    uvicorn.run(app(kind, size), host="127.0.0.1", port=port, log_level="error",
+                **serve.limits(config.ServeConfig()).uvicorn())

@@ -23,10 +23,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.batching import MicroBatcher
 from orchestrator.config import ServeConfig
+from orchestrator.http_limits import Limits
 from orchestrator.metrics_text import ServerMetrics
 
 
@@ -336,6 +338,8 @@ class Guard:
             except _TooBig:
                 if not status[0]:
                     await self._too_big(scope, receive, send_status)
+            except ClientDisconnect:  # gone mid-body (or cut off by a read deadline)
+                status[0] = status[0] or CLIENT_GONE
             except Exception as e:  # noqa: BLE001 - a bug answers 500 once, the server stays up
                 if not status[0]:
                     await _json({"detail": f"internal error: {type(e).__name__}"}, 500)(
@@ -350,6 +354,9 @@ class Guard:
 
 class _TooBig(Exception):
     pass
+
+
+CLIENT_GONE = 499  # nginx's status for "the client closed the request", in /metrics only
 
 
 def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
@@ -532,4 +539,12 @@ def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None = None,
     app = create_app(served, opts.max_batch, opts.window_ms, api_key,
                      reload=reloader(model_uri, served.version, opts.max_model_mb),
                      poll_s=opts.poll_s)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning")
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning",
+                **limits(opts).uvicorn())
+
+
+def limits(opts: ServeConfig) -> Limits:
+    """The HTTP limits of ``serve.*`` (``orchestrator/http_limits.py``)."""
+    return Limits(max_header_bytes=opts.max_header_bytes,
+                  header_timeout_s=opts.header_timeout_s, body_timeout_s=opts.body_timeout_s,
+                  max_connections=opts.max_connections, keepalive_s=opts.keepalive_s)

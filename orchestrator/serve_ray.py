@@ -109,7 +109,11 @@ def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
     # the same checks the replicas make, here first: a refused version is a clear error
     # now, not replicas failing to start over and over
     serve_mod.load(model_uri, uri, opts.max_model_mb)
-    serve.start(http_options={"host": opts.host, "port": opts.port})
+    # Ray Serve's proxy is its own uvicorn: of our HTTP limits it takes only these two
+    # (no header cap, no read deadlines, no connection cap: see the README)
+    serve.start(http_options={"host": opts.host, "port": opts.port,
+                              "request_timeout_s": opts.body_timeout_s,
+                              "keep_alive_timeout_s": max(1, round(opts.keepalive_s))})
     stop = {"now": False}
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,37 @@ def test_a_bug_answers_500_once_and_the_server_stays_up() -> None:
 def test_rows_that_overflow_the_network_get_422_not_nan(client: TestClient) -> None:
     r = client.post("/predict", json={"features": [[0, 1, 2, 3], [-3.4e38, 3.4e38, 0, 0]]})
     assert r.status_code == 422 and "features[1]: the model's output is not a number" in r.text
+
+
+def test_the_server_runs_with_the_http_limits_of_the_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from orchestrator.http_limits import Limits
+
+    ran: dict = {}
+    # restored after the test; the server turns MLflow's pickle loading off for its process
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    monkeypatch.setattr(serve, "load", lambda *a, **k: _served(0, "1"))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
+    opts = config.load(None, ["serve.max_header_bytes=2048", "serve.header_timeout_s=3",
+                              "serve.body_timeout_s=4", "serve.max_connections=9",
+                              "serve.keepalive_s=2"], only="serve").serve
+    serve.run("models:/t@champion", opts, "sqlite:///unused.db")
+    limits = ran["http"]._limits
+    assert limits == Limits(max_header_bytes=2048, header_timeout_s=3, body_timeout_s=4,
+                            max_connections=9, keepalive_s=2)
+    assert ran["limit_concurrency"] == 9 and ran["timeout_keep_alive"] == 2
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("serve.header_timeout_s=0", "serve.header_timeout_s"),
+    ("serve.body_timeout_s=.inf", "serve.body_timeout_s"),
+    ("serve.max_header_bytes=10", "serve.max_header_bytes"),
+    ("serve.max_connections=0", "serve.max_connections"),
+    ("serve.max_model_mb=-1", "serve.max_model_mb")])
+def test_bad_limits_are_refused_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, [override], only="serve")
+    assert e.value.key == key
