@@ -7,28 +7,37 @@ different nodes), for `ray job submit`, and for failures: stopping one node's pr
 node going away. The head holds no CPUs by default, so trials run on the worker nodes only,
 as on a real cluster whose head is kept for the driver and Ray's own services.
 
-The state (pids, ports, the token) lives in a folder (default ``.ray-local``); `down` stops
-only the processes recorded there, by process group, and `status` reads the dashboard.
+The state (pids, ports, the token) lives in a folder (default ``.ray-local``, mode 0700, the
+token 0600); `down` stops only the processes recorded there, by process group, and only
+while each pid is still the process `up` started (``identity``); `status` reads the
+dashboard.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 STATE_DIR = Path(".ray-local")
 RAY = str(Path(sys.executable).parent / "ray")
+# Ray's socket paths must stay short (108 bytes): the nodes' temp folders go directly under
+# /tmp, named rayc-XXXXXXXX (mkdtemp) and rayc-XXXXXXXX-wN for worker N
+TEMP_ROOT, TEMP_PREFIX = Path("/tmp"), "rayc-"
+TEMP_NAME = re.compile(rf"{TEMP_PREFIX}[A-Za-z0-9_]{{8}}(-w\d+)?")
 
 
 @dataclass
@@ -41,6 +50,9 @@ class State:
     workers: list[int] = field(default_factory=list)  # pids of the worker nodes' `ray start`
     cpus_per_worker: int = 1
     gpus_per_worker: int = 0
+    identities: dict[str, str] = field(default_factory=dict)
+    """pid -> ``identity`` of the process `up` started under it: after a reboot, or once it
+    has exited, the same pid may name someone else's process, which `down` must not kill."""
 
     @property
     def address(self) -> str:
@@ -68,7 +80,7 @@ def load(state_dir: Path = STATE_DIR) -> State | None:
 
 
 def _save(state: State, state_dir: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     tmp = state_dir / "cluster.json.tmp"
     tmp.write_text(json.dumps(asdict(state), indent=1))
     tmp.replace(state_dir / "cluster.json")
@@ -91,7 +103,88 @@ def _dashboard_port() -> int:
 
 
 def is_up(state: State) -> bool:
-    return _alive(state.head_pid)
+    return _ours(state, state.head_pid)
+
+
+def identity(pid: int) -> str | None:
+    """What tells this process apart from any other that ever has the same pid: the boot's
+    id and the process's start time in clock ticks since boot (field 22 of /proc/PID/stat);
+    elsewhere than Linux, the start time `ps` shows. None when no such process."""
+    proc = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").is_file():
+        try:
+            text = proc.read_text()
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return None
+        # the command name (field 2) is in parentheses and may hold spaces or parentheses
+        return f"{boot}/{text[text.rindex(')') + 2:].split()[19]}"
+    out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
+                         text=True, timeout=10).stdout.strip()
+    return out or None
+
+
+def _remember(state: State, pid: int) -> int:
+    found = identity(pid)
+    if found is not None:  # None: it exited at once; nothing under that pid is ours then
+        state.identities[str(pid)] = found
+    return pid
+
+
+def _ours(state: State, pid: int) -> bool:
+    """``pid`` is still the process `up` started (a state without identities, from an older
+    version, proves nothing: such pids are left alone)."""
+    recorded = state.identities.get(str(pid))
+    return recorded is not None and identity(pid) == recorded
+
+
+def private_dir(state_dir: Path) -> None:
+    """The state folder, 0700: it holds the token and the logs. One that exists with wider
+    permissions (made by an older version, or by hand) is narrowed, which only takes access
+    away; the token in it is checked on its own (``token_file``)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = state_dir.stat()
+    if st.st_uid != os.getuid():
+        raise RuntimeError(f"{state_dir} belongs to uid {st.st_uid}, not to this user; use "
+                           "a state folder of your own (--state-dir)")
+    if st.st_mode & 0o077:
+        state_dir.chmod(0o700)
+
+
+def token_file(state_dir: Path) -> Path:
+    """The cluster's token, created 0600 in one step (no moment when it is readable by
+    others, whatever the umask). An existing one that others could read, or that is not a
+    plain file of this user's, is refused rather than fixed: it may have been read already,
+    and narrowing its mode would not take the copy back."""
+    token = state_dir.resolve() / "auth_token"
+    try:
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        st = os.lstat(token)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            kind = "a plain file" if stat.S_ISREG(st.st_mode) else "not a plain file"
+            raise RuntimeError(
+                f"{token} is {kind} with mode {stat.S_IMODE(st.st_mode):o}, owned by uid "
+                f"{st.st_uid}: others may have read the token. Delete it (`up` makes a new "
+                "one, readable by you alone) and stop any cluster still using it") from None
+        return token
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return token
+
+
+def _our_temp_dir(path: str) -> bool:
+    """``path`` is a temp folder `up` made: directly under /tmp, named as `up` names them,
+    a real folder (not a link) of this user's. cluster.json is only a file: a folder it
+    names is not deleted on its word alone."""
+    p = Path(path)
+    if p.parent != TEMP_ROOT or not TEMP_NAME.fullmatch(p.name):
+        return False
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
 def _alive(pid: int) -> bool:
@@ -129,21 +222,17 @@ def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
     if old is not None and is_up(old):
         raise RuntimeError(f"a cluster from {state_dir} is already up (head pid "
                            f"{old.head_pid}, {old.address}); `orchestrator cluster down` first")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    token = state_dir.resolve() / "auth_token"
-    if not token.is_file():
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-    # Ray's socket paths must stay short (108 bytes): a folder of our own directly under /tmp
-    temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
+    private_dir(state_dir)
+    token = token_file(state_dir)
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT)
     state = State(gcs_port=_free_port(), dashboard_port=dashboard_port or _dashboard_port(),
                   temp_dir=temp_dir, token_path=str(token), head_pid=0,
                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
-    state.head_pid = _spawn(
+    state.head_pid = _remember(state, _spawn(
         ["--head", "--node-ip-address=127.0.0.1", f"--port={state.gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={state.dashboard_port}",
          f"--ray-client-server-port={_free_port()}", f"--num-cpus={head_cpus}", "--num-gpus=0",
-         f"--temp-dir={temp_dir}", *_node_ports()], state, state_dir / "head.log")
+         f"--temp-dir={temp_dir}", *_node_ports()], state, state_dir / "head.log"))
     _save(state, state_dir)
     _wait(state, 1, timeout, state_dir)
     for _ in range(workers):
@@ -153,14 +242,15 @@ def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
 
 def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) -> int:
     """One more worker node; its pid."""
-    expected = 1 + len([p for p in state.workers if _alive(p)]) + 1
+    expected = 1 + len([p for p in state.workers if _ours(state, p)]) + 1
     index = len(state.workers)
     # a temp dir of its own: nodes sharing one would share runtime_resources/, and one
     # node's clean-up of a job's working directory would pull it from under another's driver
-    pid = _spawn([f"--address={state.gcs}", "--node-ip-address=127.0.0.1",
-                  f"--num-cpus={state.cpus_per_worker}", f"--num-gpus={state.gpus_per_worker}",
-                  f"--temp-dir={state.temp_dir}-w{index}", *_node_ports()],
-                 state, state_dir / f"worker-{index}.log")
+    pid = _remember(state, _spawn(
+        [f"--address={state.gcs}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={state.cpus_per_worker}", f"--num-gpus={state.gpus_per_worker}",
+         f"--temp-dir={state.temp_dir}-w{index}", *_node_ports()],
+        state, state_dir / f"worker-{index}.log"))
     state.workers.append(pid)
     _save(state, state_dir)
     _wait(state, expected, timeout, state_dir)
@@ -169,27 +259,42 @@ def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) 
 
 def stop_worker(state: State, pid: int, timeout: float = 60) -> None:
     """Stop one worker node (the node goes away, as when a machine is lost)."""
-    _stop(pid, timeout)
+    _stop(state, pid, timeout)
 
 
-def down(state_dir: Path = STATE_DIR, timeout: float = 60) -> bool:
-    """Stop what `up` started (by the pids it recorded); False when nothing was up."""
+def _warn(line: str) -> None:
+    print(f"orchestrator: {line}", file=sys.stderr)
+
+
+def down(state_dir: Path = STATE_DIR, timeout: float = 60,
+         warn: Callable[[str], None] = _warn) -> bool:
+    """Stop what `up` started (by the pids it recorded, each only while it is still the
+    process started) and delete its temp folders (only ones `up` made); False when nothing
+    was up."""
     state = load(state_dir)
     if state is None:
         return False
     for pid in [*state.workers, state.head_pid]:  # workers first: the head outlives them
-        _stop(pid, timeout)
-    for i in range(len(state.workers)):
-        shutil.rmtree(f"{state.temp_dir}-w{i}", ignore_errors=True)
-    shutil.rmtree(state.temp_dir, ignore_errors=True)
+        if _alive(pid) and not _ours(state, pid):
+            warn(f"left pid {pid} alone: it is no longer the process `cluster up` started "
+                 "(the pid was reused, e.g. after a reboot)")
+            continue
+        _stop(state, pid, timeout)
+    for folder in [*(f"{state.temp_dir}-w{i}" for i in range(len(state.workers))),
+                   state.temp_dir]:
+        if _our_temp_dir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        elif os.path.lexists(folder):
+            warn(f"left {folder} alone: not a temp folder `cluster up` makes "
+                 f"({TEMP_ROOT}/{TEMP_PREFIX}*, yours)")
     (state_dir / "cluster.json").unlink(missing_ok=True)
     return True
 
 
-def _stop(pid: int, timeout: float) -> None:
+def _stop(state: State, pid: int, timeout: float) -> None:
     """SIGTERM the process group `ray start --block` leads (it stops its node's processes);
-    SIGKILL what is left after ``timeout``."""
-    if not _alive(pid):
+    SIGKILL what is left after ``timeout``. Each signal only while ``pid`` is still ours."""
+    if not _ours(state, pid):
         return
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -201,7 +306,7 @@ def _stop(pid: int, timeout: float) -> None:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
         except ChildProcessError:
             pass
-        if not _alive(pid):
+        if not _ours(state, pid):
             return
         time.sleep(0.2)
     try:

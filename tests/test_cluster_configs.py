@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import ray
 import yaml
 
 from conftest import ROOT
-from orchestrator import config
+from orchestrator import cluster, config
 
 CLUSTER = ROOT / "cluster"
 SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler/ray-schema.json").read_text())
@@ -168,3 +169,61 @@ def test_the_schema_check_has_teeth() -> None:
     bad["available_node_types"]["gpu_worker"]["resources"] = {"GPU": -1}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, SCHEMA)
+
+
+# ---------------------------------------------------------------- what must not leave, or start
+
+
+# What holds secrets or private data on the machine `ray up` runs from: the local cluster's
+# state (its token), MLflow stores, results (checkpoints, journals), data, environments.
+KEPT_HOME = {cluster.STATE_DIR.name, "mlflow.db", "*.db", "mlruns", "mlartifacts", "results",
+             "data", ".venv", ".env"}
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_the_launcher_uploads_no_local_state_stores_or_secrets(name: str) -> None:
+    cfg = yaml.safe_load((CLUSTER / name).read_text())
+    assert KEPT_HOME <= set(cfg["rsync_exclude"])
+    assert cfg["rsync_filter"] == [".gitignore"]  # and whatever else the project ignores
+    # the same folders `orchestrator submit` leaves out of a job's working directory
+    from orchestrator import submit
+
+    assert {e.rstrip("/") for e in submit.EXCLUDES} >= KEPT_HOME - {".env"}
+
+
+def _heads() -> list[tuple[str, dict[str, Any]]]:
+    rc = next(d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster")
+    job = next(d for d in _docs("rayjob.yaml") if d["kind"] == "RayJob")
+    return [("raycluster", rc["spec"]["headGroupSpec"]["template"]["spec"]),
+            ("rayjob", job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"])]
+
+
+def _token_check(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod.get("initContainers", []) if c["name"] == "check-ray-token")
+
+
+def test_the_token_secret_ships_a_placeholder_the_heads_refuse() -> None:
+    import secrets as pysecrets
+
+    (secret,) = [d for d in _docs("auth-secret.yaml") if d["kind"] == "Secret"]
+    placeholder = secret["stringData"]["token"]
+    assert placeholder.startswith("CHANGE-ME")  # a marker anyone reading it recognises
+    scripts = set()
+    for name, pod in _heads():
+        check = _token_check(pod)
+        assert check["image"] == pod["containers"][0]["image"], name
+        assert check["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "ray-auth-token",
+                                                                "key": "token"}
+        scripts.add(tuple(check["command"]))
+    (command,) = scripts  # both heads run the same check
+    assert command[:2] == ("sh", "-c")
+
+    def run(token: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(command), env={"RAY_AUTH_TOKEN": token, "PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=10)
+
+    refused = run(placeholder)  # what applying auth-secret.yaml unchanged gives the head
+    assert refused.returncode == 1 and "placeholder" in refused.stderr
+    assert run("").returncode == 1 and run("short-token").returncode == 1
+    ok = run(pysecrets.token_hex(32))
+    assert ok.returncode == 0 and not ok.stderr
