@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from orchestrator import cluster
 
 
@@ -182,3 +183,32 @@ def test_identity_is_the_boot_and_start_time_while_the_process_lives() -> None:
         a.kill()
         a.wait(timeout=10)
     assert cluster.identity(a.pid) is None  # gone (and reaped)
+
+
+def _local_head_down(state_dir: Path, pid: int, recorded: str) -> subprocess.CompletedProcess:
+    state_dir.mkdir(exist_ok=True)
+    (state_dir / "head.pid").write_text(f"{pid} {recorded}\n")
+    return subprocess.run([str(ROOT / "cluster/local-head.sh"), "down"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "STATE_DIR": str(state_dir)})
+
+
+def test_local_head_sh_stops_its_head_only_while_the_pid_is_still_it(tmp_path: Path) -> None:
+    head = subprocess.Popen(["sleep", "60"], start_new_session=True)  # stands in for the head
+    try:
+        found = cluster.identity(head.pid)
+        assert found
+        reused = _local_head_down(tmp_path / "s", head.pid, "another-boot/123")
+        assert reused.returncode == 0 and "left alone" in reused.stderr
+        assert head.poll() is None, "local-head.sh down killed a process it did not start"
+        old_format = _local_head_down(tmp_path / "s", head.pid, "")  # a bare pid: unproven
+        assert "left alone" in old_format.stderr and head.poll() is None
+        (tmp_path / "s" / "head.pid").write_text(f"{head.pid} {found}\n")
+        down = subprocess.Popen([str(ROOT / "cluster/local-head.sh"), "down"], text=True,
+                                stdout=subprocess.PIPE,
+                                env={**os.environ, "STATE_DIR": str(tmp_path / "s")})
+        assert head.wait(timeout=30) is not None  # reaped here, so the script sees it gone
+        assert "stopped" in down.communicate(timeout=30)[0] and down.returncode == 0
+    finally:
+        if head.poll() is None:
+            head.kill()
+        head.wait(timeout=10)
