@@ -211,3 +211,76 @@ def test_a_sweep_refuses_to_start_without_its_tracking_server(
     assert proc.returncode == 2 and "'tracking.uri'" in proc.stderr
     assert "orchestrator tracking serve" in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing started, nothing written
+
+
+class StopsTheServerAfterCreating:
+    """The real client, but the real server is stopped right after it made a run (armed
+    once): the outage that comes between a kept run's creation and its writes."""
+
+    def __init__(self, client: object, server: Server) -> None:
+        self.client, self.server, self.armed = client, server, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.client, name)
+
+    def create_run(self, *args: object, **kw: object) -> object:
+        run = self.client.create_run(*args, **kw)  # type: ignore[attr-defined]
+        if self.armed:
+            self.armed = False
+            self.server.stop()
+        return run
+
+
+def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_once(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Away, back just long enough for a kept run to be created, away again; the driver
+    ends. Its writes name the run by a placeholder only the dead driver knew in memory: the
+    replay must still send them (it used to fail on every try, "Run 'offline-...' not
+    found"), and register the champion kept under that placeholder once."""
+    import mlflow
+    import numpy as np
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from conftest import make_cfg
+    from orchestrator import model, outbox, tracking
+
+    for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")):
+        monkeypatch.setenv(k, v)  # as the sweep sets them: an outage shows in seconds
+    monkeypatch.setattr(outbox, "FIRST_PAUSE", 0.2)  # retry soon, not in 2 s
+    mlflow.set_tracking_uri(server.uri)
+    client = MlflowClient(server.uri)
+    exp = client.create_experiment("flap")
+    wrapped = StopsTheServerAfterCreating(client, server)
+    box = outbox.Outbox(wrapped, out=print)
+    folder = tmp_path / "sweep"
+    box.use_journal(folder)
+    parent = box.create_run(exp, run_name="sweep-flap").info.run_id
+    server.stop()
+    trial = box.create_run(exp, run_name="trial-a",
+                           tags={"mlflow.parentRunId": parent}).info.run_id
+    assert trial.startswith(outbox.PLACEHOLDER)
+    for epoch in (1, 2, 3):
+        box.log_batch(trial, metrics=[Metric("val_loss", 1 / epoch, 1000 * epoch, epoch)])
+    box.set_terminated(trial, status="FINISHED")
+    box.set_terminated(parent, status="FINISHED")
+    server.start()
+    wrapped.armed = True
+    assert not box.drain(block=True, patience=3)  # the run made, then away again
+    assert box.run_id(trial) != trial and len(box.queue) == 5  # its writes: placeholder
+    cfg = make_cfg("x.parquet", **{"model.hidden": [4], "tracking.register_as": "flap",
+                                   "tracking.uri": server.uri})
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    tracking.keep_champion(folder, cfg, parent, model.from_data(cfg, x, num_classes=3), x,
+                           [0, 1, 2], {"test_accuracy": 0.5}, trial)
+    del box  # the driver exits (code 4); later, with the server back:
+    server.start()
+    said: list[str] = []
+    assert tracking.replay(folder, server.uri, out=said.append) == "1"
+    runs = client.search_runs([exp])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    real = next(r.info.run_id for r in runs if r.info.run_id != parent)
+    assert _steps(client, real) == [1, 2, 3]
+    assert [str(v.version) for v in client.search_model_versions("name = 'flap'")] == ["1"]
+    assert client.get_run(real).data.tags["orchestrator.champion"] == "true"
+    assert not (folder / outbox.JOURNAL).exists()
