@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,11 @@ from orchestrator import config, data
 ROOT = Path(__file__).resolve().parents[1]
 # Ray >= 2.59 enables token auth for local clusters; be explicit, like the Makefile.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The secrets the local cluster's nodes hold in their environment (as a Kubernetes Secret
+# would give them), made fresh each session: a literal here would be in every job's upload.
+CLUSTER_SECRETS = {"MLFLOW_TRACKING_USERNAME": "admin",
+                   "MLFLOW_TRACKING_PASSWORD": f"pw-{secrets.token_hex(8)}",
+                   "ORCHESTRATOR_API_KEY": f"key-{secrets.token_hex(8)}"}
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +65,16 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
 @pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`orchestrator cluster up --workers 2`: a head (no CPUs for trials) and two 1-CPU worker
-    nodes on loopback, token auth on; stopped (only what it started) after the module."""
-    import sys
+    nodes on loopback, token auth on, CLUSTER_SECRETS in the nodes' environment; stopped (only
+    what it started) after the module."""
 
     from orchestrator import cluster
 
     state_dir = tmp_path_factory.mktemp("cluster") / ".ray-local"
     proc = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "cluster", "up", "--workers", "2",
-         "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=400)
+         "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=400,
+        env={**os.environ, **CLUSTER_SECRETS})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     state = cluster.load(state_dir)
     assert state is not None
@@ -87,3 +96,66 @@ def running(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie is gone but for its exit status
         return f.read().split()[2] != "Z"
+
+
+def files_holding(root: Path, *needles: str) -> list[str]:
+    """Files under ``root`` holding any of ``needles`` (as bytes: pickles and SQLite too)."""
+    hits = []
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                data = p.read_bytes()
+            except OSError:
+                continue  # a socket or a file removed meanwhile
+            hits += [f"{p}: {n}" for n in needles if n.encode() in data]
+    return hits
+
+
+@pytest.fixture
+def basic_auth_server(tmp_path: Path) -> Iterator[dict]:
+    """`orchestrator tracking serve` with MLflow's basic-auth app (user admin, the password
+    of CLUSTER_SECRETS), the backend in $MLFLOW_BACKEND_STORE_URI; stopped by its process
+    group. Its output goes to ``server.log`` (a pipe nobody reads would fill and block it)."""
+    import requests
+
+    password = CLUSTER_SECRETS["MLFLOW_TRACKING_PASSWORD"]
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    (auth / "basic_auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{auth}/auth.db\nadmin_username = admin\n"
+        f"admin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth / "basic_auth.ini"),
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
+           # the auth app's CSRF key, the same in every server worker
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "tracking", "serve", "--port",
+             str(port), "--artifacts", str(tmp_path / "artifacts"), "--workers", "1", "--",
+             "--app-name", "basic-auth"],
+            cwd=tmp_path, env=env, start_new_session=True, stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.time() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+        yield {"port": port, "proc": proc, "tmp": tmp_path}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)

@@ -8,6 +8,7 @@ module starts the cluster itself and stops only the processes it started."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, running
+from conftest import CLUSTER_SECRETS, ROOT, files_holding, running
 from orchestrator import cluster
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,53 @@ def test_submit_runs_the_quickstart_sweep_on_the_cluster(up: dict, digits_path: 
     exp = client.get_experiment_by_name("cluster-sweep")
     roles = [r.data.tags.get("orchestrator.role") for r in client.search_runs([exp.experiment_id])]
     assert roles.count("trial") == 2 and roles.count("sweep") == 1
+
+
+def test_submit_sends_no_secret_and_the_job_finds_them_on_the_cluster(
+        up: dict, basic_auth_server: dict, digits_path: Path, tmp_path: Path) -> None:
+    """A password in tracking.uri (a basic-auth MLflow server) and a serve.api_key given to
+    `orchestrator submit`: the job authenticates with the nodes' own credentials, and neither
+    secret is in `ray job list/status/logs`, in what submit printed, or in any node's session
+    folder (logs, the job's uploaded working directory) or the cluster's state folder."""
+    from mlflow.tracking import MlflowClient
+
+    password, key = CLUSTER_SECRETS["MLFLOW_TRACKING_PASSWORD"], CLUSTER_SECRETS[
+        "ORCHESTRATOR_API_KEY"]
+    uri = f"http://127.0.0.1:{basic_auth_server['port']}"
+    done = _submit(up, tmp_path, digits_path, "sweep.num_samples=1", "train.epochs=1",
+                   "sweep.refit=false", "experiment=cluster-secret",
+                   f"tracking.uri=http://admin:{password}@127.0.0.1:{basic_auth_server['port']}",
+                   f"serve.api_key={key}")
+    assert isinstance(done, subprocess.CompletedProcess)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-4000:]
+    assert "ORCHESTRATOR_API_KEY in the cluster's environment" in done.stdout
+    assert "tracking.uri=http://***@127.0.0.1" in done.stdout
+    job = re.search(r"submitted (\S+):", done.stdout)
+    assert job is not None
+    env = {**cluster.env(up["state"])}
+    env.pop("RAY_ADDRESS", None)
+    address = up["state"].address
+    for cmd in (["list"], ["status", job[1]], ["logs", job[1]]):
+        ray = subprocess.run([str(BIN / "ray"), "job", *cmd, "--address", address], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert ray.returncode == 0, ray.stderr
+        printed += ray.stdout + ray.stderr
+    assert "trials done 1/1" in printed  # the logs are really there
+    assert password not in printed and key not in printed
+    temp = Path(up["state"].temp_dir)
+    roots = [p for p in temp.parent.glob(f"{temp.name}*") if p.is_dir()] + [up["state_dir"]]
+    assert len(roots) >= 4 and any(temp.glob("session_*/logs/job-driver-*"))
+    found = [hit for root in roots for hit in files_holding(root, password, key)]
+    assert not found, found
+    os.environ.update(CLUSTER_SECRETS)  # MLflow's client reads them
+    try:
+        runs = MlflowClient(uri).search_runs(
+            [MlflowClient(uri).get_experiment_by_name("cluster-secret").experiment_id])
+    finally:
+        for k in CLUSTER_SECRETS:
+            os.environ.pop(k, None)
+    assert {r.data.params["serve.api_key"] for r in runs} == {"***"} and len(runs) == 2
 
 
 def test_a_two_worker_ddp_trial_runs_on_two_nodes(up: dict, digits_path: Path,
