@@ -121,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, args.overrides, only="serve")
     opts = dataclasses.replace(cfg.serve, host=args.host or cfg.serve.host,
                                port=args.port if args.port is not None else cfg.serve.port)
-    key = cfg.serve.api_key or os.environ.get("ORCHESTRATOR_API_KEY") or None
+    key = serve.required_key(cfg.serve.api_key, os.environ, opts.host,
+                             opts.allow_unauthenticated or args.allow_unauthenticated)
     try:
         if args.ray:
             from orchestrator import serve_ray
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run as a Ray Serve deployment (this Ray cluster, or a local one)")
     v.add_argument("--replicas", type=int, default=None,
                    help="with --ray: replicas (default serve.replicas, 2)")
+    v.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve without an API key on an address beyond loopback "
+                        "(serve.allow_unauthenticated)")
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
 

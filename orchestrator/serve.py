@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -310,13 +310,21 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
-        declared = None
+        declared = kind = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value
+            elif name == b"content-type":
+                kind = value
         if self.api_key and path != "/health" and not _authorized(scope, self.api_key):
             await _json({"detail": "missing or wrong API key (X-API-Key or Authorization: "
                                    "Bearer)"}, 401)(scope, receive, send_status)
+        elif path == "/predict" and scope["method"] == "POST" and not _is_json(kind):
+            # a cross-site page may POST text/plain without asking (no CORS preflight); a
+            # JSON body has to ask, and this server answers no preflight
+            await _json({"detail": "content-type: /predict takes application/json, not "
+                                   f"{(kind or b'none').decode('latin-1')!r}"}, 415)(
+                scope, receive, send_status)
         elif declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._too_big(scope, receive, send_status)
         else:
@@ -376,6 +384,7 @@ def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
         "responses": {
             401: {"description": "missing or wrong API key", "content": error},
             413: {"description": "body or batch too big", "content": error},
+            415: {"description": "the body is not application/json", "content": error},
             422: {"description": "not the model's input", "content": error}},
     }
 
@@ -388,6 +397,9 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
     moved): called by ``POST /reload`` and, every ``poll_s`` seconds when set, in the
     background. ``api_key`` guards everything but ``/health``. ``make_batcher`` replaces
     the micro-batcher (Ray Serve brings its own)."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key: empty; an empty key is not a way to turn authentication "
+                         "off (pass None)")
     metrics = ServerMetrics()
     # a row of digits' 64 features is ~600 bytes of JSON; be generous, but bounded
     limit = max_body_bytes or max(1 << 20, max_batch * served.num_features * 32)
@@ -514,10 +526,59 @@ KNOWN = {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"}
 
 
 def _authorized(scope: Scope, key: str) -> bool:
+    """``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (the scheme in any case, as
+    RFC 9110 has it)."""
     headers = dict(scope["headers"])
-    given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(
-        b"Bearer ").strip()
-    return hmac.compare_digest(given, key.encode())
+    given = headers.get(b"x-api-key")
+    if given is None:
+        scheme, _, token = headers.get(b"authorization", b"").strip().partition(b" ")
+        given = token.strip() if scheme.lower() == b"bearer" else b""
+    return hmac.compare_digest(given.strip(), key.encode())
+
+
+def _is_json(kind: bytes | None) -> bool:
+    return kind is not None and kind.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost
+    counts as beyond it: what it resolves to can change)."""
+    import ipaddress
+
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def required_key(configured: str | None, environ: Mapping[str, str], host: str,
+            allow_unauthenticated: bool) -> str | None:
+    """The API key to require: ``serve.api_key``, else ``$ORCHESTRATOR_API_KEY``, else none.
+    An empty key is an error (not "auth off"), and so is no key on an address beyond
+    loopback unless ``serve.allow_unauthenticated`` (``--allow-unauthenticated``) says so."""
+    from orchestrator.config import ConfigError
+
+    key, where = configured, "serve.api_key"
+    if key is None and "ORCHESTRATOR_API_KEY" in environ:
+        key, where = environ["ORCHESTRATOR_API_KEY"], "ORCHESTRATOR_API_KEY"
+    if key is not None and not key.strip():
+        raise ConfigError(where, "is empty: an empty key would not turn authentication off, "
+                          "so it is refused", "set a key, or unset it to serve without one")
+    if key is not None and key != key.strip():
+        raise ConfigError(where, "has leading or trailing whitespace (headers are trimmed, so "
+                          "no request could match it)", "remove the whitespace")
+    if key is None and not allow_unauthenticated and not is_loopback(host):
+        raise ConfigError("serve.host", f"{host} is reachable beyond this machine, and no API "
+                          "key is set: anyone who reaches the port could predict, reload, and "
+                          "read /metadata and /metrics", "set serve.api_key (or "
+                          "$ORCHESTRATOR_API_KEY), or pass --allow-unauthenticated "
+                          "(serve.allow_unauthenticated: true) if a proxy in front checks")
+    return key
 
 
 def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None = None,

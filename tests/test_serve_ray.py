@@ -81,7 +81,11 @@ def _pids(base: str, n: int = 40) -> dict[int, str]:
 
 def test_two_replicas_answer_the_same_predictions(deployed: dict) -> None:
     base = deployed["base"]
-    assert len(_pids(base)) == 2  # two processes behind one address
+    # two processes behind one address (the proxy may learn of the second a little later)
+    deadline = time.time() + 60
+    while len(_pids(base)) < 2:
+        assert time.time() < deadline, "only one replica answers"
+        time.sleep(1)
     served = serve.load(f"models:/{NAME}/1", deployed["uri"])
     x = np.random.default_rng(5).normal(size=(64, 6)).astype(np.float32)
     with torch.no_grad():
@@ -137,3 +141,24 @@ def test_zero_replicas_or_more_than_fit_are_refused_before_deploying(tmp_path: P
              "--model", f"models:/{NAME}@champion"], capture_output=True, text=True,
             timeout=180, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"})
         assert proc.returncode != 0 and "serve.replicas" in proc.stdout + proc.stderr, replicas
+
+
+def test_a_version_without_the_pickle_free_form_is_refused_before_deploying(
+        deployed: dict) -> None:
+    import mlflow
+    from test_serve_security import Payload
+
+    marker = deployed["tmp"] / "payload-ran"
+    mlflow.set_tracking_uri(deployed["uri"])
+    with mlflow.start_run(experiment_id=mlflow.MlflowClient().get_experiment_by_name(
+            "ray-serve").experiment_id):
+        info = mlflow.pytorch.log_model(Payload(marker), name="model", pip_requirements=["torch"],
+                                        serialization_format="pickle")
+    mlflow.register_model(info.model_uri, "pickled")
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "1",
+         "--model", "models:/pickled/1", "--tracking-uri", deployed["uri"],
+         "serve.replica_cpus=0.5"], capture_output=True, text=True, timeout=240,
+        cwd=deployed["tmp"], env={**os.environ, "RAY_ADDRESS": "local"})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "no pickle-free form" in proc.stderr and not marker.exists()
