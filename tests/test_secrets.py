@@ -253,3 +253,22 @@ def test_the_cluster_configs_give_the_job_its_secrets_from_the_cluster() -> None
     for name in ("aws.yaml", "gcp.yaml"):
         text = (ROOT / "cluster" / name).read_text()
         assert ". ~/.orchestrator-secrets.env" in text and "MLFLOW_TRACKING_PASSWORD=" not in text
+
+
+def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ctx = SimpleNamespace(cfg=_cfg(), stamp="s", parent_id="p", exp_id="1", path=tmp_path,
+                          prep=SimpleNamespace(fingerprint="f"))
+    sweep._write_state(ctx, "done")  # type: ignore[arg-type]
+    sent: list[str] = []
+    monkeypatch.setattr(tracking, "replay", lambda folder, uri, **kw: sent.append(uri))
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli.main(["tracking", "replay", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri" in err and "MLFLOW_TRACKING_USERNAME" in err and not _leaks(err)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    assert cli.main(["tracking", "replay", str(tmp_path)]) == 0
+    assert sent == [URI]
