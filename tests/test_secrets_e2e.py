@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -29,8 +31,17 @@ PASSWORD = CLUSTER_SECRETS["MLFLOW_TRACKING_PASSWORD"]
 API_KEY = CLUSTER_SECRETS["ORCHESTRATOR_API_KEY"]
 
 
-def test_a_sweep_on_a_basic_basic_auth_server_resumes_from_the_environment_and_leaks_nothing(
-        basic_auth_server: dict, digits_path: Path) -> None:
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """RAY_TMPDIR for the drivers: their Ray session in a folder of its own (short: Ray's
+    socket paths), deleted after."""
+    path = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_sweep_on_a_basic_auth_server_resumes_from_the_environment_and_leaks_nothing(
+        basic_auth_server: dict, digits_path: Path, ray_tmp: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     tmp, port = basic_auth_server["tmp"], basic_auth_server["port"]
@@ -41,7 +52,6 @@ def test_a_sweep_on_a_basic_basic_auth_server_resumes_from_the_environment_and_l
     api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
     assert requests.get(api, timeout=10).status_code == 401  # basic auth is on
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths
     base = {k: v for k, v in os.environ.items()
             if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                          "ORCHESTRATOR_API_KEY", "MLFLOW_TRACKING_URI")}
