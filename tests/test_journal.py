@@ -225,3 +225,24 @@ def test_a_resumed_driver_sends_what_the_dead_one_kept_first(tmp_path: Path) -> 
     assert box.drain(block=True, patience=10)
     assert [c[1][:2] for c in client.calls[1:]] == [("real1", (("val_loss", 1),)),
                                                     ("real1", (("val_loss", 2),))]
+
+
+def test_the_replay_command_names_a_damaged_line_and_refused_writes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`orchestrator tracking replay` (real SQLite store): exit 1 and what to do, no
+    traceback, for a journal damaged in the middle and for writes MLflow refuses."""
+    from orchestrator import cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    lines = _journal(tmp_path, 3)
+    (tmp_path / outbox.JOURNAL).write_text(f"{lines[0]}\n{lines[1][:9]}\n{lines[2]}\n")
+    assert cli.main(["tracking", "replay", str(tmp_path), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "tracking replay:" in err and "line 2 of 3" in err and "Traceback" not in err
+    _journal(tmp_path, 2)  # two tags for a run the store never had
+    assert cli.main(["tracking", "replay", str(tmp_path), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "refused 2 of the 2 kept write(s)" in err and outbox.REFUSED in err
+    assert not (tmp_path / outbox.JOURNAL).exists()
+    assert len((tmp_path / outbox.REFUSED).read_text().splitlines()) == 2
+    assert cli.main(["tracking", "replay", str(tmp_path), "--tracking-uri", uri]) == 0
