@@ -818,7 +818,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
         if self.parent_id is None:
             return
-        known = {r.run_id for r in self.records}
+        # a record may still hold a placeholder id from an outage: compare real ids
+        known = {self.client.run_id(r.run_id) for r in self.records}
         for run in tracking.child_runs(self.client, self.exp_id, self.parent_id):
             if (run.info.run_id not in known and run.info.status == "RUNNING"
                     and run.data.tags.get(tracking.ROLE) == self.role):

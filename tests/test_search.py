@@ -357,6 +357,10 @@ class FakeClient:
         self.runs: dict[str, dict[str, Any]] = {}
         self.metrics: list[tuple[str, str, int]] = []
         self.values: dict[tuple[str, str, int], float] = {}
+        self.ids: dict[str, str] = {}  # the outbox's placeholder -> real run ids
+
+    def run_id(self, run_id: str | None) -> str | None:
+        return self.ids.get(run_id, run_id) if run_id else run_id
 
     def create_run(self, exp_id: str, run_name: str, tags: dict[str, str]) -> Any:
         run_id = f"run{len(self.runs)}"
@@ -477,6 +481,19 @@ def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> No
     again.forget_orphans()  # t3's run: Tune reruns that trial under a new id
     assert set(client.runs) == {"run0", "run1"}
     assert again.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
+
+
+def test_a_resume_keeps_runs_its_ledger_knows_by_a_placeholder_id() -> None:
+    # created while MLflow was away: the ledger holds the outbox's placeholder, MLflow the
+    # real id; the run is the trial's own, not an orphan to delete
+    client, out = FakeClient(), []
+    cb = _callback(client, out)
+    t1 = _trial("t1", **{"model.dropout": 0.1})
+    cb.on_trial_result(0, [], t1, _result(1, 1.0))
+    client.ids["offline-1"] = cb.by_id["t1"].run_id
+    cb.by_id["t1"].run_id = "offline-1"
+    cb.forget_orphans()
+    assert set(client.runs) == {"run0"}
 
 
 def test_resume_finds_the_newest_sweep_or_says_what_to_pass(tmp_path: Path) -> None:
