@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import hmac
 import math
 import os
@@ -293,9 +294,9 @@ class Guard:
     metrics. A body without a declared length is counted as it arrives and refused once it
     passes the limit, so nothing unbounded is ever read."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, limit: int,
+    def __init__(self, app: ASGIApp, key_digest: bytes | None, limit: int,
                  metrics: ServerMetrics) -> None:
-        self.app, self.api_key, self.limit, self.metrics = app, api_key, limit, metrics
+        self.app, self.key_digest, self.limit, self.metrics = app, key_digest, limit, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -316,7 +317,7 @@ class Guard:
                 declared = value
             elif name == b"content-type":
                 kind = value
-        if self.api_key and path != "/health" and not _authorized(scope, self.api_key):
+        if self.key_digest and path != "/health" and not _authorized(scope, self.key_digest):
             await _json({"detail": "missing or wrong API key (X-API-Key or Authorization: "
                                    "Bearer)"}, 401)(scope, receive, send_status)
         elif path == "/predict" and scope["method"] == "POST" and not _is_json(kind):
@@ -392,14 +393,18 @@ def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
 def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
                api_key: str | None = None, max_body_bytes: int | None = None,
                reload: Callable[[], Served | None] | None = None,
-               poll_s: float = 0.0, make_batcher: BatcherFactory | None = None) -> FastAPI:
+               poll_s: float = 0.0, make_batcher: BatcherFactory | None = None,
+               api_key_sha256: str | None = None) -> FastAPI:
     """The model server. ``reload`` returns a newer model (or None when the alias has not
     moved): called by ``POST /reload`` and, every ``poll_s`` seconds when set, in the
-    background. ``api_key`` guards everything but ``/health``. ``make_batcher`` replaces
-    the micro-batcher (Ray Serve brings its own)."""
+    background. ``api_key`` guards everything but ``/health``; ``api_key_sha256`` (its
+    ``key_sha256``) does the same without the key itself (Ray Serve replicas get only
+    that). ``make_batcher`` replaces the micro-batcher (Ray Serve brings its own)."""
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key: empty; an empty key is not a way to turn authentication "
                          "off (pass None)")
+    digest = (hashlib.sha256(api_key.encode()).digest() if api_key is not None
+              else bytes.fromhex(api_key_sha256) if api_key_sha256 else None)
     metrics = ServerMetrics()
     # a row of digits' 64 features is ~600 bytes of JSON; be generous, but bounded
     limit = max_body_bytes or max(1 << 20, max_batch * served.num_features * 32)
@@ -453,7 +458,7 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
         box["state"].batcher.close()
 
     app = FastAPI(title="orchestrator model server", version="1", lifespan=lifespan)
-    app.add_middleware(Guard, api_key=api_key, limit=limit, metrics=metrics)
+    app.add_middleware(Guard, key_digest=digest, limit=limit, metrics=metrics)
 
     # first: the router tries routes in order, and this is the hot one
     @app.post("/predict", response_model=PredictResponse,
@@ -525,15 +530,21 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
 KNOWN = {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"}
 
 
-def _authorized(scope: Scope, key: str) -> bool:
+def key_sha256(api_key: str) -> str:
+    """What a server needs to check ``api_key`` without holding it (a key is long and
+    random, so its SHA-256 does not give it away)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _authorized(scope: Scope, digest: bytes) -> bool:
     """``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (the scheme in any case, as
-    RFC 9110 has it)."""
+    RFC 9110 has it), compared by digest in constant time."""
     headers = dict(scope["headers"])
     given = headers.get(b"x-api-key")
     if given is None:
         scheme, _, token = headers.get(b"authorization", b"").strip().partition(b" ")
         given = token.strip() if scheme.lower() == b"bearer" else b""
-    return hmac.compare_digest(given.strip(), key.encode())
+    return hmac.compare_digest(hashlib.sha256(given.strip()).digest(), digest)
 
 
 def _is_json(kind: bytes | None) -> bool:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import os
 import signal
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -59,22 +61,26 @@ class RayBatcher:
 @serve.ingress()  # late-bound: __serve_build_asgi_app__ builds the app on the replica
 class ModelServer:
     def __init__(self, model_uri: str, tracking_uri: str, opts: ServeConfig,
-                 api_key: str | None) -> None:
+                 api_key_sha256: str | None) -> None:
         serve_mod.no_pickles()  # also in the replica's runtime_env: before anything imports
         self.served = serve_mod.load(model_uri, tracking_uri, opts.max_model_mb)
-        self.opts, self.api_key = opts, api_key
+        self.opts, self.api_key_sha256 = opts, api_key_sha256
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         served, opts = self.served, self.opts
         return serve_mod.create_app(
-            served, opts.max_batch, opts.window_ms, self.api_key,
+            served, opts.max_batch, opts.window_ms,
             reload=serve_mod.reloader(served.model_uri, served.version, opts.max_model_mb),
-            poll_s=opts.poll_s, make_batcher=RayBatcher)
+            poll_s=opts.poll_s, make_batcher=RayBatcher, api_key_sha256=self.api_key_sha256)
 
 
 def application(model_uri: str, tracking_uri: str, opts: ServeConfig,
                 api_key: str | None = None) -> Any:
-    """The bound Ray Serve application (for ``serve.run``)."""
+    """The bound Ray Serve application (for ``serve.run``). Ray keeps a deployment's
+    arguments in its own store (and shows its config): the replicas get the API key's
+    digest, never the key, and the tracking URI without ``user:password@`` (MLflow's client
+    reads ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` from the node's
+    environment instead)."""
     deployment = serve.deployment(
         name="model", num_replicas=opts.replicas,
         ray_actor_options={
@@ -84,7 +90,20 @@ def application(model_uri: str, tracking_uri: str, opts: ServeConfig,
             "runtime_env": {"env_vars": {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}}},
         # a replica batches what it holds: let it hold enough for full batches
         max_ongoing_requests=512)(ModelServer)
-    return deployment.bind(model_uri, tracking_uri, opts, api_key)
+    bare, _, _ = split_credentials(tracking_uri)
+    return deployment.bind(model_uri, bare, dataclasses.replace(opts, api_key=None),
+                           serve_mod.key_sha256(api_key) if api_key else None)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://user:pw@host:5000`` -> (``http://host:5000``, user, pw)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri, None, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), user, password
 
 
 def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
@@ -100,6 +119,13 @@ def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
     serve_mod.no_pickles()
     uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
     replicas, cpus = opts.replicas, opts.replica_cpus
+    # the replicas get the URI without its credentials: a Ray started here passes this
+    # environment on to them (on a cluster, the nodes' own environment must hold them)
+    _, user, password = split_credentials(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+    if password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
     sweep.init_ray()
     if ray.available_resources().get("CPU", 0) + 1e-9 < replicas * cpus and \
             ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * cpus:

@@ -272,3 +272,24 @@ def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     assert cli.main(["tracking", "replay", str(tmp_path)]) == 0
     assert sent == [URI]
+
+
+def test_ray_serve_replicas_get_neither_the_api_key_nor_the_tracking_password() -> None:
+    # Ray keeps a deployment's arguments (pickled, in its store) and shows its config: what
+    # is bound must not hold a secret. The replicas check a digest of the key, and MLflow's
+    # client takes the credentials from the node's environment.
+    import cloudpickle
+
+    from orchestrator import serve_ray
+    from orchestrator.config import ServeConfig
+
+    key, password = "k3y-" + "x" * 28, "pw-" + "y" * 20
+    app = serve_ray.application("models:/m@champion", f"http://admin:{password}@db:5000",
+                                ServeConfig(replicas=2, api_key=key), key)
+    blob = cloudpickle.dumps(app)
+    assert key.encode() not in blob and password.encode() not in blob
+    args = app._bound_deployment.init_args
+    assert args[1] == "http://db:5000" and args[3] == serve_ray.serve_mod.key_sha256(key)
+    assert serve_ray.split_credentials("https://u%40x:p%3Aw@h:1/p?q=1") == (
+        "https://h:1/p?q=1", "u@x", "p:w")
+    assert serve_ray.split_credentials("sqlite:///a.db") == ("sqlite:///a.db", None, None)

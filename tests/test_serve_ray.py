@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +20,16 @@ import pytest
 import requests
 import torch
 
-from conftest import free_port, make_cfg, wait_until_up
+from conftest import files_holding, free_port, make_cfg
 from orchestrator import model, serve, tracking
 
 pytestmark = pytest.mark.slow
 
 NAME = "ray-served"
+# the server runs with an API key: the replicas check it without ever holding it
+API_KEY = secrets.token_urlsafe(24)
+HTTP = requests.Session()
+HTTP.headers["X-API-Key"] = API_KEY
 
 
 def _register(uri: str, seed: int) -> str:
@@ -50,7 +57,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     uri = f"sqlite:///{tmp}/mlflow.db"
     assert _register(uri, 0) == "1"
     port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": "local", "MLFLOW_TRACKING_URI": uri}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "RAY_ADDRESS": "local", "MLFLOW_TRACKING_URI": uri,
+           "ORCHESTRATOR_API_KEY": API_KEY, "RAY_TMPDIR": str(ray_tmp)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "2",
          "--model", f"models:/{NAME}@champion", "--port", str(port), "--tracking-uri", uri,
@@ -59,8 +68,17 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{base}/ready", proc, timeout=240)
-        yield {"base": base, "uri": uri, "proc": proc, "tmp": tmp}
+        deadline = time.time() + 240
+        while True:
+            try:
+                if HTTP.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.time() < deadline, "Ray Serve did not come up in 240 s"
+            time.sleep(0.5)
+        yield {"base": base, "uri": uri, "proc": proc, "tmp": tmp, "ray_tmp": ray_tmp}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -68,13 +86,15 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _pids(base: str, n: int = 40) -> dict[int, str]:
     """pid -> model version, over ``n`` /metadata calls (Serve spreads them on replicas)."""
     seen = {}
     for _ in range(n):
-        meta = requests.get(f"{base}/metadata", timeout=10).json()
+        meta = HTTP.get(f"{base}/metadata", timeout=10).json()
         seen[meta["server"]["pid"]] = meta["version"]
     return seen
 
@@ -92,7 +112,8 @@ def test_two_replicas_answer_the_same_predictions(deployed: dict) -> None:
         expected = served.net(torch.from_numpy(x)).numpy()
 
     def one(i: int) -> list[float]:
-        r = requests.post(f"{base}/predict", json={"features": x[i:i + 1].tolist()}, timeout=30)
+        r = requests.post(f"{base}/predict", json={"features": x[i:i + 1].tolist()}, timeout=30,
+                          headers=HTTP.headers)
         assert r.status_code == 200, r.text
         return r.json()["probabilities"][0]
 
@@ -100,18 +121,35 @@ def test_two_replicas_answer_the_same_predictions(deployed: dict) -> None:
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         got = np.array(list(pool.map(one, range(len(x)))))
     assert np.allclose(got, expected, atol=1e-5)
-    whole = requests.post(f"{base}/predict", json={"features": x.tolist()}, timeout=30).json()
+    whole = HTTP.post(f"{base}/predict", json={"features": x.tolist()}, timeout=30).json()
     assert whole["predictions"] == [served.classes[i] for i in expected.argmax(1)]
 
 
 def test_bad_input_is_refused_by_the_same_rules(deployed: dict) -> None:
     base = deployed["base"]
-    r = requests.post(f"{base}/predict", json={"features": [[1, 2, 3]]}, timeout=30)
+    r = HTTP.post(f"{base}/predict", json={"features": [[1, 2, 3]]}, timeout=30)
     assert r.status_code == 422 and "features[0]: 3 values, the model takes 6" in r.text
-    r = requests.post(f"{base}/predict", json={"features": [[1, 2, 3, 4, 5, "x"]]}, timeout=30)
+    r = HTTP.post(f"{base}/predict", json={"features": [[1, 2, 3, 4, 5, "x"]]}, timeout=30)
     assert r.status_code == 422 and "features[0][5]" in r.text
+    assert HTTP.get(f"{base}/health", timeout=10).status_code == 200
+    assert "orchestrator_requests_total" in HTTP.get(f"{base}/metrics", timeout=10).text
+
+
+def test_the_api_key_guards_every_replica_which_never_holds_the_key(deployed: dict) -> None:
+    base = deployed["base"]
+    for _ in range(8):  # spread over both replicas
+        r = requests.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30)
+        assert r.status_code == 401, r.text
+        assert requests.get(f"{base}/metadata", timeout=10).status_code == 401
     assert requests.get(f"{base}/health", timeout=10).status_code == 200
-    assert "orchestrator_requests_total" in requests.get(f"{base}/metrics", timeout=10).text
+    r = requests.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30,
+                      headers={"Authorization": f"bearer {API_KEY}"})
+    assert r.status_code == 200, r.text
+    # the deployment's arguments (kept by Ray, shown by its dashboard) carry a digest only:
+    # the key is in none of the session's files (logs, GCS, pickled arguments)
+    sessions = list(deployed["ray_tmp"].glob("ray/session_*"))
+    assert sessions and any(sessions[0].glob("logs/*")), sessions
+    assert files_holding(deployed["ray_tmp"], API_KEY) == []
 
 
 def test_every_replica_moves_to_the_new_champion(deployed: dict) -> None:
@@ -122,7 +160,7 @@ def test_every_replica_moves_to_the_new_champion(deployed: dict) -> None:
         assert deployed["proc"].poll() is None
         assert time.time() < deadline, _pids(base, 20)
         time.sleep(1)
-    r = requests.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30)
+    r = HTTP.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30)
     assert r.status_code == 200
 
 
