@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -849,6 +850,17 @@ def redact_uri(text: str) -> str:
     """Every ``scheme://user:password@host`` in ``text`` as ``scheme://***@host``: for a URI
     on its own, or any message that may quote one."""
     return _USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://user:pw@host:5000`` -> (``http://host:5000``, user, pw), percent-decoded."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri, None, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
+    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), user, password
 
 
 def secret_fields(cls: type | None = None, prefix: str = "") -> dict[str, dict[str, Any]]:

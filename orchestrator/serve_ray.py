@@ -17,7 +17,6 @@ import dataclasses
 import os
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from ray import serve
 from starlette.types import ASGIApp
 
+from orchestrator import config as config_mod
 from orchestrator import serve as serve_mod
 from orchestrator.config import ServeConfig
 
@@ -90,20 +90,9 @@ def application(model_uri: str, tracking_uri: str, opts: ServeConfig,
             "runtime_env": {"env_vars": {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}}},
         # a replica batches what it holds: let it hold enough for full batches
         max_ongoing_requests=512)(ModelServer)
-    bare, _, _ = split_credentials(tracking_uri)
+    bare, _, _ = config_mod.split_credentials(tracking_uri)
     return deployment.bind(model_uri, bare, dataclasses.replace(opts, api_key=None),
                            serve_mod.key_sha256(api_key) if api_key else None)
-
-
-def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
-    """``http://user:pw@host:5000`` -> (``http://host:5000``, user, pw)."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri, None, None
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = urllib.parse.unquote(parts.username) if parts.username is not None else None
-    password = urllib.parse.unquote(parts.password) if parts.password is not None else None
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), user, password
 
 
 def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
@@ -113,19 +102,14 @@ def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None,
     version is not servable."""
     import ray
 
-    from orchestrator import config as config_mod
     from orchestrator import sweep, tracking
 
     serve_mod.no_pickles()
-    uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
+    # without its credentials, which go to MLflow's variables: a Ray started here passes this
+    # environment on to the replicas (on a cluster, the nodes' own environment holds them)
+    uri = (tracking.bare_uri(tracking_uri) if tracking_uri
+           else tracking.resolve_uri(config_mod.Config()))
     replicas, cpus = opts.replicas, opts.replica_cpus
-    # the replicas get the URI without its credentials: a Ray started here passes this
-    # environment on to them (on a cluster, the nodes' own environment must hold them)
-    _, user, password = split_credentials(uri)
-    if user is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
-    if password is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
     sweep.init_ray()
     if ray.available_resources().get("CPU", 0) + 1e-9 < replicas * cpus and \
             ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * cpus:

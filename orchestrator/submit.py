@@ -120,7 +120,7 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
     from orchestrator import tracking
 
     overrides = []
-    uri = tracking.resolve_uri(cfg)
+    uri = tracking.configured_uri(cfg)
     scheme = urlparse(uri).scheme
     if scheme in ("", "file", "sqlite"):
         if not local_cluster:
@@ -239,7 +239,7 @@ def check_secrets(config_path: str, cfg: Config, out: Callable[[str], None] = pr
     needed = dict(config_mod.secrets_set(cfg))
     from orchestrator import tracking
 
-    uri = tracking.resolve_uri(cfg)
+    uri = tracking.configured_uri(cfg)
     creds = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     # credentials in MLflow's own variables here are not sent either: the nodes need theirs
     if config_mod.redact_uri(uri) != uri or (urlparse(uri).scheme in ("http", "https")

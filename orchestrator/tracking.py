@@ -29,14 +29,35 @@ METRIC_KEYS = ("train_loss", "train_accuracy", "train_f1", "val_loss", "val_accu
 
 
 def resolve_uri(cfg: Config) -> str:
+    """The URI to give MLflow: ``configured_uri`` with its credentials moved to MLflow's
+    variables (``bare_uri``)."""
+    return bare_uri(configured_uri(cfg))
+
+
+def configured_uri(cfg: Config) -> str:
     """Config, then $MLFLOW_TRACKING_URI, then ``sqlite:///<cwd>/mlflow.db``, made absolute:
-    MLflow's own default is relative to the current directory, which Ray trials change."""
+    MLflow's own default is relative to the current directory, which Ray trials change. It
+    may hold ``user:password@``: only for deciding what to send redacted, never for MLflow."""
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
     elif "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
         uri = str(Path(uri).absolute())
     return uri
+
+
+def bare_uri(uri: str) -> str:
+    """``uri`` without ``user:password@``, which go to ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` (MLflow's client reads them for every request). Given to
+    MLflow with its credentials, the URI would be copied into ``$MLFLOW_TRACKING_URI`` (and
+    so into every process Ray starts from here) and quoted in MLflow's error messages. A
+    redacted part (``***``) is not exported: the variables already set stand."""
+    bare, user, password = config_mod.split_credentials(uri)
+    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD",
+                                                            password)):
+        if value is not None and value != config_mod.REDACTED:
+            os.environ[name] = value
+    return bare
 
 
 def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[Any, str]:
@@ -478,6 +499,7 @@ def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
     logged once (see ``outbox``), and the champion registered once (``register_kept``)."""
     from orchestrator import outbox
 
+    uri = bare_uri(uri)
     mlflow.set_tracking_uri(uri)
     box = outbox.Outbox.from_journal(MlflowClient(uri), folder,
                                      lambda m: out(config_mod.redact_uri(m)))

@@ -271,7 +271,9 @@ def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     assert cli.main(["tracking", "replay", str(tmp_path)]) == 0
-    assert sent == [URI]
+    # MLflow gets the bare URI; its client reads the credentials from the environment
+    assert sent == ["http://mlflow.internal:5000"]
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
 
 
 def test_ray_serve_replicas_get_neither_the_api_key_nor_the_tracking_password() -> None:
@@ -290,6 +292,35 @@ def test_ray_serve_replicas_get_neither_the_api_key_nor_the_tracking_password() 
     assert key.encode() not in blob and password.encode() not in blob
     args = app._bound_deployment.init_args
     assert args[1] == "http://db:5000" and args[3] == serve_ray.serve_mod.key_sha256(key)
-    assert serve_ray.split_credentials("https://u%40x:p%3Aw@h:1/p?q=1") == (
+    assert config.split_credentials("https://u%40x:p%3Aw@h:1/p?q=1") == (
         "https://h:1/p?q=1", "u@x", "p:w")
-    assert serve_ray.split_credentials("sqlite:///a.db") == ("sqlite:///a.db", None, None)
+    assert config.split_credentials("sqlite:///a.db") == ("sqlite:///a.db", None, None)
+
+
+def test_mlflow_never_gets_the_uri_with_its_credentials(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # MLflow copies the URI it is given into $MLFLOW_TRACKING_URI (inherited by every
+    # process Ray starts) and quotes it in its errors: it gets the bare URI, and the
+    # credentials go to the variables its client reads
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://admin:{PASSWORD}@127.0.0.1:{port}"
+    assert tracking.resolve_uri(_cfg(**{"tracking.uri": uri})) == f"http://127.0.0.1:{port}"
+    with pytest.raises(ConfigError) as e:
+        tracking.connect(_cfg(**{"tracking.uri": uri}))
+    assert PASSWORD not in str(e.value) and PASSWORD not in os.environ["MLFLOW_TRACKING_URI"]
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
+    # a redacted part never overwrites the real credentials
+    assert tracking.bare_uri(f"http://***@127.0.0.1:{port}") == f"http://127.0.0.1:{port}"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # leave no tracking URI behind for other tests
