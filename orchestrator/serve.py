@@ -78,7 +78,7 @@ def load(model_uri: str, tracking_uri: str | None = None,
     from orchestrator import model, tracking
 
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(tracking.bare_uri(tracking_uri))
     version, run_id = resolve(model_uri)
     # a fixed version, so the weights and the version reported are the same model even if
     # the alias moves meanwhile
@@ -87,6 +87,8 @@ def load(model_uri: str, tracking_uri: str | None = None,
         _download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
         try:
             net, spec = tracking.load_weights(d)
+        except OSError:
+            raise  # the disk, not the version: tried again at the next reload
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
             raise Refused(version, f"{fixed}: {e}") from None
     return Served(model.WithProbabilities(net).eval(), list(spec["classes"]),
@@ -403,8 +405,9 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key: empty; an empty key is not a way to turn authentication "
                          "off (pass None)")
-    digest = (hashlib.sha256(api_key.encode()).digest() if api_key is not None
-              else bytes.fromhex(api_key_sha256) if api_key_sha256 else None)
+    if api_key is not None:
+        api_key_sha256 = key_sha256(api_key)
+    digest = bytes.fromhex(api_key_sha256) if api_key_sha256 else None
     metrics = ServerMetrics()
     # a row of digits' 64 features is ~600 bytes of JSON; be generous, but bounded
     limit = max_body_bytes or max(1 << 20, max_batch * served.num_features * 32)

@@ -141,3 +141,19 @@ def test_the_reloader_does_not_download_a_refused_version_again(
         with pytest.raises(serve.Refused):
             reload()
     assert loads == ["models:/t@champion"]
+
+
+def test_a_disk_error_while_loading_is_not_a_refusal_so_the_next_reload_tries_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path)
+    monkeypatch.setattr(serve, "resolve", lambda uri: ("2", "run2"))
+    monkeypatch.setattr(serve, "_download", lambda *a: None)
+
+    def full_disk(folder: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking, "load_weights", full_disk)
+    reload = serve.reloader("models:/t@champion", "1")
+    for _ in range(2):  # not cached as a refusal: each reload tries the version again
+        with pytest.raises(OSError):
+            reload()
