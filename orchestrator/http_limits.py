@@ -85,6 +85,14 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
                         return
             super().data_received(data)
 
+        def on_message_begin(self) -> None:
+            # a request pipelined behind the last one in the same read: its head deadline
+            # starts now, not at the next read (its bytes in that read go uncounted, so the
+            # cap can be passed by at most one read's worth)
+            if self._deadline is None:
+                self._arm(self._limits.header_timeout_s)
+            super().on_message_begin()
+
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._body_from = self.loop.time()
