@@ -156,7 +156,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     if args.action == "up":
         running = cluster.load(state_dir)
-        if running is not None and cluster.is_up(running):
+        if running is not None and cluster.maybe_up(running):
             print(f"orchestrator: a cluster from {state_dir} is already up ({running.address});"
                   " `orchestrator cluster down` first", file=sys.stderr)
             return 1

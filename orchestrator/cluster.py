@@ -106,6 +106,12 @@ def is_up(state: State) -> bool:
     return _ours(state, state.head_pid)
 
 
+def maybe_up(state: State) -> bool:
+    """Up, or perhaps: a state file from before identities were recorded whose head pid is
+    alive. `up` refuses to start over either (it would orphan a running cluster)."""
+    return is_up(state) or (not state.identities and _alive(state.head_pid))
+
+
 def identity(pid: int) -> str | None:
     """What tells this process apart from any other that ever has the same pid: the boot's
     id and the process's start time in clock ticks since boot (field 22 of /proc/PID/stat);

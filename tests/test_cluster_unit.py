@@ -139,6 +139,21 @@ def test_down_leaves_the_pids_of_a_state_without_identities_alone(
     assert fake_nodes[0].poll() is None
 
 
+def test_up_does_not_start_over_a_live_cluster_of_an_older_state_file(
+        fake_nodes: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator import cli
+
+    state_dir = tmp_path / ".ray-local"
+    cluster.up(workers=0, state_dir=state_dir, timeout=5)
+    raw = json.loads((state_dir / "cluster.json").read_text())
+    raw.pop("identities", None)  # what an older version wrote, its head still running
+    (state_dir / "cluster.json").write_text(json.dumps(raw))
+    assert cli.main(["cluster", "up", "--state-dir", str(state_dir)]) == 1
+    assert "already up" in capsys.readouterr().err
+    assert len(fake_nodes) == 1  # nothing new was started over it
+    assert json.loads((state_dir / "cluster.json").read_text()) == raw
+
+
 @pytest.mark.parametrize("kind", ["elsewhere", "prefix-under-tmp", "link"])
 def test_down_deletes_no_folder_it_did_not_make(kind: str, fake_nodes: list, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
