@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,9 +80,10 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
     print(f"  registered as models:/{summary.register_as}@champion (version "
           f"{summary.model_version})")
     print("\nnext:")
-    # the URI is shown redacted; MLflow reads the credentials from these variables
+    # the URI is shown bare; MLflow reads the credentials from these variables
     uri = summary.tracking_uri.replace(f"://{config_mod.REDACTED}@", "://")
-    if uri != summary.tracking_uri:
+    if uri.startswith("http") and any(os.environ.get(v) for v in (
+            "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")):
         print("  (with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported)")
     if uri.startswith("http"):
         print(f"  open {uri} (the MLflow UI)")
@@ -114,7 +116,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
     from orchestrator import serve
 
@@ -185,7 +186,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_tracking_serve(args: argparse.Namespace) -> int:
     """`mlflow server` with a database backend and proxied artifacts (clients upload and
     download artifacts through the server, so trials need no access to its disk or bucket)."""
-    import os
     from pathlib import Path
 
     backend = args.backend or os.environ.get(BACKEND_ENV) or "sqlite:///mlflow.db"
@@ -219,7 +219,6 @@ BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
     import json
-    import os
     from pathlib import Path
 
     from orchestrator import sweep, tracking

@@ -96,13 +96,19 @@ def prepare(cfg: Config) -> Prepared:
 
 
 def check_storage(cfg: Config) -> None:
-    """``sweep.storage_path`` can hold files: made if missing, then a probe file created and
-    deleted (permissions alone do not say, e.g. for root or a read-only mount). Checked
-    before any MLflow run exists: found out later, the parent run would stay RUNNING."""
+    """``sweep.storage_path`` can hold files: a probe file created and deleted in it, or in
+    its nearest existing parent while it does not exist yet (permissions alone do not say,
+    e.g. for root or a read-only mount). Checked before any MLflow run exists: found out
+    later, the parent run would stay RUNNING."""
     root = Path(cfg.sweep.storage_path).absolute()
+    # probed where it exists so far: a sweep refused later (MLflow away) leaves no folder
+    where = root
+    while not where.exists() and where != where.parent:
+        where = where.parent
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".orchestrator-probe-{os.getpid()}"
+        if not where.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(where))
+        probe = where / f".orchestrator-probe-{os.getpid()}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as e:

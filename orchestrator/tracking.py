@@ -273,6 +273,9 @@ def log_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_example: n
     meta = {"classes": classes, "num_features": int(x_example.shape[1])}
     with tempfile.TemporaryDirectory() as d:
         weights, spec = write_weights(d, cfg, net, classes, int(x_example.shape[1]))
+        # the run's own experiment: MLflow refuses to resume a run of another experiment
+        # than the process's active one (a replay, or a second sweep in one process)
+        mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent_id).info.experiment_id)
         with mlflow.start_run(run_id=parent_id):
             info = mlflow.pytorch.log_model(
                 served, name="model", signature=signature, input_example=x_example[:2],

@@ -86,8 +86,7 @@ def test_a_late_take_of_the_last_report_does_not_hang_a_multi_worker_trial(
     assert result.error is None, result.error
     assert result.metrics["epoch"] == 2  # the last epoch reached Tune
     assert result.metrics["checkpoint_path"]  # with the path of its checkpoint
-    history = results.get_dataframe()
-    assert len(history) == 1 and int(history["training_iteration"].iloc[0]) == 2
+    assert result.metrics["training_iteration"] == 2  # two results: one per epoch, no more
 
 
 def test_a_silent_trial_stops_the_sweep_with_an_error_naming_it(
