@@ -159,3 +159,17 @@ def basic_auth_server(tmp_path: Path) -> Iterator[dict]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+
+
+def served_model(seed: int, version: str) -> Any:
+    """A small untrained 3-class model on 4 features, as the server holds it (a ``Served``)."""
+    import numpy as np
+    import torch
+
+    from orchestrator import model, serve
+
+    torch.manual_seed(seed)
+    x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
+    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
+                        "models:/t@champion", version, f"run{version}")

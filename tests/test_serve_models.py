@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from conftest import make_cfg
+from conftest import served_model as _served
 from orchestrator import config, model, serve, tracking
 
 
@@ -93,13 +93,6 @@ def test_the_counted_size_is_the_built_networks(kind: str, hidden: list[int],
     assert tracking.state_elements(mcfg, d, classes, shape) == sum(
         t.numel() for t in net.state_dict().values())
 
-
-def _served(seed: int, version: str) -> serve.Served:
-    torch.manual_seed(seed)
-    x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
-    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
-    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
-                        "models:/t@champion", version, f"run{version}")
 
 
 def test_a_refused_reload_keeps_the_served_version_and_says_so(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from conftest import served_model as _served
 from orchestrator import config, model, serve
 
 
@@ -53,13 +54,6 @@ def test_nan_and_infinity_are_refused(client: TestClient) -> None:
                     headers={"content-type": "application/json"})
     assert r.status_code == 422
 
-
-def _served(seed: int, version: str) -> serve.Served:
-    torch.manual_seed(seed)
-    x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
-    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
-    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
-                        "models:/t@champion", version, f"run{version}")
 
 
 def test_ready_metadata_and_metrics_describe_the_model_and_the_traffic() -> None:
