@@ -264,8 +264,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import data
 
-    path = data.export_digits(args.out)
-    print(f"wrote {path} (scikit-learn digits: 1,797 rows, 64 pixel columns + label)")
+    path = data.export(args.name, args.out or f"data/{args.name}.parquet")
+    print(f"wrote {path} ({data.EXPORTS[args.name]}; column label)")
     return 0
 
 
@@ -374,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="export a built-in real data set to Parquet")
     dsub = d.add_subparsers(dest="action", required=True)
-    e = dsub.add_parser("export", help="write scikit-learn's digits as Parquet")
-    e.add_argument("name", choices=["digits"])
-    e.add_argument("--out", default="data/digits.parquet")
+    e = dsub.add_parser("export", help="write a built-in data set as Parquet")
+    e.add_argument("name", choices=["digits", "breast_cancer", "wine", "iris", "noisy"],
+                   help="scikit-learn's digits, breast_cancer, wine or iris, or `noisy` "
+                        "(synthetic, 20%% of the labels flipped)")
+    e.add_argument("--out", default=None, help="default: data/NAME.parquet")
     e.set_defaults(func=cmd_data)
     return p
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,19 +51,55 @@ class Splits:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
-def export_digits(path: str | Path) -> Path:
-    """Write scikit-learn's digits (1,797 real 8x8 images, 10 classes) as Parquet."""
-    from sklearn.datasets import load_digits
+# Real sets scikit-learn ships (no download) plus a synthetic one with label noise: what
+# `orchestrator data export NAME` writes and the diagnosis corpus (jobs/curves.py) learns.
+EXPORTS = {
+    "digits": "scikit-learn digits: 1,797 real 8x8 images, 64 pixel columns, 10 classes",
+    "breast_cancer": "scikit-learn breast cancer: 569 rows, 30 measurements, 2 classes",
+    "wine": "scikit-learn wine: 178 rows, 13 measurements, 3 classes",
+    "iris": "scikit-learn iris: 150 rows, 4 measurements, 3 classes",
+    "noisy": "synthetic make_classification: 2,000 rows, 20 columns (6 informative), "
+             "3 classes, 20% of the labels flipped at random",
+}
 
-    digits = load_digits()
-    columns = {f"pixel_{i}": digits.data[:, i].astype(np.float32) for i in range(64)}
-    columns["label"] = digits.target.astype(np.int64)
+
+def sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features, integer labels and column names of one of ``EXPORTS``."""
+    from sklearn import datasets
+
+    if name == "noisy":
+        # flip_y relabels 20% of the rows at random: no model can beat that noise, so a big
+        # model overfits it while a small one still underfits the 6 informative columns
+        x, y = datasets.make_classification(
+            n_samples=2000, n_features=20, n_informative=6, n_redundant=4, n_classes=3,
+            n_clusters_per_class=2, flip_y=0.2, class_sep=0.8, random_state=0)
+        return x, y, [f"x_{i}" for i in range(x.shape[1])]
+    loaders = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
+               "wine": datasets.load_wine, "iris": datasets.load_iris}
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}: one of {', '.join(EXPORTS)}")
+    bunch = loaders[name]()
+    names = ([f"pixel_{i}" for i in range(bunch.data.shape[1])] if name == "digits" else
+             [re.sub(r"[^0-9a-zA-Z]+", "_", str(n)).strip("_") for n in bunch.feature_names])
+    return bunch.data, bunch.target, names
+
+
+def export(name: str, path: str | Path) -> Path:
+    """Write one of ``EXPORTS`` as Parquet: float32 feature columns and an int64 ``label``."""
+    x, y, names = sample(name)
+    columns: dict[str, Any] = {n: x[:, i].astype(np.float32) for i, n in enumerate(names)}
+    columns["label"] = np.asarray(y, dtype=np.int64)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     pq.write_table(pa.table(columns), tmp)
     tmp.replace(out)  # never leave a half-written file under the real name
     return out
+
+
+def export_digits(path: str | Path) -> Path:
+    """Write scikit-learn's digits (1,797 real 8x8 images, 10 classes) as Parquet."""
+    return export("digits", path)
 
 
 def absolute(path: str) -> str:
