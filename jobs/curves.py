@@ -3,6 +3,7 @@ side of the bias/variance chart, for tuning and scoring ``orchestrator.diagnosis
 
     python -m jobs.curves generate   # train every recipe (core loop, one process, no Ray)
     python -m jobs.curves plot       # tests/curves/corpus.png: every curve, for a person
+    python -m jobs.curves tune       # grid-search the thresholds on the two tuning sets
     python -m jobs.curves score      # confusion matrix of built labels vs the diagnosis
 
 Each recipe names a data set (``orchestrator data export`` writes them), a configuration
@@ -269,9 +270,114 @@ def plot(curves: list[dict[str, Any]], out: Path = PNG) -> Path:
     return out
 
 
+# ---------------------------------------------------------------- scoring the diagnosis
+
+
+def scored(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The curves a person agreed with (dropped ones are kept in the file, not scored)."""
+    return [c for c in curves if c["review"] == "agree"]
+
+
+def judge(curve: dict[str, Any], th: Any = None, spike: tuple[str, int] | None = None) -> Any:
+    """The diagnosis of one corpus curve; ``spike`` = (column, epoch index) multiplies that
+    one value by 1.3 (the robustness check)."""
+    from orchestrator import diagnosis
+
+    rows = history(curve)
+    if spike is not None:
+        key, i = spike
+        rows[i] = {**rows[i], key: rows[i][key] * 1.3}
+    base = diagnosis.Baseline(curve["baseline_loss"], curve["baseline_accuracy"])
+    return diagnosis.diagnose(rows, base, None, th, planned_epochs=curve["planned_epochs"])
+
+
+def score(curves: list[dict[str, Any]], th: Any = None) -> dict[str, Any]:
+    """Confusion matrix (built label -> diagnosed label), accuracy on the tuning sets and on
+    the held-out ones, and every miss with its reasons."""
+    confusion: dict[str, dict[str, int]] = {}
+    right = {"tuning": [0, 0], "held_out": [0, 0]}
+    misses = []
+    for c in scored(curves):
+        got = judge(c, th).label
+        confusion.setdefault(c["built"], {}).setdefault(got, 0)
+        confusion[c["built"]][got] += 1
+        part = right["tuning" if c["set"] in TUNE_SETS else "held_out"]
+        part[0] += got == c["built"]
+        part[1] += 1
+        if got != c["built"]:
+            misses.append({"id": c["id"], "built": c["built"], "got": got,
+                           "reasons": judge(c, th).reasons})
+    return {"confusion": confusion, "misses": misses,
+            **{f"{k}_accuracy": v[0] / v[1] for k, v in right.items() if v[1]},
+            **{f"{k}_curves": v[1] for k, v in right.items()}}
+
+
+def spike_flips(curves: list[dict[str, Any]], th: Any = None, seed: int = 0,
+                key: str = "val_loss") -> float:
+    """Fraction of labels that change when one random epoch's ``key`` rises by 30%."""
+    rng = np.random.default_rng(seed)
+    flips = total = 0
+    for c in scored(curves):
+        i = int(rng.integers(len(c["val_loss"])))
+        if c[key][i] is None:
+            continue
+        total += 1
+        flips += judge(c, th).label != judge(c, th, (key, i)).label
+    return flips / max(total, 1)
+
+
+GRID = {
+    "underfit_loss_ratio": [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
+    "gap_ratio": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4],
+    "rise_ratio": [0.025, 0.05, 0.1, 0.15, 0.2, 0.3],
+    "falling_ratio": [0.01, 0.02, 0.03, 0.05, 0.075, 0.1],
+}
+
+
+def tune(curves: list[dict[str, Any]]) -> tuple[dict[str, float], float, int]:
+    """Grid search of the main thresholds on the tuning sets only: the best accuracy there,
+    and of the settings that reach it, each threshold's median (the middle of the plateau,
+    as far from both kinds of mistake as the grid allows). Returns (thresholds, accuracy,
+    how many settings tie)."""
+    import itertools
+
+    from orchestrator.config import DiagnosisConfig
+
+    tuning = [c for c in scored(curves) if c["set"] in TUNE_SETS]
+    keys = list(GRID)
+    results = []
+    for combo in itertools.product(*(GRID[k] for k in keys)):
+        settings: dict[str, Any] = dict(zip(keys, combo, strict=True))
+        th = DiagnosisConfig(**settings)
+        results.append((sum(judge(c, th).label == c["built"] for c in tuning), combo))
+    top = max(r[0] for r in results)
+    best = [combo for hits, combo in results if hits == top]
+    chosen = {k: float(np.median([combo[i] for combo in best])) for i, k in enumerate(keys)}
+    # snap to the grid (a median of an even count may fall between two values)
+    def snap(key: str, v: float) -> float:
+        return min(GRID[key], key=lambda g: (abs(g - v), g))
+
+    chosen = {k: snap(k, v) for k, v in chosen.items()}
+    return chosen, top / len(tuning), len(best)
+
+
+def confusion_table(result: dict[str, Any]) -> str:
+    """The confusion matrix as a Markdown table (rows: built as; columns: diagnosed)."""
+    from orchestrator.diagnosis import LABELS
+
+    cols = [lab for lab in LABELS if any(lab in row for row in result["confusion"].values())]
+    lines = ["| built as \\ diagnosed | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for built in LABELS:
+        row = result["confusion"].get(built)
+        if row:
+            lines.append(f"| {built} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.curves")
-    p.add_argument("action", choices=["generate", "plot", "score"])
+    p.add_argument("action", choices=["generate", "plot", "score", "tune"])
     p.add_argument("--only", default=None, help="regenerate the ids containing this text")
     args = p.parse_args(argv)
     if args.action == "generate":
@@ -281,6 +387,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plotted {plot(curves)}")
     elif args.action == "plot":
         print(f"plotted {plot(load())}")
+    elif args.action == "tune":
+        t0 = time.perf_counter()
+        chosen, accuracy, ties = tune(load())
+        print(f"tuned on {', '.join(TUNE_SETS)}: {accuracy:.1%} right; {ties} settings tie; "
+              f"the middle of them: {chosen} ({time.perf_counter() - t0:.0f} s)")
+    else:
+        curves = load()
+        result = score(curves)
+        print(confusion_table(result))
+        for m in result["misses"]:
+            print(f"- {m['id']} (built {m['built']}, diagnosed {m['got']}): {m['reasons']}")
+        flips = {k: max(spike_flips(curves, seed=s, key=k) for s in range(20))
+                 for k in ("val_loss", "train_loss")}
+        figures = {"curves": len(scored(curves)), "dropped": len(curves) - len(scored(curves)),
+                   "tuning_sets": list(TUNE_SETS),
+                   "tuning_accuracy": round(result["tuning_accuracy"], 4),
+                   "held_out_accuracy": round(result["held_out_accuracy"], 4),
+                   "worst_spike_flips_val": round(flips["val_loss"], 4),
+                   "worst_spike_flips_train": round(flips["train_loss"], 4)}
+        print(json.dumps(figures))
     return 0
 
 

@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
           f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})")
     if rec.diagnosis:
-        print(f"  fit: {rec.diagnosis} ({rec.diagnosis_reasons})")
+        print(f"  fit: {rec.diagnosis}: {rec.diagnosis_reasons}")
     print(f"  MLflow run {summary.run_id} in {summary.tracking_uri}")
     print(f"  best checkpoint: {rec.checkpoint}")
     return 0 if rec.status == "TERMINATED" else 1
@@ -312,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
 
-    dg = sub.add_parser("diagnose", help="label a finished sweep's trials underfit / good "
-                        "fit / overfit and propose the next search space")
+    dg = sub.add_parser("diagnose", help="label a finished sweep's trials underfit / good_fit "
+                        "/ overfit / both (or diverged / undetermined) and propose the next "
+                        "search space")
     dg.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
     dg.add_argument("--storage", default="results",
                     help="sweep.storage_path the sweep used (default: results)")

@@ -237,17 +237,30 @@ class TrackingConfig:
 
 @dataclass
 class DiagnosisConfig:
-    """Thresholds of the bias/variance labels (see orchestrator/diagnosis.py), as fractions
-    of the baseline's loss (predicting the training split's class frequencies)."""
+    """Thresholds of the bias/variance labels (see orchestrator/diagnosis.py). Losses are
+    fractions of the baseline's loss (predicting the training split's class frequencies);
+    both curves are read smoothed (median of three epochs). Tuned on tests/curves/corpus.json
+    (`python -m jobs.curves score` shows the confusion matrix for any values)."""
 
-    underfit_loss_ratio: float = 0.25
-    """underfit: training loss at the best epoch above this x the baseline's loss."""
-    gap_ratio: float = 0.1
-    """overfit: validation minus training loss at the last epoch above this x baseline."""
-    rise_ratio: float = 0.05
-    """overfit: validation loss rose above its minimum by more than this x baseline ..."""
-    early_fraction: float = 0.75
-    """... having bottomed out at or before this fraction of the epochs run."""
+    underfit_loss_ratio: float = 0.15
+    """High bias: the lowest training loss of the whole run is above this x baseline (never
+    when training accuracy reached 100%)."""
+    gap_ratio: float = 0.15
+    """High variance: validation minus training loss at the end is above this x baseline."""
+    rise_ratio: float = 0.15
+    """High variance: validation loss ended more than this x baseline above its minimum,
+    wherever in the run the minimum fell."""
+    accuracy_gap: float = 0.1
+    """High variance: training minus validation accuracy at the end is above this, while the
+    loss gap is above half of gap_ratio."""
+    min_epochs: int = 5
+    """undetermined: a run with fewer epochs is too short to tell."""
+    falling_ratio: float = 0.03
+    """undetermined: a run the scheduler stopped (pruned) whose validation loss fell by more
+    than this x baseline over its last quarter had not settled yet."""
+    diverge_ratio: float = 3.0
+    """diverged: a loss ended above this x baseline while training accuracy stayed below 99%
+    (a NaN or infinite loss always is)."""
 
 
 @dataclass
@@ -615,11 +628,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
            f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
     dg = cfg.diagnosis
-    for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio"):
+    for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio", "accuracy_gap",
+                "falling_ratio", "diverge_ratio"):
         _check(getattr(dg, key) > 0, f"diagnosis.{key}",
                f"must be > 0, got {getattr(dg, key)}", "use the default, or e.g. 0.1")
-    _check(0 < dg.early_fraction <= 1, "diagnosis.early_fraction",
-           f"must be in (0, 1], got {dg.early_fraction}", "use e.g. 0.75")
+    _check(dg.min_epochs >= 1, "diagnosis.min_epochs",
+           f"must be at least 1, got {dg.min_epochs}", "use e.g. 5")
+    _check(dg.diverge_ratio > 1, "diagnosis.diverge_ratio",
+           f"must be above 1 (the baseline itself), got {dg.diverge_ratio}", "use e.g. 3")
     _check(cfg.tracking.drain_timeout >= 0, "tracking.drain_timeout",
            f"must be >= 0 seconds, got {cfg.tracking.drain_timeout}", "use e.g. 60")
     _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",

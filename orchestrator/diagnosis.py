@@ -1,20 +1,31 @@
-"""Bias/variance diagnosis: each trial labelled ``underfit``, ``good_fit`` or ``overfit``
-from its own learning curves, with the reasons in numbers and the fixes as config keys.
+"""Bias/variance diagnosis: each trial labelled from its whole learning curve, with the
+reasons in numbers and the fixes as config keys.
 
 Losses are compared with the *baseline*: the cross-entropy of always predicting the
 training split's class frequencies (what a model that learned nothing from the features
-scores), so the thresholds mean the same on any data set. The rules, in order:
+scores), so the thresholds (``diagnosis.*``, fractions of the baseline's loss) mean the same
+on any data set. Both curves are read smoothed (the median of each epoch and its two
+neighbours, the median of the last three at the end), so one noisy epoch flips nothing.
 
-1. ``underfit`` (high bias): at its best validation epoch the trial's training loss is
-   still above ``underfit_loss_ratio`` x the baseline's loss: it cannot fit even the rows
-   it trains on.
-2. ``overfit`` (high variance), either of:
-   - the generalization gap (validation minus training loss) at the last epoch is above
-     ``gap_ratio`` x the baseline's loss;
-   - validation loss bottomed out early (at or before ``early_fraction`` of the epochs run)
-     and had risen by more than ``rise_ratio`` x the baseline's loss by the last epoch,
-     while training loss kept falling.
-3. ``good_fit`` otherwise: the sweet spot.
+- ``diverged``: a loss became NaN or infinite, or a loss ended above ``diverge_ratio`` x the
+  baseline while training accuracy stayed short of 99% (it is not memorizing, it blew up).
+- ``undetermined``: fewer than ``min_epochs`` epochs, or stopped by the scheduler (pruned)
+  while validation loss was still falling by more than ``falling_ratio`` x the baseline over
+  its last quarter: not a finished run.
+
+Otherwise two questions, each read over the whole run:
+
+- high bias: the *lowest* training loss of the run is above ``underfit_loss_ratio`` x the
+  baseline (it never fit its own training rows); never when training accuracy reached 100%;
+- high variance: validation loss ended more than ``rise_ratio`` x the baseline above its
+  minimum (wherever the minimum fell), or validation loss ends more than ``gap_ratio`` x the
+  baseline above training loss, or the accuracy gap is above ``accuracy_gap`` while the loss
+  gap is above half of ``gap_ratio``.
+
+``underfit`` is bias alone, ``overfit`` variance alone, ``both`` the two together and
+``good_fit`` neither: the sweet spot. ``diverged`` and ``undetermined`` never steer the next
+search space (``propose``). The thresholds were tuned on a corpus of labelled curves
+(tests/curves/corpus.json, made by ``python -m jobs.curves``) and scored on held-out sets.
 
 Pure code: the driver calls it when a trial ends and tags its run with the result.
 """
@@ -22,12 +33,14 @@ Pure code: the driver calls it when a trial ends and tags its run with the resul
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import DiagnosisConfig
 
-LABELS = ("underfit", "good_fit", "overfit")
+LABELS = ("underfit", "good_fit", "overfit", "both", "diverged", "undetermined")
+STEERING = ("underfit", "good_fit", "overfit", "both")  # labels that may change the space
 
 
 @dataclass(frozen=True)
@@ -48,57 +61,154 @@ def baseline(class_counts: list[int] | Any) -> Baseline:
 @dataclass
 class Diagnosis:
     label: str
-    reasons: str  # one sentence, with the numbers
+    reasons: str  # one or two sentences, with the numbers
     fixes: list[str]  # what to change, as config keys
+    facts: dict[str, float] = field(default_factory=dict)  # the figures the label read
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Median of each point and its neighbours: a one-epoch spike or dip disappears."""
+    if len(values) < 3:
+        return list(values)
+    inner = [statistics.median(values[i - 1:i + 2]) for i in range(1, len(values) - 1)]
+    return ([statistics.median(values[:3])] + inner + [statistics.median(values[-3:])])
+
+
+def _fall(values: list[float]) -> float:
+    """How far a series fell from its first to its last point, read from the median of the
+    slopes between every pair of points (Theil-Sen): one outlying epoch does not move it."""
+    slopes = [(values[j] - values[i]) / (j - i)
+              for i in range(len(values)) for j in range(i + 1, len(values))]
+    return -statistics.median(slopes) * (len(values) - 1) if slopes else 0.0
+
+
+def _pct(v: float) -> str:
+    return f"{v:.0%}" if abs(v) >= 0.095 or v == 0 else f"{v:.1%}"
 
 
 def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
-             th: DiagnosisConfig | None = None) -> Diagnosis | None:
+             th: DiagnosisConfig | None = None, planned_epochs: int | None = None
+             ) -> Diagnosis | None:
     """The label of one trial from its per-epoch rows (``epoch``, ``train_loss``,
-    ``val_loss``); ``cfg`` is the trial's own config (for the fixes' current values);
-    ``th`` the thresholds (``diagnosis.*`` of the config).
-    None when there is nothing to judge (no epoch, or no baseline)."""
+    ``val_loss``, optional ``train_accuracy``/``val_accuracy`` and the loop's
+    ``early_stopped``/``diverged`` flags); ``cfg`` is the trial's own config (for the fixes'
+    current values and, unless ``planned_epochs`` is given, ``train.epochs``); ``th`` the
+    thresholds (``diagnosis.*`` of the config). A run shorter than planned that carries no
+    flag was stopped by the scheduler (pruned). None when there is nothing to judge."""
     th = th or DiagnosisConfig()
-    rows = sorted({int(r["epoch"]): r for r in history
-                   if "train_loss" in r and "val_loss" in r}.items())
+    rows = [r for _, r in sorted({int(r["epoch"]): r for r in history
+                                  if "train_loss" in r and "val_loss" in r}.items())]
     if not rows or not math.isfinite(base.loss) or base.loss <= 0:
         return None
-    epochs = [e for e, _ in rows]
-    train = [r["train_loss"] for _, r in rows]
-    val = [r["val_loss"] for _, r in rows]
-    if not all(math.isfinite(v) for v in train + val):
-        return Diagnosis("underfit", "training diverged (a loss became NaN or infinite)",
-                         [f"lower train.lr (now {_v(cfg, 'train.lr')})"])
-    best = min(range(len(val)), key=lambda i: val[i])
-    last = len(rows) - 1
-    bias = train[best] / base.loss
-    gap = (val[last] - train[last]) / base.loss
-    rise = (val[last] - val[best]) / base.loss
-    early = epochs[best] <= th.early_fraction * epochs[last] and best < last
-    still_learning = train[last] < train[best]
-    if bias > th.underfit_loss_ratio:
+    b = base.loss
+    n = len(rows)
+    epochs = [int(r["epoch"]) for r in rows]
+    planned = planned_epochs or _v(cfg, "train.epochs") or epochs[-1]
+    early_stopped = any(r.get("early_stopped") for r in rows)
+    train_raw = [float(r["train_loss"]) for r in rows]
+    val_raw = [float(r["val_loss"]) for r in rows]
+    acc = "train_accuracy" in rows[0] and "val_accuracy" in rows[0]
+    tacc = [float(r.get("train_accuracy", math.nan)) for r in rows]
+    vacc = [float(r.get("val_accuracy", math.nan)) for r in rows]
+
+    # ---- diverged: nothing else can be read from a blown-up run
+    bad = next((i for i in range(n) if rows[i].get("diverged")
+                or not (math.isfinite(train_raw[i]) and math.isfinite(val_raw[i]))), None)
+    if bad is not None:
+        return Diagnosis("diverged", f"training diverged at epoch {epochs[bad]}: a loss became "
+                         "NaN or infinite", _diverged_fixes(cfg), {"epoch": epochs[bad]})
+    train, val = _smooth(train_raw), _smooth(val_raw)
+    top_acc = max(tacc) if acc else math.nan
+    worst = max(train[-1], val[-1])
+    if worst > th.diverge_ratio * b and not top_acc >= 0.99:
+        which = "validation" if val[-1] >= train[-1] else "training"
         return Diagnosis(
-            "underfit",
-            f"training loss {train[best]:.3f} at the best epoch ({epochs[best]}) is "
-            f"{bias:.0%} of the baseline's {base.loss:.3f} (above "
-            f"{th.underfit_loss_ratio:.0%}): the model cannot fit even its training rows",
-            _underfit_fixes(cfg, still_falling=val[last] <= min(val)))
-    if gap > th.gap_ratio or (early and rise > th.rise_ratio and still_learning):
-        why = []
-        if gap > th.gap_ratio:
-            why.append(f"validation loss {val[last]:.3f} vs training loss {train[last]:.3f} "
-                       f"at the last epoch: a gap of {gap:.0%} of the baseline's loss "
-                       f"(above {th.gap_ratio:.0%})")
-        if early and rise > th.rise_ratio and still_learning:
-            why.append(f"validation loss bottomed at epoch {epochs[best]} of {epochs[last]} "
-                       f"({val[best]:.3f}) and rose to {val[last]:.3f} while training loss "
-                       f"kept falling ({train[best]:.3f} -> {train[last]:.3f})")
-        return Diagnosis("overfit", "; ".join(why), _overfit_fixes(cfg))
-    return Diagnosis(
-        "good_fit",
-        f"training loss {train[best]:.3f} ({bias:.0%} of the baseline's {base.loss:.3f}) and "
-        f"validation loss {val[best]:.3f} at epoch {epochs[best]}, gap {gap:.0%} of the "
-        "baseline at the end: the sweet spot", [])
+            "diverged", f"{which} loss ended at {worst / b:.1f}x the baseline's {b:.3f} "
+            f"(above diagnosis.diverge_ratio = {th.diverge_ratio:g})"
+            + (f" while training accuracy stayed at {_pct(top_acc)}" if acc else "")
+            + ": the optimization blew up", _diverged_fixes(cfg), {"end_loss_ratio": worst / b})
+
+    # how far validation rose is read on the smoothed curve (one lucky epoch is not a
+    # minimum); the epoch named is the raw minimum, whose weights the sweep keeps
+    low = min(range(n), key=lambda i: val[i])
+    best = min(range(n), key=lambda i: val_raw[i])
+    facts = {
+        "epochs": float(epochs[-1]), "planned_epochs": float(planned),
+        "best_epoch": float(epochs[best]), "baseline_loss": b,
+        "train_min_ratio": min(train) / b, "val_min_ratio": val[low] / b,
+        "val_end_ratio": val[-1] / b, "rise_ratio": (val[-1] - val[low]) / b,
+        "gap_end_ratio": (val[-1] - train[-1]) / b,
+        "gap_best_ratio": (val_raw[best] - train_raw[best]) / b,
+    }
+    if acc:
+        facts.update({"train_accuracy_max": top_acc, "accuracy_gap_end": tacc[-1] - vacc[-1],
+                      "accuracy_gap_best": tacc[best] - vacc[best]})
+
+    # ---- undetermined: too short, or pruned before it had settled
+    if n < th.min_epochs:
+        return Diagnosis("undetermined", f"only {n} epoch{'s' * (n != 1)} (fewer than "
+                         f"diagnosis.min_epochs = {th.min_epochs}): too few to tell",
+                         _undetermined_fixes(cfg), facts)
+    pruned = epochs[-1] < planned and not early_stopped
+    window = min(n, max(6, n // 4))
+    fall = _fall(val_raw[-window:]) / b
+    facts["fall_ratio"] = fall
+    if pruned and fall > th.falling_ratio:
+        return Diagnosis(
+            "undetermined", f"stopped by the scheduler at epoch {epochs[-1]} of {planned} while "
+            f"validation loss was still falling ({fall:.0%} of the baseline's {b:.3f} over its "
+            f"last {window - 1} epochs, above diagnosis.falling_ratio = {th.falling_ratio:.0%}): "
+            "not a finished run", _undetermined_fixes(cfg), facts)
+
+    # ---- bias and variance, each read over the whole run
+    fitted = acc and top_acc >= 0.999
+    # A run stopped before its planned epochs (early stopping, the scheduler) whose training
+    # loss was still falling fast enough to get under the line within as many epochs again
+    # had not shown it cannot fit its rows: its training was cut short, not its capacity.
+    pace = _fall(train_raw[-window:]) / (window - 1) / b if window > 1 else 0.0
+    reachable = (epochs[-1] < planned and
+                 train[-1] / b - pace * window <= th.underfit_loss_ratio)
+    facts["train_pace_ratio"] = pace
+    bias = facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted and not reachable
+    rise, gap = facts["rise_ratio"], facts["gap_end_ratio"]
+    acc_gap = facts.get("accuracy_gap_end", 0.0)
+    variance = (rise > th.rise_ratio or gap > th.gap_ratio
+                or (acc_gap > th.accuracy_gap and gap > th.gap_ratio / 2))
+    kept = (f"the restored epoch-{epochs[best]} weights" if early_stopped
+            else f"the epoch-{epochs[best]} weights the sweep keeps")
+    acc_text = (f"; accuracy {_pct(tacc[-1])} training vs {_pct(vacc[-1])} validation"
+                if acc else "")
+    gap_text = f"a gap of {_pct(gap)} of the baseline's loss at the end{acc_text}"
+    lowest = f"validation loss was lowest at epoch {epochs[best]} ({val_raw[best]:.3f})"
+    train_min = f"{_pct(facts['train_min_ratio'])} of the baseline's {b:.3f}"
+    if variance:
+        rel = (val[-1] - val_raw[best]) / val_raw[best]
+        seen = (f"{lowest} and rose {_pct(rel)} after it" if rise > th.rise_ratio or rel > 0.1
+                else f"{lowest} and ended at {val[-1]:.3f}")
+        if bias:
+            why = (f"training loss never fell below {train_min} (above "
+                   f"{_pct(th.underfit_loss_ratio)}: high bias) and {seen} ({gap_text}: high "
+                   f"variance); {kept} are the best this configuration can do: raise capacity "
+                   "together with regularization or data")
+            return Diagnosis("both", why, _both_fixes(cfg), facts)
+        fit = (f"training accuracy reached {_pct(top_acc)}" if acc and top_acc >= 0.95 else
+               f"training loss fell to {train_min}")
+        why = (f"{seen} while {fit} ({gap_text}); {kept} are the best this configuration "
+               "can do; add weight decay, dropout, augmentation or data so training can go on "
+               "without losing validation")
+        return Diagnosis("overfit", why, _overfit_fixes(cfg), facts)
+    k = min(3, n - 1)
+    still_falling = val[-1] <= val[low] and (val[-1 - k] - val[-1]) / b > th.falling_ratio
+    if bias:
+        why = (f"training loss never fell below {train_min} (above "
+               f"{_pct(th.underfit_loss_ratio)}) and validation follows it ({gap_text}): the "
+               "model cannot fit even its training rows"
+               + ("; validation loss was still falling at the end" if still_falling else ""))
+        return Diagnosis("underfit", why, _underfit_fixes(cfg, still_falling), facts)
+    why = (f"training loss reached {train_min}, {lowest} ({gap_text}): the sweet spot"
+           + (f"; validation loss was still falling: more epochs (train.epochs, now "
+              f"{_v(cfg, 'train.epochs')}) may gain a little" if still_falling else ""))
+    return Diagnosis("good_fit", why, [], facts)
 
 
 def _v(cfg: Any, dotted: str) -> Any:
@@ -108,11 +218,16 @@ def _v(cfg: Any, dotted: str) -> Any:
     return obj
 
 
+def _g(cfg: Any, dotted: str) -> str:
+    v = _v(cfg, dotted)
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _underfit_fixes(cfg: Any, still_falling: bool) -> list[str]:
     fixes = [f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')})",
              f"less regularization: lower train.weight_decay (now "
-             f"{_v(cfg, 'train.weight_decay'):.3g}), train.l1 (now {_v(cfg, 'train.l1'):.3g}),"
-             f" model.dropout (now {_v(cfg, 'model.dropout'):.3g})",
+             f"{_g(cfg, 'train.weight_decay')}), train.l1 (now {_g(cfg, 'train.l1')}),"
+             f" model.dropout (now {_g(cfg, 'model.dropout')})",
              "more or better features (columns of data.path)"]
     if still_falling:
         fixes.append(f"train longer: raise train.epochs (now {_v(cfg, 'train.epochs')}; "
@@ -125,14 +240,41 @@ def _overfit_fixes(cfg: Any) -> list[str]:
     return [
         "more data" + (f": raise or drop data.max_train_rows (now {capped})" if capped
                        else " (more rows in data.path)"),
-        f"stronger L2: raise train.weight_decay (now {_v(cfg, 'train.weight_decay'):.3g})",
-        f"L1: raise train.l1 (now {_v(cfg, 'train.l1'):.3g})",
-        f"more dropout: raise model.dropout (now {_v(cfg, 'model.dropout'):.3g})",
+        f"stronger L2: raise train.weight_decay (now {_g(cfg, 'train.weight_decay')})",
+        f"more dropout: raise model.dropout (now {_g(cfg, 'model.dropout')})",
+        f"L1: raise train.l1 (now {_g(cfg, 'train.l1')})",
+        f"augmentation: train.augment: true (now {_v(cfg, 'train.augment')})",
         f"early stopping: set train.early_stopping.patience (now "
         f"{_v(cfg, 'train.early_stopping.patience')})",
-        f"augmentation: train.augment: true (now {_v(cfg, 'train.augment')})",
         f"less capacity: lower model.hidden (now {_v(cfg, 'model.hidden')})",
     ]
+
+
+def _both_fixes(cfg: Any) -> list[str]:
+    capped = _v(cfg, "data.max_train_rows")
+    return [
+        f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')}) together with "
+        "one of the following, so the extra capacity learns signal rather than noise",
+        f"stronger regularization: raise train.weight_decay (now "
+        f"{_g(cfg, 'train.weight_decay')}) or model.dropout (now {_g(cfg, 'model.dropout')})",
+        "more data" + (f": raise or drop data.max_train_rows (now {capped})" if capped
+                       else " (more rows in data.path), or cleaner labels"),
+        f"augmentation: train.augment: true (now {_v(cfg, 'train.augment')})",
+    ]
+
+
+def _diverged_fixes(cfg: Any) -> list[str]:
+    fixes = [f"lower train.lr (now {_g(cfg, 'train.lr')}), tenfold to start with"]
+    if _v(cfg, "train.precision") == "fp16":
+        fixes.append("train.precision: bf16 or fp32 (now fp16, whose range overflows)")
+    if _v(cfg, "train.optimizer") == "sgd":
+        fixes.append("train.optimizer: adamw (now sgd), which adapts its step size")
+    return fixes
+
+
+def _undetermined_fixes(cfg: Any) -> list[str]:
+    return [f"let trials run longer before they are judged: raise sweep.grace_period (now "
+            f"{_v(cfg, 'sweep.grace_period')}) or train.epochs (now {_v(cfg, 'train.epochs')})"]
 
 
 # ---------------------------------------------------------------- the sweep's next space
@@ -150,41 +292,53 @@ def _scale(spec: dict[str, Any]) -> tuple[Any, Any]:
 def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metric: str,
             mode: str, cfg: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The next ``sweep.space`` from a finished sweep's trials (each point: the searched
-    values, the best ``metric`` and the ``label``), and why, change by change:
+    values, the best ``metric`` and the ``label``), and why, change by change. Trials
+    labelled ``diverged`` or ``undetermined`` are left out: they never steer.
 
-    - every trial underfit: more capacity (``model.hidden`` searched at 2x and 4x the
-      current width) and less regularization (log ranges moved down: the bottom a
-      hundredfold, the top tenfold; linear ones cut to their lowest tenth);
+    - every trial high bias (``underfit`` or ``both``): more capacity (``model.hidden``
+      searched at 2x and 4x the current width); with it, when every trial is ``underfit``,
+      less regularization (log ranges moved down: the bottom a hundredfold, the top
+      tenfold; linear ones cut to their lowest tenth), and when every trial is ``both``,
+      more (log ranges moved up: the bottom tenfold, the top a hundredfold; linear ones
+      to their upper half and past it), so the extra capacity learns signal, not noise;
     - otherwise, for each numeric key: where the best trial sits on a range's edge, the
       range is extended past that edge (tenfold on a log scale, half its width on a
       linear one, within what the key allows); elsewhere it is narrowed to the span of the
       best quarter of the trials (at least 3), widened by a margin.
     """
-    done = [p for p in points if math.isfinite(p.get(metric, math.nan))]
-    if not done:
+    finished = [p for p in points if math.isfinite(p.get(metric, math.nan))]
+    done = [p for p in finished if p.get("label") not in NEVER_STEER]
+    if not finished:
         return dict(space), ["no trial finished an epoch: nothing to go on"]
+    if not done:
+        return dict(space), ["every trial diverged or stopped too early to judge "
+                             "(undetermined): nothing to steer by; lower train.lr or raise "
+                             "sweep.grace_period"]
     ranked = sorted(done, key=lambda p: p[metric], reverse=mode == "max")
     best, top = ranked[0], ranked[:max(3, len(ranked) // 4)]
     new: dict[str, dict[str, Any]] = {k: dict(v) for k, v in space.items()}
     why: list[str] = []
-    labels = [p.get("label") for p in done]
-    if labels and all(lab == "underfit" for lab in labels):
+    if len(done) < len(finished):
+        why.append(f"{len(finished) - len(done)} diverged or undetermined trial(s) left out")
+    labels = {p.get("label") for p in done}
+    if labels <= {"underfit", "both"}:
         width = list(_value(cfg, "model.hidden") or [64])
         new["model.hidden"] = {"type": "choice",
                                "values": [[2 * w for w in width], [4 * w for w in width]]}
-        why.append(f"every trial underfit: more capacity, model.hidden searched over 2x and 4x "
-                   f"{width}")
-        for key in REGULARIZERS:
-            if key in new and new[key]["type"] in ("uniform", "loguniform"):
-                spec = new[key]
-                if spec["type"] == "loguniform":  # a hundredfold lower at the bottom
-                    spec["low"], spec["high"] = _round(spec["low"] / 100), _round(
-                        spec["high"] / 10)
-                else:
-                    spec["high"] = _round(spec["low"] + (spec["high"] - spec["low"]) / 10)
-                why.append(f"{key}: less regularization, searched over [{spec['low']:.3g}, "
-                           f"{spec['high']:.3g}]")
-        return new, why
+        counts = ", ".join(f"{sum(p.get('label') == lab for p in done)} {lab}"
+                           for lab in ("underfit", "both") if lab in labels)
+        why.append(f"every trial high bias ({counts}): more capacity, model.hidden searched "
+                   f"over 2x and 4x {width}")
+        if len(labels) == 1:
+            down = labels == {"underfit"}
+            for key in REGULARIZERS:
+                if key in new and new[key]["type"] in ("uniform", "loguniform"):
+                    new[key] = _shift(key, new[key], down)
+                    why.append(f"{key}: {'less' if down else 'more'} regularization"
+                               f"{'' if down else ' alongside the capacity'}, searched over "
+                               f"[{new[key]['low']:.3g}, {new[key]['high']:.3g}]")
+            return new, why
+        space = {k: v for k, v in space.items() if k != "model.hidden"}
     for key, spec in space.items():
         if spec["type"] not in ("uniform", "loguniform") or key not in best:
             continue
@@ -231,7 +385,21 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
     return new, why
 
 
+def _shift(key: str, spec: dict[str, Any], down: bool) -> dict[str, Any]:
+    """A regularizer's range moved down (less) or up (more) as ``propose`` describes."""
+    lo, hi = spec["low"], spec["high"]
+    limit = LIMITS.get(key, (0.0, math.inf))[1]
+    if spec["type"] == "loguniform":
+        lo, hi = (lo / 100, hi / 10) if down else (lo * 10, min(hi * 100, limit))
+    elif down:
+        hi = lo + (hi - lo) / 10
+    else:
+        lo, hi = lo + (hi - lo) / 2, min(hi + (hi - lo) / 2, limit)
+    return {**spec, "low": _round(lo), "high": _round(hi)}
+
+
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
+NEVER_STEER = ("diverged", "undetermined")
 LIMITS = {"model.dropout": (0.0, 0.95), "train.weight_decay": (0.0, math.inf),
           "train.l1": (0.0, math.inf), "train.lr": (0.0, math.inf),
           "train.augment_noise": (0.0, math.inf)}

@@ -36,7 +36,8 @@ def by_epoch(history: list[dict[str, float]]) -> list[dict[str, float]]:
 
 def learning_curves(history: list[dict[str, float]], title: str) -> bytes:
     """Train vs validation loss and accuracy per epoch: the bias/variance picture of a trial
-    (both high: underfit; validation drifting up from training: overfit)."""
+    (both high: underfit; validation rising above its minimum or far above training:
+    overfit; both at once: both)."""
     rows = by_epoch(history)
     epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -134,6 +135,7 @@ def parallel_coordinates(points: list[dict[str, Any]], keys: list[str], metric: 
 
 
 LABEL_COLORS = {"underfit": "tab:blue", "good_fit": "tab:green", "overfit": "tab:red",
+                "both": "tab:purple", "diverged": "black", "undetermined": "darkgrey",
                 None: "lightgrey"}
 
 
@@ -161,7 +163,8 @@ def fit_map(points: list[dict[str, Any]], keys: list[str], logs: set[str] | None
     handles += [plt.Line2D([], [], color="black", marker="o", ls="", label="training loss"),
                 plt.Line2D([], [], color="black", marker="x", ls="", label="validation loss")]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle("bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit)")
+    fig.suptitle("bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit);"
+                 " both: the two at once")
     return _png(fig)
 
 

@@ -23,7 +23,7 @@ class TrialRecord:
     best_values: dict[str, Any] | None = None  # the values at the best epoch (PBT moves them)
     gap: tuple[int, int] | None = None  # epochs (lo, hi) exclusive this driver never received
     history: list[dict[str, float]] = field(default_factory=list)
-    diagnosis: str | None = None  # underfit / good_fit / overfit, once it ended
+    diagnosis: str | None = None  # one of orchestrator.diagnosis.LABELS, once it ended
     diagnosis_reasons: str = ""
 
 

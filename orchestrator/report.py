@@ -21,7 +21,8 @@ from orchestrator.review import SweepView
 
 REPORT = "report.html"
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
-COLORS = {"underfit": "#1f77b4", "good_fit": "#2ca02c", "overfit": "#d62728"}
+COLORS = {"underfit": "#1f77b4", "good_fit": "#2ca02c", "overfit": "#d62728",
+          "both": "#9467bd", "diverged": "#444444", "undetermined": "#999999"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -108,7 +109,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
              f"{html.escape(view.folder.name)}</title><style>{STYLE}</style></head><body>",
              f"<h1>Sweep {html.escape(view.folder.name)}</h1>",
              f"<p>{len(view.trials)} trials, ranked by {html.escape(key)} ({mode}): "
-             + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items())
+             + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items() if n)
              + f". Baseline (predicting the class frequencies): loss "
                f"{view.baseline.loss:.3f}, accuracy {view.baseline.accuracy:.3f}. "
                f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "

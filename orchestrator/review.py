@@ -116,7 +116,7 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
     key, mode = config_mod.rank_metric(view.cfg)
     counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
     out(f"[diagnose] {view.folder.name}: {len(view.trials)} trials: "
-        + ", ".join(f"{n} {lab}" for lab, n in counts.items())
+        + ", ".join(f"{n} {lab}" for lab, n in counts.items() if n)
         + f"; baseline (class frequencies) loss {view.baseline.loss:.3f}, accuracy "
           f"{view.baseline.accuracy:.3f}")
     keys = list(view.cfg.sweep.space)

@@ -23,6 +23,27 @@ def test_digits_export_is_the_real_data_set(digits_path: Path) -> None:
     assert np.bincount(ds.labels).min() >= 170
 
 
+@pytest.mark.parametrize(("name", "rows", "columns", "classes"), [
+    ("breast_cancer", 569, 30, 2), ("wine", 178, 13, 3), ("iris", 150, 4, 3),
+    ("noisy", 2000, 20, 3)])
+def test_the_other_exports_are_what_they_say(tmp_path: Path, name: str, rows: int,
+                                             columns: int, classes: int) -> None:
+    from orchestrator import cli
+
+    out = tmp_path / f"{name}.parquet"
+    assert cli.main(["data", "export", name, "--out", str(out)]) == 0
+    ds = data.read(DataConfig(path=str(out)))
+    assert ds.features.shape == (rows, columns) and ds.classes == list(range(classes))
+    assert all(n.replace("_", "").isalnum() for n in ds.feature_names)  # plain column names
+    parser = cli.build_parser()
+    export = parser._subparsers._group_actions[0].choices["data"]  # type: ignore[union-attr]
+    names = export._subparsers._group_actions[0].choices["export"]._actions[1].choices
+    assert list(names) == list(data.EXPORTS)  # the CLI offers exactly what data can write
+    if name == "noisy":  # the same rows every time: the corpus is reproducible
+        again = data.read(DataConfig(path=str(data.export(name, tmp_path / "again.parquet"))))
+        assert ds.fingerprint == again.fingerprint
+
+
 def test_split_is_stratified_reproducible_and_disjoint(digits_path: Path) -> None:
     cfg = DataConfig(path=str(digits_path), test_fraction=0.2, val_fraction=0.15, seed=3)
     a, b = data.load_splits(cfg), data.load_splits(cfg)

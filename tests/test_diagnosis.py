@@ -1,25 +1,46 @@
-"""The bias/variance rules on learning curves, no training: each label, its numbers and fixes."""
+"""The bias/variance rules on learning curves, no training: each label, its numbers and fixes,
+and the score on the labelled corpus (tests/curves/corpus.json, made by jobs/curves.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import make_cfg
+from jobs import curves
 from orchestrator import config, diagnosis
 
 BASE = diagnosis.baseline([100] * 10)  # ten balanced classes: loss ln 10, accuracy 0.1
+CORPUS = curves.load()
+FIXTURE = json.loads((Path(__file__).parent / "curves" / "early-minimum-overfit.json")
+                     .read_text())
 
 
 def _cfg(**over: Any) -> config.Config:
     return make_cfg(**over)
 
 
-def _curves(train: list[float], val: list[float]) -> list[dict[str, float]]:
-    return [{"epoch": float(e), "train_loss": t, "val_loss": v}
+def _curves(train: list[float], val: list[float], **cols: list[float]
+            ) -> list[dict[str, float]]:
+    rows = [{"epoch": float(e), "train_loss": t, "val_loss": v}
             for e, (t, v) in enumerate(zip(train, val, strict=True), 1)]
+    for key, values in cols.items():
+        for row, v in zip(rows, values, strict=True):
+            row[key] = v
+    return rows
+
+
+def _judge(rows: list[dict[str, float]], cfg: config.Config | None = None,
+           th: config.DiagnosisConfig | None = None) -> diagnosis.Diagnosis:
+    cfg = cfg or _cfg(**{"train.epochs": len(rows)})
+    d = diagnosis.diagnose(rows, BASE, cfg, th)
+    assert d is not None
+    return d
 
 
 def test_the_baseline_is_what_predicting_class_frequencies_scores() -> None:
@@ -29,22 +50,88 @@ def test_the_baseline_is_what_predicting_class_frequencies_scores() -> None:
     assert skewed.loss == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
 
 
+# ---------------------------------------------------------------- the corpus
+
+
+def test_the_corpus_has_what_the_rule_is_scored_on() -> None:
+    kept = curves.scored(CORPUS)
+    assert len(kept) >= 40 and len({c["set"] for c in kept}) >= 4
+    for label in ("underfit", "overfit", "both", "good_fit"):
+        assert sum(c["built"] == label for c in kept) >= 8, label
+    ends = {c["outcome"] for c in kept if c["built"] in diagnosis.STEERING}
+    assert {"pruned", "early_stopped", "completed"} <= ends
+    # every curve was reviewed: agreed with, or dropped with the reason why
+    assert all(c["review"] == "agree" or c["review"].startswith("drop: ") for c in CORPUS)
+    assert {c["built"] for c in CORPUS} <= set(diagnosis.LABELS)
+
+
+def test_held_out_sets_score_at_least_90_percent() -> None:
+    result = curves.score(CORPUS)
+    assert result["held_out_curves"] >= 30 and result["tuning_curves"] >= 20
+    assert result["held_out_accuracy"] >= 0.9, result["misses"]
+    assert result["tuning_accuracy"] >= 0.9, result["misses"]
+
+
+def test_never_underfit_when_training_accuracy_reached_one_while_validation_rose() -> None:
+    fitted = [c for c in curves.scored(CORPUS)
+              if max(v for v in c["train_accuracy"] if v is not None) >= 0.999
+              and c["val_loss"][-1] is not None and c["val_loss"][-1] > min(c["val_loss"])]
+    assert len(fitted) >= 10
+    # whatever the bias threshold, a run that fit every training row is not high bias
+    for ratio in (0.05, 0.15, 0.5, 0.9):
+        th = config.DiagnosisConfig(underfit_loss_ratio=ratio)
+        assert not [c["id"] for c in fitted if curves.judge(c, th).label in ("underfit", "both")]
+
+
+@pytest.mark.parametrize("key", ["val_loss", "train_loss"])
+def test_one_spiked_epoch_changes_at_most_5_percent_of_the_labels(key: str) -> None:
+    for seed in range(5):
+        assert curves.spike_flips(CORPUS, seed=seed, key=key) <= 0.05, seed
+
+
+def test_the_early_minimum_run_is_overfit_with_what_the_restored_weights_are() -> None:
+    """The run issue 15 was filed on: validation bottoms out at epoch 5 and doubles while
+    training accuracy reaches 1.0; version 0.1 called it underfit."""
+    assert FIXTURE["expected"] == "overfit" and FIXTURE["diagnosed_by_0.1"] == "underfit"
+    cols = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+    rows = [{"epoch": float(i + 1), **{k: FIXTURE[k][i] for k in cols}}
+            for i in range(FIXTURE["epochs"])]
+    cfg = _cfg(**{"train.epochs": FIXTURE["epochs"], "model.hidden": [512, 512],
+                  "train.weight_decay": 0.0, "model.dropout": 0.0})
+    d = diagnosis.diagnose(rows, diagnosis.Baseline(FIXTURE["baseline_loss"], 0.1), cfg)
+    assert d is not None and d.label == "overfit"
+    for part in ("validation loss was lowest at epoch 5", "rose 98% after it",
+                 "training accuracy reached 100%", "the epoch-5 weights",
+                 "add weight decay, dropout, augmentation or data"):
+        assert part in d.reasons
+    assert "train.weight_decay (now 0)" in " ".join(d.fixes)
+    # stopped early at epoch 15 (patience 10), the same run says the weights were restored
+    rows = rows[:15]
+    rows[-1]["early_stopped"] = 1.0
+    d = diagnosis.diagnose(rows, diagnosis.Baseline(FIXTURE["baseline_loss"], 0.1), cfg)
+    assert d is not None and d.label == "overfit" and "the restored epoch-5 weights" in d.reasons
+
+
+# ---------------------------------------------------------------- each label on its own
+
+
 def test_high_training_loss_is_underfit_with_capacity_and_less_regularization() -> None:
-    d = diagnosis.diagnose(_curves([2.0, 1.5, 1.2, 1.1], [2.0, 1.6, 1.3, 1.2]), BASE,
-                           _cfg(**{"model.hidden": [8], "train.weight_decay": 0.5}))
-    assert d is not None and d.label == "underfit"
-    assert "1.100" in d.reasons and "48%" in d.reasons  # 1.1 / ln 10
+    d = _judge(_curves([2.0, 1.5, 1.3, 1.2, 1.15, 1.1], [2.0, 1.6, 1.4, 1.3, 1.25, 1.2]),
+               _cfg(**{"model.hidden": [8], "train.weight_decay": 0.5, "train.epochs": 6}))
+    assert d.label == "underfit"
+    # read smoothed (the median of the last three epochs): 1.15 / ln 10
+    assert "never fell below 50% of the baseline's 2.303" in d.reasons
     assert any("model.hidden (now [8])" in f for f in d.fixes)
     assert any("train.weight_decay (now 0.5)" in f for f in d.fixes)
     assert any("train.epochs" in f for f in d.fixes)  # validation was still falling
 
 
-def test_validation_rising_while_training_falls_is_overfit() -> None:
+def test_validation_rising_after_its_minimum_is_overfit_wherever_the_minimum_falls() -> None:
     train = [1.0, 0.4, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005]
-    val = [1.0, 0.5, 0.35, 0.36, 0.40, 0.45, 0.50, 0.55]
-    d = diagnosis.diagnose(_curves(train, val), BASE, _cfg(**{"data.max_train_rows": 200}))
-    assert d is not None and d.label == "overfit"
-    assert "bottomed at epoch 3 of 8" in d.reasons
+    val = [1.0, 0.5, 0.35, 0.36, 0.55, 0.7, 0.8, 0.9]
+    d = _judge(_curves(train, val), _cfg(**{"data.max_train_rows": 200, "train.epochs": 8}))
+    assert d.label == "overfit"
+    assert "lowest at epoch 3 (0.350)" in d.reasons and "rose" in d.reasons
     keys = " ".join(d.fixes)
     for key in ("data.max_train_rows (now 200)", "train.weight_decay", "train.l1",
                 "model.dropout", "train.early_stopping.patience", "train.augment"):
@@ -52,29 +139,95 @@ def test_validation_rising_while_training_falls_is_overfit() -> None:
 
 
 def test_a_wide_gap_alone_is_overfit() -> None:
-    d = diagnosis.diagnose(_curves([0.5, 0.1, 0.01], [0.9, 0.6, 0.5]), BASE, _cfg())
-    assert d is not None and d.label == "overfit" and "gap of 21%" in d.reasons
+    d = _judge(_curves([0.5, 0.1, 0.05, 0.02, 0.01], [0.9, 0.6, 0.55, 0.52, 0.5]))
+    assert d.label == "overfit" and "a gap of 22% of the baseline's loss" in d.reasons
+
+
+def test_high_training_loss_and_a_wide_gap_is_both() -> None:
+    train = [2.0, 1.5, 1.2, 1.0, 0.9, 0.85, 0.8, 0.8]
+    val = [2.0, 1.7, 1.5, 1.45, 1.45, 1.5, 1.5, 1.5]
+    d = _judge(_curves(train, val), _cfg(**{"model.hidden": [16], "train.epochs": 8,
+                                            "data.max_train_rows": 300}))
+    assert d.label == "both"
+    assert "high bias" in d.reasons and "high variance" in d.reasons
+    text = " ".join(d.fixes)
+    assert "model.hidden (now [16])" in text and "train.weight_decay" in text
+    assert "data.max_train_rows (now 300)" in text
 
 
 def test_low_losses_close_together_are_the_sweet_spot() -> None:
-    d = diagnosis.diagnose(_curves([1.0, 0.3, 0.12, 0.08], [1.0, 0.35, 0.16, 0.13]), BASE,
-                           _cfg())
-    assert d is not None and d.label == "good_fit" and d.fixes == []
+    d = _judge(_curves([1.0, 0.3, 0.12, 0.09, 0.08], [1.0, 0.35, 0.16, 0.14, 0.13]))
+    assert d.label == "good_fit" and d.fixes == [] and "the sweet spot" in d.reasons
 
 
 def test_thresholds_move_the_line() -> None:
-    curves = _curves([1.0, 0.3, 0.12, 0.08], [1.0, 0.35, 0.16, 0.13])
-    strict = config.DiagnosisConfig(gap_ratio=0.01)
-    d = diagnosis.diagnose(curves, BASE, _cfg(), strict)
-    assert d is not None and d.label == "overfit"
+    rows = _curves([1.0, 0.3, 0.12, 0.09, 0.08], [1.0, 0.35, 0.16, 0.14, 0.13])
+    assert _judge(rows, th=config.DiagnosisConfig(gap_ratio=0.01)).label == "overfit"
+    assert _judge(rows, th=config.DiagnosisConfig(underfit_loss_ratio=0.01)).label == "underfit"
 
 
-def test_a_diverged_trial_is_underfit_and_nothing_to_judge_is_none() -> None:
-    d = diagnosis.diagnose(_curves([1.0, math.nan], [1.0, math.nan]), BASE, _cfg())
-    assert d is not None and d.label == "underfit" and "train.lr" in d.fixes[0]
+def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
+    d = _judge(_curves([1.0, 0.8, math.nan], [1.0, 0.9, math.nan]),
+               _cfg(**{"train.lr": 0.5, "train.optimizer": "sgd"}))
+    assert d.label == "diverged" and "epoch 3" in d.reasons
+    assert "train.lr (now 0.5)" in d.fixes[0] and any("adamw" in f for f in d.fixes)
+    flagged = _curves([2.0] * 6, [2.0] * 6)
+    flagged[-1]["diverged"] = 1.0
+    assert _judge(flagged).label == "diverged"
+    # finite, but validation loss at 8x the baseline while training learned nothing
+    blown = _curves([2.3] * 8, [18.0] * 8, train_accuracy=[0.1] * 8, val_accuracy=[0.1] * 8)
+    d = _judge(blown)
+    assert d.label == "diverged" and "7.8x the baseline" in d.reasons
+    # the same loss on a run that memorized its training rows is overfit, not a blow-up
+    memorized = _curves([2.0, 0.5, 0.1, 0.01, 0.001, 0.0], [2.0, 3.0, 6.0, 8.0, 9.0, 9.5],
+                        train_accuracy=[0.3, 0.8, 0.95, 1.0, 1.0, 1.0],
+                        val_accuracy=[0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    assert _judge(memorized).label == "overfit"
     assert diagnosis.diagnose([], BASE, _cfg()) is None
     assert diagnosis.diagnose(_curves([1.0], [1.0]), diagnosis.baseline([]), _cfg()) is None
 
+
+def test_too_few_epochs_or_pruned_while_learning_is_undetermined() -> None:
+    d = _judge(_curves([2.0, 1.5, 1.2], [2.0, 1.6, 1.3]))
+    assert d.label == "undetermined" and "only 3 epochs" in d.reasons
+    assert "sweep.grace_period" in d.fixes[0]
+    falling = _curves([2.0, 1.7, 1.5, 1.3, 1.2, 1.1, 1.0, 0.9],
+                      [2.0, 1.8, 1.6, 1.45, 1.35, 1.25, 1.15, 1.05])
+    d = _judge(falling, _cfg(**{"train.epochs": 60}))  # pruned at epoch 8 of 60
+    assert d.label == "undetermined" and "stopped by the scheduler at epoch 8 of 60" in d.reasons
+    # the same epochs as a finished run are judged: it never fit its training rows
+    assert _judge(falling, _cfg(**{"train.epochs": 8})).label == "underfit"
+    # pruned on a plateau is a finished judgment too
+    flat = _curves([2.0, 1.9] + [1.8] * 8, [2.0, 1.9] + [1.85] * 8)
+    assert _judge(flat, _cfg(**{"train.epochs": 60})).label == "underfit"
+
+
+def test_every_fix_names_a_config_key_that_exists() -> None:
+    cfg = _cfg(**{"data.max_train_rows": 100, "train.epochs": 6})
+    found = [
+        _judge(_curves([2.0, 1.5, 1.3, 1.2, 1.15, 1.1], [2.0, 1.6, 1.4, 1.3, 1.25, 1.2]), cfg),
+        _judge(_curves([1.0, 0.4, 0.2, 0.1, 0.05, 0.02], [1.0, 0.5, 0.4, 0.6, 0.7, 0.8]), cfg),
+        _judge(_curves([2.0, 1.5, 1.2, 1.0, 0.9, 0.85], [2.0, 1.7, 1.5, 1.5, 1.5, 1.5]), cfg),
+        _judge(_curves([1.0, math.nan], [1.0, math.nan]), cfg),
+        _judge(_curves([2.0, 1.5], [2.0, 1.6]), cfg),
+    ]
+    assert [d.label for d in found] == ["underfit", "overfit", "both", "diverged",
+                                        "undetermined"]
+    known = set(config.flatten(cfg))
+    for d in found:
+        for fix in d.fixes:
+            keys = re.findall(r"\b(?:data|model|train|sweep)\.[a-z0-9_.]*[a-z0-9_]", fix)
+            assert keys and all(k in known for k in keys), fix
+
+
+def test_bad_thresholds_are_refused_with_their_key() -> None:
+    for key, value in (("diagnosis.min_epochs", 0), ("diagnosis.diverge_ratio", 1.0),
+                       ("diagnosis.gap_ratio", -0.1), ("diagnosis.falling_ratio", 0.0)):
+        with pytest.raises(config.ConfigError, match=re.escape(key)):
+            make_cfg(**{key: value})
+
+
+# ---------------------------------------------------------------- the next search space
 
 SPACE = {"train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
          "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.6}}
@@ -109,11 +262,35 @@ def test_a_best_trial_inside_narrows_the_range_around_the_best_ones() -> None:
 
 def test_when_every_trial_underfits_capacity_goes_up_and_regularization_down() -> None:
     pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="underfit")
+    # a diverged trial and an undetermined one do not change that: they never steer
+    pts += [{**_points([(1e-4, 0.0, math.nan)])[0], "label": "diverged"},
+            {**_points([(1e-4, 0.0, 0.2)])[0], "label": "undetermined"}]
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min",
                                    _cfg(**{"model.hidden": [16]}))
     assert space["model.hidden"] == {"type": "choice", "values": [[32], [64]]}
     assert space["train.weight_decay"] == {"type": "loguniform", "low": pytest.approx(1e-6),
                                            "high": pytest.approx(1e-2)}
     assert space["model.dropout"]["high"] == pytest.approx(0.06)
-    assert "every trial underfit" in why[0]
+    assert any("every trial high bias (3 underfit)" in w for w in why)
+    assert any("1 diverged or undetermined trial(s) left out" in w for w in why)
     config.from_dict({"data": {"path": "x.parquet"}, "sweep": {"space": space}})  # valid
+
+
+def test_when_every_trial_is_both_capacity_and_regularization_go_up_together() -> None:
+    pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="both")
+    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min",
+                                   _cfg(**{"model.hidden": [16, 8]}))
+    assert space["model.hidden"] == {"type": "choice", "values": [[32, 16], [64, 32]]}
+    assert space["train.weight_decay"] == {"type": "loguniform", "low": pytest.approx(1e-3),
+                                           "high": pytest.approx(10.0)}
+    assert space["model.dropout"] == {"type": "uniform", "low": pytest.approx(0.3),
+                                      "high": pytest.approx(0.9)}
+    assert any("every trial high bias (3 both)" in w for w in why)
+    assert any("more regularization alongside the capacity" in w for w in why)
+    config.from_dict({"data": {"path": "x.parquet"}, "sweep": {"space": space}})  # valid
+
+
+def test_trials_that_never_steer_leave_the_space_alone() -> None:
+    pts = [{**p, "label": "undetermined"} for p in _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6)])]
+    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg())
+    assert space == SPACE and "nothing to steer by" in why[0]

@@ -1,9 +1,11 @@
 """The labels on real training (digits, a real local Ray, a real MLflow SQLite store): the
-three corners of the bias/variance chart, each from one `train` run."""
+three corners of the bias/variance chart and an overfit run whose validation minimum comes
+early (the curve version 0.1 called underfit), each from one `train` run."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +29,12 @@ def ray_runtime() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("label", "over"), [
-    # a wide network, no dropout, no weight decay, 150 training rows: memorizes them
+    # a wide network, no dropout, no weight decay, 100 training rows: memorizes them
     ("overfit", ["model.hidden=[1024, 1024]", "model.dropout=0", "train.weight_decay=0",
-                 "data.max_train_rows=150", "train.epochs=40"]),
+                 "data.max_train_rows=100", "train.lr=0.003", "train.epochs=40"]),
+    # validation loss lowest by epoch 5 of 60, then rising while training goes to zero
+    ("early-minimum", ["model.hidden=[512, 512]", "model.dropout=0", "train.weight_decay=0",
+                       "data.max_train_rows=150", "train.lr=0.003", "train.epochs=60"]),
     # four units under very strong weight decay: cannot fit even the training rows
     ("underfit", ["model.hidden=[4]", "train.weight_decay=20", "train.epochs=20"]),
     # a sensible middle
@@ -48,9 +53,15 @@ def test_the_three_corners_of_the_chart_are_labelled(ray_runtime: None, digits_p
         f"experiment=diag-{label}", *over])
     lines: list[str] = []
     summary = sweep.train_run(cfg, out=lines.append)
-    assert summary.record.diagnosis == label, summary.record.diagnosis_reasons
+    expected = "overfit" if label == "early-minimum" else label
+    assert summary.record.diagnosis == expected, summary.record.diagnosis_reasons
     tags = MlflowClient(uri).get_run(summary.run_id).data.tags
-    assert tags["orchestrator.diagnosis"] == label
-    assert "baseline" in tags["orchestrator.diagnosis_reasons"]
+    assert tags["orchestrator.diagnosis"] == expected
+    reasons = tags["orchestrator.diagnosis_reasons"]
+    assert "baseline" in reasons
+    if label == "early-minimum":
+        found = re.search(r"validation loss was lowest at epoch (\d+) .* and rose", reasons)
+        assert found and int(found.group(1)) <= 10, reasons
+        assert "training accuracy reached 100%" in reasons
     if label != "good_fit":
         assert "train.weight_decay" in tags["orchestrator.diagnosis_fixes"]

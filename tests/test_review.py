@@ -17,7 +17,8 @@ def _sweep_on_disk(tmp: Path) -> Path:
 
     uri = f"sqlite:///{tmp}/mlflow.db"
     cfg = config.from_dict({"experiment": "rev", "data": {"path": str(tmp / "x.parquet")},
-                            "tracking": {"uri": uri}, "sweep": {"space": {
+                            "tracking": {"uri": uri}, "train": {"epochs": 6},
+                            "sweep": {"space": {
                                 "train.weight_decay": {"type": "loguniform", "low": 1e-4,
                                                        "high": 1e-1}}}})
     client = MlflowClient(uri)
@@ -25,9 +26,12 @@ def _sweep_on_disk(tmp: Path) -> Path:
     parent = client.create_run(exp, tags={tracking.ROLE: "sweep", "orchestrator.baseline":
                                           "loss=2.3026 accuracy=0.1000 (...)"}).info.run_id
     curves = {  # weight decay -> (train, val) per epoch
-        1.2e-4: ([1.0, 0.3, 0.05, 0.01], [1.0, 0.4, 0.35, 0.6]),  # overfit: val turns up
-        3e-3: ([1.0, 0.3, 0.15, 0.10], [1.0, 0.35, 0.2, 0.18]),  # the sweet spot
-        8e-2: ([2.2, 2.0, 1.9, 1.9], [2.2, 2.0, 1.95, 1.9]),  # underfit
+        # overfit: validation turns up at epoch 3 while training goes to zero
+        1.2e-4: ([1.0, 0.3, 0.05, 0.01, 0.005, 0.003], [1.0, 0.4, 0.35, 0.5, 0.6, 0.7]),
+        # the sweet spot
+        3e-3: ([1.0, 0.3, 0.15, 0.10, 0.08, 0.07], [1.0, 0.35, 0.2, 0.18, 0.17, 0.16]),
+        # underfit: training loss stays at 82% of the baseline's
+        8e-2: ([2.2, 2.0, 1.9, 1.9, 1.9, 1.9], [2.2, 2.0, 1.95, 1.9, 1.9, 1.9]),
     }
     for i, (wd, (train, val)) in enumerate(curves.items()):
         run = client.create_run(exp, tags={tracking.ROLE: "trial", "mlflow.parentRunId": parent,
@@ -53,7 +57,7 @@ def test_diagnose_labels_finds_the_sweet_spot_and_extends_the_edge(tmp_path: Pat
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "1 underfit, 1 good_fit, 1 overfit" in out
     assert "sweet spot: trial t1 (train.weight_decay=0.003)" in out
-    assert "t0 overfit: " in out and "bottomed at epoch 3 of 4" in out
+    assert "t0 overfit: validation loss was lowest at epoch 3 (0.350)" in out
     assert "try: stronger L2: raise train.weight_decay" in out
     proposed = yaml.safe_load((folder / review.NEXT_SPACE).read_text())
     wd = proposed["sweep"]["space"]["train.weight_decay"]
