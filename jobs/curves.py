@@ -191,7 +191,13 @@ def generate(only: str | None = None) -> list[dict[str, Any]]:
                 continue
             t0 = time.perf_counter()
             entry = {"id": cid, **run(recipe, Path(tmp))}
-            entry["review"] = REVIEWS.get(cid, "agree")
+            # A person's verdict stays with a curve only while the curve is the one they read
+            # (training here is deterministic); a new or changed curve waits for a reader,
+            # who sets "agree" in corpus.json or a "drop: why" in REVIEWS. Only "agree" scores.
+            prev = old.get(cid)
+            same = prev is not None and all(prev.get(k) == entry.get(k) for k in COLUMNS)
+            verdict = prev["review"] if prev is not None and same else "unreviewed"
+            entry["review"] = REVIEWS.get(cid) or verdict
             out.append(entry)
             print(f"[{i + 1}/{len(RECIPES)}] {cid}: {entry['outcome']} after "
                   f"{len(entry['val_loss'])} epochs ({time.perf_counter() - t0:.1f} s)",

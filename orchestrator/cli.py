@@ -109,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})")
     if rec.diagnosis:
         print(f"  fit: {rec.diagnosis}: {rec.diagnosis_reasons}")
+        for fix in rec.diagnosis_fixes[:4]:
+            print(f"    try: {fix}")
     print(f"  MLflow run {summary.run_id} in {summary.tracking_uri}")
     print(f"  best checkpoint: {rec.checkpoint}")
     return 0 if rec.status == "TERMINATED" else 1

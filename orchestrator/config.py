@@ -257,10 +257,12 @@ class DiagnosisConfig:
     """undetermined: a run with fewer epochs is too short to tell."""
     falling_ratio: float = 0.03
     """undetermined: a run the scheduler stopped (pruned) whose validation loss fell by more
-    than this x baseline over its last quarter had not settled yet."""
+    than this x baseline over the last quarter of its epochs (at least its last 6, read as
+    the median slope) had not settled yet."""
     diverge_ratio: float = 3.0
-    """diverged: a loss ended above this x baseline while training accuracy stayed below 99%
-    (a NaN or infinite loss always is)."""
+    """diverged: training loss ended above this x baseline (or above the baseline and this x
+    its own minimum), or validation loss ended above this x baseline while training loss
+    stayed above half of it. A NaN or infinite loss always is."""
 
 
 @dataclass
@@ -628,10 +630,12 @@ def validate(cfg: Config) -> None:
     _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
            f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
     dg = cfg.diagnosis
-    for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio", "accuracy_gap",
-                "falling_ratio", "diverge_ratio"):
+    for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio", "falling_ratio"):
         _check(getattr(dg, key) > 0, f"diagnosis.{key}",
                f"must be > 0, got {getattr(dg, key)}", "use the default, or e.g. 0.1")
+    _check(0 < dg.accuracy_gap <= 1, "diagnosis.accuracy_gap",
+           f"must be in (0, 1] (a difference of accuracies), got {dg.accuracy_gap}",
+           "use e.g. 0.1")
     _check(dg.min_epochs >= 1, "diagnosis.min_epochs",
            f"must be at least 1, got {dg.min_epochs}", "use e.g. 5")
     _check(dg.diverge_ratio > 1, "diagnosis.diverge_ratio",

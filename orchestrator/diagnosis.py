@@ -7,16 +7,22 @@ scores), so the thresholds (``diagnosis.*``, fractions of the baseline's loss) m
 on any data set. Both curves are read smoothed (the median of each epoch and its two
 neighbours, the median of the last three at the end), so one noisy epoch flips nothing.
 
-- ``diverged``: a loss became NaN or infinite, or a loss ended above ``diverge_ratio`` x the
-  baseline while training accuracy stayed short of 99% (it is not memorizing, it blew up).
-- ``undetermined``: fewer than ``min_epochs`` epochs, or stopped by the scheduler (pruned)
+- ``diverged``: a loss became NaN or infinite; or training loss ended above
+  ``diverge_ratio`` x the baseline (or above the baseline and ``diverge_ratio`` x its own
+  minimum: it learned, then lost it); or validation loss ended above ``diverge_ratio`` x
+  the baseline while training loss stayed above half of it (confidently wrong without
+  having memorized anything, unlike an overfit run).
+- ``undetermined``: fewer than ``min_epochs`` epochs; or stopped by the scheduler (pruned)
   while validation loss was still falling by more than ``falling_ratio`` x the baseline over
-  its last quarter: not a finished run.
+  the last quarter of its epochs (at least 6); or stopped early with a high training loss
+  still falling fast enough to get under the bias line within that many epochs again; or
+  failed with an error: not a finished run.
 
 Otherwise two questions, each read over the whole run:
 
 - high bias: the *lowest* training loss of the run is above ``underfit_loss_ratio`` x the
-  baseline (it never fit its own training rows); never when training accuracy reached 100%;
+  baseline (it never fit its own training rows); never when training accuracy reached 100%,
+  nor for a run stopped early while its training loss was falling that fast;
 - high variance: validation loss ended more than ``rise_ratio`` x the baseline above its
   minimum (wherever the minimum fell), or validation loss ends more than ``gap_ratio`` x the
   baseline above training loss, or the accuracy gap is above ``accuracy_gap`` while the loss
@@ -37,6 +43,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import config as config_mod
 from orchestrator.config import DiagnosisConfig
 
 LABELS = ("underfit", "good_fit", "overfit", "both", "diverged", "undetermined")
@@ -74,6 +81,10 @@ def _smooth(values: list[float]) -> list[float]:
     return ([statistics.median(values[:3])] + inner + [statistics.median(values[-3:])])
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _fall(values: list[float]) -> float:
     """How far a series fell from its first to its last point, read from the median of the
     slopes between every pair of points (Theil-Sen): one outlying epoch does not move it."""
@@ -97,7 +108,8 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     flag was stopped by the scheduler (pruned). None when there is nothing to judge."""
     th = th or DiagnosisConfig()
     rows = [r for _, r in sorted({int(r["epoch"]): r for r in history
-                                  if "train_loss" in r and "val_loss" in r}.items())]
+                                  if "epoch" in r and _number(r.get("train_loss"))
+                                  and _number(r.get("val_loss"))}.items())]
     if not rows or not math.isfinite(base.loss) or base.loss <= 0:
         return None
     b = base.loss
@@ -107,9 +119,10 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     early_stopped = any(r.get("early_stopped") for r in rows)
     train_raw = [float(r["train_loss"]) for r in rows]
     val_raw = [float(r["val_loss"]) for r in rows]
-    acc = "train_accuracy" in rows[0] and "val_accuracy" in rows[0]
+    # accuracies are read only when every epoch has them (a classifier's, all finite)
     tacc = [float(r.get("train_accuracy", math.nan)) for r in rows]
     vacc = [float(r.get("val_accuracy", math.nan)) for r in rows]
+    acc = all(math.isfinite(v) for v in tacc + vacc)
 
     # ---- diverged: nothing else can be read from a blown-up run
     bad = next((i for i in range(n) if rows[i].get("diverged")
@@ -119,14 +132,21 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
                          "NaN or infinite", _diverged_fixes(cfg), {"epoch": epochs[bad]})
     train, val = _smooth(train_raw), _smooth(val_raw)
     top_acc = max(tacc) if acc else math.nan
-    worst = max(train[-1], val[-1])
-    if worst > th.diverge_ratio * b and not top_acc >= 0.99:
-        which = "validation" if val[-1] >= train[-1] else "training"
+    # Blown up, though finite: training loss ended above diverge_ratio x the baseline, or
+    # worse than the baseline and diverge_ratio x its own minimum (it learned, then lost
+    # it); or validation loss ended above diverge_ratio x the baseline while training loss
+    # stayed above half of it (confidently wrong, without memorizing the training rows,
+    # which is what an overfit run's high validation loss comes from).
+    train_blown = train[-1] > th.diverge_ratio * b or (
+        train[-1] > b and train[-1] > th.diverge_ratio * min(train))
+    val_blown = val[-1] > th.diverge_ratio * b and train[-1] > 0.5 * b
+    if train_blown or val_blown:
+        which, end = ("training", train[-1]) if train_blown else ("validation", val[-1])
         return Diagnosis(
-            "diverged", f"{which} loss ended at {worst / b:.1f}x the baseline's {b:.3f} "
-            f"(above diagnosis.diverge_ratio = {th.diverge_ratio:g})"
-            + (f" while training accuracy stayed at {_pct(top_acc)}" if acc else "")
-            + ": the optimization blew up", _diverged_fixes(cfg), {"end_loss_ratio": worst / b})
+            "diverged", f"{which} loss ended at {end / b:.3g}x the baseline's {b:.3f} "
+            f"(training loss {train[-1]:.4g} at the end, {min(train):.4g} at its lowest; "
+            f"diagnosis.diverge_ratio = {th.diverge_ratio:g}): the optimization blew up",
+            _diverged_fixes(cfg), {"end_loss_ratio": end / b})
 
     # how far validation rose is read on the smoothed curve (one lucky epoch is not a
     # minimum); the epoch named is the raw minimum, whose weights the sweep keeps
@@ -174,15 +194,16 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     acc_gap = facts.get("accuracy_gap_end", 0.0)
     variance = (rise > th.rise_ratio or gap > th.gap_ratio
                 or (acc_gap > th.accuracy_gap and gap > th.gap_ratio / 2))
-    kept = (f"the restored epoch-{epochs[best]} weights" if early_stopped
-            else f"the epoch-{epochs[best]} weights the sweep keeps")
+    kept_epoch, restored = _kept(rows, cfg, early_stopped)
+    kept = (f"the restored epoch-{kept_epoch} weights" if restored
+            else f"the epoch-{kept_epoch} weights the sweep keeps")
     acc_text = (f"; accuracy {_pct(tacc[-1])} training vs {_pct(vacc[-1])} validation"
                 if acc else "")
     gap_text = f"a gap of {_pct(gap)} of the baseline's loss at the end{acc_text}"
     lowest = f"validation loss was lowest at epoch {epochs[best]} ({val_raw[best]:.3f})"
     train_min = f"{_pct(facts['train_min_ratio'])} of the baseline's {b:.3f}"
     if variance:
-        rel = (val[-1] - val_raw[best]) / val_raw[best]
+        rel = (val[-1] - val_raw[best]) / val_raw[best] if val_raw[best] > 0 else 0.0
         seen = (f"{lowest} and rose {_pct(rel)} after it" if rise > th.rise_ratio or rel > 0.1
                 else f"{lowest} and ended at {val[-1]:.3f}")
         if bias:
@@ -197,6 +218,11 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
                "can do; add weight decay, dropout, augmentation or data so training can go on "
                "without losing validation")
         return Diagnosis("overfit", why, _overfit_fixes(cfg), facts)
+    if reachable and facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted:
+        return Diagnosis(
+            "undetermined", f"stopped at epoch {epochs[-1]} of {planned} while training loss "
+            f"({train_min}) was still falling fast enough to fit its rows within "
+            f"{window} more epochs: not a finished run", _undetermined_fixes(cfg), facts)
     k = min(3, n - 1)
     still_falling = val[-1] <= val[low] and (val[-1 - k] - val[-1]) / b > th.falling_ratio
     if bias:
@@ -209,6 +235,43 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
            + (f"; validation loss was still falling: more epochs (train.epochs, now "
               f"{_v(cfg, 'train.epochs')}) may gain a little" if still_falling else ""))
     return Diagnosis("good_fit", why, [], facts)
+
+
+def failed(epochs: int) -> Diagnosis:
+    """The label of a trial that ended with an error: whatever its curve shows, it is not a
+    finished run, and it must not steer the next space."""
+    return Diagnosis("undetermined", f"the trial failed after {epochs} epoch"
+                     f"{'s' * (epochs != 1)} (its run's orchestrator.error says why): not a "
+                     "finished run", [])
+
+
+def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[int, bool]:
+    """The epoch whose weights the run ends with, found as the loop finds it: early stopping
+    restores its last improvement of ``sweep.metric`` by more than ``min_delta`` (when
+    ``train.early_stopping.restore_best``); otherwise the sweep keeps the best epoch of what
+    trials are ranked on (ties: the later one)."""
+    metric, mode = (config_mod.rank_metric(cfg) if cfg is not None else ("val_loss", "min"))
+    if early_stopped and (_v(cfg, "train.early_stopping.restore_best") is not False):
+        es_metric = _v(cfg, "sweep.metric") or "val_loss"
+        es_mode = _v(cfg, "sweep.mode") or "min"
+        delta = _v(cfg, "train.early_stopping.min_delta") or 0.0
+        best_value, epoch = None, None
+        for r in rows:
+            v = r.get(es_metric, math.nan)
+            if not math.isfinite(v):
+                continue
+            gain = math.inf if best_value is None else (
+                best_value - v if es_mode == "min" else v - best_value)
+            if gain > delta:
+                best_value, epoch = v, int(r["epoch"])
+        if epoch is not None:
+            return epoch, True
+    scored = [r for r in rows if math.isfinite(r.get(metric, math.nan))]
+    if not scored:
+        return int(rows[-1]["epoch"]), False
+    sign = 1.0 if mode == "min" else -1.0
+    top = min(sign * r[metric] for r in scored)
+    return max(int(r["epoch"]) for r in scored if sign * r[metric] == top), False
 
 
 def _v(cfg: Any, dotted: str) -> Any:

@@ -25,6 +25,7 @@ class TrialRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     diagnosis: str | None = None  # one of orchestrator.diagnosis.LABELS, once it ended
     diagnosis_reasons: str = ""
+    diagnosis_fixes: list[str] = field(default_factory=list)
 
 
 def better(new: float, old: float | None, mode: str) -> bool:

@@ -83,8 +83,14 @@ def load(experiment: str, storage: str = "results") -> SweepView:
         fixes = [f for f in run.data.tags.get("orchestrator.diagnosis_fixes", "").split("; ")
                  if f]
         if label is None and history:  # a sweep from before the labels: judge it now
-            found = diagnosis.diagnose(history, base, config_mod.with_values(cfg, values),
-                                       cfg.diagnosis)
+            # how it ended is a tag, not a metric: put the loop's flag back on its last epoch
+            status = run.data.tags.get("orchestrator.status", "")
+            flag = {"early stopping": "early_stopped", "diverged": "diverged"}.get(status)
+            if flag:
+                history[-1] = {**history[-1], flag: 1.0}
+            found = (diagnosis.failed(len(history)) if status == "failed" else
+                     diagnosis.diagnose(history, base, config_mod.with_values(cfg, values),
+                                        cfg.diagnosis))
             if found is not None:
                 label, reasons, fixes = found.label, found.reasons, found.fixes
         scored = [r for r in history if key in r and math.isfinite(r[key])]

@@ -789,11 +789,13 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}
         if error:
             tags["orchestrator.error"] = error[-5000:]
-        found = (diagnosis.diagnose(rec.history, self.base, config_mod.with_values(
-            self.cfg, rec.best_values or rec.values), self.cfg.diagnosis)
+        found = (diagnosis.failed(rec.epochs) if error else diagnosis.diagnose(
+            rec.history, self.base, config_mod.with_values(
+                self.cfg, rec.best_values or rec.values), self.cfg.diagnosis)
             if self.base is not None else None)
         if found is not None:
             rec.diagnosis, rec.diagnosis_reasons = found.label, found.reasons
+            rec.diagnosis_fixes = found.fixes
             tags.update({DIAGNOSIS: found.label, f"{DIAGNOSIS}_reasons": found.reasons,
                          f"{DIAGNOSIS}_fixes": "; ".join(found.fixes)})
         if rec.history:  # the trial's learning curves, as a picture on its run

@@ -177,7 +177,12 @@ def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
     # finite, but validation loss at 8x the baseline while training learned nothing
     blown = _curves([2.3] * 8, [18.0] * 8, train_accuracy=[0.1] * 8, val_accuracy=[0.1] * 8)
     d = _judge(blown)
-    assert d.label == "diverged" and "7.8x the baseline" in d.reasons
+    assert d.label == "diverged" and "7.82x the baseline" in d.reasons
+    # a run that learned and then lost it: training loss back above the baseline
+    relapsed = _curves([2.0, 0.5, 0.05, 0.02, 3.0, 6.0, 8.0], [2.0, 0.6, 0.3, 0.3, 3.0, 6.0, 8.0],
+                       train_accuracy=[0.3, 0.8, 0.99, 1.0, 0.2, 0.1, 0.1],
+                       val_accuracy=[0.3, 0.8, 0.9, 0.9, 0.2, 0.1, 0.1])
+    assert _judge(relapsed).label == "diverged"
     # the same loss on a run that memorized its training rows is overfit, not a blow-up
     memorized = _curves([2.0, 0.5, 0.1, 0.01, 0.001, 0.0], [2.0, 3.0, 6.0, 8.0, 9.0, 9.5],
                         train_accuracy=[0.3, 0.8, 0.95, 1.0, 1.0, 1.0],
@@ -185,6 +190,39 @@ def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
     assert _judge(memorized).label == "overfit"
     assert diagnosis.diagnose([], BASE, _cfg()) is None
     assert diagnosis.diagnose(_curves([1.0], [1.0]), diagnosis.baseline([]), _cfg()) is None
+
+
+def test_a_run_that_fit_every_training_row_is_never_high_bias() -> None:
+    # training loss read in train mode (heavy dropout) stays at 30% of the baseline although
+    # every training row is classified right; validation rises: overfit, not both
+    rows = _curves([1.5, 1.0, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7],
+                   [1.5, 1.2, 1.1, 1.3, 1.5, 1.7, 1.8, 1.9],
+                   train_accuracy=[0.6, 0.9, 0.97, 1.0, 1.0, 1.0, 1.0, 1.0],
+                   val_accuracy=[0.5, 0.6, 0.62, 0.6, 0.6, 0.6, 0.6, 0.6])
+    assert _judge(rows).label == "overfit"
+    without = [{k: v for k, v in r.items() if "accuracy" not in k} for r in rows]
+    assert _judge(without).label == "both"  # no accuracy to tell: the loss alone is high
+
+
+def test_an_accuracy_gap_with_a_modest_loss_gap_is_overfit() -> None:
+    # loss gap 10% of the baseline (under gap_ratio, over half of it), accuracy gap 20 points
+    rows = _curves([1.0, 0.5, 0.3, 0.25, 0.25, 0.25], [1.1, 0.7, 0.5, 0.48, 0.48, 0.48],
+                   train_accuracy=[0.7, 0.85, 0.95, 0.97, 0.97, 0.97],
+                   val_accuracy=[0.65, 0.72, 0.76, 0.77, 0.77, 0.77])
+    d = _judge(rows)
+    assert d.label == "overfit" and "accuracy 97% training vs 77% validation" in d.reasons
+    without = [{k: v for k, v in r.items() if "accuracy" not in k} for r in rows]
+    assert _judge(without).label == "good_fit"
+
+
+def test_a_run_cut_short_while_training_loss_falls_fast_is_not_called_underfit() -> None:
+    rows = _curves([2.2, 1.9, 1.6, 1.35, 1.1, 0.9, 0.75], [2.2, 1.9, 1.65, 1.4, 1.2, 1.0, 0.9])
+    rows[-1]["early_stopped"] = 1.0
+    d = _judge(rows, _cfg(**{"train.epochs": 50}))
+    assert d.label == "undetermined" and "still falling fast" in d.reasons
+    # the same curve with the budget spent is a finished judgment
+    rows[-1].pop("early_stopped")
+    assert _judge(rows, _cfg(**{"train.epochs": 7})).label == "underfit"
 
 
 def test_too_few_epochs_or_pruned_while_learning_is_undetermined() -> None:
