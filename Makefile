@@ -29,6 +29,7 @@ demo: $(STAMP) data/digits.parquet
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator jobs tests
+	$(BIN)/ruff format --check orchestrator jobs tests
 	$(BIN)/mypy
 
 test-fast: $(STAMP)

@@ -47,7 +47,8 @@ def _config(path: str, **over: Any) -> Any:
     from orchestrator import config
 
     raw: dict[str, Any] = {
-        "experiment": "bench", "data": {"path": path},
+        "experiment": "bench",
+        "data": {"path": path},
         "model": {"hidden": HIDDEN, "dropout": 0.1},
         "train": {"epochs": EPOCHS, "batch_size": BATCH},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
@@ -103,9 +104,14 @@ def orchestrated(path: str, tmp: Path, workers: int) -> float:
     The rate is the driver's: wall clock between consecutive epoch reports."""
     from orchestrator import data, sweep
 
-    cfg = _config(path, **{"scaling.num_workers": workers,
-                           "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
-                           "sweep.storage_path": str(tmp / f"results-{workers}")})
+    cfg = _config(
+        path,
+        **{
+            "scaling.num_workers": workers,
+            "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+            "sweep.storage_path": str(tmp / f"results-{workers}"),
+        },
+    )
     rows = len(data.load_splits(cfg.data).y_train)
     sweep.ensure_env()
     summary = sweep.train_run(cfg, out=lambda _: None)
@@ -116,8 +122,11 @@ def orchestrated(path: str, tmp: Path, workers: int) -> float:
 def variant(path: str, precision: str, grad_checkpointing: bool) -> dict[str, float]:
     """One in-process loop run (LocalSeam) in a fresh process, so peak memory is its own."""
     out = subprocess.run(
-        [sys.executable, "-m", "jobs.bench", "_variant", path, precision,
-         str(grad_checkpointing)], capture_output=True, text=True, check=True)
+        [sys.executable, "-m", "jobs.bench", "_variant", path, precision, str(grad_checkpointing)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -131,10 +140,17 @@ def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
     cuda = torch.cuda.is_available()
     # A big batch through 4 blocks: activations (~0.5 GB), not weights (~64 MB with AdamW's
     # state), dominate memory, which is what activation checkpointing trades for time.
-    cfg = _config(path, **{"train.precision": precision, "model.hidden": [1024] * 4,
-                           "train.batch_size": 8192, "train.epochs": 3,
-                           "data.max_train_rows": 16_000,
-                           "train.grad_checkpointing": grad_checkpointing == "True"})
+    cfg = _config(
+        path,
+        **{
+            "train.precision": precision,
+            "model.hidden": [1024] * 4,
+            "train.batch_size": 8192,
+            "train.epochs": 3,
+            "data.max_train_rows": 16_000,
+            "train.grad_checkpointing": grad_checkpointing == "True",
+        },
+    )
     splits = data.load_splits(cfg.data)
     seam = loop.LocalSeam(device=torch.device("cuda" if cuda else "cpu"))
     loop.train(cfg, splits, seam)
@@ -152,8 +168,10 @@ def bench_loop() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         path = _dataset(tmp)
-        print(f"loop benchmark: {ROWS} rows x {FEATURES} features, MLP {HIDDEN}, batch {BATCH}, "
-              f"{EPOCHS} epochs; {os.cpu_count()} CPUs")
+        print(
+            f"loop benchmark: {ROWS} rows x {FEATURES} features, MLP {HIDDEN}, batch {BATCH}, "
+            f"{EPOCHS} epochs; {os.cpu_count()} CPUs"
+        )
         bare = bare_loop(path)
         one = orchestrated(path, tmp, 1)
         two = orchestrated(path, tmp, 2)
@@ -165,14 +183,23 @@ def bench_loop() -> dict[str, float]:
         ("bare PyTorch loop, 1 thread", f"{bare:,.0f} samples/s", ""),
         ("orchestrated, 1 DDP worker", f"{one:,.0f} samples/s", f"{one / bare:.3f} x bare"),
         ("orchestrated, 2 DDP workers", f"{two:,.0f} samples/s", f"{two / one:.2f} x 1 worker"),
-        ("fp32 (MLP 4x1024, batch 8192)", f"{fp32['samples_per_s']:,.0f} samples/s",
-         f"peak {fp32['peak_mb']:,.0f} MB"),
-        ("bf16 autocast", f"{bf16['samples_per_s']:,.0f} samples/s",
-         f"{bf16['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
-         f"peak {bf16['peak_mb']:,.0f} MB"),
-        ("fp32 + grad checkpointing", f"{ckpt['samples_per_s']:,.0f} samples/s",
-         f"{ckpt['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
-         f"peak {ckpt['peak_mb']:,.0f} MB"),
+        (
+            "fp32 (MLP 4x1024, batch 8192)",
+            f"{fp32['samples_per_s']:,.0f} samples/s",
+            f"peak {fp32['peak_mb']:,.0f} MB",
+        ),
+        (
+            "bf16 autocast",
+            f"{bf16['samples_per_s']:,.0f} samples/s",
+            f"{bf16['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
+            f"peak {bf16['peak_mb']:,.0f} MB",
+        ),
+        (
+            "fp32 + grad checkpointing",
+            f"{ckpt['samples_per_s']:,.0f} samples/s",
+            f"{ckpt['samples_per_s'] / fp32['samples_per_s']:.2f} x fp32, "
+            f"peak {ckpt['peak_mb']:,.0f} MB",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     for name, rate, note in rows:
@@ -214,8 +241,12 @@ def bench_serve() -> dict[str, float]:
     return run()
 
 
-BENCHMARKS = {"loop": bench_loop, "sweep": bench_sweep, "tracking": bench_tracking,
-              "serve": bench_serve}
+BENCHMARKS = {
+    "loop": bench_loop,
+    "sweep": bench_sweep,
+    "tracking": bench_tracking,
+    "serve": bench_serve,
+}
 
 
 def main(argv: list[str]) -> int:

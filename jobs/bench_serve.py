@@ -72,12 +72,14 @@ def app(kind: str, size: str) -> Any:
     naive = FastAPI()
 
     if kind == "naive_sync":
+
         @naive.post("/predict")
         def predict(req: PredictRequest) -> dict[str, Any]:
             with torch.no_grad():
                 probs = net(torch.tensor(req.features, dtype=torch.float32))
             return {"predictions": probs.argmax(1).tolist(), "probabilities": probs.tolist()}
     elif kind == "naive_async":
+
         @naive.post("/predict")
         async def predict_async(req: PredictRequest) -> dict[str, Any]:
             with torch.no_grad():
@@ -90,6 +92,7 @@ def app(kind: str, size: str) -> Any:
         async def predict_ceiling(request: Request) -> Response:
             serve.parse_features(await request.body(), 64, 1024)
             return Response(answer, media_type="application/json")
+
     return naive
 
 
@@ -99,16 +102,31 @@ BODY = {"features": [[float(i % 17) for i in range(64)]]}
 def _wrk(port: int) -> tuple[float, float, float]:
     """(requests per second, p50 ms, p99 ms) over SECONDS with CLIENTS connections, by wrk."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f"wrk.method = 'POST'\nwrk.body = '{json.dumps(BODY)}'\n"
-                     "wrk.headers['Content-Type'] = 'application/json'\n")
+        script.write(
+            f"wrk.method = 'POST'\nwrk.body = '{json.dumps(BODY)}'\n"
+            "wrk.headers['Content-Type'] = 'application/json'\n"
+        )
     try:
         out = subprocess.run(
             # a long timeout: the naive async server keeps some clients waiting for seconds,
             # and a request wrk gave up on would not count for it
-            ["wrk", "-t1", f"-c{CLIENTS}", f"-d{SECONDS:g}s", "--timeout", "60s", "--latency",
-             "-s", script.name,
-             f"http://127.0.0.1:{port}/predict"], capture_output=True, text=True,
-            check=True, timeout=SECONDS + 60).stdout
+            [
+                "wrk",
+                "-t1",
+                f"-c{CLIENTS}",
+                f"-d{SECONDS:g}s",
+                "--timeout",
+                "60s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}/predict",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=SECONDS + 60,
+        ).stdout
     finally:
         os.unlink(script.name)
     assert "Non-2xx" not in out and "Socket errors" not in out, out
@@ -116,6 +134,7 @@ def _wrk(port: int) -> tuple[float, float, float]:
     def ms(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     return rps, ms("50%"), ms("99%")
 
@@ -129,6 +148,7 @@ async def _load(port: int) -> tuple[float, float, float]:
     deadline = time.perf_counter() + SECONDS
     connector = aiohttp.TCPConnector(limit=CLIENTS)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def client() -> None:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
@@ -136,10 +156,14 @@ async def _load(port: int) -> tuple[float, float, float]:
                     await r.read()
                     assert r.status == 200, r.status
                 latencies.append(time.perf_counter() - start)
+
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
     latencies.sort()
-    return (len(latencies) / SECONDS, statistics.median(latencies) * 1000,
-            latencies[int(0.99 * (len(latencies) - 1))] * 1000)
+    return (
+        len(latencies) / SECONDS,
+        statistics.median(latencies) * 1000,
+        latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+    )
 
 
 def _start(kind: str, size: str) -> tuple[subprocess.Popen, int]:
@@ -148,8 +172,11 @@ def _start(kind: str, size: str) -> tuple[subprocess.Popen, int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.bench_serve", "_server", kind, size,
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.bench_serve", "_server", kind, size, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc, port
 
 
@@ -172,8 +199,10 @@ KINDS = ("naive_sync", "naive_async", "ours", "ceiling")
 def bench_serve() -> dict[str, float]:
     figures: dict[str, float] = {}
     client = "wrk" if shutil.which("wrk") else "aiohttp (no wrk on the PATH: figures understated)"
-    print(f"serving benchmark: {CLIENTS} concurrent clients ({client}), {SECONDS:g} s per "
-          f"load, best of {ROUNDS} rounds, {os.cpu_count()} CPUs, one torch thread per server")
+    print(
+        f"serving benchmark: {CLIENTS} concurrent clients ({client}), {SECONDS:g} s per "
+        f"load, best of {ROUNDS} rounds, {os.cpu_count()} CPUs, one torch thread per server"
+    )
     load = _wrk if shutil.which("wrk") else (lambda port: asyncio.run(_load(port)))
     results: dict[tuple[str, str], float] = {}
     for size in ("big", "small"):
@@ -198,21 +227,24 @@ def bench_serve() -> dict[str, float]:
         for kind in KINDS:
             rps, p50, p99 = best[kind]
             results[(kind, size)] = rps
-            print(f"  {size:5s} {kind:11s}: {rps:8.0f} req/s  p50 {p50:6.1f} ms  "
-                  f"p99 {p99:6.1f} ms")
+            print(f"  {size:5s} {kind:11s}: {rps:8.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
             figures[f"{size}_{kind}_rps"] = round(rps, 1)
             figures[f"{size}_{kind}_p50_ms"] = round(p50, 2)
             figures[f"{size}_{kind}_p99_ms"] = round(p99, 2)
         # the naive handler both ways FastAPI examples write it: `def` (a thread per request
         # from the pool) and `async def` (on the event loop); the faster is the baseline
-        results[("naive", size)] = max(results[("naive_sync", size)],
-                                       results[("naive_async", size)])
+        results[("naive", size)] = max(
+            results[("naive_sync", size)], results[("naive_async", size)]
+        )
         figures[f"{size}_naive_rps"] = round(results[("naive", size)], 1)
     figures["throughput_ratio"] = round(results[("ours", "big")] / results[("naive", "big")], 3)
-    figures["ceiling_fraction"] = round(results[("ours", "small")]
-                                        / results[("ceiling", "small")], 3)
-    print(f"  ours / naive (big model): {figures['throughput_ratio']:.2f}x; ours / ceiling "
-          f"(small model): {figures['ceiling_fraction']:.2f}")
+    figures["ceiling_fraction"] = round(
+        results[("ours", "small")] / results[("ceiling", "small")], 3
+    )
+    print(
+        f"  ours / naive (big model): {figures['throughput_ratio']:.2f}x; ours / ceiling "
+        f"(small model): {figures['ceiling_fraction']:.2f}"
+    )
     return figures
 
 
@@ -224,5 +256,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["_server"]:
     kind, size, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
     # every server with the limits `orchestrator serve` runs with (header cap and read
     # deadlines, connection cap, keep-alive), so the ratios compare like with like
-    uvicorn.run(app(kind, size), host="127.0.0.1", port=port, log_level="error",
-                **serve.limits(config.ServeConfig()).uvicorn())
+    uvicorn.run(
+        app(kind, size),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        **serve.limits(config.ServeConfig()).uvicorn(),
+    )

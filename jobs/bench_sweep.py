@@ -51,9 +51,14 @@ def _config(path: str, tmp: Path, **over: Any) -> Any:
         "model": {"hidden": [256]},
         "train": {"epochs": SEARCH_EPOCHS, "batch_size": 64},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1},
-        "sweep": {"space": SPACE, "storage_path": str(tmp / "results"), "grace_period": GRACE,
-                  "reduction_factor": REDUCTION,
-                  "metric": "val_loss", "mode": "min"},
+        "sweep": {
+            "space": SPACE,
+            "storage_path": str(tmp / "results"),
+            "grace_period": GRACE,
+            "reduction_factor": REDUCTION,
+            "metric": "val_loss",
+            "mode": "min",
+        },
     }
     for dotted, v in over.items():
         config.set_dotted(raw, dotted, v)
@@ -70,10 +75,16 @@ class _Tape:
             def __init__(self) -> None:
                 self.results: list[dict[str, float]] = []
 
-            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                                **info: Any) -> None:
-                self.results.append({"trial": trial.trial_id, "epoch": result["epoch"],
-                                     "val_accuracy": result["val_accuracy"]})
+            def on_trial_result(
+                self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+            ) -> None:
+                self.results.append(
+                    {
+                        "trial": trial.trial_id,
+                        "epoch": result["epoch"],
+                        "val_accuracy": result["val_accuracy"],
+                    }
+                )
 
         return Tape()
 
@@ -85,10 +96,18 @@ def _fit(cfg: Any, tmp: Path, name: str, samples: int) -> tuple[float, list[dict
 
     concurrency = trials.trial_concurrency(cfg, ray.cluster_resources())
     tape = _Tape()
-    tuner = sweep.make_tuner(cfg, trials.make_trainable(cfg, name, str(tmp / "results"), None),
-                         trials.search_space(cfg), samples, trials.scheduler(cfg),
-                         trials.searcher(cfg, concurrency), concurrency, tape,
-                         str(tmp / "results"), name)
+    tuner = sweep.make_tuner(
+        cfg,
+        trials.make_trainable(cfg, name, str(tmp / "results"), None),
+        trials.search_space(cfg),
+        samples,
+        trials.scheduler(cfg),
+        trials.searcher(cfg, concurrency),
+        concurrency,
+        tape,
+        str(tmp / "results"),
+        name,
+    )
     start = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - start
@@ -119,11 +138,14 @@ def bench_sweep() -> dict[str, float]:
 
         short = {"train.epochs": FAST_EPOCHS, "sweep.scheduler": "fifo"}
         fast_s, _ = _fit(_config(path, tmp, **short), tmp, "fast", FAST_TRIALS)
-        slow_s, _ = _fit(_config(path, tmp, **short, **{"scaling.fast_path": False}), tmp,
-                         "trainer", FAST_TRIALS)
-        print(f"  {FAST_TRIALS} single-worker trials x {FAST_EPOCHS} epochs: fast path "
-              f"{fast_s:.1f} s, TorchTrainer per trial {slow_s:.1f} s "
-              f"-> {slow_s / fast_s:.1f}x faster")
+        slow_s, _ = _fit(
+            _config(path, tmp, **short, **{"scaling.fast_path": False}), tmp, "trainer", FAST_TRIALS
+        )
+        print(
+            f"  {FAST_TRIALS} single-worker trials x {FAST_EPOCHS} epochs: fast path "
+            f"{fast_s:.1f} s, TorchTrainer per trial {slow_s:.1f} s "
+            f"-> {slow_s / fast_s:.1f}x faster"
+        )
 
         to_target = {name: 0 for name in SEARCHES}
         ran = {name: 0 for name in SEARCHES}
@@ -132,28 +154,34 @@ def bench_sweep() -> dict[str, float]:
             for name, over in SEARCHES.items():
                 # one trial at a time: the order epochs arrive in, and so the figure, is then
                 # the same on every machine rather than a race between concurrent trials
-                cfg = _config(path, tmp, **over, **{"sweep.seed": seed,
-                                                    "sweep.max_concurrent": 1})
+                cfg = _config(path, tmp, **over, **{"sweep.seed": seed, "sweep.max_concurrent": 1})
                 samples = SEARCH_TRIALS if name == "fifo" else ASHA_SAMPLES
                 runs[name] = _fit(cfg, tmp, f"{name}-{seed}", samples)
             best = max(r["val_accuracy"] for _, res in runs.values() for r in res)
-            reached = {name: epochs_to_reach(res, best - TOLERANCE)
-                       for name, (_, res) in runs.items()}
+            reached = {
+                name: epochs_to_reach(res, best - TOLERANCE) for name, (_, res) in runs.items()
+            }
             for name, (_, res) in runs.items():
                 to_target[name] += reached[name]
                 ran[name] += len(res)
-            print(f"  seed {seed}: best val_accuracy {best:.4f}; epochs to within 0.5 pp: "
-                  + ", ".join(f"{name} {reached[name]} (of {len(res)} run, {sec:.0f} s)"
-                              for name, (sec, res) in runs.items())
-                  + f"; ASHA/FIFO {reached['asha'] / reached['fifo']:.2f}")
+            print(
+                f"  seed {seed}: best val_accuracy {best:.4f}; epochs to within 0.5 pp: "
+                + ", ".join(
+                    f"{name} {reached[name]} (of {len(res)} run, {sec:.0f} s)"
+                    for name, (sec, res) in runs.items()
+                )
+                + f"; ASHA/FIFO {reached['asha'] / reached['fifo']:.2f}"
+            )
         import ray
 
         ray.shutdown()
     fraction = to_target["asha"] / to_target["fifo"]
     stop_fraction = to_target["asha_stop"] / to_target["fifo"]
-    print(f"  {SEARCH_TRIALS} trials x {SEARCH_EPOCHS} epochs, seeds {list(SEEDS)}: ASHA "
-          f"(by promotion) spends {fraction:.2f} of FIFO's epochs to get within 0.5 pp of "
-          f"the best; Tune's stopping ASHA {stop_fraction:.2f}")
+    print(
+        f"  {SEARCH_TRIALS} trials x {SEARCH_EPOCHS} epochs, seeds {list(SEEDS)}: ASHA "
+        f"(by promotion) spends {fraction:.2f} of FIFO's epochs to get within 0.5 pp of "
+        f"the best; Tune's stopping ASHA {stop_fraction:.2f}"
+    )
     return {
         "fast_path_speedup": round(slow_s / fast_s, 3),
         "fast_path_seconds": round(fast_s, 2),

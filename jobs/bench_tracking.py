@@ -38,11 +38,13 @@ def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[f
     from orchestrator import sweep, trials
 
     prep = sweep.prepare(cfg)
-    callback = sweep._SweepCallback(cfg, client, exp_id, None, prep.fingerprint,
-                                    lambda _: None, 1, sizes=prep.sizes)
+    callback = sweep._SweepCallback(
+        cfg, client, exp_id, None, prep.fingerprint, lambda _: None, 1, sizes=prep.sizes
+    )
     trainable = trials.make_trainable(cfg, name, str(tmp / "results"), prep.summary)
-    sweep.make_tuner(cfg, trainable, {}, 1, None, None, 1, callback, str(tmp / "results"),
-                     name).fit()
+    sweep.make_tuner(
+        cfg, trainable, {}, 1, None, None, 1, callback, str(tmp / "results"), name
+    ).fit()
     rec = callback.records[0]
     clock = [r["wall_time"] for r in sorted(rec.history, key=lambda r: r["epoch"])]
     steps = [b - a for a, b in zip(clock, clock[1:], strict=False)]
@@ -57,7 +59,7 @@ def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
     off: list[float] = []
     lag: list[float] = []
     for k in range(REPEATS):  # ABBA order, so drifts in the machine's speed hit both alike
-        for mode in (("off", "on") if k % 2 == 0 else ("on", "off")):
+        for mode in ("off", "on") if k % 2 == 0 else ("on", "off"):
             if mode == "off":
                 off += _periods(cfg, NullClient(), "0", tmp, f"{label}-off-{k}")
             else:
@@ -66,12 +68,18 @@ def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
         assert client.drain(block=True, patience=120)
         lag.append(time.perf_counter() - start)
     overhead = statistics.median(on) / statistics.median(off) - 1
-    print(f"  {label}: epoch period tracking off {statistics.median(off) * 1000:.1f} ms, "
-          f"on {statistics.median(on) * 1000:.1f} ms -> overhead {overhead * 100:+.1f} % "
-          f"(medians of {len(off)} and {len(on)} epochs over {REPEATS} alternating runs "
-          f"each); MLflow caught up {max(lag):.2f} s after the last epoch")
-    return {"overhead": overhead, "off_ms": statistics.median(off) * 1000,
-            "on_ms": statistics.median(on) * 1000, "lag_s": max(lag)}
+    print(
+        f"  {label}: epoch period tracking off {statistics.median(off) * 1000:.1f} ms, "
+        f"on {statistics.median(on) * 1000:.1f} ms -> overhead {overhead * 100:+.1f} % "
+        f"(medians of {len(off)} and {len(on)} epochs over {REPEATS} alternating runs "
+        f"each); MLflow caught up {max(lag):.2f} s after the last epoch"
+    )
+    return {
+        "overhead": overhead,
+        "off_ms": statistics.median(off) * 1000,
+        "on_ms": statistics.median(on) * 1000,
+        "lag_s": max(lag),
+    }
 
 
 def bench_tracking() -> dict[str, float]:
@@ -83,17 +91,32 @@ def bench_tracking() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         sweep.init_ray()
-        print(f"tracking benchmark; {os.cpu_count()} CPUs; MLflow SQLite store; "
-              f"{REPEATS} repeats each")
+        print(
+            f"tracking benchmark; {os.cpu_count()} CPUs; MLflow SQLite store; "
+            f"{REPEATS} repeats each"
+        )
         uri = f"sqlite:///{tmp}/mlflow.db"
-        big = bench._config(bench._dataset(tmp), **{
-            "train.epochs": 8, "tracking.uri": uri, "experiment": "bench-tracking",
-            "sweep.storage_path": str(tmp / "results")})
+        big = bench._config(
+            bench._dataset(tmp),
+            **{
+                "train.epochs": 8,
+                "tracking.uri": uri,
+                "experiment": "bench-tracking",
+                "sweep.storage_path": str(tmp / "results"),
+            },
+        )
         second = _workload(big, tmp, f"{bench.ROWS:,} rows x {bench.FEATURES} features")
-        digits = bench._config(str(data.export_digits(tmp / "digits.parquet")), **{
-            "train.epochs": 60, "tracking.uri": uri, "experiment": "bench-tracking",
-            "model.hidden": [256], "train.batch_size": 64,
-            "sweep.storage_path": str(tmp / "results")})
+        digits = bench._config(
+            str(data.export_digits(tmp / "digits.parquet")),
+            **{
+                "train.epochs": 60,
+                "tracking.uri": uri,
+                "experiment": "bench-tracking",
+                "model.hidden": [256],
+                "train.batch_size": 64,
+                "sweep.storage_path": str(tmp / "results"),
+            },
+        )
         tiny = _workload(digits, tmp, "digits (1.2k rows)")
         import ray
 

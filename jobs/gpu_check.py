@@ -29,23 +29,32 @@ def amp_figures(path: str) -> dict[str, float]:
 
     out: dict[str, float] = {}
     variants: list[tuple[str, dict[str, Any]]] = [
-        ("fp32", {}), ("bf16", {"train.precision": "bf16"}),
-        ("fp16", {"train.precision": "fp16"}), ("fp32_ckpt", {"train.grad_checkpointing": True})]
+        ("fp32", {}),
+        ("bf16", {"train.precision": "bf16"}),
+        ("fp16", {"train.precision": "fp16"}),
+        ("fp32_ckpt", {"train.grad_checkpointing": True}),
+    ]
     for name, over in variants:
-        cfg = bench._config(path, **{"model.hidden": [4096] * 4, "train.batch_size": 4096,
-                                     "train.epochs": 4, **over})
+        cfg = bench._config(
+            path,
+            **{"model.hidden": [4096] * 4, "train.batch_size": 4096, "train.epochs": 4, **over},
+        )
         splits = data.load_splits(cfg.data)
         torch.cuda.reset_peak_memory_stats()
         seam = loop.LocalSeam(device=torch.device("cuda"))
         outcome = loop.train(cfg, splits, seam)
         assert outcome == "completed", (name, outcome)
         out[f"{name}_samples_per_s"] = bench._steady_rate(
-            len(splits.y_train), [r["epoch_seconds"] for r in seam.reports])
+            len(splits.y_train), [r["epoch_seconds"] for r in seam.reports]
+        )
         out[f"{name}_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out[f"{name}_val_accuracy"] = seam.reports[-1]["val_accuracy"]
-        print(f"  {name:10s} {out[f'{name}_samples_per_s']:>12,.0f} samples/s  "
-              f"peak {out[f'{name}_peak_mb']:>8,.0f} MB  "
-              f"val_accuracy {out[f'{name}_val_accuracy']:.3f}", flush=True)
+        print(
+            f"  {name:10s} {out[f'{name}_samples_per_s']:>12,.0f} samples/s  "
+            f"peak {out[f'{name}_peak_mb']:>8,.0f} MB  "
+            f"val_accuracy {out[f'{name}_val_accuracy']:.3f}",
+            flush=True,
+        )
     for name in ("bf16", "fp16", "fp32_ckpt"):
         out[f"{name}_speedup"] = out[f"{name}_samples_per_s"] / out["fp32_samples_per_s"]
         out[f"{name}_memory_ratio"] = out[f"{name}_peak_mb"] / out["fp32_peak_mb"]
@@ -58,11 +67,24 @@ def end_to_end(tmp: Path) -> dict[str, float]:
     digits = data.export_digits(tmp / "digits.parquet")
     start = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "train", "jobs/configs/quickstart.yaml",
-         f"data.path={digits}", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-         f"sweep.storage_path={tmp}/results", "scaling.use_gpu=true", "scaling.num_workers=1",
-         "train.precision=bf16", "train.epochs=10"],
-        capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": "local"})
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "train",
+            "jobs/configs/quickstart.yaml",
+            f"data.path={digits}",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            f"sweep.storage_path={tmp}/results",
+            "scaling.use_gpu=true",
+            "scaling.num_workers=1",
+            "train.precision=bf16",
+            "train.epochs=10",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+    )
     print(proc.stdout[-1500:], proc.stderr[-1500:] if proc.returncode else "", flush=True)
     return {"e2e_train_ok": float(proc.returncode == 0), "e2e_seconds": time.time() - start}
 

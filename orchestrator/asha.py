@@ -64,8 +64,11 @@ class Ladder:
         to a finished trial), the best first."""
         out = []
         for rung in reversed(self.rungs):
-            out += [t for t in self.top(rung)
-                    if t not in self.promoted[rung] and self.waiting.get(t) == rung]
+            out += [
+                t
+                for t in self.top(rung)
+                if t not in self.promoted[rung] and self.waiting.get(t) == rung
+            ]
         return out
 
     def promote(self, trial: str) -> None:
@@ -81,8 +84,10 @@ class Ladder:
         The highest rung with paused trials promotes its best if it never promoted as many
         as floor(n / rf) (at least one); otherwise its paused trials have lost for good."""
         for rung in reversed(self.rungs):
-            left = sorted((t for t, r in self.waiting.items() if r == rung),
-                          key=lambda t: self._key(self.scores[rung][t]))
+            left = sorted(
+                (t for t, r in self.waiting.items() if r == rung),
+                key=lambda t: self._key(self.scores[rung][t]),
+            )
             if not left:
                 continue
             if len(self.promoted[rung]) < max(1, len(self.scores[rung]) // self.reduction_factor):

@@ -52,8 +52,13 @@ class BatchStats:
 
 
 class MicroBatcher:
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], window_s: float = 0.002,
-                 max_rows: int = 1024, inline_below_s: float = INLINE_BELOW_S) -> None:
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        window_s: float = 0.002,
+        max_rows: int = 1024,
+        inline_below_s: float = INLINE_BELOW_S,
+    ) -> None:
         self.fn, self.window_s, self.max_rows = fn, window_s, max_rows
         self.inline_below_s = inline_below_s
         self.pass_s = 0.0  # moving average of a forward pass, to choose where it runs
@@ -76,8 +81,11 @@ class MicroBatcher:
             if self._rows >= self.max_rows:
                 self._start()
             elif self._timer is None:  # 0: after the requests that are ready now
-                self._timer = (loop.call_later(self.window_s, self._start) if self.window_s > 0
-                               else loop.call_soon(self._start))
+                self._timer = (
+                    loop.call_later(self.window_s, self._start)
+                    if self.window_s > 0
+                    else loop.call_soon(self._start)
+                )
         return await future
 
     def _start(self) -> None:
@@ -89,7 +97,8 @@ class MicroBatcher:
         # whole requests, up to max_rows (a single request may be bigger: it goes alone)
         take, rows = 0, 0
         while take < len(self._pending) and (
-                take == 0 or rows + len(self._pending[take][0]) <= self.max_rows):
+            take == 0 or rows + len(self._pending[take][0]) <= self.max_rows
+        ):
             rows += len(self._pending[take][0])
             take += 1
         batch, self._pending = self._pending[:take], self._pending[take:]
@@ -104,7 +113,8 @@ class MicroBatcher:
                 out = self._forward(xs)
             else:
                 out = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._forward, xs)
+                    self._pool, self._forward, xs
+                )
         except Exception as e:  # noqa: BLE001 - every waiting request gets the error
             for _, future in batch:
                 if not future.done():
@@ -114,7 +124,7 @@ class MicroBatcher:
             start = 0
             for x, future in batch:
                 if not future.done():  # its client may have gone
-                    future.set_result(out[start:start + len(x)])
+                    future.set_result(out[start : start + len(x)])
                 start += len(x)
         finally:
             self._busy = False

@@ -43,9 +43,11 @@ def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config
     print(f"[sweep] refining {view.folder.name} (MLflow run {view.parent_run_id}):")
     for why in view.why:
         print(f"  - {why}")
-    return new, {"orchestrator.refined_from": view.parent_run_id,
-                 "orchestrator.refined_from_sweep": view.folder.name,
-                 "orchestrator.refine_reasons": " | ".join(view.why)[:5000]}
+    return new, {
+        "orchestrator.refined_from": view.parent_run_id,
+        "orchestrator.refined_from_sweep": view.folder.name,
+        "orchestrator.refine_reasons": " | ".join(view.why)[:5000],
+    }
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -62,36 +64,51 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
 
     keys = list(cfg.sweep.space)
     print()
-    print(progress.table(summary.records, keys, summary.champion.trial_id, cfg.train.epochs,
-                         config_mod.rank_metric(cfg)))
+    print(
+        progress.table(
+            summary.records,
+            keys,
+            summary.champion.trial_id,
+            cfg.train.epochs,
+            config_mod.rank_metric(cfg),
+        )
+    )
     t = summary.test_metrics
-    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in summary.champion_values.items())
-    how = (f", chosen on the mean of {cfg.sweep.confirm_seeds} seeds"
-           if summary.confirmed else "")
+    values = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in summary.champion_values.items()
+    )
+    how = f", chosen on the mean of {cfg.sweep.confirm_seeds} seeds" if summary.confirmed else ""
     print(f"\nchampion: trial {summary.champion.trial_id} ({values}){how}")
-    print(f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
-          f"(held-out test split, {summary.sizes['test']} rows)")
+    print(
+        f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
+        f"(held-out test split, {summary.sizes['test']} rows)"
+    )
     if summary.model_version is None:
-        print(f"  NOT registered yet: MLflow at {summary.tracking_uri} was away at the end; "
-              f"{summary.pending} write(s) and the champion are kept in {summary.sweep_dir}")
+        print(
+            f"  NOT registered yet: MLflow at {summary.tracking_uri} was away at the end; "
+            f"{summary.pending} write(s) and the champion are kept in {summary.sweep_dir}"
+        )
         print(f"\nnext, once MLflow is back:\n  orchestrator tracking replay {summary.sweep_dir}")
         return EXIT_TRACKING
-    print(f"  registered as models:/{summary.register_as}@champion (version "
-          f"{summary.model_version})")
+    print(
+        f"  registered as models:/{summary.register_as}@champion (version {summary.model_version})"
+    )
     print("\nnext:")
     # the URI is shown bare; MLflow reads the credentials from these variables
     uri = summary.tracking_uri.replace(f"://{config_mod.REDACTED}@", "://")
-    if uri.startswith("http") and any(os.environ.get(v) for v in (
-            "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")):
+    if uri.startswith("http") and any(
+        os.environ.get(v) for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    ):
         print("  (with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD exported)")
     if uri.startswith("http"):
         print(f"  open {uri} (the MLflow UI)")
     else:
-        print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
-              "--port 5000")
-    print(f"  MLFLOW_TRACKING_URI={uri} orchestrator serve "
-          f"--model models:/{summary.register_as}@champion")
+        print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(
+        f"  MLFLOW_TRACKING_URI={uri} orchestrator serve "
+        f"--model models:/{summary.register_as}@champion"
+    )
     return EXIT_TRACKING if summary.pending else 0
 
 
@@ -104,9 +121,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     rec = summary.record
     best = rec.best or {}
     nan = float("nan")
-    print(f"\n{progress.status_of(rec, cfg.train.epochs)} after {rec.epochs} epochs; best "
-          f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
-          f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})")
+    print(
+        f"\n{progress.status_of(rec, cfg.train.epochs)} after {rec.epochs} epochs; best "
+        f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
+        f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})"
+    )
     if rec.diagnosis:
         print(f"  fit: {rec.diagnosis}: {rec.diagnosis_reasons}")
         for fix in rec.diagnosis_fixes[:4]:
@@ -122,25 +141,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from orchestrator import serve
 
     cfg = config_mod.load(args.config, args.overrides, only="serve")
-    opts = dataclasses.replace(cfg.serve, host=args.host or cfg.serve.host,
-                               port=args.port if args.port is not None else cfg.serve.port)
-    key = serve.required_key(cfg.serve.api_key, os.environ, opts.host,
-                             opts.allow_unauthenticated or args.allow_unauthenticated)
+    opts = dataclasses.replace(
+        cfg.serve,
+        host=args.host or cfg.serve.host,
+        port=args.port if args.port is not None else cfg.serve.port,
+    )
+    key = serve.required_key(
+        cfg.serve.api_key,
+        os.environ,
+        opts.host,
+        opts.allow_unauthenticated or args.allow_unauthenticated,
+    )
     try:
         if args.ray:
             from orchestrator import serve_ray
 
             replicas = args.replicas if args.replicas is not None else cfg.serve.replicas
             if replicas < 1:
-                raise config_mod.ConfigError("serve.replicas", f"must be at least 1, got "
-                                             f"{replicas} (--replicas)", "use e.g. --replicas 2")
-            serve_ray.run(args.model, dataclasses.replace(opts, replicas=replicas),
-                          args.tracking_uri, key)
+                raise config_mod.ConfigError(
+                    "serve.replicas",
+                    f"must be at least 1, got {replicas} (--replicas)",
+                    "use e.g. --replicas 2",
+                )
+            serve_ray.run(
+                args.model, dataclasses.replace(opts, replicas=replicas), args.tracking_uri, key
+            )
         else:
             serve.run(args.model, opts, args.tracking_uri, key)
     except serve.Refused as e:
-        print(f"orchestrator: serve: refused model version {e.version or '?'}: {e.reason}",
-              file=sys.stderr)
+        print(
+            f"orchestrator: serve: refused model version {e.version or '?'}: {e.reason}",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
     return 0
 
@@ -148,9 +180,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from orchestrator import submit
 
-    return submit.submit(args.config, args.overrides, args.address,
-                         what="train" if args.train else "sweep",
-                         workdir=Path(args.working_dir), wait=not args.no_wait)
+    return submit.submit(
+        args.config,
+        args.overrides,
+        args.address,
+        what="train" if args.train else "sweep",
+        workdir=Path(args.working_dir),
+        wait=not args.no_wait,
+    )
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -160,19 +197,30 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.action == "up":
         running = cluster.load(state_dir)
         if running is not None and cluster.maybe_up(running):
-            print(f"orchestrator: a cluster from {state_dir} is already up ({running.address});"
-                  " `orchestrator cluster down` first", file=sys.stderr)
+            print(
+                f"orchestrator: a cluster from {state_dir} is already up ({running.address});"
+                " `orchestrator cluster down` first",
+                file=sys.stderr,
+            )
             return 1
         try:
-            state = cluster.up(args.workers, args.cpus_per_worker, args.gpus_per_worker,
-                               args.head_cpus, args.dashboard_port, state_dir)
+            state = cluster.up(
+                args.workers,
+                args.cpus_per_worker,
+                args.gpus_per_worker,
+                args.head_cpus,
+                args.dashboard_port,
+                state_dir,
+            )
         except RuntimeError as e:
             print(f"orchestrator: {e}", file=sys.stderr)
             cluster.down(state_dir)  # nothing half-started is left behind
             return 1
         print("\n".join(cluster.status_lines(state)))
-        print(f"  submit: orchestrator submit jobs/configs/quickstart.yaml --address "
-              f"{state.address}\n  (with RAY_AUTH_TOKEN_PATH={state.token_path})")
+        print(
+            f"  submit: orchestrator submit jobs/configs/quickstart.yaml --address "
+            f"{state.address}\n  (with RAY_AUTH_TOKEN_PATH={state.token_path})"
+        )
         return 0
     if args.action == "down":
         print("stopped" if cluster.down(state_dir) else f"nothing is up (no {state_dir})")
@@ -192,26 +240,44 @@ def cmd_tracking_serve(args: argparse.Namespace) -> int:
 
     backend = args.backend or os.environ.get(BACKEND_ENV) or "sqlite:///mlflow.db"
     if backend.startswith("sqlite:///") and not backend.startswith("sqlite:////"):
-        backend = "sqlite:///" + str(Path(backend[len("sqlite:///"):]).absolute())
+        backend = "sqlite:///" + str(Path(backend[len("sqlite:///") :]).absolute())
     shown = config_mod.redact_uri(backend)  # a database URI carries its password
     if not (backend.startswith(("sqlite:", "postgresql", "mysql", "mssql"))):
-        raise ConfigError("--backend", f"{shown!r} is not a database URI",
-                          "use sqlite:///mlflow.db or postgresql://USER:PASS@HOST:5432/mlflow")
+        raise ConfigError(
+            "--backend",
+            f"{shown!r} is not a database URI",
+            "use sqlite:///mlflow.db or postgresql://USER:PASS@HOST:5432/mlflow",
+        )
     artifacts = args.artifacts if "://" in args.artifacts else str(Path(args.artifacts).absolute())
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     # The backend goes to `mlflow server` in its environment (the option's envvar), never in
     # argv: a command line is readable by every user of the machine (ps, /proc/PID/cmdline).
     env = {**os.environ, BACKEND_ENV: backend}
-    argv = [str(mlflow_bin), "server", "--artifacts-destination", artifacts, "--serve-artifacts",
-            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
-            *args.extra]
+    argv = [
+        str(mlflow_bin),
+        "server",
+        "--artifacts-destination",
+        artifacts,
+        "--serve-artifacts",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+        *args.extra,
+    ]
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"orchestrator: MLflow will listen on {args.host}: anyone who reaches port "
-              f"{args.port} can read and write runs; see the README (basic auth)",
-              file=sys.stderr)
-    print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {shown}, "
-          f"artifacts {artifacts}); point tracking.uri or MLFLOW_TRACKING_URI at it",
-          flush=True)
+        print(
+            f"orchestrator: MLflow will listen on {args.host}: anyone who reaches port "
+            f"{args.port} can read and write runs; see the README (basic auth)",
+            file=sys.stderr,
+        )
+    print(
+        f"MLflow tracking server on http://{args.host}:{args.port} (backend {shown}, "
+        f"artifacts {artifacts}); point tracking.uri or MLFLOW_TRACKING_URI at it",
+        flush=True,
+    )
     os.execve(argv[0], argv, env)  # the server is this process: stopping it stops the server
     return 0  # pragma: no cover
 
@@ -235,8 +301,11 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
         uri = tracking.resolve_uri(config_mod.restore(cfg, keys=["tracking.uri"]))
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise ConfigError("--tracking-uri", f"{folder} holds no sweep state to take it from",
-                          "pass --tracking-uri URI")
+        raise ConfigError(
+            "--tracking-uri",
+            f"{folder} holds no sweep state to take it from",
+            "pass --tracking-uri URI",
+        )
     try:
         tracking.replay(folder, uri, patience=args.patience)
     except RuntimeError as e:  # still away, refused writes, a damaged journal: what to do
@@ -279,15 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
     s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
-    s.add_argument("--refine-from", default=None, metavar="EXPERIMENT",
-                   help="search the space `orchestrator diagnose EXPERIMENT` proposes (its "
-                        "newest sweep under sweep.storage_path, or a sweep folder)")
+    s.add_argument(
+        "--refine-from",
+        default=None,
+        metavar="EXPERIMENT",
+        help="search the space `orchestrator diagnose EXPERIMENT` proposes (its "
+        "newest sweep under sweep.storage_path, or a sweep folder)",
+    )
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
     r.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    r.add_argument("--storage", default="results",
-                   help="sweep.storage_path the sweep used (default: results)")
+    r.add_argument(
+        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+    )
     r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     r.set_defaults(func=cmd_resume)
 
@@ -302,85 +376,134 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", default=None, help="optional YAML for the serve.* section")
     v.add_argument("--host", default=None, help="default serve.host (127.0.0.1)")
     v.add_argument("--port", type=int, default=None, help="default serve.port (8000)")
-    v.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
-    v.add_argument("--ray", action="store_true",
-                   help="run as a Ray Serve deployment (this Ray cluster, or a local one)")
-    v.add_argument("--replicas", type=int, default=None,
-                   help="with --ray: replicas (default serve.replicas, 2)")
-    v.add_argument("--allow-unauthenticated", action="store_true",
-                   help="serve without an API key on an address beyond loopback "
-                        "(serve.allow_unauthenticated)")
+    v.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db",
+    )
+    v.add_argument(
+        "--ray",
+        action="store_true",
+        help="run as a Ray Serve deployment (this Ray cluster, or a local one)",
+    )
+    v.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="with --ray: replicas (default serve.replicas, 2)",
+    )
+    v.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve without an API key on an address beyond loopback (serve.allow_unauthenticated)",
+    )
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
 
-    dg = sub.add_parser("diagnose", help="label a finished sweep's trials underfit / good_fit "
-                        "/ overfit / both (or diverged / undetermined) and propose the next "
-                        "search space")
+    dg = sub.add_parser(
+        "diagnose",
+        help="label a finished sweep's trials underfit / good_fit "
+        "/ overfit / both (or diverged / undetermined) and propose the next "
+        "search space",
+    )
     dg.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    dg.add_argument("--storage", default="results",
-                    help="sweep.storage_path the sweep used (default: results)")
+    dg.add_argument(
+        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+    )
     dg.set_defaults(func=cmd_diagnose)
 
     rp = sub.add_parser("report", help="one self-contained HTML report of a finished sweep")
     rp.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    rp.add_argument("--storage", default="results",
-                    help="sweep.storage_path the sweep used (default: results)")
+    rp.add_argument(
+        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+    )
     rp.set_defaults(func=cmd_report)
 
     tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
     tsub = tr.add_subparsers(dest="action", required=True)
     ts = tsub.add_parser("serve", help="mlflow server: database backend, proxied artifacts")
-    ts.add_argument("--backend", default=None,
-                    help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB; default "
-                    f"${BACKEND_ENV} (better for a password: not on a command line), else "
-                    "sqlite:///mlflow.db")
-    ts.add_argument("--artifacts", default="mlartifacts",
-                    help="where the server keeps artifacts: a folder, s3://... or gs://...")
+    ts.add_argument(
+        "--backend",
+        default=None,
+        help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB; default "
+        f"${BACKEND_ENV} (better for a password: not on a command line), else "
+        "sqlite:///mlflow.db",
+    )
+    ts.add_argument(
+        "--artifacts",
+        default="mlartifacts",
+        help="where the server keeps artifacts: a folder, s3://... or gs://...",
+    )
     ts.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     ts.add_argument("--port", type=int, default=5000)
     ts.add_argument("--workers", type=int, default=2)
-    ts.add_argument("extra", nargs="*", help="after --: more `mlflow server` options, e.g. "
-                    "-- --app-name basic-auth")
+    ts.add_argument(
+        "extra",
+        nargs="*",
+        help="after --: more `mlflow server` options, e.g. -- --app-name basic-auth",
+    )
     ts.set_defaults(func=cmd_tracking_serve)
-    tp = tsub.add_parser("replay", help="send the MLflow writes a sweep kept while its "
-                         "tracking server was away, then register its champion")
+    tp = tsub.add_parser(
+        "replay",
+        help="send the MLflow writes a sweep kept while its "
+        "tracking server was away, then register its champion",
+    )
     tp.add_argument("folder", help="the sweep folder the sweep printed")
     tp.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
-    tp.add_argument("--patience", type=float, default=60.0,
-                    help="seconds to keep trying an unreachable server (default 60)")
+    tp.add_argument(
+        "--patience",
+        type=float,
+        default=60.0,
+        help="seconds to keep trying an unreachable server (default 60)",
+    )
     tp.set_defaults(func=cmd_tracking_replay)
 
-    sb = sub.add_parser("submit", help="ray job submit a sweep (or --train) to a cluster, "
-                        "after pre-flight checks; streams the logs, exits with its status")
+    sb = sub.add_parser(
+        "submit",
+        help="ray job submit a sweep (or --train) to a cluster, "
+        "after pre-flight checks; streams the logs, exits with its status",
+    )
     sb.add_argument("config", help="YAML config inside the working directory")
     sb.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=32")
-    sb.add_argument("--address", required=True,
-                    help="the cluster's dashboard, e.g. http://HEAD:8265")
+    sb.add_argument(
+        "--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265"
+    )
     sb.add_argument("--train", action="store_true", help="one training run (jobs.train)")
     sb.add_argument("--working-dir", default=".", help="what is uploaded (default: .)")
     sb.add_argument("--no-wait", action="store_true", help="submit and return")
     sb.set_defaults(func=cmd_submit)
 
-    cl = sub.add_parser("cluster", help="a multi-node Ray cluster on this machine (loopback, "
-                        "token auth): up, down, status")
+    cl = sub.add_parser(
+        "cluster",
+        help="a multi-node Ray cluster on this machine (loopback, token auth): up, down, status",
+    )
     cl.add_argument("action", choices=["up", "down", "status"])
     cl.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
     cl.add_argument("--cpus-per-worker", type=int, default=1)
     cl.add_argument("--gpus-per-worker", type=int, default=0)
-    cl.add_argument("--head-cpus", type=int, default=0,
-                    help="CPUs the head offers to trials (default 0: it runs the drivers)")
+    cl.add_argument(
+        "--head-cpus",
+        type=int,
+        default=0,
+        help="CPUs the head offers to trials (default 0: it runs the drivers)",
+    )
     cl.add_argument("--dashboard-port", type=int, default=None, help="default: a free port")
-    cl.add_argument("--state-dir", default=".ray-local",
-                    help="where pids, ports and the token are kept (default .ray-local)")
+    cl.add_argument(
+        "--state-dir",
+        default=".ray-local",
+        help="where pids, ports and the token are kept (default .ray-local)",
+    )
     cl.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("data", help="export a built-in real data set to Parquet")
     dsub = d.add_subparsers(dest="action", required=True)
     e = dsub.add_parser("export", help="write a built-in data set as Parquet")
-    e.add_argument("name", choices=["digits", "breast_cancer", "wine", "iris", "noisy"],
-                   help="scikit-learn's digits, breast_cancer, wine or iris, or `noisy` "
-                        "(synthetic, 20%% of the labels flipped)")
+    e.add_argument(
+        "name",
+        choices=["digits", "breast_cancer", "wine", "iris", "noisy"],
+        help="scikit-learn's digits, breast_cancer, wine or iris, or `noisy` "
+        "(synthetic, 20%% of the labels flipped)",
+    )
     e.add_argument("--out", default=None, help="default: data/NAME.parquet")
     e.set_defaults(func=cmd_data)
     return p
@@ -391,8 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # `CONFIG --address X key=value`: argparse takes positionals in one run, so overrides
     # after an option arrive here; they are overrides all the same
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-            "=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and isinstance(getattr(args, "overrides", None), list)
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

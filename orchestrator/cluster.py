@@ -67,9 +67,13 @@ class State:
 
 def env(state: State) -> dict[str, str]:
     """The environment a client of this cluster needs (token auth on, its token)."""
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state.token_path,
-            # the job's `python` must be this environment's (ray start puts it on PATH)
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": state.token_path,
+        # the job's `python` must be this environment's (ray start puts it on PATH)
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def load(state_dir: Path = STATE_DIR) -> State | None:
@@ -124,9 +128,10 @@ def identity(pid: int) -> str | None:
         except OSError:
             return None
         # the command name (field 2) is in parentheses and may hold spaces or parentheses
-        return f"{boot}/{text[text.rindex(')') + 2:].split()[19]}"
-    out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
-                         text=True, timeout=10).stdout.strip()
+        return f"{boot}/{text[text.rindex(')') + 2 :].split()[19]}"
+    out = subprocess.run(
+        ["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=10
+    ).stdout.strip()
     return out or None
 
 
@@ -151,8 +156,10 @@ def private_dir(state_dir: Path) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = state_dir.stat()
     if st.st_uid != os.getuid():
-        raise RuntimeError(f"{state_dir} belongs to uid {st.st_uid}, not to this user; use "
-                           "a state folder of your own (--state-dir)")
+        raise RuntimeError(
+            f"{state_dir} belongs to uid {st.st_uid}, not to this user; use "
+            "a state folder of your own (--state-dir)"
+        )
     if st.st_mode & 0o077:
         state_dir.chmod(0o700)
 
@@ -172,7 +179,8 @@ def token_file(state_dir: Path) -> Path:
             raise RuntimeError(
                 f"{token} is {kind} with mode {stat.S_IMODE(st.st_mode):o}, owned by uid "
                 f"{st.st_uid}: others may have read the token. Delete it (`up` makes a new "
-                "one, readable by you alone) and stop any cluster still using it") from None
+                "one, readable by you alone) and stop any cluster still using it"
+            ) from None
         return token
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
@@ -206,39 +214,75 @@ def _alive(pid: int) -> bool:
 def _node_ports() -> list[str]:
     """Every port a node would otherwise take at a fixed default (two nodes on one machine
     would collide on them)."""
-    return [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    return [
+        f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]
 
 
 def _spawn(args: list[str], state: State, log: Path) -> int:
     with open(log, "ab") as out:
-        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                                env=env(state), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own group: `down` stops it whole
+        proc = subprocess.Popen(
+            [RAY, "start", "--block", "--disable-usage-stats", *args],
+            env=env(state),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # its own group: `down` stops it whole
     return proc.pid
 
 
-def up(workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: int = 0,
-       head_cpus: int = 0, dashboard_port: int | None = None,
-       state_dir: Path = STATE_DIR, timeout: float = 180) -> State:
+def up(
+    workers: int = 2,
+    cpus_per_worker: int = 1,
+    gpus_per_worker: int = 0,
+    head_cpus: int = 0,
+    dashboard_port: int | None = None,
+    state_dir: Path = STATE_DIR,
+    timeout: float = 180,
+) -> State:
     """Start a head and ``workers`` worker nodes on loopback; returns once all are alive."""
     old = load(state_dir)
     if old is not None and is_up(old):
-        raise RuntimeError(f"a cluster from {state_dir} is already up (head pid "
-                           f"{old.head_pid}, {old.address}); `orchestrator cluster down` first")
+        raise RuntimeError(
+            f"a cluster from {state_dir} is already up (head pid "
+            f"{old.head_pid}, {old.address}); `orchestrator cluster down` first"
+        )
     private_dir(state_dir)
     token = token_file(state_dir)
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=TEMP_ROOT)
-    state = State(gcs_port=_free_port(), dashboard_port=dashboard_port or _dashboard_port(),
-                  temp_dir=temp_dir, token_path=str(token), head_pid=0,
-                  cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
-    state.head_pid = _remember(state, _spawn(
-        ["--head", "--node-ip-address=127.0.0.1", f"--port={state.gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={state.dashboard_port}",
-         f"--ray-client-server-port={_free_port()}", f"--num-cpus={head_cpus}", "--num-gpus=0",
-         f"--temp-dir={temp_dir}", *_node_ports()], state, state_dir / "head.log"))
+    state = State(
+        gcs_port=_free_port(),
+        dashboard_port=dashboard_port or _dashboard_port(),
+        temp_dir=temp_dir,
+        token_path=str(token),
+        head_pid=0,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+    )
+    state.head_pid = _remember(
+        state,
+        _spawn(
+            [
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={state.gcs_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={state.dashboard_port}",
+                f"--ray-client-server-port={_free_port()}",
+                f"--num-cpus={head_cpus}",
+                "--num-gpus=0",
+                f"--temp-dir={temp_dir}",
+                *_node_ports(),
+            ],
+            state,
+            state_dir / "head.log",
+        ),
+    )
     _save(state, state_dir)
     _wait(state, 1, timeout, state_dir)
     for _ in range(workers):
@@ -252,11 +296,21 @@ def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) 
     index = len(state.workers)
     # a temp dir of its own: nodes sharing one would share runtime_resources/, and one
     # node's clean-up of a job's working directory would pull it from under another's driver
-    pid = _remember(state, _spawn(
-        [f"--address={state.gcs}", "--node-ip-address=127.0.0.1",
-         f"--num-cpus={state.cpus_per_worker}", f"--num-gpus={state.gpus_per_worker}",
-         f"--temp-dir={state.temp_dir}-w{index}", *_node_ports()],
-        state, state_dir / f"worker-{index}.log"))
+    pid = _remember(
+        state,
+        _spawn(
+            [
+                f"--address={state.gcs}",
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={state.cpus_per_worker}",
+                f"--num-gpus={state.gpus_per_worker}",
+                f"--temp-dir={state.temp_dir}-w{index}",
+                *_node_ports(),
+            ],
+            state,
+            state_dir / f"worker-{index}.log",
+        ),
+    )
     state.workers.append(pid)
     _save(state, state_dir)
     _wait(state, expected, timeout, state_dir)
@@ -272,8 +326,9 @@ def _warn(line: str) -> None:
     print(f"orchestrator: {line}", file=sys.stderr)
 
 
-def down(state_dir: Path = STATE_DIR, timeout: float = 60,
-         warn: Callable[[str], None] = _warn) -> bool:
+def down(
+    state_dir: Path = STATE_DIR, timeout: float = 60, warn: Callable[[str], None] = _warn
+) -> bool:
     """Stop what `up` started (by the pids it recorded, each only while it is still the
     process started) and delete its temp folders (only ones `up` made); False when nothing
     was up."""
@@ -282,17 +337,20 @@ def down(state_dir: Path = STATE_DIR, timeout: float = 60,
         return False
     for pid in [*state.workers, state.head_pid]:  # workers first: the head outlives them
         if _alive(pid) and not _ours(state, pid):
-            warn(f"left pid {pid} alone: it is no longer the process `cluster up` started "
-                 "(the pid was reused, e.g. after a reboot)")
+            warn(
+                f"left pid {pid} alone: it is no longer the process `cluster up` started "
+                "(the pid was reused, e.g. after a reboot)"
+            )
             continue
         _stop(state, pid, timeout)
-    for folder in [*(f"{state.temp_dir}-w{i}" for i in range(len(state.workers))),
-                   state.temp_dir]:
+    for folder in [*(f"{state.temp_dir}-w{i}" for i in range(len(state.workers))), state.temp_dir]:
         if _our_temp_dir(folder):
             shutil.rmtree(folder, ignore_errors=True)
         elif os.path.lexists(folder):
-            warn(f"left {folder} alone: not a temp folder `cluster up` makes "
-                 f"({TEMP_ROOT}/{TEMP_PREFIX}*, yours)")
+            warn(
+                f"left {folder} alone: not a temp folder `cluster up` makes "
+                f"({TEMP_ROOT}/{TEMP_PREFIX}*, yours)"
+            )
     (state_dir / "cluster.json").unlink(missing_ok=True)
     return True
 
@@ -346,12 +404,16 @@ def _wait(state: State, alive: int, timeout: float, state_dir: Path) -> None:
 
 
 def status_lines(state: State) -> list[str]:
-    lines = [f"Ray cluster on 127.0.0.1: dashboard {state.address}, RAY_ADDRESS={state.gcs}, "
-             f"token {state.token_path}"]
+    lines = [
+        f"Ray cluster on 127.0.0.1: dashboard {state.address}, RAY_ADDRESS={state.gcs}, "
+        f"token {state.token_path}"
+    ]
     for n in sorted(nodes(state), key=lambda n: (not n.get("is_head_node"), n["node_id"])):
         res = n.get("resources_total") or {}
-        lines.append(f"  {'head  ' if n.get('is_head_node') else 'worker'} "
-                     f"{n['node_id'][:12]}  {n.get('state', '?'):5s}  "
-                     f"{res.get('CPU', 0):g} CPU  {res.get('GPU', 0):g} GPU  "
-                     f"{res.get('memory', 0) / 2**30:.1f} GiB")
+        lines.append(
+            f"  {'head  ' if n.get('is_head_node') else 'worker'} "
+            f"{n['node_id'][:12]}  {n.get('state', '?'):5s}  "
+            f"{res.get('CPU', 0):g} CPU  {res.get('GPU', 0):g} GPU  "
+            f"{res.get('memory', 0) / 2**30:.1f} GiB"
+        )
     return lines

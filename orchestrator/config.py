@@ -200,7 +200,8 @@ class SweepConfig:
     """Seconds a running trial may go without reporting (its start-up and one epoch) before
     the sweep stops with an error naming it, instead of waiting forever."""
     storage_path: str = field(
-        default_factory=lambda: os.environ.get("ORCHESTRATOR_STORAGE_PATH", "results"))
+        default_factory=lambda: os.environ.get("ORCHESTRATOR_STORAGE_PATH", "results")
+    )
     """Where Ray keeps trial checkpoints (absolute, or relative to the working directory);
     default ``$ORCHESTRATOR_STORAGE_PATH``, else ``results``. On a multi-node cluster it must
     be storage every node shares (an NFS/EFS mount at the same path on every node)."""
@@ -217,8 +218,10 @@ class SweepConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = field(default=None, metadata=secret(
-        "uri", ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")))
+    uri: str | None = field(
+        default=None,
+        metadata=secret("uri", ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")),
+    )
     """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db``.
     A ``user:password@`` in it is secret: saved as ``http://***@host``, and read back from
     ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``."""
@@ -326,8 +329,9 @@ SPACE_TYPES = {
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
-         only: str | None = None) -> Config:
+def load(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), only: str | None = None
+) -> Config:
     """Read a YAML file (or nothing), apply ``key=value`` overrides, validate.
 
     ``only="serve"`` checks types everywhere but the value rules of that section alone
@@ -336,15 +340,21 @@ def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError("<file>", f"config file {str(p)!r} does not exist",
-                              "pass the path of a YAML file, e.g. jobs/configs/quickstart.yaml")
+            raise ConfigError(
+                "<file>",
+                f"config file {str(p)!r} does not exist",
+                "pass the path of a YAML file, e.g. jobs/configs/quickstart.yaml",
+            )
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError("<file>", f"{p} is not valid YAML: {e}", "fix the YAML syntax") from e
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError("<file>", f"{p} must hold a mapping of sections",
-                              "start the file with keys such as 'data:' and 'train:'")
+            raise ConfigError(
+                "<file>",
+                f"{p} must hold a mapping of sections",
+                "start the file with keys such as 'data:' and 'train:'",
+            )
         raw = loaded or {}
     for item in overrides:
         apply_override(raw, item)
@@ -360,8 +370,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(item, "an override must look like key=value",
-                          "write e.g. train.lr=0.01 or model.hidden=[128,128]")
+        raise ConfigError(
+            item,
+            "an override must look like key=value",
+            "write e.g. train.lr=0.01 or model.hidden=[128,128]",
+        )
     if text.strip() == REDACTED:  # a redacted secret (what submit sends); YAML reads an alias
         set_dotted(raw, key, REDACTED)
         return
@@ -372,15 +385,17 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict of raw config (before validation)."""
     parts = key.split(".")
     if key.startswith("sweep.space."):  # space keys themselves contain dots
-        parts = ["sweep", "space", key[len("sweep.space."):]]
+        parts = ["sweep", "space", key[len("sweep.space.") :]]
     node = raw
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if node is None:  # `sweep:` with nothing under it, or `sweep: null`
             section = ".".join(parts[: i + 1])
-            raise ConfigError(section, f"is empty (null), so {key} has no section to go in",
-                              f"remove '{parts[i]}:' from the file to keep its defaults, or "
-                              "give it keys")
+            raise ConfigError(
+                section,
+                f"is empty (null), so {key} has no section to go in",
+                f"remove '{parts[i]}:' from the file to keep its defaults, or give it keys",
+            )
         if not isinstance(node, dict):
             raise ConfigError(key, f"'{part}' is not a section", "override a leaf key")
     node[parts[-1]] = value
@@ -389,12 +404,18 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build(Config, raw, "")
     validate(cfg)
-    _check(cfg.sweep.scheduler != "pbt" or bool(cfg.sweep.space), "sweep.space",
-           "pbt needs at least one key to mutate",
-           "add e.g. train.weight_decay: {type: loguniform, low: 1e-6, high: 1e-1}")
-    _check(not cfg.sweep.confirm_seeds or "train.seed" not in cfg.sweep.space,
-           "sweep.confirm_seeds", "confirmation varies train.seed, which the search also varies",
-           "remove train.seed from sweep.space, or set sweep.confirm_seeds: 0")
+    _check(
+        cfg.sweep.scheduler != "pbt" or bool(cfg.sweep.space),
+        "sweep.space",
+        "pbt needs at least one key to mutate",
+        "add e.g. train.weight_decay: {type: loguniform, low: 1e-6, high: 1e-1}",
+    )
+    _check(
+        not cfg.sweep.confirm_seeds or "train.seed" not in cfg.sweep.space,
+        "sweep.confirm_seeds",
+        "confirmation varies train.seed, which the search also varies",
+        "remove train.seed from sweep.space, or set sweep.confirm_seeds: 0",
+    )
     return cfg
 
 
@@ -402,18 +423,24 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         section = prefix.rstrip(".") or "<root>"
         if raw is None:  # `sweep:` with every key under it commented out, or `sweep: null`
-            raise ConfigError(section, "is empty (null), not a section of keys",
-                              f"remove '{section.rsplit('.', 1)[-1]}:' to keep its defaults, "
-                              "or give it keys")
-        raise ConfigError(section, f"expected a mapping, got {_show(raw)}",
-                          f"write '{section}:' as a section of keys")
+            raise ConfigError(
+                section,
+                "is empty (null), not a section of keys",
+                f"remove '{section.rsplit('.', 1)[-1]}:' to keep its defaults, or give it keys",
+            )
+        raise ConfigError(
+            section,
+            f"expected a mapping, got {_show(raw)}",
+            f"write '{section}:' as a section of keys",
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
             dotted = f"{prefix}{key}"
-            raise ConfigError(dotted, "unknown key",
-                              f"remove it or use one of: {', '.join(sorted(names))}")
+            raise ConfigError(
+                dotted, "unknown key", f"remove it or use one of: {', '.join(sorted(names))}"
+            )
     kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in raw.items()}
     return cls(**kwargs)
 
@@ -446,18 +473,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except (ValueError, OverflowError):  # OverflowError: an int beyond any float
                 number = math.inf if not isinstance(value, str) else None
         if number is None:
-            raise ConfigError(key, f"expected a number, got {_show(value)}",
-                              f"set {key} to e.g. 0.1")
+            raise ConfigError(
+                key, f"expected a number, got {_show(value)}", f"set {key} to e.g. 0.1"
+            )
         # One rule for every float key: inf and nan are never settings (an infinite timeout
         # waits forever, and nan passes no range check because it compares false to all).
         if not math.isfinite(number):
-            raise ConfigError(key, f"must be a finite number, got {value!r}",
-                              f"set {key} to e.g. 0.1")
+            raise ConfigError(
+                key, f"must be a finite number, got {value!r}", f"set {key} to e.g. 0.1"
+            )
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(key, f"expected text, got {_show(value)}", f"quote it: {key}: \"...\"")
+        raise ConfigError(key, f"expected text, got {_show(value)}", f'quote it: {key}: "..."')
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -490,160 +519,393 @@ def validate(cfg: Config) -> None:
     """Cross-field and range checks; each names the key and the fix."""
     d, m, t, s, sw = cfg.data, cfg.model, cfg.train, cfg.scaling, cfg.sweep
     _check(bool(cfg.experiment.strip()), "experiment", "is empty", "name the MLflow experiment")
-    _check(bool(d.path), "data.path", "is not set",
-           "point it at a Parquet file, e.g. data/digits.parquet (make data exports one)")
+    _check(
+        bool(d.path),
+        "data.path",
+        "is not set",
+        "point it at a Parquet file, e.g. data/digits.parquet (make data exports one)",
+    )
     _check(bool(d.label), "data.label", "is empty", "name the label column")
-    _check(0 < d.test_fraction < 1, "data.test_fraction",
-           f"must be in (0, 1), got {d.test_fraction}", "use e.g. 0.2")
-    _check(0 < d.val_fraction < 1, "data.val_fraction",
-           f"must be in (0, 1), got {d.val_fraction}", "use e.g. 0.15")
-    _check(d.loader in ("auto", "memory", "stream"), "data.loader",
-           f"unknown loader {d.loader!r}", "use auto, memory or stream")
-    _check(d.stream_above_mb > 0, "data.stream_above_mb",
-           f"must be positive, got {d.stream_above_mb}", "use e.g. 1024")
-    _check(d.max_train_rows is None or d.max_train_rows > 0, "data.max_train_rows",
-           f"must be positive, got {d.max_train_rows}", "remove it or set e.g. 200")
-    _check(m.kind in ("mlp", "cnn"), "model.kind", f"unknown kind {m.kind!r}",
-           "use 'mlp' (tabular) or 'cnn' (image-shaped, with data.shape)")
-    _check(m.kind != "cnn" or d.shape is not None, "data.shape", "is not set but model.kind is cnn",
-           "set data.shape: [channels, height, width], e.g. [1, 8, 8] for digits")
-    _check(d.shape is None or (len(d.shape) == 3 and all(v > 0 for v in d.shape)), "data.shape",
-           f"must be [channels, height, width] of positive sizes, got {d.shape}",
-           "use e.g. [1, 8, 8]")
-    _check(all(h > 0 for h in m.hidden), "model.hidden",
-           f"layer widths must be positive, got {m.hidden}", "use e.g. [256, 256]")
-    _check(0 <= m.dropout < 1, "model.dropout",
-           f"must be in [0, 1), got {m.dropout}", "use e.g. 0.1 (0 turns dropout off)")
+    _check(
+        0 < d.test_fraction < 1,
+        "data.test_fraction",
+        f"must be in (0, 1), got {d.test_fraction}",
+        "use e.g. 0.2",
+    )
+    _check(
+        0 < d.val_fraction < 1,
+        "data.val_fraction",
+        f"must be in (0, 1), got {d.val_fraction}",
+        "use e.g. 0.15",
+    )
+    _check(
+        d.loader in ("auto", "memory", "stream"),
+        "data.loader",
+        f"unknown loader {d.loader!r}",
+        "use auto, memory or stream",
+    )
+    _check(
+        d.stream_above_mb > 0,
+        "data.stream_above_mb",
+        f"must be positive, got {d.stream_above_mb}",
+        "use e.g. 1024",
+    )
+    _check(
+        d.max_train_rows is None or d.max_train_rows > 0,
+        "data.max_train_rows",
+        f"must be positive, got {d.max_train_rows}",
+        "remove it or set e.g. 200",
+    )
+    _check(
+        m.kind in ("mlp", "cnn"),
+        "model.kind",
+        f"unknown kind {m.kind!r}",
+        "use 'mlp' (tabular) or 'cnn' (image-shaped, with data.shape)",
+    )
+    _check(
+        m.kind != "cnn" or d.shape is not None,
+        "data.shape",
+        "is not set but model.kind is cnn",
+        "set data.shape: [channels, height, width], e.g. [1, 8, 8] for digits",
+    )
+    _check(
+        d.shape is None or (len(d.shape) == 3 and all(v > 0 for v in d.shape)),
+        "data.shape",
+        f"must be [channels, height, width] of positive sizes, got {d.shape}",
+        "use e.g. [1, 8, 8]",
+    )
+    _check(
+        all(h > 0 for h in m.hidden),
+        "model.hidden",
+        f"layer widths must be positive, got {m.hidden}",
+        "use e.g. [256, 256]",
+    )
+    _check(
+        0 <= m.dropout < 1,
+        "model.dropout",
+        f"must be in [0, 1), got {m.dropout}",
+        "use e.g. 0.1 (0 turns dropout off)",
+    )
     _check(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}", "use e.g. 30")
-    _check(t.batch_size > 0, "train.batch_size",
-           f"must be positive, got {t.batch_size}", "use e.g. 64")
-    _check(t.lr > 0 and math.isfinite(t.lr), "train.lr",
-           f"must be a positive number, got {t.lr}", "use e.g. 0.001")
-    _check(t.optimizer in ("adamw", "sgd"), "train.optimizer",
-           f"unknown optimizer {t.optimizer!r}", "use 'adamw' or 'sgd'")
-    _check(t.weight_decay >= 0, "train.weight_decay",
-           f"must be >= 0, got {t.weight_decay}", "use e.g. 0.0001 (0 turns L2 off)")
+    _check(
+        t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}", "use e.g. 64"
+    )
+    _check(
+        t.lr > 0 and math.isfinite(t.lr),
+        "train.lr",
+        f"must be a positive number, got {t.lr}",
+        "use e.g. 0.001",
+    )
+    _check(
+        t.optimizer in ("adamw", "sgd"),
+        "train.optimizer",
+        f"unknown optimizer {t.optimizer!r}",
+        "use 'adamw' or 'sgd'",
+    )
+    _check(
+        t.weight_decay >= 0,
+        "train.weight_decay",
+        f"must be >= 0, got {t.weight_decay}",
+        "use e.g. 0.0001 (0 turns L2 off)",
+    )
     _check(t.l1 >= 0, "train.l1", f"must be >= 0, got {t.l1}", "use e.g. 0.00001 (0 = off)")
     es = t.early_stopping
-    _check(es.patience >= 0, "train.early_stopping.patience",
-           f"must be >= 0, got {es.patience}", "use e.g. 5 (0 turns early stopping off)")
-    _check(es.min_delta >= 0, "train.early_stopping.min_delta",
-           f"must be >= 0, got {es.min_delta}", "use e.g. 0.001")
-    _check(t.augment_noise >= 0, "train.augment_noise", f"must be >= 0, got {t.augment_noise}",
-           "use e.g. 0.1")
-    _check(t.augment_shift >= 0, "train.augment_shift", f"must be >= 0, got {t.augment_shift}",
-           "use e.g. 1")
-    _check(t.precision in ("fp32", "bf16", "fp16"), "train.precision",
-           f"unknown precision {t.precision!r}", "use fp32, bf16 or fp16")
-    _check(t.grad_accum_steps >= 1, "train.grad_accum_steps",
-           f"must be at least 1, got {t.grad_accum_steps}", "use e.g. 4")
-    _check(t.batch_size >= s.num_workers * t.grad_accum_steps, "train.batch_size",
-           f"{t.batch_size} cannot be split into {s.num_workers} workers x "
-           f"{t.grad_accum_steps} micro-batches", "raise train.batch_size")
-    _check(t.checkpoint_every >= 1, "train.checkpoint_every",
-           f"must be at least 1, got {t.checkpoint_every}", "use e.g. 1")
-    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints",
-           f"must be at least 1, got {t.keep_checkpoints}", "use e.g. 2")
-    _check("://" not in sw.storage_path, "sweep.storage_path",
-           f"{sw.storage_path!r}: checkpoints on object storage are not supported yet",
-           "use a folder every node mounts at the same path (NFS, EFS, Filestore), e.g. "
-           "/mnt/shared/results")
-    _check(s.placement_strategy in PLACEMENT_STRATEGIES, "scaling.placement_strategy",
-           f"unknown strategy {s.placement_strategy!r}", f"use one of {PLACEMENT_STRATEGIES}")
-    _check(s.max_failures >= -1, "scaling.max_failures",
-           f"must be >= -1 (-1: retry forever), got {s.max_failures}", "use e.g. 2")
-    _check(s.num_workers >= 1, "scaling.num_workers",
-           f"must be at least 1, got {s.num_workers}", "use e.g. 2")
-    _check(s.data_cpus > 0, "scaling.data_cpus", f"must be positive, got {s.data_cpus}",
-           "use e.g. 1")
-    _check(s.cpus_per_worker > 0, "scaling.cpus_per_worker",
-           f"must be positive, got {s.cpus_per_worker}", "use e.g. 1")
-    _check(t.batch_size >= s.num_workers, "train.batch_size",
-           f"{t.batch_size} cannot be split over {s.num_workers} workers",
-           "raise train.batch_size or lower scaling.num_workers")
-    _check(sw.num_samples >= 1, "sweep.num_samples",
-           f"must be at least 1, got {sw.num_samples}", "use e.g. 8")
-    _check(sw.metric in METRICS, "sweep.metric", f"unknown metric {sw.metric!r}",
-           f"use one of: {', '.join(METRICS)}")
-    _check(sw.mode in ("min", "max"), "sweep.mode", f"must be min or max, got {sw.mode!r}",
-           "use 'min' for losses, 'max' for accuracy")
-    _check(sw.searcher in SEARCHERS, "sweep.searcher",
-           f"unknown searcher {sw.searcher!r}", f"use one of: {', '.join(SEARCHERS)}")
-    _check(sw.scheduler in SCHEDULERS, "sweep.scheduler",
-           f"unknown scheduler {sw.scheduler!r}", f"use one of: {', '.join(SCHEDULERS)}")
-    _check(sw.scheduler != "pbt" or (s.num_workers == 1 and s.fast_path), "sweep.scheduler",
-           f"pbt clones trials through Tune checkpoints, which only single-worker trials on "
-           f"the fast path write; got scaling.num_workers={s.num_workers}, "
-           f"scaling.fast_path={s.fast_path}",
-           "set scaling.num_workers: 1 (and fast_path: true), or use scheduler asha or median")
-    _check(sw.asha_mode in ("auto", "promote", "stop"), "sweep.asha_mode",
-           f"unknown mode {sw.asha_mode!r}", "use one of: auto, promote, stop")
-    _check(sw.asha_mode != "promote" or sw.scheduler == "asha", "sweep.asha_mode",
-           f"promote is a mode of scheduler asha, not {sw.scheduler}",
-           "set sweep.scheduler: asha, or drop sweep.asha_mode")
-    _check(sw.asha_mode != "promote" or (s.num_workers == 1 and s.fast_path), "sweep.asha_mode",
-           f"promote pauses and resumes trials through Tune checkpoints, which only "
-           f"single-worker trials on the fast path write; got scaling.num_workers="
-           f"{s.num_workers}, scaling.fast_path={s.fast_path}",
-           "set scaling.num_workers: 1, or sweep.asha_mode: stop")
-    _check(sw.brackets >= 1, "sweep.brackets", f"must be at least 1, got {sw.brackets}",
-           "use e.g. 3")
+    _check(
+        es.patience >= 0,
+        "train.early_stopping.patience",
+        f"must be >= 0, got {es.patience}",
+        "use e.g. 5 (0 turns early stopping off)",
+    )
+    _check(
+        es.min_delta >= 0,
+        "train.early_stopping.min_delta",
+        f"must be >= 0, got {es.min_delta}",
+        "use e.g. 0.001",
+    )
+    _check(
+        t.augment_noise >= 0,
+        "train.augment_noise",
+        f"must be >= 0, got {t.augment_noise}",
+        "use e.g. 0.1",
+    )
+    _check(
+        t.augment_shift >= 0,
+        "train.augment_shift",
+        f"must be >= 0, got {t.augment_shift}",
+        "use e.g. 1",
+    )
+    _check(
+        t.precision in ("fp32", "bf16", "fp16"),
+        "train.precision",
+        f"unknown precision {t.precision!r}",
+        "use fp32, bf16 or fp16",
+    )
+    _check(
+        t.grad_accum_steps >= 1,
+        "train.grad_accum_steps",
+        f"must be at least 1, got {t.grad_accum_steps}",
+        "use e.g. 4",
+    )
+    _check(
+        t.batch_size >= s.num_workers * t.grad_accum_steps,
+        "train.batch_size",
+        f"{t.batch_size} cannot be split into {s.num_workers} workers x "
+        f"{t.grad_accum_steps} micro-batches",
+        "raise train.batch_size",
+    )
+    _check(
+        t.checkpoint_every >= 1,
+        "train.checkpoint_every",
+        f"must be at least 1, got {t.checkpoint_every}",
+        "use e.g. 1",
+    )
+    _check(
+        t.keep_checkpoints >= 1,
+        "train.keep_checkpoints",
+        f"must be at least 1, got {t.keep_checkpoints}",
+        "use e.g. 2",
+    )
+    _check(
+        "://" not in sw.storage_path,
+        "sweep.storage_path",
+        f"{sw.storage_path!r}: checkpoints on object storage are not supported yet",
+        "use a folder every node mounts at the same path (NFS, EFS, Filestore), e.g. "
+        "/mnt/shared/results",
+    )
+    _check(
+        s.placement_strategy in PLACEMENT_STRATEGIES,
+        "scaling.placement_strategy",
+        f"unknown strategy {s.placement_strategy!r}",
+        f"use one of {PLACEMENT_STRATEGIES}",
+    )
+    _check(
+        s.max_failures >= -1,
+        "scaling.max_failures",
+        f"must be >= -1 (-1: retry forever), got {s.max_failures}",
+        "use e.g. 2",
+    )
+    _check(
+        s.num_workers >= 1,
+        "scaling.num_workers",
+        f"must be at least 1, got {s.num_workers}",
+        "use e.g. 2",
+    )
+    _check(
+        s.data_cpus > 0, "scaling.data_cpus", f"must be positive, got {s.data_cpus}", "use e.g. 1"
+    )
+    _check(
+        s.cpus_per_worker > 0,
+        "scaling.cpus_per_worker",
+        f"must be positive, got {s.cpus_per_worker}",
+        "use e.g. 1",
+    )
+    _check(
+        t.batch_size >= s.num_workers,
+        "train.batch_size",
+        f"{t.batch_size} cannot be split over {s.num_workers} workers",
+        "raise train.batch_size or lower scaling.num_workers",
+    )
+    _check(
+        sw.num_samples >= 1,
+        "sweep.num_samples",
+        f"must be at least 1, got {sw.num_samples}",
+        "use e.g. 8",
+    )
+    _check(
+        sw.metric in METRICS,
+        "sweep.metric",
+        f"unknown metric {sw.metric!r}",
+        f"use one of: {', '.join(METRICS)}",
+    )
+    _check(
+        sw.mode in ("min", "max"),
+        "sweep.mode",
+        f"must be min or max, got {sw.mode!r}",
+        "use 'min' for losses, 'max' for accuracy",
+    )
+    _check(
+        sw.searcher in SEARCHERS,
+        "sweep.searcher",
+        f"unknown searcher {sw.searcher!r}",
+        f"use one of: {', '.join(SEARCHERS)}",
+    )
+    _check(
+        sw.scheduler in SCHEDULERS,
+        "sweep.scheduler",
+        f"unknown scheduler {sw.scheduler!r}",
+        f"use one of: {', '.join(SCHEDULERS)}",
+    )
+    _check(
+        sw.scheduler != "pbt" or (s.num_workers == 1 and s.fast_path),
+        "sweep.scheduler",
+        f"pbt clones trials through Tune checkpoints, which only single-worker trials on "
+        f"the fast path write; got scaling.num_workers={s.num_workers}, "
+        f"scaling.fast_path={s.fast_path}",
+        "set scaling.num_workers: 1 (and fast_path: true), or use scheduler asha or median",
+    )
+    _check(
+        sw.asha_mode in ("auto", "promote", "stop"),
+        "sweep.asha_mode",
+        f"unknown mode {sw.asha_mode!r}",
+        "use one of: auto, promote, stop",
+    )
+    _check(
+        sw.asha_mode != "promote" or sw.scheduler == "asha",
+        "sweep.asha_mode",
+        f"promote is a mode of scheduler asha, not {sw.scheduler}",
+        "set sweep.scheduler: asha, or drop sweep.asha_mode",
+    )
+    _check(
+        sw.asha_mode != "promote" or (s.num_workers == 1 and s.fast_path),
+        "sweep.asha_mode",
+        f"promote pauses and resumes trials through Tune checkpoints, which only "
+        f"single-worker trials on the fast path write; got scaling.num_workers="
+        f"{s.num_workers}, scaling.fast_path={s.fast_path}",
+        "set scaling.num_workers: 1, or sweep.asha_mode: stop",
+    )
+    _check(
+        sw.brackets >= 1, "sweep.brackets", f"must be at least 1, got {sw.brackets}", "use e.g. 3"
+    )
     if sw.scheduler == "pbt":
-        _check(sw.perturbation_interval < t.epochs, "sweep.perturbation_interval",
-               f"{sw.perturbation_interval} is not below train.epochs ({t.epochs}): pbt would "
-               "never perturb", "use e.g. train.epochs / 5")
-        _check(sw.perturbation_interval % t.checkpoint_every == 0, "train.checkpoint_every",
-               f"pbt clones the checkpoint of a perturbation epoch; every "
-               f"{t.checkpoint_every} epochs does not divide sweep.perturbation_interval "
-               f"({sw.perturbation_interval})", "set train.checkpoint_every: 1")
-        _check(not sw.refit and not sw.confirm_seeds, "sweep.refit",
-               "a pbt trial's score comes from a schedule of values that a refit or a seed "
-               "rerun from scratch cannot replay", "set sweep.refit: false and "
-               "sweep.confirm_seeds: 0 (the champion keeps the trial's own weights)")
-    _check(sw.objective in ("metric", "gap_penalized"), "sweep.objective",
-           f"unknown objective {sw.objective!r}", "use 'metric' or 'gap_penalized'")
-    _check(sw.objective != "gap_penalized" or (sw.metric, sw.mode) == ("val_loss", "min"),
-           "sweep.objective", f"gap_penalized ranks by val_loss, but sweep.metric is "
-           f"{sw.metric} ({sw.mode})", "set sweep.metric: val_loss and sweep.mode: min")
-    _check(sw.gap_penalty >= 0, "sweep.gap_penalty", f"must be >= 0, got {sw.gap_penalty}",
-           "use e.g. 1.0")
-    _check(sw.perturbation_interval >= 1, "sweep.perturbation_interval",
-           f"must be at least 1, got {sw.perturbation_interval}", "use e.g. 4")
-    _check(sw.max_failures >= -1, "sweep.max_failures",
-           f"must be >= -1 (-1: retry forever), got {sw.max_failures}", "use e.g. 1")
-    _check(sw.stall_timeout > 0, "sweep.stall_timeout",
-           f"must be > 0 seconds, got {sw.stall_timeout}",
-           "use e.g. 1800 (above the slowest epoch, start-up included)")
-    _check(sw.confirm_seeds >= 0, "sweep.confirm_seeds",
-           f"must be >= 0, got {sw.confirm_seeds}", "use e.g. 3 (0 turns it off)")
-    _check(sw.confirm_seeds != 1, "sweep.confirm_seeds",
-           "one seed has no spread to compare", "use 0 (off) or at least 2")
-    _check(sw.confirm_top >= 1, "sweep.confirm_top",
-           f"must be at least 1, got {sw.confirm_top}", "use e.g. 3")
-    _check(sw.grace_period >= 1, "sweep.grace_period",
-           f"must be at least 1, got {sw.grace_period}", "use e.g. 5")
-    _check(sw.reduction_factor >= 2, "sweep.reduction_factor",
-           f"must be at least 2, got {sw.reduction_factor}", "use e.g. 3")
-    _check(sw.max_concurrent is None or sw.max_concurrent >= 1, "sweep.max_concurrent",
-           f"must be at least 1, got {sw.max_concurrent}",
-           "remove it to derive it from the cluster")
-    _check(cfg.tracking.system_metrics_interval > 0, "tracking.system_metrics_interval",
-           f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}", "use e.g. 10")
+        _check(
+            sw.perturbation_interval < t.epochs,
+            "sweep.perturbation_interval",
+            f"{sw.perturbation_interval} is not below train.epochs ({t.epochs}): pbt would "
+            "never perturb",
+            "use e.g. train.epochs / 5",
+        )
+        _check(
+            sw.perturbation_interval % t.checkpoint_every == 0,
+            "train.checkpoint_every",
+            f"pbt clones the checkpoint of a perturbation epoch; every "
+            f"{t.checkpoint_every} epochs does not divide sweep.perturbation_interval "
+            f"({sw.perturbation_interval})",
+            "set train.checkpoint_every: 1",
+        )
+        _check(
+            not sw.refit and not sw.confirm_seeds,
+            "sweep.refit",
+            "a pbt trial's score comes from a schedule of values that a refit or a seed "
+            "rerun from scratch cannot replay",
+            "set sweep.refit: false and "
+            "sweep.confirm_seeds: 0 (the champion keeps the trial's own weights)",
+        )
+    _check(
+        sw.objective in ("metric", "gap_penalized"),
+        "sweep.objective",
+        f"unknown objective {sw.objective!r}",
+        "use 'metric' or 'gap_penalized'",
+    )
+    _check(
+        sw.objective != "gap_penalized" or (sw.metric, sw.mode) == ("val_loss", "min"),
+        "sweep.objective",
+        f"gap_penalized ranks by val_loss, but sweep.metric is {sw.metric} ({sw.mode})",
+        "set sweep.metric: val_loss and sweep.mode: min",
+    )
+    _check(
+        sw.gap_penalty >= 0,
+        "sweep.gap_penalty",
+        f"must be >= 0, got {sw.gap_penalty}",
+        "use e.g. 1.0",
+    )
+    _check(
+        sw.perturbation_interval >= 1,
+        "sweep.perturbation_interval",
+        f"must be at least 1, got {sw.perturbation_interval}",
+        "use e.g. 4",
+    )
+    _check(
+        sw.max_failures >= -1,
+        "sweep.max_failures",
+        f"must be >= -1 (-1: retry forever), got {sw.max_failures}",
+        "use e.g. 1",
+    )
+    _check(
+        sw.stall_timeout > 0,
+        "sweep.stall_timeout",
+        f"must be > 0 seconds, got {sw.stall_timeout}",
+        "use e.g. 1800 (above the slowest epoch, start-up included)",
+    )
+    _check(
+        sw.confirm_seeds >= 0,
+        "sweep.confirm_seeds",
+        f"must be >= 0, got {sw.confirm_seeds}",
+        "use e.g. 3 (0 turns it off)",
+    )
+    _check(
+        sw.confirm_seeds != 1,
+        "sweep.confirm_seeds",
+        "one seed has no spread to compare",
+        "use 0 (off) or at least 2",
+    )
+    _check(
+        sw.confirm_top >= 1,
+        "sweep.confirm_top",
+        f"must be at least 1, got {sw.confirm_top}",
+        "use e.g. 3",
+    )
+    _check(
+        sw.grace_period >= 1,
+        "sweep.grace_period",
+        f"must be at least 1, got {sw.grace_period}",
+        "use e.g. 5",
+    )
+    _check(
+        sw.reduction_factor >= 2,
+        "sweep.reduction_factor",
+        f"must be at least 2, got {sw.reduction_factor}",
+        "use e.g. 3",
+    )
+    _check(
+        sw.max_concurrent is None or sw.max_concurrent >= 1,
+        "sweep.max_concurrent",
+        f"must be at least 1, got {sw.max_concurrent}",
+        "remove it to derive it from the cluster",
+    )
+    _check(
+        cfg.tracking.system_metrics_interval > 0,
+        "tracking.system_metrics_interval",
+        f"must be > 0 seconds, got {cfg.tracking.system_metrics_interval}",
+        "use e.g. 10",
+    )
     dg = cfg.diagnosis
     for key in ("underfit_loss_ratio", "gap_ratio", "rise_ratio", "falling_ratio"):
-        _check(getattr(dg, key) > 0, f"diagnosis.{key}",
-               f"must be > 0, got {getattr(dg, key)}", "use the default, or e.g. 0.1")
-    _check(0 < dg.accuracy_gap <= 1, "diagnosis.accuracy_gap",
-           f"must be in (0, 1] (a difference of accuracies), got {dg.accuracy_gap}",
-           "use e.g. 0.1")
-    _check(dg.min_epochs >= 1, "diagnosis.min_epochs",
-           f"must be at least 1, got {dg.min_epochs}", "use e.g. 5")
-    _check(dg.diverge_ratio > 1, "diagnosis.diverge_ratio",
-           f"must be above 1 (the baseline itself), got {dg.diverge_ratio}", "use e.g. 3")
-    _check(cfg.tracking.drain_timeout >= 0, "tracking.drain_timeout",
-           f"must be >= 0 seconds, got {cfg.tracking.drain_timeout}", "use e.g. 60")
-    _check(bool(cfg.tracking.register_as.strip()), "tracking.register_as", "is empty",
-           "name the registered model, e.g. digits-mlp")
+        _check(
+            getattr(dg, key) > 0,
+            f"diagnosis.{key}",
+            f"must be > 0, got {getattr(dg, key)}",
+            "use the default, or e.g. 0.1",
+        )
+    _check(
+        0 < dg.accuracy_gap <= 1,
+        "diagnosis.accuracy_gap",
+        f"must be in (0, 1] (a difference of accuracies), got {dg.accuracy_gap}",
+        "use e.g. 0.1",
+    )
+    _check(
+        dg.min_epochs >= 1,
+        "diagnosis.min_epochs",
+        f"must be at least 1, got {dg.min_epochs}",
+        "use e.g. 5",
+    )
+    _check(
+        dg.diverge_ratio > 1,
+        "diagnosis.diverge_ratio",
+        f"must be above 1 (the baseline itself), got {dg.diverge_ratio}",
+        "use e.g. 3",
+    )
+    _check(
+        cfg.tracking.drain_timeout >= 0,
+        "tracking.drain_timeout",
+        f"must be >= 0 seconds, got {cfg.tracking.drain_timeout}",
+        "use e.g. 60",
+    )
+    _check(
+        bool(cfg.tracking.register_as.strip()),
+        "tracking.register_as",
+        "is empty",
+        "name the registered model, e.g. digits-mlp",
+    )
     validate_serve(cfg)
     for dotted, spec in sw.space.items():
         _validate_dimension(cfg, dotted, spec)
@@ -656,26 +918,43 @@ def _validate_searcher(cfg: Config) -> None:
     kinds = {k: spec["type"] for k, spec in sw.space.items()}
     if sw.searcher == "grid":
         for k, kind in kinds.items():
-            _check(kind in ("grid", "choice"), f"sweep.space.{k}",
-                   f"the grid searcher needs a list of values, got type {kind}",
-                   "write {type: grid, values: [...]}, or use searcher random or optuna")
+            _check(
+                kind in ("grid", "choice"),
+                f"sweep.space.{k}",
+                f"the grid searcher needs a list of values, got type {kind}",
+                "write {type: grid, values: [...]}, or use searcher random or optuna",
+            )
     if sw.searcher == "optuna":
         for k, kind in kinds.items():
-            _check(kind != "grid", f"sweep.space.{k}",
-                   "optuna samples; it cannot enumerate a grid",
-                   "use type choice, or searcher grid")
+            _check(
+                kind != "grid",
+                f"sweep.space.{k}",
+                "optuna samples; it cannot enumerate a grid",
+                "use type choice, or searcher grid",
+            )
     if sw.scheduler == "pbt":
         for k in kinds:
-            _check(k in PBT_MUTABLE, f"sweep.space.{k}",
-                   "pbt hands a trial's weights to another configuration, so it can only "
-                   "change keys that keep the model's shape",
-                   f"search only {', '.join(sorted(PBT_MUTABLE))}, or use scheduler asha")
+            _check(
+                k in PBT_MUTABLE,
+                f"sweep.space.{k}",
+                "pbt hands a trial's weights to another configuration, so it can only "
+                "change keys that keep the model's shape",
+                f"search only {', '.join(sorted(PBT_MUTABLE))}, or use scheduler asha",
+            )
 
 
 SEARCHERS = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "hyperband", "median", "fifo", "pbt")
-PBT_MUTABLE = {"train.lr", "train.weight_decay", "train.l1", "model.dropout", "train.augment",
-               "train.augment_noise", "train.augment_shift", "train.batch_size"}
+PBT_MUTABLE = {
+    "train.lr",
+    "train.weight_decay",
+    "train.l1",
+    "model.dropout",
+    "train.augment",
+    "train.augment_noise",
+    "train.augment_shift",
+    "train.batch_size",
+}
 
 
 def rank_metric(cfg: Config) -> tuple[str, str]:
@@ -689,8 +968,9 @@ def asha_promotes(cfg: Config) -> bool:
     """Whether the sweep runs ASHA by promotion (trials pause at rungs) rather than stopping."""
     sw = cfg.sweep
     fast = cfg.scaling.num_workers == 1 and cfg.scaling.fast_path
-    return sw.scheduler == "asha" and (sw.asha_mode == "promote"
-                                       or (sw.asha_mode == "auto" and fast))
+    return sw.scheduler == "asha" and (
+        sw.asha_mode == "promote" or (sw.asha_mode == "auto" and fast)
+    )
 
 
 def rungs(cfg: Config) -> list[int]:
@@ -706,25 +986,52 @@ def rungs(cfg: Config) -> list[int]:
 
 def validate_serve(cfg: Config) -> None:
     v = cfg.serve
-    _check(1 <= v.max_batch, "serve.max_batch", f"must be at least 1, got {v.max_batch}",
-           "use e.g. 1024")
+    _check(
+        1 <= v.max_batch,
+        "serve.max_batch",
+        f"must be at least 1, got {v.max_batch}",
+        "use e.g. 1024",
+    )
     _check(0 < v.port < 65536, "serve.port", f"must be a TCP port, got {v.port}", "use e.g. 8000")
-    _check(0 <= v.window_ms <= 1000, "serve.window_ms",
-           f"must be in [0, 1000] ms, got {v.window_ms}", "use e.g. 2")
+    _check(
+        0 <= v.window_ms <= 1000,
+        "serve.window_ms",
+        f"must be in [0, 1000] ms, got {v.window_ms}",
+        "use e.g. 2",
+    )
     _check(v.poll_s >= 0, "serve.poll_s", f"must be >= 0, got {v.poll_s}", "use e.g. 30")
-    _check(v.replicas >= 1, "serve.replicas", f"must be at least 1, got {v.replicas}",
-           "use e.g. 2")
-    _check(v.replica_cpus > 0, "serve.replica_cpus", f"must be > 0, got {v.replica_cpus}",
-           "use e.g. 1 (or 0.5 to pack two replicas on a core)")
-    _check(v.replica_gpus >= 0, "serve.replica_gpus", f"must be >= 0, got {v.replica_gpus}",
-           "use 0 on CPU nodes, e.g. 1 on GPU nodes")
+    _check(v.replicas >= 1, "serve.replicas", f"must be at least 1, got {v.replicas}", "use e.g. 2")
+    _check(
+        v.replica_cpus > 0,
+        "serve.replica_cpus",
+        f"must be > 0, got {v.replica_cpus}",
+        "use e.g. 1 (or 0.5 to pack two replicas on a core)",
+    )
+    _check(
+        v.replica_gpus >= 0,
+        "serve.replica_gpus",
+        f"must be >= 0, got {v.replica_gpus}",
+        "use 0 on CPU nodes, e.g. 1 on GPU nodes",
+    )
     for key in ("max_model_mb", "header_timeout_s", "body_timeout_s", "keepalive_s"):
-        _check(0 < getattr(v, key) < math.inf, f"serve.{key}",
-               f"must be a positive number, got {getattr(v, key)}", "use the default")
-    _check(v.max_header_bytes >= 1024, "serve.max_header_bytes",
-           f"must be at least 1024, got {v.max_header_bytes}", "use e.g. 65536")
-    _check(v.max_connections >= 1, "serve.max_connections",
-           f"must be at least 1, got {v.max_connections}", "use e.g. 1024")
+        _check(
+            0 < getattr(v, key) < math.inf,
+            f"serve.{key}",
+            f"must be a positive number, got {getattr(v, key)}",
+            "use the default",
+        )
+    _check(
+        v.max_header_bytes >= 1024,
+        "serve.max_header_bytes",
+        f"must be at least 1024, got {v.max_header_bytes}",
+        "use e.g. 65536",
+    )
+    _check(
+        v.max_connections >= 1,
+        "serve.max_connections",
+        f"must be at least 1, got {v.max_connections}",
+        "use e.g. 1024",
+    )
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
@@ -736,42 +1043,68 @@ def _validate_dimension(cfg: Config, dotted: str, spec: Any) -> None:
     try:
         get(cfg, dotted)
     except KeyError:
-        raise ConfigError(key, f"'{dotted}' is not a config key",
-                          "search a real key, e.g. train.weight_decay or model.dropout") from None
+        raise ConfigError(
+            key,
+            f"'{dotted}' is not a config key",
+            "search a real key, e.g. train.weight_decay or model.dropout",
+        ) from None
     # Resources, the data checked at the door, the schedulers' budget and where results go
     # are decided once for the whole sweep; a trial may only change how it trains.
-    _check((dotted.startswith(("train.", "model.")) or dotted == "data.max_train_rows")
-           and dotted not in ("train.epochs", "train.checkpoint_every"), key,
-           "only training and model settings (and data.max_train_rows) can be searched",
-           "search e.g. train.weight_decay, train.lr or model.hidden; set the rest outside "
-           "sweep.space")
-    _check(isinstance(spec, dict) and spec.get("type") in SPACE_TYPES, key,
-           f"needs a 'type' among {', '.join(SPACE_TYPES)}, got {spec!r}",
-           "write e.g. {type: loguniform, low: 1e-6, high: 1e-2}")
+    _check(
+        (dotted.startswith(("train.", "model.")) or dotted == "data.max_train_rows")
+        and dotted not in ("train.epochs", "train.checkpoint_every"),
+        key,
+        "only training and model settings (and data.max_train_rows) can be searched",
+        "search e.g. train.weight_decay, train.lr or model.hidden; set the rest outside "
+        "sweep.space",
+    )
+    _check(
+        isinstance(spec, dict) and spec.get("type") in SPACE_TYPES,
+        key,
+        f"needs a 'type' among {', '.join(SPACE_TYPES)}, got {spec!r}",
+        "write e.g. {type: loguniform, low: 1e-6, high: 1e-2}",
+    )
     kind = spec["type"]
     needed = SPACE_TYPES[kind]
     extra = set(spec) - set(needed) - {"type"}
-    _check(not extra, key, f"unknown field(s) {sorted(extra)} for {kind}",
-           f"{kind} takes: {', '.join(needed)}")
+    _check(
+        not extra,
+        key,
+        f"unknown field(s) {sorted(extra)} for {kind}",
+        f"{kind} takes: {', '.join(needed)}",
+    )
     for name in needed:
         _check(name in spec, f"{key}.{name}", "is missing", f"{kind} needs {', '.join(needed)}")
     if kind in ("choice", "grid"):
         values = spec["values"]
-        _check(isinstance(values, list) and len(values) > 0, f"{key}.values",
-               f"must be a non-empty list, got {values!r}", "write values: [a, b, c]")
+        _check(
+            isinstance(values, list) and len(values) > 0,
+            f"{key}.values",
+            f"must be a non-empty list, got {values!r}",
+            "write values: [a, b, c]",
+        )
         for v in values:
             _check_candidate(cfg, dotted, v, f"{key}.values")
         return
     try:
         low, high = float(spec["low"]), float(spec["high"])
     except (TypeError, ValueError):
-        raise ConfigError(key, f"low and high must be numbers, got {spec!r}",
-                          "write e.g. low: 0.0, high: 0.5") from None
-    _check(math.isfinite(low) and math.isfinite(high), key,
-           f"low and high must be finite, got {low} and {high}", "write e.g. low: 1, high: 8")
+        raise ConfigError(
+            key, f"low and high must be numbers, got {spec!r}", "write e.g. low: 0.0, high: 0.5"
+        ) from None
+    _check(
+        math.isfinite(low) and math.isfinite(high),
+        key,
+        f"low and high must be finite, got {low} and {high}",
+        "write e.g. low: 1, high: 8",
+    )
     _check(low < high, key, f"low ({low}) must be below high ({high})", "swap or widen the range")
-    _check(kind != "loguniform" or low > 0, f"{key}.low",
-           f"loguniform needs low > 0, got {low}", "use e.g. 1e-6, or type: uniform")
+    _check(
+        kind != "loguniform" or low > 0,
+        f"{key}.low",
+        f"loguniform needs low > 0, got {low}",
+        "use e.g. 1e-6, or type: uniform",
+    )
     spec["low"], spec["high"] = (int(low), int(high)) if kind == "randint" else (low, high)
     _check_candidate(cfg, dotted, low, key)
     if kind != "randint":  # randint's high is exclusive
@@ -783,8 +1116,9 @@ def _check_candidate(cfg: Config, dotted: str, value: Any, key: str) -> None:
     try:
         with_values(cfg, {dotted: value})
     except ConfigError as e:
-        raise ConfigError(key, f"the value {value!r} would be invalid: {e.problem}",
-                          e.fix) from None
+        raise ConfigError(
+            key, f"the value {value!r} would be invalid: {e.problem}", e.fix
+        ) from None
 
 
 # ---------------------------------------------------------------- helpers
@@ -922,8 +1256,9 @@ def secrets_set(cfg: Config) -> dict[str, tuple[str, ...]]:
     out = {}
     for dotted, meta in secret_fields().items():
         value, kind = get(cfg, dotted), meta[SECRET]
-        if value not in (None, "") and (redacted_value(kind, value) != value
-                                        or is_redacted(kind, value)):
+        if value not in (None, "") and (
+            redacted_value(kind, value) != value or is_redacted(kind, value)
+        ):
             out[dotted] = tuple(meta["env"])
     return out
 
@@ -943,19 +1278,25 @@ def restore(cfg: Config, keys: Sequence[str] | None = None) -> Config:
         if (keys is not None and dotted not in keys) or not is_redacted(meta[SECRET], value):
             continue
         if meta[SECRET] == "uri":
-            user, password = (os.environ.get(env[0]), os.environ.get(env[1])) \
-                if len(env) == 2 else (None, None)
+            user, password = (
+                (os.environ.get(env[0]), os.environ.get(env[1])) if len(env) == 2 else (None, None)
+            )
             if not user:
-                raise ConfigError(dotted, f"{value} was saved with its credentials redacted "
-                                  "(secrets are never written)",
-                                  f"export {' and '.join(env)} (that server's credentials)")
+                raise ConfigError(
+                    dotted,
+                    f"{value} was saved with its credentials redacted (secrets are never written)",
+                    f"export {' and '.join(env)} (that server's credentials)",
+                )
             userinfo = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
             value = value.replace(f"://{REDACTED}@", f"://{userinfo}@", 1)
         else:
             value = os.environ.get(env[0]) if env else None
             if not value:
-                raise ConfigError(dotted, "was saved redacted (secrets are never written)",
-                                  f"export {env[0] if env else 'its value'}")
+                raise ConfigError(
+                    dotted,
+                    "was saved redacted (secrets are never written)",
+                    f"export {env[0] if env else 'its value'}",
+                )
         _set(out, dotted, value)
     return out
 

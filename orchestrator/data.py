@@ -59,7 +59,7 @@ EXPORTS = {
     "wine": "scikit-learn wine: 178 rows, 13 measurements, 3 classes",
     "iris": "scikit-learn iris: 150 rows, 4 measurements, 3 classes",
     "noisy": "synthetic make_classification: 2,000 rows, 20 columns (6 informative), "
-             "3 classes, 20% of the labels flipped at random",
+    "3 classes, 20% of the labels flipped at random",
 }
 
 
@@ -71,16 +71,31 @@ def sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         # flip_y relabels 20% of the rows at random: no model can beat that noise, so a big
         # model overfits it while a small one still underfits the 6 informative columns
         x, y = datasets.make_classification(
-            n_samples=2000, n_features=20, n_informative=6, n_redundant=4, n_classes=3,
-            n_clusters_per_class=2, flip_y=0.2, class_sep=0.8, random_state=0)
+            n_samples=2000,
+            n_features=20,
+            n_informative=6,
+            n_redundant=4,
+            n_classes=3,
+            n_clusters_per_class=2,
+            flip_y=0.2,
+            class_sep=0.8,
+            random_state=0,
+        )
         return x, y, [f"x_{i}" for i in range(x.shape[1])]
-    loaders = {"digits": datasets.load_digits, "breast_cancer": datasets.load_breast_cancer,
-               "wine": datasets.load_wine, "iris": datasets.load_iris}
+    loaders = {
+        "digits": datasets.load_digits,
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+        "iris": datasets.load_iris,
+    }
     if name not in loaders:
         raise ValueError(f"unknown data set {name!r}: one of {', '.join(EXPORTS)}")
     bunch = loaders[name]()
-    names = ([f"pixel_{i}" for i in range(bunch.data.shape[1])] if name == "digits" else
-             [re.sub(r"[^0-9a-zA-Z]+", "_", str(n)).strip("_") for n in bunch.feature_names])
+    names = (
+        [f"pixel_{i}" for i in range(bunch.data.shape[1])]
+        if name == "digits"
+        else [re.sub(r"[^0-9a-zA-Z]+", "_", str(n)).strip("_") for n in bunch.feature_names]
+    )
     return bunch.data, bunch.target, names
 
 
@@ -118,36 +133,49 @@ def _open(path: str) -> tuple[pafs.FileSystem, str]:
 def _exists(cfg: DataConfig) -> tuple[pafs.FileSystem, str]:
     fs, inner = _open(cfg.path)
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
-        raise ConfigError("data.path", f"{cfg.path!r} does not exist",
-                          "export a sample with `orchestrator data export digits` or fix the path")
+        raise ConfigError(
+            "data.path",
+            f"{cfg.path!r} does not exist",
+            "export a sample with `orchestrator data export digits` or fix the path",
+        )
     return fs, inner
 
 
 def _feature_names(schema: pa.Schema, cfg: DataConfig) -> list[str]:
     if cfg.label not in schema.names:
-        raise ConfigError("data.label", f"column {cfg.label!r} is not in {cfg.path}",
-                          f"use one of: {', '.join(schema.names[:12])}")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} is not in {cfg.path}",
+            f"use one of: {', '.join(schema.names[:12])}",
+        )
     names = [c for c in schema.names if c != cfg.label]
     if not names:
         raise ConfigError("data.path", "the table has no feature columns", "add numeric columns")
     for name in names:
         t = schema.field(name).type
         if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise ConfigError("data.path", f"feature column {name!r} is {t}, not numeric",
-                              "drop or encode it as numbers before training")
+            raise ConfigError(
+                "data.path",
+                f"feature column {name!r} is {t}, not numeric",
+                "drop or encode it as numbers before training",
+            )
     return names
 
 
 def features_of(table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
     return np.column_stack(
-        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names])
+        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
+    )
 
 
 def _bad_values(names: list[str], bad_per_column: np.ndarray) -> None:
     if bad_per_column.any():
         col = int(np.argmax(bad_per_column > 0))
-        raise ConfigError("data.path", f"column {names[col]!r} has {int(bad_per_column[col])} "
-                          "rows with NaN, null or infinity", "clean or impute them first")
+        raise ConfigError(
+            "data.path",
+            f"column {names[col]!r} has {int(bad_per_column[col])} rows with NaN, null or infinity",
+            "clean or impute them first",
+        )
 
 
 def _label_type(schema: pa.Schema, cfg: DataConfig) -> pa.DataType:
@@ -158,14 +186,22 @@ def _label_type(schema: pa.Schema, cfg: DataConfig) -> pa.DataType:
     t = schema.field(cfg.label).type
     inner = t.value_type if pa.types.is_dictionary(t) else t  # pandas categoricals
     if not any(check(inner) for check in LABEL_TYPES):
-        raise ConfigError("data.label", f"column {cfg.label!r} is {t}, which cannot be "
-                          "class labels (integers, text, booleans or whole-number floats)",
-                          "cast it to integers or text before training (a date: its ISO text)")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} is {t}, which cannot be "
+            "class labels (integers, text, booleans or whole-number floats)",
+            "cast it to integers or text before training (a date: its ISO text)",
+        )
     return inner
 
 
-LABEL_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string,
-               pa.types.is_boolean, pa.types.is_floating)
+LABEL_TYPES = (
+    pa.types.is_integer,
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_boolean,
+    pa.types.is_floating,
+)
 
 
 def _label_counts(labels: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tuple[int, int, Any]:
@@ -181,28 +217,44 @@ def _label_counts(labels: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tupl
     return int((~finite).sum()), int(fractional.sum()), example
 
 
-def _label_values(cfg: DataConfig, nulls: int, not_finite: int, fractional: int,
-                  example: Any) -> None:
+def _label_values(
+    cfg: DataConfig, nulls: int, not_finite: int, fractional: int, example: Any
+) -> None:
     if nulls:
-        raise ConfigError("data.label", f"column {cfg.label!r} has {nulls} empty rows",
-                          "drop the rows without a label")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} has {nulls} empty rows",
+            "drop the rows without a label",
+        )
     if not_finite:
-        raise ConfigError("data.label", f"column {cfg.label!r} has {not_finite} rows with NaN "
-                          "or infinity", "drop those rows, or give each its class")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} has {not_finite} rows with NaN or infinity",
+            "drop those rows, or give each its class",
+        )
     if fractional:
-        raise ConfigError("data.label", f"column {cfg.label!r} has {fractional} rows that are "
-                          f"not whole numbers (e.g. {example!r}): a class label must be",
-                          "map the values to classes (regression labels are not supported)")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} has {fractional} rows that are "
+            f"not whole numbers (e.g. {example!r}): a class label must be",
+            "map the values to classes (regression labels are not supported)",
+        )
 
 
 def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> None:
     if len(classes) < 2:
-        raise ConfigError("data.label", f"column {cfg.label!r} has only one class",
-                          "a classifier needs at least two label values")
+        raise ConfigError(
+            "data.label",
+            f"column {cfg.label!r} has only one class",
+            "a classifier needs at least two label values",
+        )
     if counts.min() < MIN_ROWS_PER_CLASS:
         rare = classes[int(np.argmin(counts))]
-        raise ConfigError("data.label", f"class {rare!r} has only {counts.min()} rows",
-                          f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits")
+        raise ConfigError(
+            "data.label",
+            f"class {rare!r} has only {counts.min()} rows",
+            f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits",
+        )
 
 
 def _plain(classes: np.ndarray) -> list:
@@ -260,8 +312,7 @@ def assign_split(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
     h ^= h >> np.uint64(13)
     u = h.astype(np.float64) / 2**32
     val_edge = cfg.test_fraction + (1 - cfg.test_fraction) * cfg.val_fraction
-    return np.where(u < cfg.test_fraction, TEST, np.where(u < val_edge, VAL, TRAIN)).astype(
-        np.int8)
+    return np.where(u < cfg.test_fraction, TEST, np.where(u < val_edge, VAL, TRAIN)).astype(np.int8)
 
 
 @dataclass
@@ -324,15 +375,24 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
     classes = np.array(sorted(label_counts))
     _class_counts(cfg, classes, np.array([label_counts[c] for c in classes.tolist()]))
     if min(rows.values()) == 0:
-        raise ConfigError("data.path", f"too few rows for the splits: {rows}",
-                          "add rows or lower data.test_fraction / data.val_fraction")
+        raise ConfigError(
+            "data.path",
+            f"too few rows for the splits: {rows}",
+            "add rows or lower data.test_fraction / data.val_fraction",
+        )
     means, stds = {}, {}
     for group, n in (("train", rows["train"]), ("train+val", rows["train"] + rows["val"])):
         means[group] = sums[group] / n
         stds[group] = np.sqrt(np.maximum(squares[group] / n - means[group] ** 2, 0.0))
-    return Summary(_plain(classes), names,
-                   digest.hexdigest()[:16], rows, means, stds,
-                   [int(label_counts[c]) for c in classes.tolist()])
+    return Summary(
+        _plain(classes),
+        names,
+        digest.hexdigest()[:16],
+        rows,
+        means,
+        stds,
+        [int(label_counts[c]) for c in classes.tolist()],
+    )
 
 
 def split(ds: Dataset, cfg: DataConfig) -> Splits:
@@ -340,14 +400,20 @@ def split(ds: Dataset, cfg: DataConfig) -> Splits:
     from sklearn.model_selection import train_test_split
 
     x_rest, x_test, y_rest, y_test = train_test_split(
-        ds.features, ds.labels, test_size=cfg.test_fraction, stratify=ds.labels,
-        random_state=cfg.seed)
+        ds.features,
+        ds.labels,
+        test_size=cfg.test_fraction,
+        stratify=ds.labels,
+        random_state=cfg.seed,
+    )
     x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=cfg.val_fraction, stratify=y_rest, random_state=cfg.seed)
+        x_rest, y_rest, test_size=cfg.val_fraction, stratify=y_rest, random_state=cfg.seed
+    )
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(y_train):
         x_train, y_train = x_train[: cfg.max_train_rows], y_train[: cfg.max_train_rows]
-    return Splits(x_train, y_train, x_val, y_val, x_test, y_test,
-                  ds.classes, ds.feature_names, ds.fingerprint)
+    return Splits(
+        x_train, y_train, x_val, y_val, x_test, y_test, ds.classes, ds.feature_names, ds.fingerprint
+    )
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -356,6 +422,14 @@ def load_splits(cfg: DataConfig) -> Splits:
 
 def merge_validation(s: Splits) -> Splits:
     """Train on train + validation (the champion's refit); validation stays for the record."""
-    return Splits(np.concatenate([s.x_train, s.x_val]), np.concatenate([s.y_train, s.y_val]),
-                  s.x_val, s.y_val, s.x_test, s.y_test, s.classes, s.feature_names,
-                  s.fingerprint)
+    return Splits(
+        np.concatenate([s.x_train, s.x_val]),
+        np.concatenate([s.y_train, s.y_val]),
+        s.x_val,
+        s.y_val,
+        s.x_test,
+        s.y_test,
+        s.classes,
+        s.feature_names,
+        s.fingerprint,
+    )

@@ -77,8 +77,8 @@ def _smooth(values: list[float]) -> list[float]:
     """Median of each point and its neighbours: a one-epoch spike or dip disappears."""
     if len(values) < 3:
         return list(values)
-    inner = [statistics.median(values[i - 1:i + 2]) for i in range(1, len(values) - 1)]
-    return ([statistics.median(values[:3])] + inner + [statistics.median(values[-3:])])
+    inner = [statistics.median(values[i - 1 : i + 2]) for i in range(1, len(values) - 1)]
+    return [statistics.median(values[:3])] + inner + [statistics.median(values[-3:])]
 
 
 def _number(v: Any) -> bool:
@@ -88,8 +88,11 @@ def _number(v: Any) -> bool:
 def _fall(values: list[float]) -> float:
     """How far a series fell from its first to its last point, read from the median of the
     slopes between every pair of points (Theil-Sen): one outlying epoch does not move it."""
-    slopes = [(values[j] - values[i]) / (j - i)
-              for i in range(len(values)) for j in range(i + 1, len(values))]
+    slopes = [
+        (values[j] - values[i]) / (j - i)
+        for i in range(len(values))
+        for j in range(i + 1, len(values))
+    ]
     return -statistics.median(slopes) * (len(values) - 1) if slopes else 0.0
 
 
@@ -97,9 +100,13 @@ def _pct(v: float) -> str:
     return f"{v:.0%}" if abs(v) >= 0.095 or v == 0 else f"{v:.1%}"
 
 
-def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
-             th: DiagnosisConfig | None = None, planned_epochs: int | None = None
-             ) -> Diagnosis | None:
+def diagnose(
+    history: list[dict[str, float]],
+    base: Baseline,
+    cfg: Any,
+    th: DiagnosisConfig | None = None,
+    planned_epochs: int | None = None,
+) -> Diagnosis | None:
     """The label of one trial from its per-epoch rows (``epoch``, ``train_loss``,
     ``val_loss``, optional ``train_accuracy``/``val_accuracy`` and the loop's
     ``early_stopped``/``diverged`` flags); ``cfg`` is the trial's own config (for the fixes'
@@ -107,9 +114,16 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     thresholds (``diagnosis.*`` of the config). A run shorter than planned that carries no
     flag was stopped by the scheduler (pruned). None when there is nothing to judge."""
     th = th or DiagnosisConfig()
-    rows = [r for _, r in sorted({int(r["epoch"]): r for r in history
-                                  if "epoch" in r and _number(r.get("train_loss"))
-                                  and _number(r.get("val_loss"))}.items())]
+    rows = [
+        r
+        for _, r in sorted(
+            {
+                int(r["epoch"]): r
+                for r in history
+                if "epoch" in r and _number(r.get("train_loss")) and _number(r.get("val_loss"))
+            }.items()
+        )
+    ]
     if not rows or not math.isfinite(base.loss) or base.loss <= 0:
         return None
     b = base.loss
@@ -125,11 +139,22 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     acc = all(math.isfinite(v) for v in tacc + vacc)
 
     # ---- diverged: nothing else can be read from a blown-up run
-    bad = next((i for i in range(n) if rows[i].get("diverged")
-                or not (math.isfinite(train_raw[i]) and math.isfinite(val_raw[i]))), None)
+    bad = next(
+        (
+            i
+            for i in range(n)
+            if rows[i].get("diverged")
+            or not (math.isfinite(train_raw[i]) and math.isfinite(val_raw[i]))
+        ),
+        None,
+    )
     if bad is not None:
-        return Diagnosis("diverged", f"training diverged at epoch {epochs[bad]}: a loss became "
-                         "NaN or infinite", _diverged_fixes(cfg), {"epoch": epochs[bad]})
+        return Diagnosis(
+            "diverged",
+            f"training diverged at epoch {epochs[bad]}: a loss became NaN or infinite",
+            _diverged_fixes(cfg),
+            {"epoch": epochs[bad]},
+        )
     train, val = _smooth(train_raw), _smooth(val_raw)
     top_acc = max(tacc) if acc else math.nan
     # Blown up, though finite: training loss ended above diverge_ratio x the baseline, or
@@ -138,47 +163,68 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     # stayed above half of it (confidently wrong, without memorizing the training rows,
     # which is what an overfit run's high validation loss comes from).
     train_blown = train[-1] > th.diverge_ratio * b or (
-        train[-1] > b and train[-1] > th.diverge_ratio * min(train))
+        train[-1] > b and train[-1] > th.diverge_ratio * min(train)
+    )
     val_blown = val[-1] > th.diverge_ratio * b and train[-1] > 0.5 * b
     if train_blown or val_blown:
         which, end = ("training", train[-1]) if train_blown else ("validation", val[-1])
         return Diagnosis(
-            "diverged", f"{which} loss ended at {end / b:.3g}x the baseline's {b:.3f} "
+            "diverged",
+            f"{which} loss ended at {end / b:.3g}x the baseline's {b:.3f} "
             f"(training loss {train[-1]:.4g} at the end, {min(train):.4g} at its lowest; "
             f"diagnosis.diverge_ratio = {th.diverge_ratio:g}): the optimization blew up",
-            _diverged_fixes(cfg), {"end_loss_ratio": end / b})
+            _diverged_fixes(cfg),
+            {"end_loss_ratio": end / b},
+        )
 
     # how far validation rose is read on the smoothed curve (one lucky epoch is not a
     # minimum); the epoch named is the raw minimum, whose weights the sweep keeps
     low = min(range(n), key=lambda i: val[i])
     best = min(range(n), key=lambda i: val_raw[i])
     facts = {
-        "epochs": float(epochs[-1]), "planned_epochs": float(planned),
-        "best_epoch": float(epochs[best]), "baseline_loss": b,
-        "train_min_ratio": min(train) / b, "val_min_ratio": val[low] / b,
-        "val_end_ratio": val[-1] / b, "rise_ratio": (val[-1] - val[low]) / b,
+        "epochs": float(epochs[-1]),
+        "planned_epochs": float(planned),
+        "best_epoch": float(epochs[best]),
+        "baseline_loss": b,
+        "train_min_ratio": min(train) / b,
+        "val_min_ratio": val[low] / b,
+        "val_end_ratio": val[-1] / b,
+        "rise_ratio": (val[-1] - val[low]) / b,
         "gap_end_ratio": (val[-1] - train[-1]) / b,
         "gap_best_ratio": (val_raw[best] - train_raw[best]) / b,
     }
     if acc:
-        facts.update({"train_accuracy_max": top_acc, "accuracy_gap_end": tacc[-1] - vacc[-1],
-                      "accuracy_gap_best": tacc[best] - vacc[best]})
+        facts.update(
+            {
+                "train_accuracy_max": top_acc,
+                "accuracy_gap_end": tacc[-1] - vacc[-1],
+                "accuracy_gap_best": tacc[best] - vacc[best],
+            }
+        )
 
     # ---- undetermined: too short, or pruned before it had settled
     if n < th.min_epochs:
-        return Diagnosis("undetermined", f"only {n} epoch{'s' * (n != 1)} (fewer than "
-                         f"diagnosis.min_epochs = {th.min_epochs}): too few to tell",
-                         _undetermined_fixes(cfg), facts)
+        return Diagnosis(
+            "undetermined",
+            f"only {n} epoch{'s' * (n != 1)} (fewer than "
+            f"diagnosis.min_epochs = {th.min_epochs}): too few to tell",
+            _undetermined_fixes(cfg),
+            facts,
+        )
     pruned = epochs[-1] < planned and not early_stopped
     window = min(n, max(6, n // 4))
     fall = _fall(val_raw[-window:]) / b
     facts["fall_ratio"] = fall
     if pruned and fall > th.falling_ratio:
         return Diagnosis(
-            "undetermined", f"stopped by the scheduler at epoch {epochs[-1]} of {planned} while "
+            "undetermined",
+            f"stopped by the scheduler at epoch {epochs[-1]} of {planned} while "
             f"validation loss was still falling ({fall:.0%} of the baseline's {b:.3f} over its "
             f"last {window - 1} epochs, above diagnosis.falling_ratio = {th.falling_ratio:.0%}): "
-            "not a finished run", _undetermined_fixes(cfg), facts)
+            "not a finished run",
+            _undetermined_fixes(cfg),
+            facts,
+        )
 
     # ---- bias and variance, each read over the whole run
     fitted = acc and top_acc >= 0.999
@@ -186,63 +232,90 @@ def diagnose(history: list[dict[str, float]], base: Baseline, cfg: Any,
     # loss was still falling fast enough to get under the line within as many epochs again
     # had not shown it cannot fit its rows: its training was cut short, not its capacity.
     pace = _fall(train_raw[-window:]) / (window - 1) / b if window > 1 else 0.0
-    reachable = (epochs[-1] < planned and
-                 train[-1] / b - pace * window <= th.underfit_loss_ratio)
+    reachable = epochs[-1] < planned and train[-1] / b - pace * window <= th.underfit_loss_ratio
     facts["train_pace_ratio"] = pace
     bias = facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted and not reachable
     rise, gap = facts["rise_ratio"], facts["gap_end_ratio"]
     acc_gap = facts.get("accuracy_gap_end", 0.0)
-    variance = (rise > th.rise_ratio or gap > th.gap_ratio
-                or (acc_gap > th.accuracy_gap and gap > th.gap_ratio / 2))
+    variance = (
+        rise > th.rise_ratio
+        or gap > th.gap_ratio
+        or (acc_gap > th.accuracy_gap and gap > th.gap_ratio / 2)
+    )
     kept_epoch, restored = _kept(rows, cfg, early_stopped)
-    kept = (f"the restored epoch-{kept_epoch} weights" if restored
-            else f"the epoch-{kept_epoch} weights the sweep keeps")
-    acc_text = (f"; accuracy {_pct(tacc[-1])} training vs {_pct(vacc[-1])} validation"
-                if acc else "")
+    kept = (
+        f"the restored epoch-{kept_epoch} weights"
+        if restored
+        else f"the epoch-{kept_epoch} weights the sweep keeps"
+    )
+    acc_text = f"; accuracy {_pct(tacc[-1])} training vs {_pct(vacc[-1])} validation" if acc else ""
     gap_text = f"a gap of {_pct(gap)} of the baseline's loss at the end{acc_text}"
     lowest = f"validation loss was lowest at epoch {epochs[best]} ({val_raw[best]:.3f})"
     train_min = f"{_pct(facts['train_min_ratio'])} of the baseline's {b:.3f}"
     if variance:
         rel = (val[-1] - val_raw[best]) / val_raw[best] if val_raw[best] > 0 else 0.0
-        seen = (f"{lowest} and rose {_pct(rel)} after it" if rise > th.rise_ratio or rel > 0.1
-                else f"{lowest} and ended at {val[-1]:.3f}")
+        seen = (
+            f"{lowest} and rose {_pct(rel)} after it"
+            if rise > th.rise_ratio or rel > 0.1
+            else f"{lowest} and ended at {val[-1]:.3f}"
+        )
         if bias:
-            why = (f"training loss never fell below {train_min} (above "
-                   f"{_pct(th.underfit_loss_ratio)}: high bias) and {seen} ({gap_text}: high "
-                   f"variance); {kept} are the best this configuration can do: raise capacity "
-                   "together with regularization or data")
+            why = (
+                f"training loss never fell below {train_min} (above "
+                f"{_pct(th.underfit_loss_ratio)}: high bias) and {seen} ({gap_text}: high "
+                f"variance); {kept} are the best this configuration can do: raise capacity "
+                "together with regularization or data"
+            )
             return Diagnosis("both", why, _both_fixes(cfg), facts)
-        fit = (f"training accuracy reached {_pct(top_acc)}" if acc and top_acc >= 0.95 else
-               f"training loss fell to {train_min}")
-        why = (f"{seen} while {fit} ({gap_text}); {kept} are the best this configuration "
-               "can do; add weight decay, dropout, augmentation or data so training can go on "
-               "without losing validation")
+        fit = (
+            f"training accuracy reached {_pct(top_acc)}"
+            if acc and top_acc >= 0.95
+            else f"training loss fell to {train_min}"
+        )
+        why = (
+            f"{seen} while {fit} ({gap_text}); {kept} are the best this configuration "
+            "can do; add weight decay, dropout, augmentation or data so training can go on "
+            "without losing validation"
+        )
         return Diagnosis("overfit", why, _overfit_fixes(cfg), facts)
     if reachable and facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted:
         return Diagnosis(
-            "undetermined", f"stopped at epoch {epochs[-1]} of {planned} while training loss "
+            "undetermined",
+            f"stopped at epoch {epochs[-1]} of {planned} while training loss "
             f"({train_min}) was still falling fast enough to fit its rows within "
-            f"{window} more epochs: not a finished run", _undetermined_fixes(cfg), facts)
+            f"{window} more epochs: not a finished run",
+            _undetermined_fixes(cfg),
+            facts,
+        )
     k = min(3, n - 1)
     still_falling = val[-1] <= val[low] and (val[-1 - k] - val[-1]) / b > th.falling_ratio
     if bias:
-        why = (f"training loss never fell below {train_min} (above "
-               f"{_pct(th.underfit_loss_ratio)}) and validation follows it ({gap_text}): the "
-               "model cannot fit even its training rows"
-               + ("; validation loss was still falling at the end" if still_falling else ""))
+        why = (
+            f"training loss never fell below {train_min} (above "
+            f"{_pct(th.underfit_loss_ratio)}) and validation follows it ({gap_text}): the "
+            "model cannot fit even its training rows"
+            + ("; validation loss was still falling at the end" if still_falling else "")
+        )
         return Diagnosis("underfit", why, _underfit_fixes(cfg, still_falling), facts)
-    why = (f"training loss reached {train_min}, {lowest} ({gap_text}): the sweet spot"
-           + (f"; validation loss was still falling: more epochs (train.epochs, now "
-              f"{_v(cfg, 'train.epochs')}) may gain a little" if still_falling else ""))
+    why = f"training loss reached {train_min}, {lowest} ({gap_text}): the sweet spot" + (
+        f"; validation loss was still falling: more epochs (train.epochs, now "
+        f"{_v(cfg, 'train.epochs')}) may gain a little"
+        if still_falling
+        else ""
+    )
     return Diagnosis("good_fit", why, [], facts)
 
 
 def failed(epochs: int) -> Diagnosis:
     """The label of a trial that ended with an error: whatever its curve shows, it is not a
     finished run, and it must not steer the next space."""
-    return Diagnosis("undetermined", f"the trial failed after {epochs} epoch"
-                     f"{'s' * (epochs != 1)} (its run's orchestrator.error says why): not a "
-                     "finished run", [])
+    return Diagnosis(
+        "undetermined",
+        f"the trial failed after {epochs} epoch"
+        f"{'s' * (epochs != 1)} (its run's orchestrator.error says why): not a "
+        "finished run",
+        [],
+    )
 
 
 def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[int, bool]:
@@ -250,7 +323,7 @@ def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[
     restores its last improvement of ``sweep.metric`` by more than ``min_delta`` (when
     ``train.early_stopping.restore_best``); otherwise the sweep keeps the best epoch of what
     trials are ranked on (ties: the later one)."""
-    metric, mode = (config_mod.rank_metric(cfg) if cfg is not None else ("val_loss", "min"))
+    metric, mode = config_mod.rank_metric(cfg) if cfg is not None else ("val_loss", "min")
     if early_stopped and (_v(cfg, "train.early_stopping.restore_best") is not False):
         es_metric = _v(cfg, "sweep.metric") or "val_loss"
         es_mode = _v(cfg, "sweep.mode") or "min"
@@ -260,8 +333,11 @@ def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[
             v = r.get(es_metric, math.nan)
             if not math.isfinite(v):
                 continue
-            gain = math.inf if best_value is None else (
-                best_value - v if es_mode == "min" else v - best_value)
+            gain = (
+                math.inf
+                if best_value is None
+                else (best_value - v if es_mode == "min" else v - best_value)
+            )
             if gain > delta:
                 best_value, epoch = v, int(r["epoch"])
         if epoch is not None:
@@ -287,22 +363,30 @@ def _g(cfg: Any, dotted: str) -> str:
 
 
 def _underfit_fixes(cfg: Any, still_falling: bool) -> list[str]:
-    fixes = [f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')})",
-             f"less regularization: lower train.weight_decay (now "
-             f"{_g(cfg, 'train.weight_decay')}), train.l1 (now {_g(cfg, 'train.l1')}),"
-             f" model.dropout (now {_g(cfg, 'model.dropout')})",
-             "more or better features (columns of data.path)"]
+    fixes = [
+        f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')})",
+        f"less regularization: lower train.weight_decay (now "
+        f"{_g(cfg, 'train.weight_decay')}), train.l1 (now {_g(cfg, 'train.l1')}),"
+        f" model.dropout (now {_g(cfg, 'model.dropout')})",
+        "more or better features (columns of data.path)",
+    ]
     if still_falling:
-        fixes.append(f"train longer: raise train.epochs (now {_v(cfg, 'train.epochs')}; "
-                     "validation loss was still falling)")
+        fixes.append(
+            f"train longer: raise train.epochs (now {_v(cfg, 'train.epochs')}; "
+            "validation loss was still falling)"
+        )
     return fixes
 
 
 def _overfit_fixes(cfg: Any) -> list[str]:
     capped = _v(cfg, "data.max_train_rows")
     return [
-        "more data" + (f": raise or drop data.max_train_rows (now {capped})" if capped
-                       else " (more rows in data.path)"),
+        "more data"
+        + (
+            f": raise or drop data.max_train_rows (now {capped})"
+            if capped
+            else " (more rows in data.path)"
+        ),
         f"stronger L2: raise train.weight_decay (now {_g(cfg, 'train.weight_decay')})",
         f"more dropout: raise model.dropout (now {_g(cfg, 'model.dropout')})",
         f"L1: raise train.l1 (now {_g(cfg, 'train.l1')})",
@@ -320,8 +404,12 @@ def _both_fixes(cfg: Any) -> list[str]:
         "one of the following, so the extra capacity learns signal rather than noise",
         f"stronger regularization: raise train.weight_decay (now "
         f"{_g(cfg, 'train.weight_decay')}) or model.dropout (now {_g(cfg, 'model.dropout')})",
-        "more data" + (f": raise or drop data.max_train_rows (now {capped})" if capped
-                       else " (more rows in data.path), or cleaner labels"),
+        "more data"
+        + (
+            f": raise or drop data.max_train_rows (now {capped})"
+            if capped
+            else " (more rows in data.path), or cleaner labels"
+        ),
         f"augmentation: train.augment: true (now {_v(cfg, 'train.augment')})",
     ]
 
@@ -336,8 +424,10 @@ def _diverged_fixes(cfg: Any) -> list[str]:
 
 
 def _undetermined_fixes(cfg: Any) -> list[str]:
-    return [f"let trials run longer before they are judged: raise sweep.grace_period (now "
-            f"{_v(cfg, 'sweep.grace_period')}) or train.epochs (now {_v(cfg, 'train.epochs')})"]
+    return [
+        f"let trials run longer before they are judged: raise sweep.grace_period (now "
+        f"{_v(cfg, 'sweep.grace_period')}) or train.epochs (now {_v(cfg, 'train.epochs')})"
+    ]
 
 
 # ---------------------------------------------------------------- the sweep's next space
@@ -348,12 +438,13 @@ EDGE = 0.1  # a best value in the outer tenth of its range sits on the boundary
 def _scale(spec: dict[str, Any]) -> tuple[Any, Any]:
     """To and from the axis the range is searched on (log10 for loguniform)."""
     if spec["type"] == "loguniform":
-        return math.log10, lambda v: 10 ** v
+        return math.log10, lambda v: 10**v
     return float, float
 
 
-def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metric: str,
-            mode: str, cfg: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def propose(
+    points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metric: str, mode: str, cfg: Any
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The next ``sweep.space`` from a finished sweep's trials (each point: the searched
     values, the best ``metric`` and the ``label``), and why, change by change. Trials
     labelled ``diverged`` or ``undetermined`` are left out: they never steer.
@@ -374,11 +465,13 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
     if not finished:
         return dict(space), ["no trial finished an epoch: nothing to go on"]
     if not done:
-        return dict(space), ["every trial diverged or stopped too early to judge "
-                             "(undetermined): nothing to steer by; lower train.lr or raise "
-                             "sweep.grace_period"]
+        return dict(space), [
+            "every trial diverged or stopped too early to judge "
+            "(undetermined): nothing to steer by; lower train.lr or raise "
+            "sweep.grace_period"
+        ]
     ranked = sorted(done, key=lambda p: p[metric], reverse=mode == "max")
-    best, top = ranked[0], ranked[:max(3, len(ranked) // 4)]
+    best, top = ranked[0], ranked[: max(3, len(ranked) // 4)]
     new: dict[str, dict[str, Any]] = {k: dict(v) for k, v in space.items()}
     why: list[str] = []
     if len(done) < len(finished):
@@ -386,20 +479,29 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
     labels = {p.get("label") for p in done}
     if labels <= {"underfit", "both"}:
         width = list(_value(cfg, "model.hidden") or [64])
-        new["model.hidden"] = {"type": "choice",
-                               "values": [[2 * w for w in width], [4 * w for w in width]]}
-        counts = ", ".join(f"{sum(p.get('label') == lab for p in done)} {lab}"
-                           for lab in ("underfit", "both") if lab in labels)
-        why.append(f"every trial high bias ({counts}): more capacity, model.hidden searched "
-                   f"over 2x and 4x {width}")
+        new["model.hidden"] = {
+            "type": "choice",
+            "values": [[2 * w for w in width], [4 * w for w in width]],
+        }
+        counts = ", ".join(
+            f"{sum(p.get('label') == lab for p in done)} {lab}"
+            for lab in ("underfit", "both")
+            if lab in labels
+        )
+        why.append(
+            f"every trial high bias ({counts}): more capacity, model.hidden searched "
+            f"over 2x and 4x {width}"
+        )
         if len(labels) == 1:
             down = labels == {"underfit"}
             for key in REGULARIZERS:
                 if key in new and new[key]["type"] in ("uniform", "loguniform"):
                     new[key] = _shift(key, new[key], down)
-                    why.append(f"{key}: {'less' if down else 'more'} regularization"
-                               f"{'' if down else ' alongside the capacity'}, searched over "
-                               f"[{new[key]['low']:.3g}, {new[key]['high']:.3g}]")
+                    why.append(
+                        f"{key}: {'less' if down else 'more'} regularization"
+                        f"{'' if down else ' alongside the capacity'}, searched over "
+                        f"[{new[key]['low']:.3g}, {new[key]['high']:.3g}]"
+                    )
             return new, why
         space = {k: v for k, v in space.items() if k != "model.hidden"}
     for key, spec in space.items():
@@ -428,10 +530,12 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
             if (new_lo, new_hi) == (lo, hi) or new_hi <= new_lo:
                 continue
             new[key] = {**spec, "low": _round(back(new_lo)), "high": _round(back(new_hi))}
-            why.append(f"{key}: the best trial ({best[key]:.3g}) sits on the "
-                       f"{'lower' if down else 'upper'} edge of [{spec['low']:.3g}, "
-                       f"{spec['high']:.3g}]: extended to [{new[key]['low']:.3g}, "
-                       f"{new[key]['high']:.3g}]")
+            why.append(
+                f"{key}: the best trial ({best[key]:.3g}) sits on the "
+                f"{'lower' if down else 'upper'} edge of [{spec['low']:.3g}, "
+                f"{spec['high']:.3g}]: extended to [{new[key]['low']:.3g}, "
+                f"{new[key]['high']:.3g}]"
+            )
         else:
             vals = [to(p[key]) for p in top if key in p]
             margin = span * 0.1
@@ -439,12 +543,16 @@ def propose(points: list[dict[str, Any]], space: dict[str, dict[str, Any]], metr
             if new_hi - new_lo >= span * 0.9:
                 continue  # the good trials are spread over the whole range: keep it
             new[key] = {**spec, "low": _round(back(new_lo)), "high": _round(back(new_hi))}
-            why.append(f"{key}: the best {len(top)} trials lie in [{back(min(vals)):.3g}, "
-                       f"{back(max(vals)):.3g}]: narrowed to [{new[key]['low']:.3g}, "
-                       f"{new[key]['high']:.3g}] around the best ({best[key]:.3g})")
+            why.append(
+                f"{key}: the best {len(top)} trials lie in [{back(min(vals)):.3g}, "
+                f"{back(max(vals)):.3g}]: narrowed to [{new[key]['low']:.3g}, "
+                f"{new[key]['high']:.3g}] around the best ({best[key]:.3g})"
+            )
     if not why:
-        why.append("the best trials are spread over every range and none sits on an edge: "
-                   "keep the space, search it with more trials")
+        why.append(
+            "the best trials are spread over every range and none sits on an edge: "
+            "keep the space, search it with more trials"
+        )
     return new, why
 
 
@@ -463,9 +571,13 @@ def _shift(key: str, spec: dict[str, Any], down: bool) -> dict[str, Any]:
 
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
 NEVER_STEER = ("diverged", "undetermined")
-LIMITS = {"model.dropout": (0.0, 0.95), "train.weight_decay": (0.0, math.inf),
-          "train.l1": (0.0, math.inf), "train.lr": (0.0, math.inf),
-          "train.augment_noise": (0.0, math.inf)}
+LIMITS = {
+    "model.dropout": (0.0, 0.95),
+    "train.weight_decay": (0.0, math.inf),
+    "train.l1": (0.0, math.inf),
+    "train.lr": (0.0, math.inf),
+    "train.augment_noise": (0.0, math.inf),
+}
 
 
 def _value(cfg: Any, dotted: str) -> Any:

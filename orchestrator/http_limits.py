@@ -44,8 +44,11 @@ class Limits:
 
     def uvicorn(self) -> dict[str, Any]:
         """The keyword arguments of ``uvicorn.run`` / ``uvicorn.Config`` for these limits."""
-        return {"http": protocol(self), "limit_concurrency": self.max_connections,
-                "timeout_keep_alive": self.keepalive_s}
+        return {
+            "http": protocol(self),
+            "limit_concurrency": self.max_connections,
+            "timeout_keep_alive": self.keepalive_s,
+        }
 
 
 def protocol(limits: Limits) -> type[HttpToolsProtocol]:
@@ -74,14 +77,15 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 over = self._head_seen - self._limits.max_header_bytes
                 if over > 0:
                     # feed what fits: the head may end inside it, the rest being body
-                    fits, data = data[:len(data) - over], data[len(data) - over:]
+                    fits, data = data[: len(data) - over], data[len(data) - over :]
                     if fits:
                         super().data_received(fits)
                     if self.transport.is_closing():
                         return
                     if self._in_head:
-                        self._refuse(431, "request head over "
-                                          f"{self._limits.max_header_bytes} bytes")
+                        self._refuse(
+                            431, f"request head over {self._limits.max_header_bytes} bytes"
+                        )
                         return
             super().data_received(data)
 
@@ -116,8 +120,9 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
             if self.transport.is_closing():
                 return
             if self._in_head:
-                self._refuse(408, f"request head not complete in "
-                                  f"{self._limits.header_timeout_s:g} s")
+                self._refuse(
+                    408, f"request head not complete in {self._limits.header_timeout_s:g} s"
+                )
                 return
             left = self._body_from + self._limits.body_timeout_s - self.loop.time()
             if left > 0:  # the head ended in time: the body has its own deadline
@@ -140,7 +145,8 @@ def protocol(limits: Limits) -> type[HttpToolsProtocol]:
                 self.transport.write(
                     b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                    % (status, reason[status], len(body), body))
+                    % (status, reason[status], len(body), body)
+                )
             if not self._in_head and not cycle.response_complete:
                 cycle.disconnected = True
                 cycle.message_event.set()  # wake a receive() waiting for the body

@@ -92,8 +92,11 @@ class EarlyStopper:
 
     def update(self, value: float) -> tuple[bool, bool]:
         """Returns (improved, stop now)."""
-        gain = math.inf if self.best is None else (
-            self.best - value if self.mode == "min" else value - self.best)
+        gain = (
+            math.inf
+            if self.best is None
+            else (self.best - value if self.mode == "min" else value - self.best)
+        )
         improved = math.isfinite(value) and gain > self.min_delta
         if improved:
             self.best, self.bad_epochs = value, 0
@@ -131,8 +134,13 @@ def in_memory(splits: Splits, seam: Seam, seed: int) -> Feed:
         for idx in torch.arange(seam.rank, len(y_val), seam.world_size).split(4096):
             yield x_val[idx], y_val[idx]
 
-    return Feed(splits.num_classes, splits.x_train.mean(axis=0), splits.x_train.std(axis=0),
-                train_batches, val_batches)
+    return Feed(
+        splits.num_classes,
+        splits.x_train.mean(axis=0),
+        splits.x_train.std(axis=0),
+        train_batches,
+        val_batches,
+    )
 
 
 def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
@@ -197,13 +205,15 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
                     xb = augment(xb, cfg, feature_std)
                 # Gradients are all-reduced only on the micro-batch that ends the group.
                 with _no_sync(ddp_net, sync=k + 1 == len(group)):
-                    with torch.autocast(seam.device.type, dtype=amp_dtype or torch.float32,
-                                        enabled=amp_dtype is not None):
+                    with torch.autocast(
+                        seam.device.type,
+                        dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None,
+                    ):
                         logits = ddp_net(xb)
                     loss = loss_fn(logits.float(), yb)
                     # L1 is not an optimizer option: it joins the loss, over weights only.
-                    penalty = (t.l1 * sum(p.abs().sum() for p in weights(net))
-                               if t.l1 > 0 else 0.0)
+                    penalty = t.l1 * sum(p.abs().sum() for p in weights(net)) if t.l1 > 0 else 0.0
                     # Weighted by rows, the group's gradient is the one of a single big batch.
                     scaler.scale((loss + penalty) * (len(yb) / group_rows)).backward()
                 sums += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
@@ -214,21 +224,28 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         schedule.step()
         train_m = summarize(seam, sums, cm, "train")
         val_m = evaluate(net, feed.val_batches(), num_classes, loss_fn, seam, "val")
-        values = {"epoch": float(epoch + 1), **train_m, **val_m,
-                  # throughput of this worker's training + evaluation, and a wall clock for
-                  # the driver's view (benchmarks take steady-state rates from these)
-                  "epoch_seconds": time.perf_counter() - epoch_start, "wall_time": time.time()}
+        values = {
+            "epoch": float(epoch + 1),
+            **train_m,
+            **val_m,
+            # throughput of this worker's training + evaluation, and a wall clock for
+            # the driver's view (benchmarks take steady-state rates from these)
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "wall_time": time.time(),
+        }
         # Generalization gap: how much worse the model does on rows it did not train on.
         values["gap"] = values["val_loss"] - values["train_loss"]
         if cfg.sweep.objective == "gap_penalized":
             values["objective"] = values["val_loss"] + cfg.sweep.gap_penalty * max(
-                0.0, values["gap"])
+                0.0, values["gap"]
+            )
         diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
         improved, stop = stopper.update(values[cfg.sweep.metric])
         value = values[rank_key]
         # ties count: a later equal epoch becomes the best, as in the driver's ledger
-        is_best = math.isfinite(value) and (best_rank is None or (
-            value <= best_rank if rank_mode == "min" else value >= best_rank))
+        is_best = math.isfinite(value) and (
+            best_rank is None or (value <= best_rank if rank_mode == "min" else value >= best_rank)
+        )
         if is_best:
             best_rank = value
         if improved and es.restore_best and es.patience > 0:
@@ -242,16 +259,30 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         last = diverged or stop or epoch + 1 == t.epochs
         history.append(values)
         # Every N epochs, every new best (the champion's weights), rungs, and the last one.
-        if seam.rank == 0 and (last or improved or is_best or epoch + 1 in rung_epochs
-                               or (epoch + 1) % t.checkpoint_every == 0):
+        if seam.rank == 0 and (
+            last
+            or improved
+            or is_best
+            or epoch + 1 in rung_epochs
+            or (epoch + 1) % t.checkpoint_every == 0
+        ):
             with tempfile.TemporaryDirectory() as ckpt:
-                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                            "stopper": dataclasses.asdict(stopper),
-                            "best_rank": best_rank, "best_model": best_weights,
-                            "epoch": epoch + 1, "metrics": values, "outcome": outcome,
-                            "history": history},
-                           os.path.join(ckpt, CHECKPOINT_FILE))
+                torch.save(
+                    {
+                        "model": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "stopper": dataclasses.asdict(stopper),
+                        "best_rank": best_rank,
+                        "best_model": best_weights,
+                        "epoch": epoch + 1,
+                        "metrics": values,
+                        "outcome": outcome,
+                        "history": history,
+                    },
+                    os.path.join(ckpt, CHECKPOINT_FILE),
+                )
                 # A driver that lost some epochs' reports (it was killed while they were in
                 # flight) fills them in from here after a resume.
                 with open(os.path.join(ckpt, HISTORY_FILE), "w") as f:
@@ -288,8 +319,11 @@ def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=t.lr)
 
 
-def set_hyperparameters(optimizer: torch.optim.Optimizer,
-                        schedule: torch.optim.lr_scheduler.CosineAnnealingLR, cfg: Config) -> None:
+def set_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.CosineAnnealingLR,
+    cfg: Config,
+) -> None:
     """Apply the config's lr and weight decay to a restored optimizer, keeping the schedule's
     progress (the current lr keeps its fraction of the base lr)."""
     t = cfg.train
@@ -304,7 +338,8 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer,
 def make_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if num_classes == 2:  # one logit, sigmoid inside BCE-with-logits
         return lambda logits, y: F.binary_cross_entropy_with_logits(
-            logits.squeeze(1), y.to(logits.dtype))
+            logits.squeeze(1), y.to(logits.dtype)
+        )
     return F.cross_entropy
 
 
@@ -355,15 +390,22 @@ def summarize(seam: Seam, sums: torch.Tensor, cm: torch.Tensor, prefix: str) -> 
     packed = seam.all_reduce(torch.cat([sums, cm.flatten()]).to(seam.device)).cpu()
     total_loss, rows = packed[0].item(), packed[1].item()
     cm = packed[2:].reshape(cm.shape)
-    return {f"{prefix}_loss": total_loss / max(rows, 1.0),
-            f"{prefix}_accuracy": metrics.accuracy(cm),
-            f"{prefix}_f1": metrics.macro_f1(cm)}
+    return {
+        f"{prefix}_loss": total_loss / max(rows, 1.0),
+        f"{prefix}_accuracy": metrics.accuracy(cm),
+        f"{prefix}_f1": metrics.macro_f1(cm),
+    }
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, batches: Iterable[Batch], num_classes: int,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], seam: Seam,
-             prefix: str) -> dict[str, float]:
+def evaluate(
+    net: nn.Module,
+    batches: Iterable[Batch],
+    num_classes: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    seam: Seam,
+    prefix: str,
+) -> dict[str, float]:
     """Score this rank's batches, then add up all ranks'. The unwrapped module is used, so no
     DDP collective runs on slices of uneven length."""
     net.eval()
@@ -390,8 +432,10 @@ def _groups(batches: Iterable[Batch], n: int) -> Iterator[list[Batch]]:
 
 def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
     if device.type == "cuda":  # pinned host memory: the copy to the GPU runs asynchronously
-        return (torch.from_numpy(x).pin_memory().to(device, non_blocking=True),
-                torch.from_numpy(y).pin_memory().to(device, non_blocking=True))
+        return (
+            torch.from_numpy(x).pin_memory().to(device, non_blocking=True),
+            torch.from_numpy(y).pin_memory().to(device, non_blocking=True),
+        )
     return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
 

@@ -64,40 +64,49 @@ class ServerMetrics:
 
     def text(self, model_version: str) -> str:
         with self.lock:
-            lines = ["# HELP orchestrator_requests_total HTTP requests by path and status.",
-                     "# TYPE orchestrator_requests_total counter"]
-            lines += [f'orchestrator_requests_total{{path="{p}",status="{s}"}} {n}'
-                      for (p, s), n in sorted(self.requests.items())]
+            lines = [
+                "# HELP orchestrator_requests_total HTTP requests by path and status.",
+                "# TYPE orchestrator_requests_total counter",
+            ]
+            lines += [
+                f'orchestrator_requests_total{{path="{p}",status="{s}"}} {n}'
+                for (p, s), n in sorted(self.requests.items())
+            ]
             errors = sum(n for (_, s), n in self.requests.items() if s >= 400)
-            lines += ["# HELP orchestrator_errors_total Requests answered 4xx or 5xx.",
-                      "# TYPE orchestrator_errors_total counter",
-                      f"orchestrator_errors_total {errors}",
-                      "# HELP orchestrator_predict_seconds Latency of /predict.",
-                      "# TYPE orchestrator_predict_seconds histogram",
-                      *self.latency.lines("orchestrator_predict_seconds"),
-                      "# HELP orchestrator_batch_rows Rows per forward pass (micro-batches).",
-                      "# TYPE orchestrator_batch_rows histogram",
-                      *self.batch_rows.lines("orchestrator_batch_rows"),
-                      "# HELP orchestrator_model_reloads_total Model versions swapped in.",
-                      "# TYPE orchestrator_model_reloads_total counter",
-                      f"orchestrator_model_reloads_total {self.reloads}",
-                      "# HELP orchestrator_model_refusals_total Model versions refused on "
-                      "reload (the served one was kept).",
-                      "# TYPE orchestrator_model_refusals_total counter",
-                      f"orchestrator_model_refusals_total {self.refusals}"]
+            lines += [
+                "# HELP orchestrator_errors_total Requests answered 4xx or 5xx.",
+                "# TYPE orchestrator_errors_total counter",
+                f"orchestrator_errors_total {errors}",
+                "# HELP orchestrator_predict_seconds Latency of /predict.",
+                "# TYPE orchestrator_predict_seconds histogram",
+                *self.latency.lines("orchestrator_predict_seconds"),
+                "# HELP orchestrator_batch_rows Rows per forward pass (micro-batches).",
+                "# TYPE orchestrator_batch_rows histogram",
+                *self.batch_rows.lines("orchestrator_batch_rows"),
+                "# HELP orchestrator_model_reloads_total Model versions swapped in.",
+                "# TYPE orchestrator_model_reloads_total counter",
+                f"orchestrator_model_reloads_total {self.reloads}",
+                "# HELP orchestrator_model_refusals_total Model versions refused on "
+                "reload (the served one was kept).",
+                "# TYPE orchestrator_model_refusals_total counter",
+                f"orchestrator_model_refusals_total {self.refusals}",
+            ]
             if self.refused is not None:
                 version, reason = (_label(v) for v in self.refused)
-                lines += ["# HELP orchestrator_model_refused_info The last refused version.",
-                          "# TYPE orchestrator_model_refused_info gauge",
-                          f'orchestrator_model_refused_info{{version="{version}",'
-                          f'reason="{reason}"}} 1']
-            lines += ["# HELP orchestrator_model_info The model being served.",
-                      "# TYPE orchestrator_model_info gauge",
-                      f'orchestrator_model_info{{version="{model_version}"}} 1']
+                lines += [
+                    "# HELP orchestrator_model_refused_info The last refused version.",
+                    "# TYPE orchestrator_model_refused_info gauge",
+                    f'orchestrator_model_refused_info{{version="{version}",reason="{reason}"}} 1',
+                ]
+            lines += [
+                "# HELP orchestrator_model_info The model being served.",
+                "# TYPE orchestrator_model_info gauge",
+                f'orchestrator_model_info{{version="{model_version}"}} 1',
+            ]
         return "\n".join(lines) + "\n"
 
 
 def _label(value: str, most: int = 500) -> str:
     """A Prometheus label value: escaped, and short."""
-    value = value if len(value) <= most else value[:most - 3] + "..."
+    value = value if len(value) <= most else value[: most - 3] + "..."
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

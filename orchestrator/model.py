@@ -21,8 +21,9 @@ class Standardize(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         # Constant columns (digits' blank corner pixels) would divide by zero.
-        self.register_buffer("std", torch.as_tensor(np.where(std > 1e-6, std, 1.0),
-                                                    dtype=torch.float32))
+        self.register_buffer(
+            "std", torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32)
+        )
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -48,8 +49,11 @@ class CheckpointedBlock(nn.Sequential):
         return super().forward(x)
 
 
-def feature_stats(kind: str, col_mean: np.ndarray, col_std: np.ndarray,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(
+    kind: str,
+    col_mean: np.ndarray,
+    col_std: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """The stem's scaling from the training split's per-column moments. A cnn gets one scale
     for every pixel, so a shifted image means the same; an mlp one per feature."""
     if kind != "cnn":
@@ -59,14 +63,21 @@ def feature_stats(kind: str, col_mean: np.ndarray, col_std: np.ndarray,
     return np.full_like(col_mean, mean), np.full_like(col_std, std)
 
 
-def build(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, num_classes: int,
-          shape: list[int] | None = None, grad_checkpointing: bool = False) -> nn.Sequential:
+def build(
+    cfg: ModelConfig,
+    mean: np.ndarray,
+    std: np.ndarray,
+    num_classes: int,
+    shape: list[int] | None = None,
+    grad_checkpointing: bool = False,
+) -> nn.Sequential:
     """Standardize, then the blocks (each optionally checkpointed), then the head.
 
     mlp: a block is [Linear, ReLU, Dropout]. cnn: the flat features are viewed as
     ``shape`` (C, H, W); a block is [Conv 3x3, ReLU, MaxPool 2 while the image is at least
     4 wide, Dropout]; the head is Flatten + Linear.
     """
+
     def block(layers: list[nn.Module]) -> nn.Sequential:
         return CheckpointedBlock(*layers) if grad_checkpointing else nn.Sequential(*layers)
 
@@ -85,8 +96,10 @@ def build(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, num_classes: int,
                 layers.append(nn.Dropout(cfg.dropout))
             blocks.append(block(layers))
             channels = h
-        head: list[nn.Module] = [nn.Flatten(), nn.Linear(channels * height * width,
-                                                         num_outputs(num_classes))]
+        head: list[nn.Module] = [
+            nn.Flatten(),
+            nn.Linear(channels * height * width, num_outputs(num_classes)),
+        ]
     else:
         width = len(mean)
         for h in cfg.hidden:
@@ -99,8 +112,9 @@ def build(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, num_classes: int,
     return nn.Sequential(*stem, *blocks, *head)
 
 
-def from_config(cfg: Config, col_mean: np.ndarray, col_std: np.ndarray,
-                num_classes: int) -> nn.Sequential:
+def from_config(
+    cfg: Config, col_mean: np.ndarray, col_std: np.ndarray, num_classes: int
+) -> nn.Sequential:
     mean, std = feature_stats(cfg.model.kind, col_mean, col_std)
     return build(cfg.model, mean, std, num_classes, cfg.data.shape, cfg.train.grad_checkpointing)
 

@@ -60,8 +60,17 @@ FIRST_PAUSE, MAX_PAUSE = 2.0, 30.0
 LINGER = 0.5  # seconds a write may wait for others to share its call
 PLACEHOLDER = "offline-"
 MARKER = "orchestrator.outbox_id"  # the tag a replay finds an already created run by
-WRITES = ("create_run", "log_batch", "set_tag", "set_terminated", "update_run",
-          "log_artifact", "log_text", "log_inputs", "delete_run")
+WRITES = (
+    "create_run",
+    "log_batch",
+    "set_tag",
+    "set_terminated",
+    "update_run",
+    "log_artifact",
+    "log_text",
+    "log_inputs",
+    "delete_run",
+)
 # Tests only: die (SIGKILL, no clean-up) right after this many successful sends, to crash a
 # replay at a chosen point between a write reaching MLflow and the journal saying so.
 KILL_AFTER = "ORCHESTRATOR_TEST_KILL_AFTER_SENDS"
@@ -77,14 +86,30 @@ def unreachable(exc: BaseException) -> bool:
     for later), not "the write was wrong"."""
     import requests
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        ConnectionError, TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return True
     text = str(exc)
-    return any(s in text for s in (
-        "failed with exception", "failed with error code 5", "Max retries exceeded",
-        "Connection refused", "Connection aborted", "timed out", "TEMPORARILY_UNAVAILABLE",
-        "database is locked"))
+    return any(
+        s in text
+        for s in (
+            "failed with exception",
+            "failed with error code 5",
+            "Max retries exceeded",
+            "Connection refused",
+            "Connection aborted",
+            "timed out",
+            "TEMPORARILY_UNAVAILABLE",
+            "database is locked",
+        )
+    )
 
 
 def count_send() -> None:
@@ -141,10 +166,13 @@ def load_ids(folder: Path) -> dict[str, str]:
     try:
         ids = json.loads(path.read_text())
     except ValueError as e:  # written atomically: damage is not a crash's doing
-        raise JournalError(f"{path}: not valid JSON ({e}); it maps placeholder run ids "
-                           "(offline-...) to real ones, restore it from a backup") from None
-    if not isinstance(ids, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                            for k, v in ids.items()):
+        raise JournalError(
+            f"{path}: not valid JSON ({e}); it maps placeholder run ids "
+            "(offline-...) to real ones, restore it from a backup"
+        ) from None
+    if not isinstance(ids, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in ids.items()
+    ):
         raise JournalError(f"{path}: expected an object of placeholder -> run id strings")
     return ids
 
@@ -169,14 +197,17 @@ def load_journal(folder: Path, out: Callable[[str], None] = print) -> list[dict[
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             problem = f"not valid JSON ({e})"
         if problem and i == last:
-            out(f"[tracking] warning: {path} line {i + 1} is cut short (the process writing "
-                f"it died); skipped: {line[:80]!r}")
+            out(
+                f"[tracking] warning: {path} line {i + 1} is cut short (the process writing "
+                f"it died); skipped: {line[:80]!r}"
+            )
             continue
         if problem:
             raise JournalError(
                 f"{path} line {i + 1} of {last + 1}: {problem}. Only the last line can be cut "
                 "short by a crash, so the file was changed by something else: fix or delete "
-                "that line by hand (each line is one MLflow write) and replay again")
+                "that line by hand (each line is one MLflow write) and replay again"
+            )
         if "sent" in record:
             done = record["sent"]
         else:
@@ -200,7 +231,8 @@ def _check_record(record: Any, entries: int) -> str:
     if not isinstance(record.get("kw"), dict):
         return "kw: expected an object"
     if record["method"] == "create_run" and not str(record.get("placeholder", "")).startswith(
-            PLACEHOLDER):
+        PLACEHOLDER
+    ):
         return f"placeholder: expected {PLACEHOLDER}..., got {record.get('placeholder')!r}"
     return ""
 
@@ -216,9 +248,10 @@ def _encode(method: str, args: tuple, kw: dict[str, Any]) -> dict[str, Any]:
         kw["params"] = [[p.key, p.value] for p in kw.get("params", ())]
         kw["tags"] = [[t.key, t.value] for t in kw.get("tags", ())]
     if method == "log_inputs":
-        kw["datasets"] = [{"dataset": dict(d.dataset.to_dictionary()),
-                           "tags": [[t.key, t.value] for t in d.tags]}
-                          for d in kw.get("datasets", ())]
+        kw["datasets"] = [
+            {"dataset": dict(d.dataset.to_dictionary()), "tags": [[t.key, t.value] for t in d.tags]}
+            for d in kw.get("datasets", ())
+        ]
     return {"method": method, "args": list(args), "kw": kw}
 
 
@@ -231,9 +264,10 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
         kw["params"] = [Param(k, v) for k, v in kw["params"]]
         kw["tags"] = [RunTag(k, v) for k, v in kw["tags"]]
     if method == "log_inputs":
-        kw["datasets"] = [DatasetInput(Dataset(**d["dataset"]),
-                                       tags=[InputTag(k, v) for k, v in d["tags"]])
-                          for d in kw["datasets"]]
+        kw["datasets"] = [
+            DatasetInput(Dataset(**d["dataset"]), tags=[InputTag(k, v) for k, v in d["tags"]])
+            for d in kw["datasets"]
+        ]
     return method, args, kw
 
 
@@ -259,9 +293,9 @@ def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
     taken = 1
     for e in queue[1:]:
         same = e["method"] == "log_batch" and (
-            (e["args"][0] if e["args"] else e["kw"].get("run_id")) == run)
-        sizes = {k: len(kw[k]) + len(e["kw"].get(k, []))
-                 for k in ("metrics", "params", "tags")}
+            (e["args"][0] if e["args"] else e["kw"].get("run_id")) == run
+        )
+        sizes = {k: len(kw[k]) + len(e["kw"].get(k, [])) for k in ("metrics", "params", "tags")}
         if not same or sizes["metrics"] > 1000 or sizes["params"] > 100 or sizes["tags"] > 100:
             break
         for k in ("metrics", "params", "tags"):
@@ -282,8 +316,13 @@ class Outbox:
     ``strict`` (a sweep's): a write MLflow refuses raises at the next call. Without it (a
     replay), refused writes are set aside in ``REFUSED`` and counted in ``refused``."""
 
-    def __init__(self, client: Any, out: Callable[[str], None] = print,
-                 background: bool = False, strict: bool = True) -> None:
+    def __init__(
+        self,
+        client: Any,
+        out: Callable[[str], None] = print,
+        background: bool = False,
+        strict: bool = True,
+    ) -> None:
         self.client, self.out, self.strict = client, out, strict
         self.queue: list[dict[str, Any]] = []
         self.ids: dict[str, str] = {}  # placeholder run id -> real one
@@ -306,11 +345,13 @@ class Outbox:
         if not callable(attr):
             return attr
         if name not in WRITES:  # a read: after the queued writes, with real run ids
+
             def read(*args: Any, **kw: Any) -> Any:
                 if not self.down:
                     self.drain(block=True, patience=30.0)
                 args, kw = self._real_ids(args, kw)
                 return attr(*args, **kw)
+
             return read
         return lambda *args, **kw: self._write(name, args, kw)
 
@@ -327,8 +368,10 @@ class Outbox:
             self.ids = {**known, **self.ids}
             earlier = load_journal(self.journal.parent, self.out)
             if earlier:
-                self.out(f"[tracking] {len(earlier)} write(s) kept by an earlier driver in "
-                         f"{self.journal}: sending them first")
+                self.out(
+                    f"[tracking] {len(earlier)} write(s) kept by an earlier driver in "
+                    f"{self.journal}: sending them first"
+                )
                 self.queue[:0] = earlier
                 self.down = True  # until they are sent, every write is journaled behind them
             if self.down:
@@ -354,8 +397,11 @@ class Outbox:
                 # so it must be a real one: wait for the writes ahead (normally milliseconds)
                 self.drain(block=True, patience=30.0)
         with self._cv:
-            direct = not self.queue and not self._busy and (
-                method == "create_run" or not self.background)
+            direct = (
+                not self.queue
+                and not self._busy
+                and (method == "create_run" or not self.background)
+            )
         if direct:
             try:
                 result = getattr(self.client, method)(*args, **kw)
@@ -370,15 +416,18 @@ class Outbox:
         if not self.background:
             self.drain(block=False)
         if method == "create_run":
-            return SimpleNamespace(info=SimpleNamespace(run_id=self.ids.get(placeholder,
-                                                                            placeholder)))
+            return SimpleNamespace(
+                info=SimpleNamespace(run_id=self.ids.get(placeholder, placeholder))
+            )
         return None
 
     def _outage(self, e: BaseException) -> None:
         """(Under the lock.) The server stopped answering: say so once, journal the queue."""
         if not self.down:
-            self.out(f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
-                     "writes are kept and sent when it answers")
+            self.out(
+                f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
+                "writes are kept and sent when it answers"
+            )
             if self.journal is not None:
                 self._rewrite()
             self.down = True  # once the journal holds the queue (``down`` is read unlocked)
@@ -421,6 +470,7 @@ class Outbox:
             if isinstance(v, dict):  # create_run's tags (mlflow.parentRunId), not the marker
                 return {k: x if k == MARKER else swap(x) for k, x in v.items()}
             return v
+
         return tuple(swap(a) for a in args), {k: swap(v) for k, v in kw.items()}
 
     def _created(self, args: tuple, kw: dict[str, Any], placeholder: str) -> str | None:
@@ -429,8 +479,12 @@ class Outbox:
         from mlflow.entities import ViewType
 
         exp = args[0] if args else kw["experiment_id"]
-        runs = self.client.search_runs([exp], filter_string=f"tags.`{MARKER}` = '{placeholder}'",
-                                       run_view_type=ViewType.ALL, max_results=1)
+        runs = self.client.search_runs(
+            [exp],
+            filter_string=f"tags.`{MARKER}` = '{placeholder}'",
+            run_view_type=ViewType.ALL,
+            max_results=1,
+        )
         return runs[0].info.run_id if runs else None
 
     def _send_head(self) -> bool:
@@ -467,8 +521,9 @@ class Outbox:
                     self._settle(taken)
                     return True
             if method == "log_artifact":  # the outbox's own copy of the file
-                shutil.rmtree(Path(args[1] if len(args) > 1 else kw["local_path"]).parent,
-                              ignore_errors=True)
+                shutil.rmtree(
+                    Path(args[1] if len(args) > 1 else kw["local_path"]).parent, ignore_errors=True
+                )
             with self._cv:
                 if method == "create_run" and self.ids.get(placeholder) != real:
                     self._learn(placeholder, real)
@@ -503,8 +558,7 @@ class Outbox:
             self.replayed += taken
             if not self.queue:
                 self.down = False
-                self.out(f"[tracking] MLflow answers again: {self.replayed} kept "
-                         "write(s) sent")
+                self.out(f"[tracking] MLflow answers again: {self.replayed} kept write(s) sent")
             if self.journal is not None:
                 if self.queue:
                     self._done += taken
@@ -527,8 +581,10 @@ class Outbox:
                     # a short linger lets an epoch's writes of several trials, and several
                     # epochs of short ones, go as one call per run (each call costs the
                     # driver milliseconds of Python, and the driver holds up the trials)
-                    ready = max(self._next_try, self.queue[0]["at"] - time.time() + now
-                                + (0.0 if self._hurry else LINGER))
+                    ready = max(
+                        self._next_try,
+                        self.queue[0]["at"] - time.time() + now + (0.0 if self._hurry else LINGER),
+                    )
                     if now >= ready:
                         break
                     self._cv.wait(timeout=ready - now)
@@ -587,8 +643,12 @@ class Outbox:
         shutil.rmtree(self.journal.parent / FILES, ignore_errors=True)
 
     @classmethod
-    def from_journal(cls, client: Any, folder: Path, out: Callable[[str], None] = print,
-                     ) -> Outbox:
+    def from_journal(
+        cls,
+        client: Any,
+        folder: Path,
+        out: Callable[[str], None] = print,
+    ) -> Outbox:
         """An outbox holding the writes a gone process kept in ``folder``, to replay (a
         refused write is set aside, not raised)."""
         box = cls(client, out, strict=False)

@@ -44,8 +44,14 @@ def learning_curves(history: list[dict[str, float]], title: str) -> bytes:
     for ax, kind in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             ys = [r.get(f"{split}_{kind}", math.nan) for r in rows]
-            ax.plot(epochs, ys, style, marker="o", markersize=3,
-                    label=f"{'training' if split == 'train' else 'validation'} {kind}")
+            ax.plot(
+                epochs,
+                ys,
+                style,
+                marker="o",
+                markersize=3,
+                label=f"{'training' if split == 'train' else 'validation'} {kind}",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(kind)
         ax.grid(alpha=0.3)
@@ -53,8 +59,13 @@ def learning_curves(history: list[dict[str, float]], title: str) -> bytes:
     if rows and "val_loss" in rows[0]:
         best = min(rows, key=lambda r: r.get("val_loss", math.inf))
         axes[0].axvline(best["epoch"], color="grey", lw=0.8, ls=":")
-        axes[0].annotate("best val", (best["epoch"], best["val_loss"]), fontsize=8,
-                         textcoords="offset points", xytext=(4, 6))
+        axes[0].annotate(
+            "best val",
+            (best["epoch"], best["val_loss"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, 6),
+        )
     fig.suptitle(title)
     return _png(fig)
 
@@ -72,20 +83,41 @@ def _axis(values: list[Any], log: bool) -> tuple[list[float], list[str] | None]:
     return [float(labels.index(str(v))) for v in values], labels
 
 
-def regularization_map(points: list[dict[str, Any]], x: str, y: str, metric: str,
-                       log_x: bool = False, log_y: bool = False, champion: int | None = None,
-                       ) -> bytes:
+def regularization_map(
+    points: list[dict[str, Any]],
+    x: str,
+    y: str,
+    metric: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    champion: int | None = None,
+) -> bytes:
     """Each trial at its (x, y) values, coloured by its best ``metric``: where along the
     regularization axes the sweet spot lies."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     xs, xl = _axis([p[x] for p in points], log_x)
     ys, yl = _axis([p[y] for p in points], log_y)
     cs = [p[metric] for p in points]
-    sc = ax.scatter(xs, ys, c=cs, cmap=CMAP if "loss" in metric else "viridis", s=60,
-                    edgecolors="black", linewidths=0.4)
+    sc = ax.scatter(
+        xs,
+        ys,
+        c=cs,
+        cmap=CMAP if "loss" in metric else "viridis",
+        s=60,
+        edgecolors="black",
+        linewidths=0.4,
+    )
     if champion is not None:
-        ax.scatter([xs[champion]], [ys[champion]], marker="*", s=260, facecolors="none",
-                   edgecolors="red", linewidths=1.5, label="champion")
+        ax.scatter(
+            [xs[champion]],
+            [ys[champion]],
+            marker="*",
+            s=260,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            label="champion",
+        )
         ax.legend(loc="best")
     fig.colorbar(sc, ax=ax, label=f"best {metric}")
     for axis, labels, name, log in ((ax.xaxis, xl, x, log_x), (ax.yaxis, yl, y, log_y)):
@@ -97,8 +129,9 @@ def regularization_map(points: list[dict[str, Any]], x: str, y: str, metric: str
     return _png(fig)
 
 
-def parallel_coordinates(points: list[dict[str, Any]], keys: list[str], metric: str,
-                         logs: set[str] | None = None) -> bytes:
+def parallel_coordinates(
+    points: list[dict[str, Any]], keys: list[str], metric: str, logs: set[str] | None = None
+) -> bytes:
     """One line per trial across every searched key (each axis scaled to its own range) and
     the metric, coloured by the metric: which combinations the good trials share."""
     logs = logs or set()
@@ -116,31 +149,41 @@ def parallel_coordinates(points: list[dict[str, Any]], keys: list[str], metric: 
     finite = [v for v in values if math.isfinite(v)] or [0.0]
     norm = matplotlib.colors.Normalize(min(finite), max(finite))
     cmap = matplotlib.colormaps[CMAP if "loss" in metric else "viridis"]
-    order = sorted(range(len(points)), key=lambda i: -values[i] if "loss" in metric
-                   else values[i])  # the best drawn last, on top
+    order = sorted(
+        range(len(points)), key=lambda i: -values[i] if "loss" in metric else values[i]
+    )  # the best drawn last, on top
     for i in order:
         color = cmap(norm(values[i])) if math.isfinite(values[i]) else "lightgrey"
         ax.plot(range(len(axes_keys)), [c[i] for c in columns], color=color, alpha=0.8, lw=1.4)
-    ax.set_xticks(range(len(axes_keys)),
-                  [f"log10 {k}" if k in logs else k for k in axes_keys], rotation=20)
+    ax.set_xticks(
+        range(len(axes_keys)), [f"log10 {k}" if k in logs else k for k in axes_keys], rotation=20
+    )
     for j, t in enumerate(ticks):
         ax.annotate(t[0], (j, 0), textcoords="offset points", xytext=(3, -12), fontsize=7)
         ax.annotate(t[-1], (j, 1), textcoords="offset points", xytext=(3, 4), fontsize=7)
         ax.axvline(j, color="black", lw=0.6)
     ax.set_yticks([])
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax,
-                 label=f"best {metric}")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {metric}")
     ax.set_title(f"{len(points)} trials: searched values and best {metric}")
     return _png(fig)
 
 
-LABEL_COLORS = {"underfit": "tab:blue", "good_fit": "tab:green", "overfit": "tab:red",
-                "both": "tab:purple", "diverged": "black", "undetermined": "darkgrey",
-                None: "lightgrey"}
+LABEL_COLORS = {
+    "underfit": "tab:blue",
+    "good_fit": "tab:green",
+    "overfit": "tab:red",
+    "both": "tab:purple",
+    "diverged": "black",
+    "undetermined": "darkgrey",
+    None: "lightgrey",
+}
 
 
-def fit_map(points: list[dict[str, Any]], keys: list[str], logs: set[str] | None = None,
-            ) -> bytes:
+def fit_map(
+    points: list[dict[str, Any]],
+    keys: list[str],
+    logs: set[str] | None = None,
+) -> bytes:
     """The underfit / sweet spot / overfit chart, from the sweep's own trials: training
     (circles) and validation (crosses) loss at each trial's best epoch against each
     regularization key, coloured by the trial's label."""
@@ -151,20 +194,28 @@ def fit_map(points: list[dict[str, Any]], keys: list[str], logs: set[str] | None
             color = LABEL_COLORS.get(p.get("label"), "lightgrey")
             ax.scatter([p[key]], [p["train_loss"]], marker="o", color=color, s=36)
             ax.scatter([p[key]], [p["val_loss"]], marker="x", color=color, s=44)
-            ax.plot([p[key], p[key]], [p["train_loss"], p["val_loss"]], color=color,
-                    lw=0.6, alpha=0.5)
+            ax.plot(
+                [p[key], p[key]], [p["train_loss"], p["val_loss"]], color=color, lw=0.6, alpha=0.5
+            )
         if key in logs:
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel("loss at the best epoch")
         ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], color=c, marker="s", ls="", label=str(lab))
-               for lab, c in LABEL_COLORS.items() if lab is not None]
-    handles += [plt.Line2D([], [], color="black", marker="o", ls="", label="training loss"),
-                plt.Line2D([], [], color="black", marker="x", ls="", label="validation loss")]
+    handles = [
+        plt.Line2D([], [], color=c, marker="s", ls="", label=str(lab))
+        for lab, c in LABEL_COLORS.items()
+        if lab is not None
+    ]
+    handles += [
+        plt.Line2D([], [], color="black", marker="o", ls="", label="training loss"),
+        plt.Line2D([], [], color="black", marker="x", ls="", label="validation loss"),
+    ]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle("bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit);"
-                 " both: the two at once")
+    fig.suptitle(
+        "bias/variance: high bias (underfit) <- sweet spot -> high variance (overfit);"
+        " both: the two at once"
+    )
     return _png(fig)
 
 
@@ -180,8 +231,15 @@ def confusion_matrix(cm: list[list[float]], classes: list, title: str) -> bytes:
     for i, row in enumerate(cm):
         for j, v in enumerate(row):
             if v:
-                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
-                        color="white" if v > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > top / 2 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     return _png(fig)

@@ -65,9 +65,11 @@ def _fmt(v: Any) -> str:
 def epoch_line(result: dict[str, Any]) -> str:
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1")
     flags = " ".join(k for k in ("early_stopped", "diverged") if result.get(k))
-    return (f"[train] epoch {int(result['epoch'])}: "
-            + " ".join(f"{k}={float(result[k]):.4f}" for k in keys if k in result)
-            + (f" ({flags})" if flags else ""))
+    return (
+        f"[train] epoch {int(result['epoch'])}: "
+        + " ".join(f"{k}={float(result[k]):.4f}" for k in keys if k in result)
+        + (f" ({flags})" if flags else "")
+    )
 
 
 def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str) -> str:
@@ -78,8 +80,10 @@ def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str
     if best is None or best.best is None:
         return head
     values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())
-    return (f"{head} | best {metric}={best.best[metric]:.4f} "
-            f"(val_accuracy={best.best.get('val_accuracy', float('nan')):.4f}; {values})")
+    return (
+        f"{head} | best {metric}={best.best[metric]:.4f} "
+        f"(val_accuracy={best.best.get('val_accuracy', float('nan')):.4f}; {values})"
+    )
 
 
 def status_of(r: TrialRecord, planned_epochs: int) -> str:
@@ -93,8 +97,13 @@ def status_of(r: TrialRecord, planned_epochs: int) -> str:
     return {"TERMINATED": "finished", "ERROR": "failed"}.get(r.status, r.status.lower())
 
 
-def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
-          planned_epochs: int, rank: tuple[str, str] = ("val_loss", "min")) -> str:
+def table(
+    records: list[TrialRecord],
+    keys: list[str],
+    champion_id: str | None,
+    planned_epochs: int,
+    rank: tuple[str, str] = ("val_loss", "min"),
+) -> str:
     """The final trial table, best first: searched values, epochs run, the ranking metric,
     val loss and accuracy, and the generalization gap at the best epoch."""
     key, mode = rank
@@ -105,9 +114,16 @@ def table(records: list[TrialRecord], keys: list[str], champion_id: str | None,
     for r in sorted(records, key=lambda r: sign * (r.best or {}).get(key, sign * math.inf)):
         best = r.best or {}
         mark = " *" if r.trial_id == champion_id else ""
-        rows.append([r.trial_id + mark, *(_fmt(r.values.get(k, "")) for k in keys), str(r.epochs),
-                     *(_fmt(best.get(k, float("nan"))) for k in shown),
-                     status_of(r, planned_epochs), r.diagnosis or "-"])
+        rows.append(
+            [
+                r.trial_id + mark,
+                *(_fmt(r.values.get(k, "")) for k in keys),
+                str(r.epochs),
+                *(_fmt(best.get(k, float("nan"))) for k in shown),
+                status_of(r, planned_epochs),
+                r.diagnosis or "-",
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
@@ -128,10 +144,13 @@ def stalled(last_seen: dict[str, float], now: float, timeout: float) -> tuple[st
     return (trial_id, silent) if silent > timeout else None
 
 
-def stall_message(trial_id: str, values: dict[str, Any], epoch: int, planned: int,
-                  silent: float, timeout: float) -> str:
+def stall_message(
+    trial_id: str, values: dict[str, Any], epoch: int, planned: int, silent: float, timeout: float
+) -> str:
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) or "no searched values"
     last = f"last result: epoch {epoch} of {planned}" if epoch else "no result yet"
-    return (f"trial {trial_id} ({shown}) has reported nothing for {silent / 60:.1f} min "
-            f"({last}; sweep.stall_timeout is {timeout:g} s): the sweep was stopped instead "
-            "of waiting on it")
+    return (
+        f"trial {trial_id} ({shown}) has reported nothing for {silent / 60:.1f} min "
+        f"({last}; sweep.stall_timeout is {timeout:g} s): the sweep was stopped instead "
+        "of waiting on it"
+    )

@@ -62,8 +62,12 @@ class ReportRelay(ray.train.UserCallback):
     def __init__(self, queue: Any) -> None:
         self._queue = queue
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: ray.train.Checkpoint | None) -> None:
+    def after_report(
+        self,
+        run_context: Any,
+        metrics: list[dict[str, Any]],
+        checkpoint: ray.train.Checkpoint | None,
+    ) -> None:
         row = dict(metrics[0])
         if checkpoint:  # already in storage: Tune gets its path, not a second upload
             row[CHECKPOINT_PATH] = checkpoint.path
@@ -78,8 +82,9 @@ def report_queue() -> Any:
     return Queue(maxsize=1, actor_options={"num_cpus": 0})
 
 
-def fit_relayed(trainer: ray.train.torch.TorchTrainer, queue: Any,
-                report: Callable[[dict[str, Any]], None]) -> None:
+def fit_relayed(
+    trainer: ray.train.torch.TorchTrainer, queue: Any, report: Callable[[dict[str, Any]], None]
+) -> None:
     """``trainer.fit()`` in a thread of its own while this thread relays every report to
     ``report`` (``tune.report``): the trial has one producer of results, this thread, and it
     returns only when fit() has and every report was relayed. fit()'s error is raised here."""
@@ -95,8 +100,9 @@ def fit_relayed(trainer: ray.train.torch.TorchTrainer, queue: Any,
 
     def take(timeout: float) -> dict[str, Any] | None:
         try:
-            item: dict[str, Any] = (queue.get(block=False) if timeout <= 0
-                                    else queue.get(timeout=timeout))
+            item: dict[str, Any] = (
+                queue.get(block=False) if timeout <= 0 else queue.get(timeout=timeout)
+            )
             return item
         except Empty:
             return None
@@ -130,11 +136,19 @@ def worker_fn(payload: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- streaming (Ray Data)
 
 
-def _to_xy(batch: dict[str, np.ndarray], names: list[str], label: str, classes: np.ndarray,
-           data_cfg: config_mod.DataConfig) -> dict[str, np.ndarray]:
+def _to_xy(
+    batch: dict[str, np.ndarray],
+    names: list[str],
+    label: str,
+    classes: np.ndarray,
+    data_cfg: config_mod.DataConfig,
+) -> dict[str, np.ndarray]:
     x = np.column_stack([np.asarray(batch[n], dtype=np.float32) for n in names])
-    return {"x": x, "y": np.searchsorted(classes, batch[label]).astype(np.int64),
-            "split": data.assign_split(x, data_cfg)}
+    return {
+        "x": x,
+        "y": np.searchsorted(classes, batch[label]).astype(np.int64),
+        "split": data.assign_split(x, data_cfg),
+    }
 
 
 def _keep(batch: dict[str, np.ndarray], codes: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -148,20 +162,39 @@ def stream_datasets(cfg: Config, summary: data.Summary) -> dict[str, ray.data.Da
     # Small CPU requests: the tasks run beside the training workers in scaling.data_cpus.
     task_cpus = min(0.1, cfg.scaling.data_cpus)
     xy = ray.data.read_parquet(cfg.data.path, ray_remote_args={"num_cpus": task_cpus}).map_batches(
-        functools.partial(_to_xy, names=summary.feature_names, label=cfg.data.label,
-                          classes=np.asarray(summary.classes), data_cfg=cfg.data),
-        batch_format="numpy", num_cpus=task_cpus)
-    out = {name: xy.map_batches(functools.partial(_keep, codes=codes), batch_format="numpy",
-                                num_cpus=task_cpus)
-           for name, codes in (("train", (data.TRAIN,)), ("val", (data.VAL,)),
-                               ("test", (data.TEST,)), ("train+val", (data.TRAIN, data.VAL)))}
+        functools.partial(
+            _to_xy,
+            names=summary.feature_names,
+            label=cfg.data.label,
+            classes=np.asarray(summary.classes),
+            data_cfg=cfg.data,
+        ),
+        batch_format="numpy",
+        num_cpus=task_cpus,
+    )
+    out = {
+        name: xy.map_batches(
+            functools.partial(_keep, codes=codes), batch_format="numpy", num_cpus=task_cpus
+        )
+        for name, codes in (
+            ("train", (data.TRAIN,)),
+            ("val", (data.VAL,)),
+            ("test", (data.TEST,)),
+            ("train+val", (data.TRAIN, data.VAL)),
+        )
+    }
     if cfg.data.max_train_rows is not None:
         out["train"] = out["train"].limit(cfg.data.max_train_rows)
     return out
 
 
-def stream_feed(cfg: Config, info: dict[str, Any], seam: loop.Seam,
-                train_shard: Any = None, val_shard: Any = None) -> loop.Feed:
+def stream_feed(
+    cfg: Config,
+    info: dict[str, Any],
+    seam: loop.Seam,
+    train_shard: Any = None,
+    val_shard: Any = None,
+) -> loop.Feed:
     """This worker's shards of the streamed splits (Ray Train splits them equally), or the
     whole datasets given (a single-worker trial on Tune's fast path)."""
     train_shard = train_shard or ray.train.get_dataset_shard("train")
@@ -169,28 +202,43 @@ def stream_feed(cfg: Config, info: dict[str, Any], seam: loop.Seam,
 
     def train_batches(epoch: int, micro_batch: int) -> Iterator[loop.Batch]:
         for b in train_shard.iter_torch_batches(
-                batch_size=micro_batch, device=seam.device,
-                # a shuffle within a window of rows, seeded by epoch
-                local_shuffle_buffer_size=micro_batch * 16,
-                local_shuffle_seed=cfg.train.seed * 100_003 + epoch):
+            batch_size=micro_batch,
+            device=seam.device,
+            # a shuffle within a window of rows, seeded by epoch
+            local_shuffle_buffer_size=micro_batch * 16,
+            local_shuffle_seed=cfg.train.seed * 100_003 + epoch,
+        ):
             yield b["x"], b["y"]
 
     def val_batches() -> Iterator[loop.Batch]:
         for b in val_shard.iter_torch_batches(batch_size=4096, device=seam.device):
             yield b["x"], b["y"]
 
-    return loop.Feed(len(info["classes"]), np.asarray(info["col_mean"]),
-                     np.asarray(info["col_std"]), train_batches, val_batches)
+    return loop.Feed(
+        len(info["classes"]),
+        np.asarray(info["col_mean"]),
+        np.asarray(info["col_std"]),
+        train_batches,
+        val_batches,
+    )
 
 
 def stream_info(summary: data.Summary, group: str) -> dict[str, Any]:
-    return {"classes": summary.classes, "col_mean": summary.col_mean[group].tolist(),
-            "col_std": summary.col_std[group].tolist()}
+    return {
+        "classes": summary.classes,
+        "col_mean": summary.col_mean[group].tolist(),
+        "col_std": summary.col_std[group].tolist(),
+    }
 
 
-def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any] | None = None,
-                 refit: bool = False, summary: data.Summary | None = None,
-                 ) -> ray.train.torch.TorchTrainer:
+def make_trainer(
+    cfg: Config,
+    name: str,
+    storage_path: str,
+    callbacks: list[Any] | None = None,
+    refit: bool = False,
+    summary: data.Summary | None = None,
+) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer for the config; with a ``summary`` (from ``data.scan``) it streams."""
     s = cfg.scaling
     payload: dict[str, Any] = {"config": config_mod.to_dict(cfg), "refit": refit}
@@ -206,8 +254,11 @@ def make_trainer(cfg: Config, name: str, storage_path: str, callbacks: list[Any]
         train_loop_config=payload,
         datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
-            placement_strategy=s.placement_strategy),
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=s.placement_strategy,
+        ),
         torch_config=ray.train.torch.TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=name,

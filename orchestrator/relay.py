@@ -33,8 +33,12 @@ from typing import Any
 POLL_S = 0.2  # how often the relay looks at whether fit() has returned while nothing arrives
 
 
-def relay(take: Callable[[float], dict[str, Any] | None], done: Callable[[], bool],
-          report: Callable[[dict[str, Any]], None], poll_s: float = POLL_S) -> int:
+def relay(
+    take: Callable[[float], dict[str, Any] | None],
+    done: Callable[[], bool],
+    report: Callable[[dict[str, Any]], None],
+    poll_s: float = POLL_S,
+) -> int:
     """Hand every report ``take`` yields to ``report``, in order, until ``done()`` and the
     queue is drained. ``take(timeout)`` returns the next report or None when none came in
     ``timeout`` seconds. Returns how many reports were relayed."""

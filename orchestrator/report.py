@@ -21,8 +21,14 @@ from orchestrator.review import SweepView
 
 REPORT = "report.html"
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
-COLORS = {"underfit": "#1f77b4", "good_fit": "#2ca02c", "overfit": "#d62728",
-          "both": "#9467bd", "diverged": "#444444", "undetermined": "#999999"}
+COLORS = {
+    "underfit": "#1f77b4",
+    "good_fit": "#2ca02c",
+    "overfit": "#d62728",
+    "both": "#9467bd",
+    "diverged": "#444444",
+    "undetermined": "#999999",
+}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -43,8 +49,10 @@ def _img(png: bytes, alt: str) -> str:
 def _label(label: str | None) -> str:
     if not label:
         return '<span class="muted">-</span>'
-    return (f'<span class="label" style="background:{COLORS.get(label, "#777")}">'
-            f"{html.escape(label)}</span>")
+    return (
+        f'<span class="label" style="background:{COLORS.get(label, "#777")}">'
+        f"{html.escape(label)}</span>"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -69,11 +77,17 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     if version is None:
         return '<p class="muted">No champion was registered by this sweep.</p>', trial
     name = view.cfg.tracking.register_as
-    out = [f"<p>Trial <b>{html.escape(trial or '?')}</b>, registered as "
-           f"<code>models:/{html.escape(name)}/{html.escape(version)}</code>.</p>"]
-    out.append("<table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in sorted(scores))
-               + "</tr><tr>" + "".join(f"<td>{scores[k]:.4f}</td>" for k in sorted(scores))
-               + "</tr></table>")
+    out = [
+        f"<p>Trial <b>{html.escape(trial or '?')}</b>, registered as "
+        f"<code>models:/{html.escape(name)}/{html.escape(version)}</code>.</p>"
+    ]
+    out.append(
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(k)}</th>" for k in sorted(scores))
+        + "</tr><tr>"
+        + "".join(f"<td>{scores[k]:.4f}</td>" for k in sorted(scores))
+        + "</tr></table>"
+    )
     try:
         served = serve.load(f"models:/{name}/{version}", uri)
         prep = sweep.prepare(view.cfg)
@@ -89,8 +103,9 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
             pred = served.net(x).argmax(dim=1)
             for t, p in zip(y.tolist(), pred.tolist(), strict=True):
                 cm[int(t)][int(p)] += 1
-    out.append(_img(plots.confusion_matrix(cm, classes, "champion on the test split"),
-                    "confusion matrix"))
+    out.append(
+        _img(plots.confusion_matrix(cm, classes, "champion on the test split"), "confusion matrix")
+    )
     return "\n".join(out), trial
 
 
@@ -101,30 +116,40 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
     space = cfg.sweep.space
     keys = list(space)
     logs = {k for k, s in space.items() if s["type"] == "loguniform"}
-    ranked = sorted(view.trials, key=lambda t: t.best.get(key, math.inf if mode == "min"
-                                                          else -math.inf),
-                    reverse=mode == "max")
+    ranked = sorted(
+        view.trials,
+        key=lambda t: t.best.get(key, math.inf if mode == "min" else -math.inf),
+        reverse=mode == "max",
+    )
     counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>sweep report: "
-             f"{html.escape(view.folder.name)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>Sweep {html.escape(view.folder.name)}</h1>",
-             f"<p>{len(view.trials)} trials, ranked by {html.escape(key)} ({mode}): "
-             + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items() if n)
-             + f". Baseline (predicting the class frequencies): loss "
-               f"{view.baseline.loss:.3f}, accuracy {view.baseline.accuracy:.3f}. "
-               f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "
-               f"{time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sweep report: "
+        f"{html.escape(view.folder.name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Sweep {html.escape(view.folder.name)}</h1>",
+        f"<p>{len(view.trials)} trials, ranked by {html.escape(key)} ({mode}): "
+        + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items() if n)
+        + f". Baseline (predicting the class frequencies): loss "
+        f"{view.baseline.loss:.3f}, accuracy {view.baseline.accuracy:.3f}. "
+        f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
+    ]
     # the trials
     head = ["trial", *keys, "epochs", key, "train_loss", "val_accuracy", "fit", "why"]
-    parts.append("<h2>Trials</h2><table><tr>"
-                 + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+    parts.append(
+        "<h2>Trials</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    )
     for t in ranked:
         epochs = int(max((r["epoch"] for r in t.history), default=0))
-        cells = [html.escape(t.trial_id), *(_fmt(t.values.get(k, "")) for k in keys),
-                 str(epochs), _fmt(t.best.get(key, math.nan)),
-                 _fmt(t.best.get("train_loss", math.nan)),
-                 _fmt(t.best.get("val_accuracy", math.nan)), _label(t.label),
-                 html.escape(t.reasons)]
+        cells = [
+            html.escape(t.trial_id),
+            *(_fmt(t.values.get(k, "")) for k in keys),
+            str(epochs),
+            _fmt(t.best.get(key, math.nan)),
+            _fmt(t.best.get("train_loss", math.nan)),
+            _fmt(t.best.get("val_accuracy", math.nan)),
+            _label(t.label),
+            html.escape(t.reasons),
+        ]
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
     # the search space, seen whole
@@ -132,17 +157,31 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
     points = [{**t.values, key: t.best[key], "label": t.label} for t in scored]
     star = next((i for i, t in enumerate(scored) if t.trial_id == champion_id), None)
     numeric = [k for k in keys if space[k]["type"] in ("uniform", "loguniform", "randint")]
-    pair = (["train.weight_decay", "model.dropout"]
-            if {"train.weight_decay", "model.dropout"} <= set(keys) else numeric[:2])
+    pair = (
+        ["train.weight_decay", "model.dropout"]
+        if {"train.weight_decay", "model.dropout"} <= set(keys)
+        else numeric[:2]
+    )
     parts.append("<h2>Where the sweet spot lies</h2><div class='grid'>")
     if len(pair) == 2 and points:
-        parts.append(_img(plots.regularization_map(points, pair[0], pair[1], key,
-                                                   log_x=pair[0] in logs,
-                                                   log_y=pair[1] in logs, champion=star),
-                          "regularization map"))
+        parts.append(
+            _img(
+                plots.regularization_map(
+                    points,
+                    pair[0],
+                    pair[1],
+                    key,
+                    log_x=pair[0] in logs,
+                    log_y=pair[1] in logs,
+                    champion=star,
+                ),
+                "regularization map",
+            )
+        )
     if points and keys:
-        parts.append(_img(plots.parallel_coordinates(points, keys, key, logs),
-                          "parallel coordinates"))
+        parts.append(
+            _img(plots.parallel_coordinates(points, keys, key, logs), "parallel coordinates")
+        )
     parts.append("</div>")
     fits = review.fit_map(view, ranked)
     if fits is not None:
@@ -150,21 +189,26 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
     # the champion
     parts.append("<h2>Champion</h2>" + champion_html)
     # learning curves
-    parts.append(f"<h2>Learning curves (the best {min(CURVES_SHOWN, len(ranked))})</h2>"
-                 "<div class='grid'>")
+    parts.append(
+        f"<h2>Learning curves (the best {min(CURVES_SHOWN, len(ranked))})</h2><div class='grid'>"
+    )
     for t in ranked[:CURVES_SHOWN]:
         if t.history:
             title = f"{t.trial_id} ({t.label or 'unlabelled'})"
-            parts.append(_img(plots.learning_curves(t.history, title),
-                              f"learning curves {t.trial_id}"))
+            parts.append(
+                _img(plots.learning_curves(t.history, title), f"learning curves {t.trial_id}")
+            )
     parts.append("</div>")
     # next
-    parts.append("<h2>Next search space</h2><pre>"
-                 + html.escape(yaml.safe_dump({"sweep": {"space": view.space}},
-                                              sort_keys=False))
-                 + "</pre><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in view.why)
-                 + "</ul><p>Run it: <code>orchestrator sweep CONFIG --refine-from "
-                 + html.escape(cfg.experiment) + "</code></p></body></html>")
+    parts.append(
+        "<h2>Next search space</h2><pre>"
+        + html.escape(yaml.safe_dump({"sweep": {"space": view.space}}, sort_keys=False))
+        + "</pre><ul>"
+        + "".join(f"<li>{html.escape(w)}</li>" for w in view.why)
+        + "</ul><p>Run it: <code>orchestrator sweep CONFIG --refine-from "
+        + html.escape(cfg.experiment)
+        + "</code></p></body></html>"
+    )
     return "\n".join(parts)
 
 

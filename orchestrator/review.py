@@ -71,8 +71,9 @@ def load(experiment: str, storage: str = "results") -> SweepView:
     for run in tracking.child_runs(client, state["experiment_id"], state["parent_run_id"]):
         if run.data.tags.get(tracking.ROLE) != "trial":
             continue
-        values = {k: yaml.safe_load(run.data.params[k]) for k in cfg.sweep.space
-                  if k in run.data.params}
+        values = {
+            k: yaml.safe_load(run.data.params[k]) for k in cfg.sweep.space if k in run.data.params
+        }
         rows: dict[int, dict[str, float]] = {}
         for m in METRICS:
             for point in client.get_metric_history(run.info.run_id, m):
@@ -80,27 +81,42 @@ def load(experiment: str, storage: str = "results") -> SweepView:
         history = [rows[e] for e in sorted(rows)]
         label = run.data.tags.get("orchestrator.diagnosis")
         reasons = run.data.tags.get("orchestrator.diagnosis_reasons", "")
-        fixes = [f for f in run.data.tags.get("orchestrator.diagnosis_fixes", "").split("; ")
-                 if f]
+        fixes = [f for f in run.data.tags.get("orchestrator.diagnosis_fixes", "").split("; ") if f]
         if label is None and history:  # a sweep from before the labels: judge it now
             # how it ended is a tag, not a metric: put the loop's flag back on its last epoch
             status = run.data.tags.get("orchestrator.status", "")
             flag = {"early stopping": "early_stopped", "diverged": "diverged"}.get(status)
             if flag:
                 history[-1] = {**history[-1], flag: 1.0}
-            found = (diagnosis.failed(len(history)) if status == "failed" else
-                     diagnosis.diagnose(history, base, config_mod.with_values(cfg, values),
-                                        cfg.diagnosis))
+            found = (
+                diagnosis.failed(len(history))
+                if status == "failed"
+                else diagnosis.diagnose(
+                    history, base, config_mod.with_values(cfg, values), cfg.diagnosis
+                )
+            )
             if found is not None:
                 label, reasons, fixes = found.label, found.reasons, found.fixes
         scored = [r for r in history if key in r and math.isfinite(r[key])]
         best = (min if mode == "min" else max)(scored, key=lambda r: r[key]) if scored else {}
-        views.append(TrialView(run.data.tags.get("orchestrator.trial_id", run.info.run_id),
-                               run.info.run_id, values, history, label, reasons, fixes,
-                               best))
+        views.append(
+            TrialView(
+                run.data.tags.get("orchestrator.trial_id", run.info.run_id),
+                run.info.run_id,
+                values,
+                history,
+                label,
+                reasons,
+                fixes,
+                best,
+            )
+        )
     if not views:
-        raise ConfigError("EXPERIMENT", f"the sweep in {folder} has no trial runs in MLflow",
-                          "run the sweep first, or check tracking.uri")
+        raise ConfigError(
+            "EXPERIMENT",
+            f"the sweep in {folder} has no trial runs in MLflow",
+            "run the sweep first, or check tracking.uri",
+        )
     points = [{**v.values, key: v.best[key], "label": v.label} for v in views if v.best]
     space, why = diagnosis.propose(points, cfg.sweep.space, key, mode, cfg)
     return SweepView(folder, cfg, state["parent_run_id"], base, views, space, why)
@@ -108,8 +124,7 @@ def load(experiment: str, storage: str = "results") -> SweepView:
 
 def _baseline(tag: str) -> diagnosis.Baseline:
     found = dict(re.findall(r"(loss|accuracy)=([0-9.eE+-]+)", tag))
-    return diagnosis.Baseline(float(found.get("loss", "nan")),
-                              float(found.get("accuracy", "nan")))
+    return diagnosis.Baseline(float(found.get("loss", "nan")), float(found.get("accuracy", "nan")))
 
 
 def _fmt(v: Any) -> str:
@@ -121,20 +136,30 @@ def _fmt(v: Any) -> str:
 def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
     key, mode = config_mod.rank_metric(view.cfg)
     counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
-    out(f"[diagnose] {view.folder.name}: {len(view.trials)} trials: "
+    out(
+        f"[diagnose] {view.folder.name}: {len(view.trials)} trials: "
         + ", ".join(f"{n} {lab}" for lab, n in counts.items() if n)
         + f"; baseline (class frequencies) loss {view.baseline.loss:.3f}, accuracy "
-          f"{view.baseline.accuracy:.3f}")
+        f"{view.baseline.accuracy:.3f}"
+    )
     keys = list(view.cfg.sweep.space)
     header = ["trial", *keys, key, "train_loss", "fit"]
     rows = []
-    ranked = sorted(view.trials, key=lambda t: t.best.get(key, math.inf if mode == "min"
-                                                          else -math.inf),
-                    reverse=mode == "max")
+    ranked = sorted(
+        view.trials,
+        key=lambda t: t.best.get(key, math.inf if mode == "min" else -math.inf),
+        reverse=mode == "max",
+    )
     for t in ranked:
-        rows.append([t.trial_id, *(_fmt(t.values.get(k, "")) for k in keys),
-                     _fmt(t.best.get(key, math.nan)), _fmt(t.best.get("train_loss", math.nan)),
-                     t.label or "-"])
+        rows.append(
+            [
+                t.trial_id,
+                *(_fmt(t.values.get(k, "")) for k in keys),
+                _fmt(t.best.get(key, math.nan)),
+                _fmt(t.best.get("train_loss", math.nan)),
+                t.label or "-",
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for cells in [header, ["-" * w for w in widths], *rows]:
         out("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
@@ -145,13 +170,18 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
             for f in t.fixes[:4]:
                 out(f"    try: {f}")
     best = ranked[0]
-    out(f"\nsweet spot: trial {best.trial_id} ("
+    out(
+        f"\nsweet spot: trial {best.trial_id} ("
         + ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())
-        + f"), {key}={best.best.get(key, math.nan):.4f}, {best.label or 'unlabelled'}")
-    out("\nnext search space (orchestrator sweep CONFIG --refine-from "
-        f"{view.cfg.experiment}):")
-    out("  " + yaml.safe_dump({"sweep": {"space": view.space}}, sort_keys=False,
-                             default_flow_style=None).replace("\n", "\n  ").rstrip())
+        + f"), {key}={best.best.get(key, math.nan):.4f}, {best.label or 'unlabelled'}"
+    )
+    out(f"\nnext search space (orchestrator sweep CONFIG --refine-from {view.cfg.experiment}):")
+    out(
+        "  "
+        + yaml.safe_dump({"sweep": {"space": view.space}}, sort_keys=False, default_flow_style=None)
+        .replace("\n", "\n  ")
+        .rstrip()
+    )
     out("because:")
     for w in view.why:
         out(f"  - {w}")
@@ -160,8 +190,9 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
 def write(view: SweepView) -> Path:
     """``next_space.yaml`` and ``fit_map.png`` in the sweep's folder."""
     path = view.folder / NEXT_SPACE
-    path.write_text(yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why},
-                                   sort_keys=False))
+    path.write_text(
+        yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why}, sort_keys=False)
+    )
     png = fit_map(view, view.trials)
     if png is not None:
         (view.folder / "fit_map.png").write_bytes(png)
@@ -173,8 +204,19 @@ def fit_map(view: SweepView, trials: list[TrialView]) -> bytes | None:
     searched none of them."""
     space = view.cfg.sweep.space
     logs = {k for k, s in space.items() if s["type"] == "loguniform"}
-    regs = [k for k in diagnosis.REGULARIZERS if k in space
-            and space[k]["type"] in ("uniform", "loguniform")]
-    fits = [{**t.values, "train_loss": t.best["train_loss"], "val_loss": t.best["val_loss"],
-             "label": t.label} for t in trials if "train_loss" in t.best and "val_loss" in t.best]
+    regs = [
+        k
+        for k in diagnosis.REGULARIZERS
+        if k in space and space[k]["type"] in ("uniform", "loguniform")
+    ]
+    fits = [
+        {
+            **t.values,
+            "train_loss": t.best["train_loss"],
+            "val_loss": t.best["val_loss"],
+            "label": t.label,
+        }
+        for t in trials
+        if "train_loss" in t.best and "val_loss" in t.best
+    ]
     return plots.fit_map(fits, regs, logs) if regs and fits else None

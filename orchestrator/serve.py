@@ -66,8 +66,9 @@ def no_pickles() -> None:
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 
 
-def load(model_uri: str, tracking_uri: str | None = None,
-         max_model_mb: float = MAX_MODEL_MB) -> Served:
+def load(
+    model_uri: str, tracking_uri: str | None = None, max_model_mb: float = MAX_MODEL_MB
+) -> Served:
     """The model behind ``model_uri``, rebuilt from its pickle-free form only: the plain
     tensors of ``extra_files/weights.pt`` (``torch.load(weights_only=True)``) and the
     checked spec of ``extra_files/model.json``. Nothing else of the version is downloaded,
@@ -91,8 +92,14 @@ def load(model_uri: str, tracking_uri: str | None = None,
             raise  # the disk, not the version: tried again at the next reload
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
             raise Refused(version, f"{fixed}: {e}") from None
-    return Served(model.WithProbabilities(net).eval(), list(spec["classes"]),
-                  int(spec["num_features"]), model_uri, version, run_id)
+    return Served(
+        model.WithProbabilities(net).eval(),
+        list(spec["classes"]),
+        int(spec["num_features"]),
+        model_uri,
+        version,
+        run_id,
+    )
 
 
 def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
@@ -104,25 +111,41 @@ def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
     from orchestrator import tracking
 
     caps = {tracking.MODEL_FILE: tracking.MAX_SPEC_BYTES, tracking.WEIGHTS_FILE: max_weights}
-    listed = {Path(a.path).name: a.file_size for a in mlflow.artifacts.list_artifacts(
-        artifact_uri=f"{fixed}/extra_files") if not a.is_dir}
+    listed = {
+        Path(a.path).name: a.file_size
+        for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/extra_files")
+        if not a.is_dir
+    }
     missing = [name for name in caps if name not in listed]
     if missing:
         files = " and ".join(f"extra_files/{name}" for name in missing)
-        raise Refused(version, (
-            f"{fixed} has no pickle-free form (missing {files}): "
-            "the server loads only plain tensors and a JSON spec, never a pickled model. "
-            "Register the model again with this orchestrator (a sweep, or `orchestrator "
-            "tracking replay` of a kept champion), which logs both files beside it"))
+        raise Refused(
+            version,
+            (
+                f"{fixed} has no pickle-free form (missing {files}): "
+                "the server loads only plain tensors and a JSON spec, never a pickled model. "
+                "Register the model again with this orchestrator (a sweep, or `orchestrator "
+                "tracking replay` of a kept champion), which logs both files beside it"
+            ),
+        )
     for name, cap in caps.items():
         if (listed[name] or 0) > cap:
-            raise Refused(version, f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
-                                   f"over the cap of {cap:,}" + _raise_cap(name))
-        path = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)))
+            raise Refused(
+                version,
+                f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
+                f"over the cap of {cap:,}" + _raise_cap(name),
+            )
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)
+            )
+        )
         if path.stat().st_size > cap:
-            raise Refused(version, f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
-                                   f"bytes, over the cap of {cap:,}" + _raise_cap(name))
+            raise Refused(
+                version,
+                f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
+                f"bytes, over the cap of {cap:,}" + _raise_cap(name),
+            )
         if path.parent != folder:
             path.replace(folder / name)
 
@@ -140,7 +163,7 @@ def resolve(model_uri: str) -> tuple[str, str]:
 
     if not model_uri.startswith("models:/"):
         return "", ""
-    ref = model_uri[len("models:/"):]
+    ref = model_uri[len("models:/") :]
     client = MlflowClient()
     if "@" in ref:
         name, alias = ref.split("@", 1)
@@ -157,8 +180,9 @@ def _fixed(model_uri: str, version: str) -> str:
     return model_uri
 
 
-def reloader(model_uri: str, current: str,
-             max_model_mb: float = MAX_MODEL_MB) -> Callable[[], Served | None]:
+def reloader(
+    model_uri: str, current: str, max_model_mb: float = MAX_MODEL_MB
+) -> Callable[[], Served | None]:
     """For ``create_app``: the model again when its alias has moved to another version.
     A version it refused is not downloaded again: the same ``Refused`` is raised until the
     alias moves on."""
@@ -178,6 +202,7 @@ def reloader(model_uri: str, current: str,
             raise
         seen["version"] = served.version
         return served
+
     return reload
 
 
@@ -203,8 +228,13 @@ class Batcher(Protocol):
 BatcherFactory = Callable[[Callable[[np.ndarray], np.ndarray], float, int], Batcher]
 
 
-def _state(served: Served, window_s: float, max_rows: int, metrics: ServerMetrics,
-           make_batcher: BatcherFactory) -> State:
+def _state(
+    served: Served,
+    window_s: float,
+    max_rows: int,
+    metrics: ServerMetrics,
+    make_batcher: BatcherFactory,
+) -> State:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = served.net.to(device).eval()
 
@@ -281,13 +311,21 @@ def _locate(rows: list, n: int) -> None:
 
 
 def _kind(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
-                    status_code=status, media_type="application/json")
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 class Guard:
@@ -296,8 +334,9 @@ class Guard:
     metrics. A body without a declared length is counted as it arrives and refused once it
     passes the limit, so nothing unbounded is ever read."""
 
-    def __init__(self, app: ASGIApp, key_digest: bytes | None, limit: int,
-                 metrics: ServerMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, key_digest: bytes | None, limit: int, metrics: ServerMetrics
+    ) -> None:
         self.app, self.key_digest, self.limit, self.metrics = app, key_digest, limit, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -320,14 +359,19 @@ class Guard:
             elif name == b"content-type":
                 kind = value
         if self.key_digest and path != "/health" and not _authorized(scope, self.key_digest):
-            await _json({"detail": "missing or wrong API key (X-API-Key or Authorization: "
-                                   "Bearer)"}, 401)(scope, receive, send_status)
+            await _json(
+                {"detail": "missing or wrong API key (X-API-Key or Authorization: Bearer)"}, 401
+            )(scope, receive, send_status)
         elif path == "/predict" and scope["method"] == "POST" and not _is_json(kind):
             # a cross-site page may POST text/plain without asking (no CORS preflight); a
             # JSON body has to ask, and this server answers no preflight
-            await _json({"detail": "content-type: /predict takes application/json, not "
-                                   f"{(kind or b'none').decode('latin-1')!r}"}, 415)(
-                scope, receive, send_status)
+            await _json(
+                {
+                    "detail": "content-type: /predict takes application/json, not "
+                    f"{(kind or b'none').decode('latin-1')!r}"
+                },
+                415,
+            )(scope, receive, send_status)
         elif declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._too_big(scope, receive, send_status)
         else:
@@ -344,8 +388,7 @@ class Guard:
                 return message
 
             try:
-                await self.app(scope, receive if declared is not None else counted,
-                               send_status)
+                await self.app(scope, receive if declared is not None else counted, send_status)
             except _TooBig:
                 if not status[0]:
                     await self._too_big(scope, receive, send_status)
@@ -354,13 +397,14 @@ class Guard:
             except Exception as e:  # noqa: BLE001 - a bug answers 500 once, the server stays up
                 if not status[0]:
                     await _json({"detail": f"internal error: {type(e).__name__}"}, 500)(
-                        scope, receive, send_status)
-        self.metrics.request(path if path in KNOWN else "other", status[0] or 500,
-                             time.perf_counter() - start)
+                        scope, receive, send_status
+                    )
+        self.metrics.request(
+            path if path in KNOWN else "other", status[0] or 500, time.perf_counter() - start
+        )
 
     async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _json({"detail": f"body: more than {self.limit} bytes"}, 413)(
-            scope, receive, send)
+        await _json({"detail": f"body: more than {self.limit} bytes"}, 413)(scope, receive, send)
 
 
 class _TooBig(Exception):
@@ -373,38 +417,66 @@ CLIENT_GONE = 499  # nginx's status for "the client closed the request", in /met
 def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
     """OpenAPI for /predict, written out: the body is parsed by ``parse_features``, not by
     a pydantic model, but clients and fuzzers still get the exact shape."""
-    error = {"application/json": {"schema": {
-        "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}
-    body = {"type": "object", "required": ["features"], "properties": {"features": {
-        "type": "array", "minItems": 1, "maxItems": max_batch,
-        "description": "rows of raw feature values, as in the training Parquet",
-        "items": {"type": "array", "minItems": num_features, "maxItems": num_features,
-                  "items": {"type": "number", "minimum": -FLOAT32_MAX,
-                            "maximum": FLOAT32_MAX}}}}}
+    error = {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["detail"],
+                "properties": {"detail": {"type": "string"}},
+            }
+        }
+    }
+    body = {
+        "type": "object",
+        "required": ["features"],
+        "properties": {
+            "features": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_batch,
+                "description": "rows of raw feature values, as in the training Parquet",
+                "items": {
+                    "type": "array",
+                    "minItems": num_features,
+                    "maxItems": num_features,
+                    "items": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+                },
+            }
+        },
+    }
     return {
-        "openapi_extra": {"requestBody": {"required": True, "content": {
-            "application/json": {"schema": body}}}},
+        "openapi_extra": {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
+        },
         "responses": {
             401: {"description": "missing or wrong API key", "content": error},
             413: {"description": "body or batch too big", "content": error},
             415: {"description": "the body is not application/json", "content": error},
-            422: {"description": "not the model's input", "content": error}},
+            422: {"description": "not the model's input", "content": error},
+        },
     }
 
 
-def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
-               api_key: str | None = None, max_body_bytes: int | None = None,
-               reload: Callable[[], Served | None] | None = None,
-               poll_s: float = 0.0, make_batcher: BatcherFactory | None = None,
-               api_key_sha256: str | None = None) -> FastAPI:
+def create_app(
+    served: Served,
+    max_batch: int = 1024,
+    window_ms: float = 2.0,
+    api_key: str | None = None,
+    max_body_bytes: int | None = None,
+    reload: Callable[[], Served | None] | None = None,
+    poll_s: float = 0.0,
+    make_batcher: BatcherFactory | None = None,
+    api_key_sha256: str | None = None,
+) -> FastAPI:
     """The model server. ``reload`` returns a newer model (or None when the alias has not
     moved): called by ``POST /reload`` and, every ``poll_s`` seconds when set, in the
     background. ``api_key`` guards everything but ``/health``; ``api_key_sha256`` (its
     ``key_sha256``) does the same without the key itself (Ray Serve replicas get only
     that). ``make_batcher`` replaces the micro-batcher (Ray Serve brings its own)."""
     if api_key is not None and not api_key.strip():
-        raise ValueError("api_key: empty; an empty key is not a way to turn authentication "
-                         "off (pass None)")
+        raise ValueError(
+            "api_key: empty; an empty key is not a way to turn authentication off (pass None)"
+        )
     if api_key is not None:
         api_key_sha256 = key_sha256(api_key)
     digest = bytes.fromhex(api_key_sha256) if api_key_sha256 else None
@@ -423,8 +495,11 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
             newer = await asyncio.get_running_loop().run_in_executor(None, reload)
         except Refused as e:
             if metrics.refusal(e.version, e.reason):
-                print(f"serve: refused model version {e.version}, still serving version "
-                      f"{box['state'].version}: {e.reason}", flush=True)
+                print(
+                    f"serve: refused model version {e.version}, still serving version "
+                    f"{box['state'].version}: {e.reason}",
+                    flush=True,
+                )
             raise
         if newer is None:
             return False
@@ -444,6 +519,7 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
         gc.freeze()
         task = None
         if poll_s > 0 and reload is not None:
+
             async def poll() -> None:
                 while True:
                     await asyncio.sleep(poll_s)
@@ -452,8 +528,8 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
                     except Refused:
                         pass  # logged and counted by swap
                     except Exception as e:  # noqa: BLE001 - keep serving the model we have
-                        print(f"serve: reload failed, still serving the old model: {e}",
-                              flush=True)
+                        print(f"serve: reload failed, still serving the old model: {e}", flush=True)
+
             task = asyncio.create_task(poll())
         yield
         if task is not None:
@@ -464,8 +540,9 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
     app.add_middleware(Guard, key_digest=digest, limit=limit, metrics=metrics)
 
     # first: the router tries routes in order, and this is the hot one
-    @app.post("/predict", response_model=PredictResponse,
-              **_schemas(served.num_features, max_batch))
+    @app.post(
+        "/predict", response_model=PredictResponse, **_schemas(served.num_features, max_batch)
+    )
     async def predict(request: Request) -> Response:
         st = box["state"]
         try:
@@ -475,22 +552,32 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
         probs = await st.batcher(x)
         if not np.isfinite(probs).all():  # inputs so far out that the network overflowed
             bad = [int(i) for i in np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5]]
-            return _json({"detail": f"features{bad}: the model's output is not a number for "
-                                    "these rows (values far outside the training data?)"}, 422)
+            return _json(
+                {
+                    "detail": f"features{bad}: the model's output is not a number for "
+                    "these rows (values far outside the training data?)"
+                },
+                422,
+            )
         classes = st.served.classes
         # a Response written here: FastAPI's response_model pass re-validates every float
-        return _json({"predictions": [classes[i] for i in probs.argmax(1).tolist()],
-                      "probabilities": probs})
+        return _json(
+            {"predictions": [classes[i] for i in probs.argmax(1).tolist()], "probabilities": probs}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI echoes the bad input back; NaN/Infinity there cannot be JSON-encoded and
         # would turn a 422 into a 500. Answer with the field path and message only.
-        detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-                  for e in exc.errors()]
+        detail = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
         where = ".".join(detail[0]["loc"][1:]) if detail else "body"
-        return JSONResponse({"detail": f"{where}: {detail[0]['msg'] if detail else 'invalid'}",
-                             "errors": detail}, status_code=422)
+        return JSONResponse(
+            {"detail": f"{where}: {detail[0]['msg'] if detail else 'invalid'}", "errors": detail},
+            status_code=422,
+        )
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -498,33 +585,55 @@ def create_app(served: Served, max_batch: int = 1024, window_ms: float = 2.0,
 
     @app.get("/ready")
     def ready() -> dict[str, str]:
-        return {"status": "ready", "model": box["state"].served.model_uri,
-                "version": box["state"].version}
+        return {
+            "status": "ready",
+            "model": box["state"].served.model_uri,
+            "version": box["state"].version,
+        }
 
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
         st = box["state"]
-        return {"model_uri": st.served.model_uri, "version": st.version,
-                "run_id": st.served.run_id, "classes": st.served.classes,
-                "input": {"features": st.served.num_features, "dtype": "float32",
-                          "max_rows": max_batch},
-                "output": {"probabilities": len(st.served.classes)},
-                "batching": {"window_ms": window_ms},
-                # which process answered: tells replicas apart behind a load balancer
-                "server": {"host": socket.gethostname(), "pid": os.getpid()}}
+        return {
+            "model_uri": st.served.model_uri,
+            "version": st.version,
+            "run_id": st.served.run_id,
+            "classes": st.served.classes,
+            "input": {
+                "features": st.served.num_features,
+                "dtype": "float32",
+                "max_rows": max_batch,
+            },
+            "output": {"probabilities": len(st.served.classes)},
+            "batching": {"window_ms": window_ms},
+            # which process answered: tells replicas apart behind a load balancer
+            "server": {"host": socket.gethostname(), "pid": os.getpid()},
+        }
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
         return metrics.text(box["state"].version)
 
-    @app.post("/reload", responses={409: {"description": "the alias names a version that is "
-                                                        "refused; the current one is kept"}})
+    @app.post(
+        "/reload",
+        responses={
+            409: {
+                "description": "the alias names a version that is refused; the current one is kept"
+            }
+        },
+    )
     async def reload_now() -> Response:
         try:
             moved = await swap()
         except Refused as e:
-            return _json({"reloaded": False, "version": box["state"].version,
-                          "refused": {"version": e.version, "reason": e.reason}}, 409)
+            return _json(
+                {
+                    "reloaded": False,
+                    "version": box["state"].version,
+                    "refused": {"version": e.version, "reason": e.reason},
+                },
+                409,
+            )
         return _json({"reloaded": moved, "version": box["state"].version})
 
     return app
@@ -570,8 +679,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def required_key(configured: str | None, environ: Mapping[str, str], host: str,
-            allow_unauthenticated: bool) -> str | None:
+def required_key(
+    configured: str | None, environ: Mapping[str, str], host: str, allow_unauthenticated: bool
+) -> str | None:
     """The API key to require: ``serve.api_key``, else ``$ORCHESTRATOR_API_KEY``, else none.
     An empty key is an error (not "auth off"), and so is no key on an address beyond
     loopback unless ``serve.allow_unauthenticated`` (``--allow-unauthenticated``) says so."""
@@ -581,22 +691,34 @@ def required_key(configured: str | None, environ: Mapping[str, str], host: str,
     if key is None and "ORCHESTRATOR_API_KEY" in environ:
         key, where = environ["ORCHESTRATOR_API_KEY"], "ORCHESTRATOR_API_KEY"
     if key is not None and not key.strip():
-        raise ConfigError(where, "is empty: an empty key would not turn authentication off, "
-                          "so it is refused", "set a key, or unset it to serve without one")
+        raise ConfigError(
+            where,
+            "is empty: an empty key would not turn authentication off, so it is refused",
+            "set a key, or unset it to serve without one",
+        )
     if key is not None and key != key.strip():
-        raise ConfigError(where, "has leading or trailing whitespace (headers are trimmed, so "
-                          "no request could match it)", "remove the whitespace")
+        raise ConfigError(
+            where,
+            "has leading or trailing whitespace (headers are trimmed, so "
+            "no request could match it)",
+            "remove the whitespace",
+        )
     if key is None and not allow_unauthenticated and not is_loopback(host):
-        raise ConfigError("serve.host", f"{host} is reachable beyond this machine, and no API "
-                          "key is set: anyone who reaches the port could predict, reload, and "
-                          "read /metadata and /metrics", "set serve.api_key (or "
-                          "$ORCHESTRATOR_API_KEY), or pass --allow-unauthenticated "
-                          "(serve.allow_unauthenticated: true) if a proxy in front checks")
+        raise ConfigError(
+            "serve.host",
+            f"{host} is reachable beyond this machine, and no API "
+            "key is set: anyone who reaches the port could predict, reload, and "
+            "read /metadata and /metrics",
+            "set serve.api_key (or "
+            "$ORCHESTRATOR_API_KEY), or pass --allow-unauthenticated "
+            "(serve.allow_unauthenticated: true) if a proxy in front checks",
+        )
     return key
 
 
-def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None = None,
-        api_key: str | None = None) -> None:
+def run(
+    model_uri: str, opts: ServeConfig, tracking_uri: str | None = None, api_key: str | None = None
+) -> None:
     """Serve ``model_uri`` on ``opts.host:opts.port`` until stopped; ``Refused`` (before
     binding) when the version is not servable."""
     import uvicorn
@@ -607,19 +729,30 @@ def run(model_uri: str, opts: ServeConfig, tracking_uri: str | None = None,
     no_pickles()
     uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
     served = load(model_uri, uri, opts.max_model_mb)
-    print(f"serving {model_uri} (version {served.version or '?'}, {len(served.classes)} "
-          f"classes, {served.num_features} features) on http://{opts.host}:{opts.port}  "
-          "POST /predict /reload  GET /health /ready /metadata /metrics"
-          + ("  (API key required)" if api_key else ""), flush=True)
-    app = create_app(served, opts.max_batch, opts.window_ms, api_key,
-                     reload=reloader(model_uri, served.version, opts.max_model_mb),
-                     poll_s=opts.poll_s)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning",
-                **limits(opts).uvicorn())
+    print(
+        f"serving {model_uri} (version {served.version or '?'}, {len(served.classes)} "
+        f"classes, {served.num_features} features) on http://{opts.host}:{opts.port}  "
+        "POST /predict /reload  GET /health /ready /metadata /metrics"
+        + ("  (API key required)" if api_key else ""),
+        flush=True,
+    )
+    app = create_app(
+        served,
+        opts.max_batch,
+        opts.window_ms,
+        api_key,
+        reload=reloader(model_uri, served.version, opts.max_model_mb),
+        poll_s=opts.poll_s,
+    )
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", **limits(opts).uvicorn())
 
 
 def limits(opts: ServeConfig) -> Limits:
     """The HTTP limits of ``serve.*`` (``orchestrator/http_limits.py``)."""
-    return Limits(max_header_bytes=opts.max_header_bytes,
-                  header_timeout_s=opts.header_timeout_s, body_timeout_s=opts.body_timeout_s,
-                  max_connections=opts.max_connections, keepalive_s=opts.keepalive_s)
+    return Limits(
+        max_header_bytes=opts.max_header_bytes,
+        header_timeout_s=opts.header_timeout_s,
+        body_timeout_s=opts.body_timeout_s,
+        max_connections=opts.max_connections,
+        keepalive_s=opts.keepalive_s,
+    )

@@ -40,9 +40,25 @@ from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
-EXCLUDES = [".git", ".venv", "venv", "mlflow.db", "*.db", "mlruns", "mlartifacts", "data/",
-            "results/", ".ray-local", "__pycache__", ".pytest_cache", ".mypy_cache",
-            ".ruff_cache", "*.parquet", "mlflow-journal*", "*.egg-info"]
+EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "mlflow.db",
+    "*.db",
+    "mlruns",
+    "mlartifacts",
+    "data/",
+    "results/",
+    ".ray-local",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.parquet",
+    "mlflow-journal*",
+    "*.egg-info",
+]
 ENTRYPOINTS = {"sweep": "jobs.sweep", "train": "jobs.train"}
 
 
@@ -64,10 +80,12 @@ def _request(address: str, path: str, token: str | None) -> Any:
     try:
         return requests.get(f"{address.rstrip('/')}{path}", headers=headers, timeout=15)
     except requests.RequestException as e:
-        raise ConfigError("--address",
-                          f"no Ray dashboard answers at {address} ({type(e).__name__})",
-                          "start a cluster (`orchestrator cluster up`) or check the address; "
-                          "the dashboard listens on port 8265 by default") from None
+        raise ConfigError(
+            "--address",
+            f"no Ray dashboard answers at {address} ({type(e).__name__})",
+            "start a cluster (`orchestrator cluster up`) or check the address; "
+            "the dashboard listens on port 8265 by default",
+        ) from None
 
 
 def check_auth(address: str) -> str | None:
@@ -77,13 +95,20 @@ def check_auth(address: str) -> str | None:
         return None
     token = find_token()
     if token is None:
-        raise ConfigError("auth", f"the cluster at {address} requires a token (Ray token auth) "
-                          "and none was found in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
-                          "~/.ray/auth_token", "copy the cluster's token (`ray get-auth-token` "
-                          "on the head) to ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH")
+        raise ConfigError(
+            "auth",
+            f"the cluster at {address} requires a token (Ray token auth) "
+            "and none was found in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or "
+            "~/.ray/auth_token",
+            "copy the cluster's token (`ray get-auth-token` "
+            "on the head) to ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH",
+        )
     if _request(address, probe, token).status_code in (401, 403):
-        raise ConfigError("auth", f"the cluster at {address} refused this machine's token",
-                          "use the token of that cluster (`ray get-auth-token` on its head)")
+        raise ConfigError(
+            "auth",
+            f"the cluster at {address} refused this machine's token",
+            "use the token of that cluster (`ray get-auth-token` on its head)",
+        )
     return token
 
 
@@ -91,9 +116,12 @@ def cluster_nodes(address: str, token: str | None) -> list[dict[str, Any]]:
     """Every node the dashboard knows (``state`` ALIVE or DEAD, ``resources_total``)."""
     r = _request(address, "/api/v0/nodes?detail=1&limit=10000", token)
     if r.status_code != 200:
-        raise ConfigError("--address", f"the dashboard at {address} answered "
-                          f"{r.status_code} to a node listing: {r.text[:200]}",
-                          "check that this is a Ray dashboard (port 8265 by default)")
+        raise ConfigError(
+            "--address",
+            f"the dashboard at {address} answered "
+            f"{r.status_code} to a node listing: {r.text[:200]}",
+            "check that this is a Ray dashboard (port 8265 by default)",
+        )
     return list(r.json()["data"]["result"]["result"])
 
 
@@ -124,31 +152,39 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
     scheme = urlparse(uri).scheme
     if scheme in ("", "file", "sqlite"):
         if not local_cluster:
-            raise ConfigError("tracking.uri", f"{uri} is a file on this machine; the cluster's "
-                              "nodes cannot write to it",
-                              "run `orchestrator tracking serve --host 0.0.0.0` where the "
-                              "cluster reaches it and pass tracking.uri=http://THAT-HOST:5000")
+            raise ConfigError(
+                "tracking.uri",
+                f"{uri} is a file on this machine; the cluster's nodes cannot write to it",
+                "run `orchestrator tracking serve --host 0.0.0.0` where the "
+                "cluster reaches it and pass tracking.uri=http://THAT-HOST:5000",
+            )
     elif scheme in ("http", "https"):
         host = urlparse(uri).hostname or ""
         if host in LOOPBACK and not local_cluster:
-            raise ConfigError("tracking.uri", f"{uri} names this machine's loopback; on the "
-                              "cluster it would be each node's own", "use an address the "
-                              "cluster reaches, e.g. tracking.uri=http://mlflow.internal:5000")
+            raise ConfigError(
+                "tracking.uri",
+                f"{uri} names this machine's loopback; on the cluster it would be each node's own",
+                "use an address the cluster reaches, e.g. tracking.uri=http://mlflow.internal:5000",
+            )
         _check_tracking_server(uri)
     # the credentials stay here: the job reads them from the cluster's environment
     overrides.append(f"tracking.uri={config_mod.redact_uri(uri)}")
     path = cfg.data.path
     if "://" not in path:
         if not local_cluster and not Path(path).is_absolute():
-            raise ConfigError("data.path", f"{path!r} is relative to this machine's working "
-                              "directory, and data is not uploaded with the job",
-                              "put it on s3:// (or gs://), or on storage mounted at the same "
-                              "absolute path on every node, and pass that path")
+            raise ConfigError(
+                "data.path",
+                f"{path!r} is relative to this machine's working "
+                "directory, and data is not uploaded with the job",
+                "put it on s3:// (or gs://), or on storage mounted at the same "
+                "absolute path on every node, and pass that path",
+            )
         if local_cluster:
             absolute = Path(path).absolute()
             if not absolute.exists():
-                raise ConfigError("data.path", f"{absolute} does not exist",
-                                  "export it first, e.g. `make data`")
+                raise ConfigError(
+                    "data.path", f"{absolute} does not exist", "export it first, e.g. `make data`"
+                )
             path = str(absolute)
         overrides.append(f"data.path={path}")
     storage = cfg.sweep.storage_path
@@ -156,10 +192,11 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
         if local_cluster:  # the job runs in a copy of the working directory, deleted after
             overrides.append(f"sweep.storage_path={Path(storage).absolute()}")
         elif storage != "results" or os.environ.get("ORCHESTRATOR_STORAGE_PATH"):
-            raise ConfigError("sweep.storage_path", f"{storage!r} is relative: each node "
-                              "would keep its checkpoints on its own disk",
-                              "pass a folder every node mounts, e.g. "
-                              "sweep.storage_path=/mnt/shared/results")
+            raise ConfigError(
+                "sweep.storage_path",
+                f"{storage!r} is relative: each node would keep its checkpoints on its own disk",
+                "pass a folder every node mounts, e.g. sweep.storage_path=/mnt/shared/results",
+            )
         # else: left to the cluster's own $ORCHESTRATOR_STORAGE_PATH (cluster/*.yaml set it)
     return overrides
 
@@ -170,10 +207,11 @@ def _check_tracking_server(uri: str) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10)
     except requests.RequestException as e:
-        raise ConfigError("tracking.uri", f"no MLflow server answers at "
-                          f"{config_mod.redact_uri(uri)} "
-                          f"({type(e).__name__})", "start it (`orchestrator tracking serve`) "
-                          "or fix the address") from None
+        raise ConfigError(
+            "tracking.uri",
+            f"no MLflow server answers at {config_mod.redact_uri(uri)} ({type(e).__name__})",
+            "start it (`orchestrator tracking serve`) or fix the address",
+        ) from None
 
 
 def check_upload(workdir: Path, excludes: Sequence[str] = EXCLUDES) -> int:
@@ -191,25 +229,38 @@ def check_upload(workdir: Path, excludes: Sequence[str] = EXCLUDES) -> int:
         with zipfile.ZipFile(target) as z:
             biggest = sorted(z.infolist(), key=lambda i: -i.compress_size)[:5]
         names = ", ".join(f"{i.filename} ({i.compress_size / 2**20:.0f} MiB)" for i in biggest)
-    raise ConfigError("working_dir", f"{workdir} zips to {size / 2**20:.0f} MiB, over Ray's "
-                      f"upload limit of {limit / 2**20:.0f} MiB; biggest: {names}",
-                      "move large files out, list them in .gitignore or .rayignore, or put "
-                      "data on s3:// and pass data.path")
+    raise ConfigError(
+        "working_dir",
+        f"{workdir} zips to {size / 2**20:.0f} MiB, over Ray's "
+        f"upload limit of {limit / 2**20:.0f} MiB; biggest: {names}",
+        "move large files out, list them in .gitignore or .rayignore, or put "
+        "data on s3:// and pass data.path",
+    )
 
 
-def preflight(config_path: str, overrides: Sequence[str], address: str, workdir: Path,
-              out: Callable[[str], None] = print) -> tuple[list[str], str | None]:
+def preflight(
+    config_path: str,
+    overrides: Sequence[str],
+    address: str,
+    workdir: Path,
+    out: Callable[[str], None] = print,
+) -> tuple[list[str], str | None]:
     """Every check; returns (the overrides to pass on, the auth token)."""
     cfg = config_mod.load(config_path, overrides)
     rel = Path(config_path).absolute()
     if not rel.is_relative_to(workdir.absolute()):
-        raise ConfigError("<file>", f"{config_path} is outside the working directory "
-                          f"{workdir}, so the job would not have it",
-                          "keep the config inside the project (e.g. jobs/configs/)")
+        raise ConfigError(
+            "<file>",
+            f"{config_path} is outside the working directory "
+            f"{workdir}, so the job would not have it",
+            "keep the config inside the project (e.g. jobs/configs/)",
+        )
     check_secrets(config_path, cfg, out)
     token = check_auth(address)
-    out(f"preflight: {address} " + ("wants a token; ours is accepted" if token
-                                    else "takes requests without a token"))
+    out(
+        f"preflight: {address} "
+        + ("wants a token; ours is accepted" if token else "takes requests without a token")
+    )
     nodes = cluster_nodes(address, token)
     fits = check_fits(cfg, nodes)
     alive = sum(1 for n in nodes if n.get("state") == "ALIVE")
@@ -232,27 +283,34 @@ def check_secrets(config_path: str, cfg: Config, out: Callable[[str], None] = pr
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None and config_mod.redacted_value(meta[config_mod.SECRET], node) != node:
-            raise ConfigError(dotted, f"{config_path} holds it in plain text, and the file is "
-                              "uploaded with the job (Ray keeps the upload on every node)",
-                              f"remove it from the file and set {' / '.join(meta['env'])} in "
-                              "the cluster's environment (a Kubernetes Secret, the nodes' env)")
+            raise ConfigError(
+                dotted,
+                f"{config_path} holds it in plain text, and the file is "
+                "uploaded with the job (Ray keeps the upload on every node)",
+                f"remove it from the file and set {' / '.join(meta['env'])} in "
+                "the cluster's environment (a Kubernetes Secret, the nodes' env)",
+            )
     needed = dict(config_mod.secrets_set(cfg))
     from orchestrator import tracking
 
     uri = tracking.configured_uri(cfg)
     creds = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     # credentials in MLflow's own variables here are not sent either: the nodes need theirs
-    if config_mod.redact_uri(uri) != uri or (urlparse(uri).scheme in ("http", "https")
-                                             and any(os.environ.get(v) for v in creds)):
+    if config_mod.redact_uri(uri) != uri or (
+        urlparse(uri).scheme in ("http", "https") and any(os.environ.get(v) for v in creds)
+    ):
         needed["tracking.uri"] = creds
     for dotted, env in needed.items():
-        out(f"preflight: {dotted} is secret: sent as {config_mod.REDACTED}; the job reads it "
+        out(
+            f"preflight: {dotted} is secret: sent as {config_mod.REDACTED}; the job reads it "
             f"from {' / '.join(env)} in the cluster's environment (set them there: a "
-            "Kubernetes Secret, the nodes' environment)")
+            "Kubernetes Secret, the nodes' environment)"
+        )
 
 
-def job_spec(config_path: str, passed: Sequence[str], workdir: Path,
-             what: str = "sweep") -> tuple[str, dict[str, Any]]:
+def job_spec(
+    config_path: str, passed: Sequence[str], workdir: Path, what: str = "sweep"
+) -> tuple[str, dict[str, Any]]:
     """The job's entrypoint and runtime env, as Ray stores them (and its dashboard and `ray
     job status` show them): secrets redacted, none in ``env_vars``."""
     redacted = []
@@ -261,20 +319,34 @@ def job_spec(config_path: str, passed: Sequence[str], workdir: Path,
         key, sep, value = item.partition("=")
         if sep and key in secret_keys:
             kind = secret_keys[key][config_mod.SECRET]
-            value = config_mod.redact_uri(value) if kind == "uri" else (
-                value and config_mod.REDACTED)
+            value = (
+                config_mod.redact_uri(value) if kind == "uri" else (value and config_mod.REDACTED)
+            )
         redacted.append(f"{key}{sep}{value}")
-    entry = " ".join(shlex.quote(a) for a in [
-        "python", "-m", ENTRYPOINTS[what],
-        str(Path(config_path).absolute().relative_to(workdir)), *redacted])
+    entry = " ".join(
+        shlex.quote(a)
+        for a in [
+            "python",
+            "-m",
+            ENTRYPOINTS[what],
+            str(Path(config_path).absolute().relative_to(workdir)),
+            *redacted,
+        ]
+    )
     # only what the job needs to reach this cluster's own services, no secret
     env_vars = {k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ}
     return entry, {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env_vars}
 
 
-def submit(config_path: str, overrides: Sequence[str], address: str, what: str = "sweep",
-           workdir: Path | None = None, wait: bool = True,
-           out: Callable[[str], None] = print) -> int:
+def submit(
+    config_path: str,
+    overrides: Sequence[str],
+    address: str,
+    what: str = "sweep",
+    workdir: Path | None = None,
+    wait: bool = True,
+    out: Callable[[str], None] = print,
+) -> int:
     """Pre-flight, submit, stream the logs; the exit code (0 succeeded, 1 failed/stopped)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -291,8 +363,10 @@ def submit(config_path: str, overrides: Sequence[str], address: str, what: str =
     try:
         asyncio.run(_tail(client, job_id))
     except KeyboardInterrupt:
-        out(f"\nstopped following; the job goes on. Stop it: ray job stop --address "
-            f"{address} {job_id}")
+        out(
+            f"\nstopped following; the job goes on. Stop it: ray job stop --address "
+            f"{address} {job_id}"
+        )
         return 130
     status = client.get_job_status(job_id)
     while not status.is_terminal():  # the log stream can end a moment before the status

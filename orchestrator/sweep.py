@@ -60,8 +60,9 @@ class Prepared:
         """What predicting the training split's class frequencies scores (the yardstick
         of the bias/variance labels)."""
         if self.splits is not None:
-            return diagnosis.baseline(np.bincount(self.splits.y_train,
-                                                  minlength=len(self.classes)).tolist())
+            return diagnosis.baseline(
+                np.bincount(self.splits.y_train, minlength=len(self.classes)).tolist()
+            )
         assert self.summary is not None
         return diagnosis.baseline(self.summary.class_counts)
 
@@ -83,16 +84,31 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     """Check the data (ConfigError on any problem, before Ray or MLflow start) and pick the
     loader: small data is read whole, big data is scanned batch by batch and streamed."""
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, path=data.absolute(cfg.data.path)))
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path))
+    )
     loader = data.choose_loader(cfg.data, data.size_bytes(cfg.data))
     if loader == "stream":
         summary = data.scan(cfg.data)
-        return Prepared(cfg, loader, summary.fingerprint, summary.sizes(), summary.classes,
-                        len(summary.feature_names), summary=summary)
+        return Prepared(
+            cfg,
+            loader,
+            summary.fingerprint,
+            summary.sizes(),
+            summary.classes,
+            len(summary.feature_names),
+            summary=summary,
+        )
     splits = data.load_splits(cfg.data)
-    return Prepared(cfg, loader, splits.fingerprint, splits.sizes(), splits.classes,
-                    splits.num_features, splits=splits)
+    return Prepared(
+        cfg,
+        loader,
+        splits.fingerprint,
+        splits.sizes(),
+        splits.classes,
+        splits.num_features,
+        splits=splits,
+    )
 
 
 def check_storage(cfg: Config) -> None:
@@ -112,10 +128,12 @@ def check_storage(cfg: Config) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as e:
-        raise ConfigError("sweep.storage_path", f"{str(root)!r} is not a folder this "
-                          f"process can write ({e.strerror or e})",
-                          "point it at a writable folder (on a cluster: storage every node "
-                          "mounts), or fix its permissions") from None
+        raise ConfigError(
+            "sweep.storage_path",
+            f"{str(root)!r} is not a folder this process can write ({e.strerror or e})",
+            "point it at a writable folder (on a cluster: storage every node "
+            "mounts), or fix its permissions",
+        ) from None
 
 
 # ---------------------------------------------------------------- the Ray / MLflow edge
@@ -138,12 +156,20 @@ def init_ray(verbose: bool = False) -> None:
     if address and address != "local":
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
         return
-    ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                   dashboard_port=_free_port(), log_to_driver=verbose, logging_level=level)
+    ctx = ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=_free_port(),
+        log_to_driver=verbose,
+        logging_level=level,
+    )
     if not getattr(ctx, "dashboard_url", None):
         ray.shutdown()
-        raise RuntimeError("Ray's dashboard did not start; without it, trials stopped early "
-                           "leak their workers. Check `ray[default]` is installed.")
+        raise RuntimeError(
+            "Ray's dashboard did not start; without it, trials stopped early "
+            "leak their workers. Check `ray[default]` is installed."
+        )
 
 
 def _free_port() -> int:
@@ -181,8 +207,12 @@ class Context:
         return Path(self.storage) / self.name
 
 
-def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
-        tags: dict[str, str] | None = None) -> SweepSummary:
+def run(
+    cfg: Config,
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+    tags: dict[str, str] | None = None,
+) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start. ``tags`` go
     on the sweep's MLflow run (a refined sweep names the one it came from)."""
     prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
@@ -195,8 +225,17 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
     init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
     parent_id = tracking.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
-    ctx = Context(cfg, prep, client, exp_id, parent_id, time.strftime("%Y%m%d-%H%M%S"),
-                  str(Path(cfg.sweep.storage_path).absolute()), concurrency, out)
+    ctx = Context(
+        cfg,
+        prep,
+        client,
+        exp_id,
+        parent_id,
+        time.strftime("%Y%m%d-%H%M%S"),
+        str(Path(cfg.sweep.storage_path).absolute()),
+        concurrency,
+        out,
+    )
     ctx.path.mkdir(parents=True, exist_ok=True)
     client.use_journal(ctx.path)
     _write_state(ctx, "running")
@@ -204,36 +243,51 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False,
     for k, v in (tags or {}).items():
         client.set_tag(parent_id, k, v)
     base = prep.baseline
-    client.set_tag(parent_id, "orchestrator.baseline",
-                   f"loss={base.loss:.4f} accuracy={base.accuracy:.4f} (predicting the "
-                   "training split's class frequencies)")
+    client.set_tag(
+        parent_id,
+        "orchestrator.baseline",
+        f"loss={base.loss:.4f} accuracy={base.accuracy:.4f} (predicting the "
+        "training split's class frequencies)",
+    )
     path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
-    out(f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
+    out(
+        f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
         f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
         f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler"
         f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
-        f"({prep.loader}); MLflow {config_mod.redact_uri(tracking.resolve_uri(cfg))}")
+        f"({prep.loader}); MLflow {config_mod.redact_uri(tracking.resolve_uri(cfg))}"
+    )
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _complete(ctx)
 
 
-def resume(experiment: str, storage_path: str = "results", out: Callable[[str], None] = print,
-           verbose: bool = False) -> SweepSummary:
+def resume(
+    experiment: str,
+    storage_path: str = "results",
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> SweepSummary:
     """Continue a sweep whose driver died: finished trials stay finished, unfinished ones
     go on from their last checkpoint, the searcher keeps its state, and MLflow keeps one
     run per trial."""
     path = find_sweep(experiment, storage_path)
     state = json.loads((path / STATE_FILE).read_text())
     if state["phase"] == "done":
-        raise ConfigError("EXPERIMENT", f"the sweep in {path} already finished",
-                          "start a new one with `orchestrator sweep CONFIG`")
+        raise ConfigError(
+            "EXPERIMENT",
+            f"the sweep in {path} already finished",
+            "start a new one with `orchestrator sweep CONFIG`",
+        )
     # the state holds secrets redacted: they come back from the environment (or fail here,
     # naming the variable, before Ray or MLflow start)
     prep = prepare(config_mod.restore(config_mod.from_dict(state["config"])))
     if prep.fingerprint != state["fingerprint"]:
-        raise ConfigError("data.path", f"the data changed since the sweep started "
-                          f"({prep.fingerprint} != {state['fingerprint']})",
-                          "resume against the same data, or start a new sweep")
+        raise ConfigError(
+            "data.path",
+            f"the data changed since the sweep started "
+            f"({prep.fingerprint} != {state['fingerprint']})",
+            "resume against the same data, or start a new sweep",
+        )
     cfg = prep.cfg
     from orchestrator import tracking
 
@@ -244,8 +298,18 @@ def resume(experiment: str, storage_path: str = "results", out: Callable[[str], 
     parent_id = state["parent_run_id"]
     client.update_run(parent_id, status="RUNNING")
     client.set_tag(parent_id, "orchestrator.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
-    ctx = Context(cfg, prep, client, exp_id, parent_id, state["stamp"], str(path.parent),
-                  concurrency, out, resume=True)
+    ctx = Context(
+        cfg,
+        prep,
+        client,
+        exp_id,
+        parent_id,
+        state["stamp"],
+        str(path.parent),
+        concurrency,
+        out,
+        resume=True,
+    )
     out(f"[sweep] resuming {path.name} (MLflow parent run {parent_id})")
     return _complete(ctx)
 
@@ -257,20 +321,30 @@ def find_sweep(experiment: str, storage_path: str) -> Path:
         return given.absolute()
     pattern = re.compile(rf"^{re.escape(experiment)}-\d{{8}}-\d{{6}}$")
     root = Path(storage_path)
-    found = sorted(p for p in (root.iterdir() if root.is_dir() else [])
-                   if pattern.match(p.name) and (p / STATE_FILE).is_file())
+    found = sorted(
+        p
+        for p in (root.iterdir() if root.is_dir() else [])
+        if pattern.match(p.name) and (p / STATE_FILE).is_file()
+    )
     if not found:
-        raise ConfigError("EXPERIMENT", f"no sweep named {experiment!r} under {root.absolute()}",
-                          "pass the experiment name from the config (or the folder the sweep "
-                          "printed), and --storage when sweep.storage_path was changed")
+        raise ConfigError(
+            "EXPERIMENT",
+            f"no sweep named {experiment!r} under {root.absolute()}",
+            "pass the experiment name from the config (or the folder the sweep "
+            "printed), and --storage when sweep.storage_path was changed",
+        )
     return found[-1].absolute()
 
 
 def _write_state(ctx: Context, phase: str) -> None:
-    state = {"config": config_mod.to_dict(config_mod.redact(ctx.cfg)), "stamp": ctx.stamp,
-             "phase": phase,
-             "parent_run_id": ctx.parent_id, "experiment_id": ctx.exp_id,
-             "fingerprint": ctx.prep.fingerprint}
+    state = {
+        "config": config_mod.to_dict(config_mod.redact(ctx.cfg)),
+        "stamp": ctx.stamp,
+        "phase": phase,
+        "parent_run_id": ctx.parent_id,
+        "experiment_id": ctx.exp_id,
+        "fingerprint": ctx.prep.fingerprint,
+    }
     tmp = ctx.path / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(ctx.path / STATE_FILE)  # atomic: a kill never leaves half a state file
@@ -279,8 +353,7 @@ def _write_state(ctx: Context, phase: str) -> None:
 def _concurrency(cfg: Config, prep: Prepared) -> int:
     import ray
 
-    return trials.trial_concurrency(cfg, ray.cluster_resources(), prep.loader,
-                                    trials.alive_nodes())
+    return trials.trial_concurrency(cfg, ray.cluster_resources(), prep.loader, trials.alive_nodes())
 
 
 def _complete(ctx: Context) -> SweepSummary:
@@ -300,15 +373,37 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     cfg = ctx.cfg
     key, mode = config_mod.rank_metric(cfg)
     try:
-        callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id,
-                                  ctx.prep.fingerprint, ctx.out, trials.total_trials(cfg),
-                                  resumed=ctx.resume, sizes=ctx.prep.sizes,
-                                  base=ctx.prep.baseline)
+        callback = _SweepCallback(
+            cfg,
+            ctx.client,
+            ctx.exp_id,
+            ctx.parent_id,
+            ctx.prep.fingerprint,
+            ctx.out,
+            trials.total_trials(cfg),
+            resumed=ctx.resume,
+            sizes=ctx.prep.sizes,
+            base=ctx.prep.baseline,
+        )
         trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
-        _fit(ctx.path, ctx.resume, callback, trainable, lambda: make_tuner(
-            cfg, trainable, trials.search_space(cfg), trials.num_samples(cfg),
-            trials.scheduler(cfg), trials.searcher(cfg, ctx.concurrency), ctx.concurrency,
-            callback, ctx.storage, ctx.name))
+        _fit(
+            ctx.path,
+            ctx.resume,
+            callback,
+            trainable,
+            lambda: make_tuner(
+                cfg,
+                trainable,
+                trials.search_space(cfg),
+                trials.num_samples(cfg),
+                trials.scheduler(cfg),
+                trials.searcher(cfg, ctx.concurrency),
+                ctx.concurrency,
+                callback,
+                ctx.storage,
+                ctx.name,
+            ),
+        )
         if ctx.resume:
             callback.forget_orphans()
         best = progress.best_trial(callback.records, key, mode)
@@ -330,11 +425,25 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         version: str | None = None
         if ctx.client.drain(block=True, patience=cfg.tracking.drain_timeout):
             version = tracking.register_champion(
-                champion_cfg, ctx.parent_id, net, example, ctx.prep.classes, test_metrics,
-                ctx.client.run_id(best.run_id) or "")
+                champion_cfg,
+                ctx.parent_id,
+                net,
+                example,
+                ctx.prep.classes,
+                test_metrics,
+                ctx.client.run_id(best.run_id) or "",
+            )
         else:  # MLflow is still away: keep what registering needs, for the replay
-            tracking.keep_champion(ctx.path, champion_cfg, ctx.parent_id, net, example,
-                                   ctx.prep.classes, test_metrics, best.run_id or "")
+            tracking.keep_champion(
+                ctx.path,
+                champion_cfg,
+                ctx.parent_id,
+                net,
+                example,
+                ctx.prep.classes,
+                test_metrics,
+                best.run_id or "",
+            )
     except progress.SweepStalled as e:
         message = f"{e}; its state is saved: orchestrator resume {ctx.path}"
         tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {"orchestrator.error": message})
@@ -343,25 +452,45 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
     _write_state(ctx, "done")
-    tracking.end_run(ctx.client, ctx.parent_id, "FINISHED", {
-        "orchestrator.champion_trial": best.trial_id,
-        **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()}})
+    tracking.end_run(
+        ctx.client,
+        ctx.parent_id,
+        "FINISHED",
+        {
+            "orchestrator.champion_trial": best.trial_id,
+            **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()},
+        },
+    )
     # what the end of the sweep wrote (already waited for, if the server is away)
     ctx.client.drain(block=True, patience=0.0 if ctx.client.down else 60.0)
     if ctx.client.queue:
-        ctx.out(f"[tracking] MLflow at {config_mod.redact_uri(tracking.resolve_uri(cfg))} "
-                "still does not answer: "
-                f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
-                f"When it is back: orchestrator tracking replay {ctx.path}")
-    return SweepSummary(ctx.exp_id, ctx.parent_id, callback.records, best, champion_values,
-                        test_metrics, version, config_mod.redact_uri(tracking.resolve_uri(cfg)),
-                        cfg.tracking.register_as, ctx.prep.sizes, confirmed,
-                        config_mod.to_dict(config_mod.redact(cfg)), len(ctx.client.queue),
-                        str(ctx.path))
+        ctx.out(
+            f"[tracking] MLflow at {config_mod.redact_uri(tracking.resolve_uri(cfg))} "
+            "still does not answer: "
+            f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
+            f"When it is back: orchestrator tracking replay {ctx.path}"
+        )
+    return SweepSummary(
+        ctx.exp_id,
+        ctx.parent_id,
+        callback.records,
+        best,
+        champion_values,
+        test_metrics,
+        version,
+        config_mod.redact_uri(tracking.resolve_uri(cfg)),
+        cfg.tracking.register_as,
+        ctx.prep.sizes,
+        confirmed,
+        config_mod.to_dict(config_mod.redact(cfg)),
+        len(ctx.client.queue),
+        str(ctx.path),
+    )
 
 
-def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRecord],
-                    champion_id: str | None) -> None:
+def log_sweep_plots(
+    client: Any, run_id: str, cfg: Config, records: list[TrialRecord], champion_id: str | None
+) -> None:
     """On the sweep's run: every trial's best ranking metric over weight decay x dropout
     (or the first two searched keys), and a parallel-coordinates plot of all searched keys."""
     from orchestrator import tracking
@@ -374,20 +503,48 @@ def log_sweep_plots(client: Any, run_id: str, cfg: Config, records: list[TrialRe
         return
     points = [{**r.values, key: r.best[key]} for r in done]  # type: ignore[index]
     logs = {k for k, spec in space.items() if spec["type"] == "loguniform"}
-    pair = (["train.weight_decay", "model.dropout"]
-            if {"train.weight_decay", "model.dropout"} <= set(keys) else keys[:2])
+    pair = (
+        ["train.weight_decay", "model.dropout"]
+        if {"train.weight_decay", "model.dropout"} <= set(keys)
+        else keys[:2]
+    )
     star = next((i for i, r in enumerate(done) if r.trial_id == champion_id), None)
     if len(pair) == 2:
-        tracking.log_png(client, run_id, plots.regularization_map(
-            points, pair[0], pair[1], key, log_x=pair[0] in logs, log_y=pair[1] in logs,
-            champion=star), "regularization_map.png")
-    tracking.log_png(client, run_id, plots.parallel_coordinates(points, keys, key, logs),
-                     "parallel_coordinates.png")
-    regs = [k for k in diagnosis.REGULARIZERS if k in keys
-            and space[k]["type"] in ("uniform", "loguniform")]
-    fits = [{**r.values, "train_loss": r.best["train_loss"], "val_loss": r.best["val_loss"],
-             "label": r.diagnosis} for r in done
-            if r.best is not None and "train_loss" in r.best and "val_loss" in r.best]
+        tracking.log_png(
+            client,
+            run_id,
+            plots.regularization_map(
+                points,
+                pair[0],
+                pair[1],
+                key,
+                log_x=pair[0] in logs,
+                log_y=pair[1] in logs,
+                champion=star,
+            ),
+            "regularization_map.png",
+        )
+    tracking.log_png(
+        client,
+        run_id,
+        plots.parallel_coordinates(points, keys, key, logs),
+        "parallel_coordinates.png",
+    )
+    regs = [
+        k
+        for k in diagnosis.REGULARIZERS
+        if k in keys and space[k]["type"] in ("uniform", "loguniform")
+    ]
+    fits = [
+        {
+            **r.values,
+            "train_loss": r.best["train_loss"],
+            "val_loss": r.best["val_loss"],
+            "label": r.diagnosis,
+        }
+        for r in done
+        if r.best is not None and "train_loss" in r.best and "val_loss" in r.best
+    ]
     if regs and fits:
         tracking.log_png(client, run_id, plots.fit_map(fits, regs, logs), "fit_map.png")
 
@@ -400,13 +557,16 @@ _LIVE: dict[str, Any] = {}
 
 def _live_callback(key: str) -> Any:
     if key not in _LIVE:
-        raise RuntimeError(f"no live sweep callback for {key!r}: restore a sweep through "
-                           "`orchestrator resume`, which provides one")
+        raise RuntimeError(
+            f"no live sweep callback for {key!r}: restore a sweep through "
+            "`orchestrator resume`, which provides one"
+        )
     return _LIVE[key]
 
 
-def _fit(path: Path, resume: bool, callback: Any, trainable: Any,
-         new_tuner: Callable[[], Any]) -> Any:
+def _fit(
+    path: Path, resume: bool, callback: Any, trainable: Any, new_tuner: Callable[[], Any]
+) -> Any:
     """Start the Tune run, or restore it from its folder: finished trials are kept as they
     are, unfinished ones continue from their last checkpoint, errored ones stay failed."""
     from ray import tune
@@ -414,16 +574,26 @@ def _fit(path: Path, resume: bool, callback: Any, trainable: Any,
     callback.key = path.name
     _LIVE[path.name] = callback
     if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False)
+        tuner = tune.Tuner.restore(
+            str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
     else:
         tuner = new_tuner()
     return tuner.fit()
 
 
-def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: int,
-           scheduler: Any, search_alg: Any, concurrency: int, callback: Any, storage: str,
-           name: str) -> Any:
+def make_tuner(
+    cfg: Config,
+    trainable: Any,
+    space: dict[str, Any],
+    num_samples: int,
+    scheduler: Any,
+    search_alg: Any,
+    concurrency: int,
+    callback: Any,
+    storage: str,
+    name: str,
+) -> Any:
     from ray import tune
 
     key, mode = config_mod.rank_metric(cfg)
@@ -434,14 +604,20 @@ def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: 
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(metric=key, mode=mode, num_samples=num_samples,
-                                    search_alg=search_alg, scheduler=scheduler,
-                                    max_concurrent_trials=concurrency,
-                                    # a fast-path trial's process (torch imported, data
-                                    # read) serves the next trial too: ~1 s saved per trial
-                                    reuse_actors=trials.fast_path(cfg)),
+        tune_config=tune.TuneConfig(
+            metric=key,
+            mode=mode,
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrency,
+            # a fast-path trial's process (torch imported, data
+            # read) serves the next trial too: ~1 s saved per trial
+            reuse_actors=trials.fast_path(cfg),
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage,
+            name=name,
+            storage_path=storage,
             callbacks=[callback, watchdog] if callback else [watchdog],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=trials.max_failures(cfg)),
@@ -449,7 +625,10 @@ def make_tuner(cfg: Config, trainable: Any, space: dict[str, Any], num_samples: 
             # clones any trial's latest, which a best-N policy may already have deleted)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=None if cfg.sweep.scheduler == "pbt" else cfg.train.keep_checkpoints,
-                checkpoint_score_attribute=key, checkpoint_score_order=mode)),
+                checkpoint_score_attribute=key,
+                checkpoint_score_order=mode,
+            ),
+        ),
     )
 
 
@@ -467,43 +646,91 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
     for r in sorted(done, key=lambda r: r.best[key], reverse=mode == "max"):  # type: ignore[index]
         if _without_seed(r.values) not in {_without_seed(t.values) for t in top}:
             top.append(r)  # the same values drawn twice are one configuration
-    top = top[:sw.confirm_top]
-    sets = [{**r.values, "train.seed": cfg.train.seed + 1 + k}
-            for r in top for k in range(sw.confirm_seeds)]
-    ctx.out(f"[confirm] {len(top)} best configuration(s) x {sw.confirm_seeds} seeds = "
-            f"{len(sets)} runs, full budget")
-    callback = _SweepCallback(cfg, ctx.client, ctx.exp_id, ctx.parent_id, ctx.prep.fingerprint,
-                              ctx.out, len(sets), role="confirm", resumed=ctx.resume,
-                              sizes=ctx.prep.sizes, base=ctx.prep.baseline)
+    top = top[: sw.confirm_top]
+    sets = [
+        {**r.values, "train.seed": cfg.train.seed + 1 + k}
+        for r in top
+        for k in range(sw.confirm_seeds)
+    ]
+    ctx.out(
+        f"[confirm] {len(top)} best configuration(s) x {sw.confirm_seeds} seeds = "
+        f"{len(sets)} runs, full budget"
+    )
+    callback = _SweepCallback(
+        cfg,
+        ctx.client,
+        ctx.exp_id,
+        ctx.parent_id,
+        ctx.prep.fingerprint,
+        ctx.out,
+        len(sets),
+        role="confirm",
+        resumed=ctx.resume,
+        sizes=ctx.prep.sizes,
+        base=ctx.prep.baseline,
+    )
     trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
     name = f"{ctx.name}-confirm"
-    _fit(Path(ctx.storage) / name, ctx.resume, callback, trainable, lambda: make_tuner(
-        cfg, trainable, {trials.SET_KEY: tune.grid_search(sets)}, 1, None,
-        tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency), ctx.concurrency,
-        callback, ctx.storage, name))
+    _fit(
+        Path(ctx.storage) / name,
+        ctx.resume,
+        callback,
+        trainable,
+        lambda: make_tuner(
+            cfg,
+            trainable,
+            {trials.SET_KEY: tune.grid_search(sets)},
+            1,
+            None,
+            tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency),
+            ctx.concurrency,
+            callback,
+            ctx.storage,
+            name,
+        ),
+    )
     if ctx.resume:
         callback.forget_orphans()
     rows: list[dict[str, Any]] = []
     for r in top:
-        runs = [c for c in callback.records if c.best is not None and c.status != "ERROR"
-                and _without_seed(c.values) == _without_seed(r.values)]
+        runs = [
+            c
+            for c in callback.records
+            if c.best is not None
+            and c.status != "ERROR"
+            and _without_seed(c.values) == _without_seed(r.values)
+        ]
         if not runs:
             continue
         scores = np.array([c.best[key] for c in runs])  # type: ignore[index]
         accs = np.array([c.best.get("val_accuracy", np.nan) for c in runs])  # type: ignore[union-attr]
-        rows.append({"trial_id": r.trial_id, "values": r.values, "record": r, "runs": runs,
-                     "mean": float(scores.mean()), "std": float(scores.std(ddof=1))
-                     if len(scores) > 1 else 0.0, "n": len(runs),
-                     "val_accuracy": float(np.nanmean(accs)), "search": r.best[key]})  # type: ignore[index]
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "values": r.values,
+                "record": r,
+                "runs": runs,
+                "mean": float(scores.mean()),
+                "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+                "n": len(runs),
+                "val_accuracy": float(np.nanmean(accs)),
+                "search": r.best[key],  # type: ignore[index]
+            }
+        )
     if not rows:
         raise RuntimeError("no confirmation run finished; see the errors above")
     rows.sort(key=lambda row: row["mean"], reverse=mode == "max")
     for i, row in enumerate(rows):
-        ctx.out(f"[confirm] {'*' if i == 0 else ' '} trial {row['trial_id']}: {key} "
-                f"{row['mean']:.4f} +- {row['std']:.4f} over {row['n']} seeds "
-                f"(search run {row['search']:.4f}; val_accuracy {row['val_accuracy']:.4f})")
-        ctx.client.set_tag(ctx.parent_id, f"orchestrator.confirm.{row['trial_id']}",
-                           f"{key} mean={row['mean']:.5f} std={row['std']:.5f} n={row['n']}")
+        ctx.out(
+            f"[confirm] {'*' if i == 0 else ' '} trial {row['trial_id']}: {key} "
+            f"{row['mean']:.4f} +- {row['std']:.4f} over {row['n']} seeds "
+            f"(search run {row['search']:.4f}; val_accuracy {row['val_accuracy']:.4f})"
+        )
+        ctx.client.set_tag(
+            ctx.parent_id,
+            f"orchestrator.confirm.{row['trial_id']}",
+            f"{key} mean={row['mean']:.5f} std={row['std']:.5f} n={row['n']}",
+        )
     win = rows[0]
     ctx.client.log_metric(ctx.parent_id, f"confirm_{key}_mean", win["mean"])
     ctx.client.log_metric(ctx.parent_id, f"confirm_{key}_std", win["std"])
@@ -511,10 +738,20 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
     base: TrialRecord = win["record"]
     # refit length: the median of the seeds' best epochs, robust to one early or late seed
     epochs = float(np.median([c.best["epoch"] for c in win["runs"]]))
-    champion = TrialRecord(base.trial_id, base.values, base.run_id, base.epochs,
-                           {**(best_run.best or {}), key: win["mean"], "epoch": round(epochs),
-                            "val_accuracy": win["val_accuracy"]},
-                           best_run.checkpoint, base.status)
+    champion = TrialRecord(
+        base.trial_id,
+        base.values,
+        base.run_id,
+        base.epochs,
+        {
+            **(best_run.best or {}),
+            key: win["mean"],
+            "epoch": round(epochs),
+            "val_accuracy": win["val_accuracy"],
+        },
+        best_run.checkpoint,
+        base.status,
+    )
     table = [{k: v for k, v in row.items() if k not in ("record", "runs")} for row in rows]
     return champion, table
 
@@ -530,8 +767,9 @@ class TrainSummary:
     tracking_uri: str  # redacted (config.redact_uri): for showing
 
 
-def train_run(cfg: Config, out: Callable[[str], None] = print,
-              verbose: bool = False) -> TrainSummary:
+def train_run(
+    cfg: Config, out: Callable[[str], None] = print, verbose: bool = False
+) -> TrainSummary:
     """One training run of the config as it stands (no search): in a single trial on the
     fast path, or a TorchTrainer of ``scaling.num_workers`` DDP workers; restarted from its
     last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
@@ -546,24 +784,42 @@ def train_run(cfg: Config, out: Callable[[str], None] = print,
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     client.use_journal(Path(storage) / f"{cfg.experiment}-{stamp}-train")
-    out(f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
-        f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})")
-    callback = _SweepCallback(cfg, client, exp_id, None, prep.fingerprint, out, 1,
-                              sizes=prep.sizes, base=prep.baseline)
+    out(
+        f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
+        f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})"
+    )
+    callback = _SweepCallback(
+        cfg, client, exp_id, None, prep.fingerprint, out, 1, sizes=prep.sizes, base=prep.baseline
+    )
     trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
     no_search = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, max_failures=0))
-    make_tuner(no_search, trainable, {}, 1, None, None, 1, callback, storage,
-           f"{cfg.experiment}-{stamp}-train").fit()
+    make_tuner(
+        no_search,
+        trainable,
+        {},
+        1,
+        None,
+        None,
+        1,
+        callback,
+        storage,
+        f"{cfg.experiment}-{stamp}-train",
+    ).fit()
     rec = callback.records[0]
     assert rec.run_id is not None
     if not client.drain(block=True, patience=cfg.tracking.drain_timeout):
         shown = config_mod.redact_uri(tracking.resolve_uri(cfg))
-        out(f"[tracking] MLflow at {shown} does not answer: "
+        out(
+            f"[tracking] MLflow at {shown} does not answer: "
             f"{len(client.queue)} write(s) kept; when it is back: orchestrator tracking "
             f"replay {Path(storage) / f'{cfg.experiment}-{stamp}-train'} --tracking-uri "
-            f"{shown}")
-    return TrainSummary(client.run_id(rec.run_id) or rec.run_id, rec,
-                        config_mod.redact_uri(tracking.resolve_uri(cfg)))
+            f"{shown}"
+        )
+    return TrainSummary(
+        client.run_id(rec.run_id) or rec.run_id,
+        rec,
+        config_mod.redact_uri(tracking.resolve_uri(cfg)),
+    )
 
 
 def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:
@@ -574,16 +830,29 @@ def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str,
         return loop.load_checkpoint(best.checkpoint)["model"]
     epochs = int(best.best["epoch"])
     refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-    ctx.out(f"[sweep] refitting the champion ({best.trial_id}) on train+validation for "
-            f"{epochs} epochs")
-    trainable = trials.make_trainable(refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary,
-                                      refit=True)
-    grid = make_tuner(refit_cfg, trainable, {}, 1, None, None, 1, None, ctx.storage,
-                  f"{ctx.name}-refit-{time.strftime('%H%M%S')}").fit()
+    ctx.out(
+        f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs"
+    )
+    trainable = trials.make_trainable(
+        refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary, refit=True
+    )
+    grid = make_tuner(
+        refit_cfg,
+        trainable,
+        {},
+        1,
+        None,
+        None,
+        1,
+        None,
+        ctx.storage,
+        f"{ctx.name}-refit-{time.strftime('%H%M%S')}",
+    ).fit()
     result = grid[0]
     if result.error is not None:
         raise RuntimeError(f"the champion's refit failed: {result.error}")
     return loop.load_checkpoint(trials.final_checkpoint(result))["model"]
+
 
 @torch.no_grad()
 def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float], np.ndarray]:
@@ -598,8 +867,9 @@ def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float
                 first.append(x[:5].numpy())
             yield x, y
 
-    scores = loop.evaluate(net.cpu(), batches(), num_classes, loop.make_loss(num_classes),
-                           loop.LocalSeam(), "test")
+    scores = loop.evaluate(
+        net.cpu(), batches(), num_classes, loop.make_loss(num_classes), loop.LocalSeam(), "test"
+    )
     return scores, first[0]
 
 
@@ -616,11 +886,20 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     knows every trial it had; a trial Tune re-runs finds its MLflow run again rather than
     opening a second one, and an epoch replayed from a checkpoint is logged once."""
 
-    def __init__(self, cfg: Config, client: Any, exp_id: str, parent_id: str | None,
-                 fingerprint: str, out: Callable[[str], None], total: int,
-                 role: str = "trial", resumed: bool = False,
-                 sizes: dict[str, int] | None = None,
-                 base: diagnosis.Baseline | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        client: Any,
+        exp_id: str,
+        parent_id: str | None,
+        fingerprint: str,
+        out: Callable[[str], None],
+        total: int,
+        role: str = "trial",
+        resumed: bool = False,
+        sizes: dict[str, int] | None = None,
+        base: diagnosis.Baseline | None = None,
+    ):
         self.cfg, self.client, self.exp_id, self.parent_id = cfg, client, exp_id, parent_id
         self.sizes = sizes  # row counts per split: the dataset lineage on every run
         self.base = base  # the bias/variance yardstick: each ended trial gets its label
@@ -663,8 +942,10 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             if rec.status != "RUNNING" and run.info.status == "RUNNING":
                 self._close(rec)  # it ended, but its end had not reached MLflow
         done = sum(r.status != "RUNNING" for r in self.by_id.values())
-        self.out(f"[{self._tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
-                 f"rerun), {len(self.by_id) - done} to continue from their last checkpoint")
+        self.out(
+            f"[{self._tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
+            f"rerun), {len(self.by_id) - done} to continue from their last checkpoint"
+        )
 
     @property
     def _tag(self) -> str:
@@ -681,17 +962,25 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if rec is None:
             values = trials.values_of(trial.config)
             rec = TrialRecord(trial.trial_id, values)
-            found = (tracking.find_trial_run(self.client, self.exp_id, self.parent_id,
-                                             trial.trial_id)
-                     if self.resumed and self.parent_id else None)
+            found = (
+                tracking.find_trial_run(self.client, self.exp_id, self.parent_id, trial.trial_id)
+                if self.resumed and self.parent_id
+                else None
+            )
             if found:  # started just before the driver died, after Tune's last save
                 rec.run_id, rec.logged = found
                 self.client.update_run(rec.run_id, status="RUNNING")
             else:
                 rec.run_id = tracking.start_trial_run(
-                    self.client, self.exp_id, self.parent_id, trial.trial_id,
-                    config_mod.with_values(self.cfg, values), self.fingerprint, self.role,
-                    sizes=self.sizes)
+                    self.client,
+                    self.exp_id,
+                    self.parent_id,
+                    trial.trial_id,
+                    config_mod.with_values(self.cfg, values),
+                    self.fingerprint,
+                    self.role,
+                    sizes=self.sizes,
+                )
             if self.parent_id is None:
                 self.out(f"[train] MLflow run {rec.run_id}")
             self.by_id[trial.trial_id] = rec
@@ -704,11 +993,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             self.out(f"[{self._tag}] trial {rec.trial_id} started ({_show(rec.values)})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.out(f"[{self._tag}] trial {trial.trial_id} crashed; retrying from its last "
-                 f"checkpoint")
+        self.out(f"[{self._tag}] trial {trial.trial_id} crashed; retrying from its last checkpoint")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         from orchestrator import tracking
 
         rec = self._record(trial)
@@ -742,8 +1031,9 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         if self.parent_id is None:
             self.out(progress.epoch_line(result))
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
-                      **info: Any) -> None:
+    def on_checkpoint(
+        self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
         # Fast-path trials checkpoint through Tune: the path arrives here, after the result.
         rec = self._record(trial)
         if rec.best is not None and rec.best.get("epoch") == trial.last_result.get("epoch"):
@@ -767,8 +1057,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         rec.history = sorted(rec.history + rows, key=lambda r: r["epoch"])
         rec.gap = None
         if rows:
-            self.out(f"[{self._tag}] trial {rec.trial_id}: epochs {lo + 1}-{hi - 1} "
-                     "recovered from its checkpoint")
+            self.out(
+                f"[{self._tag}] trial {rec.trial_id}: epochs {lo + 1}-{hi - 1} "
+                "recovered from its checkpoint"
+            )
+
     def _note_checkpoint(self, rec: TrialRecord) -> None:
         # in MLflow too: a resumed sweep whose Tune state missed this epoch finds it there
         assert rec.run_id is not None and rec.checkpoint is not None
@@ -785,30 +1078,55 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
         error = rec.error
         assert rec.run_id is not None
-        tags = {"orchestrator.epochs_run": str(rec.epochs),
-                "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs)}
+        tags = {
+            "orchestrator.epochs_run": str(rec.epochs),
+            "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs),
+        }
         if error:
             tags["orchestrator.error"] = error[-5000:]
-        found = (diagnosis.failed(rec.epochs) if error else diagnosis.diagnose(
-            rec.history, self.base, config_mod.with_values(
-                self.cfg, rec.best_values or rec.values), self.cfg.diagnosis)
-            if self.base is not None else None)
+        found = (
+            diagnosis.failed(rec.epochs)
+            if error
+            else diagnosis.diagnose(
+                rec.history,
+                self.base,
+                config_mod.with_values(self.cfg, rec.best_values or rec.values),
+                self.cfg.diagnosis,
+            )
+            if self.base is not None
+            else None
+        )
         if found is not None:
             rec.diagnosis, rec.diagnosis_reasons = found.label, found.reasons
             rec.diagnosis_fixes = found.fixes
-            tags.update({DIAGNOSIS: found.label, f"{DIAGNOSIS}_reasons": found.reasons,
-                         f"{DIAGNOSIS}_fixes": "; ".join(found.fixes)})
+            tags.update(
+                {
+                    DIAGNOSIS: found.label,
+                    f"{DIAGNOSIS}_reasons": found.reasons,
+                    f"{DIAGNOSIS}_fixes": "; ".join(found.fixes),
+                }
+            )
         if rec.history:  # the trial's learning curves, as a picture on its run
-            title = f"{self._tag} {rec.trial_id}: {_show(rec.values)}" if rec.values else \
-                f"{self._tag} {rec.trial_id}"
-            tracking.log_png(self.client, rec.run_id,
-                             plots.learning_curves(rec.history, title), "learning_curves.png")
+            title = (
+                f"{self._tag} {rec.trial_id}: {_show(rec.values)}"
+                if rec.values
+                else f"{self._tag} {rec.trial_id}"
+            )
+            tracking.log_png(
+                self.client,
+                rec.run_id,
+                plots.learning_curves(rec.history, title),
+                "learning_curves.png",
+            )
         tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
         if self.parent_id is not None:
             key, mode = config_mod.rank_metric(self.cfg)
             line = progress.progress_line(self.records, self.total, key, mode)
-            self.out(line.replace("[sweep]", f"[{self._tag}] trial {rec.trial_id} "
-                                  f"{tags['orchestrator.status']};"))
+            self.out(
+                line.replace(
+                    "[sweep]", f"[{self._tag}] trial {rec.trial_id} {tags['orchestrator.status']};"
+                )
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "TERMINATED")
@@ -829,8 +1147,11 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         # a record may still hold a placeholder id from an outage: compare real ids
         known = {self.client.run_id(r.run_id) for r in self.records}
         for run in tracking.child_runs(self.client, self.exp_id, self.parent_id):
-            if (run.info.run_id not in known and run.info.status == "RUNNING"
-                    and run.data.tags.get(tracking.ROLE) == self.role):
+            if (
+                run.info.run_id not in known
+                and run.info.status == "RUNNING"
+                and run.data.tags.get(tracking.ROLE) == self.role
+            ):
                 self.client.delete_run(run.info.run_id)
 
 
@@ -851,8 +1172,9 @@ class _Watchdog(_callback_base()):  # type: ignore[misc]
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._seen[trial.trial_id] = time.monotonic()
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         self._seen[trial.trial_id] = time.monotonic()
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -865,15 +1187,21 @@ class _Watchdog(_callback_base()):  # type: ignore[misc]
             return
         trial = running[found[0]]
         epoch = int((trial.last_result or {}).get("epoch", 0))
-        raise progress.SweepStalled(progress.stall_message(
-            found[0], trials_mod.values_of(trial.config), epoch, self.planned, found[1],
-            self.timeout))
+        raise progress.SweepStalled(
+            progress.stall_message(
+                found[0],
+                trials_mod.values_of(trial.config),
+                epoch,
+                self.planned,
+                found[1],
+                self.timeout,
+            )
+        )
 
 
 trials_mod = trials
 BEST_CHECKPOINT = "orchestrator.best_checkpoint"
 DIAGNOSIS = "orchestrator.diagnosis"
-
 
 
 def _error_text(trial: Any) -> str:
@@ -884,8 +1212,9 @@ def _error_text(trial: Any) -> str:
 
 
 def _show(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items())
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
 
 
 def ensure_env() -> None:

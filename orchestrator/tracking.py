@@ -24,8 +24,16 @@ from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
 
 ROLE = "orchestrator.role"
-METRIC_KEYS = ("train_loss", "train_accuracy", "train_f1", "val_loss", "val_accuracy", "val_f1",
-               "gap", "objective")
+METRIC_KEYS = (
+    "train_loss",
+    "train_accuracy",
+    "train_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "gap",
+    "objective",
+)
 
 
 def resolve_uri(cfg: Config) -> str:
@@ -40,7 +48,7 @@ def configured_uri(cfg: Config) -> str:
     may hold ``user:password@``: only for deciding what to send redacted, never for MLflow."""
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).absolute())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).absolute())
     elif "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
         uri = str(Path(uri).absolute())
     return uri
@@ -53,8 +61,7 @@ def bare_uri(uri: str) -> str:
     so into every process Ray starts from here) and quoted in MLflow's error messages. A
     redacted part (``***``) is not exported: the variables already set stand."""
     bare, user, password = config_mod.split_credentials(uri)
-    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD",
-                                                            password)):
+    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
         if value is not None and value != config_mod.REDACTED:
             os.environ[name] = value
     return bare
@@ -75,20 +82,26 @@ def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[Any, str]:
     except Exception as e:
         if not outbox.unreachable(e):
             raise
-        raise ConfigError("tracking.uri", config_mod.redact_uri(
-            f"MLflow at {uri} does not answer ({outbox._short(e)})"),
+        raise ConfigError(
+            "tracking.uri",
+            config_mod.redact_uri(f"MLflow at {uri} does not answer ({outbox._short(e)})"),
             "start it (orchestrator tracking serve), or point tracking.uri / "
-            "$MLFLOW_TRACKING_URI at a running one") from None
+            "$MLFLOW_TRACKING_URI at a running one",
+        ) from None
     mlflow.set_experiment(experiment_id=exp_id)
     # MLflow's errors quote the request's URL, credentials and all: shown redacted
-    return outbox.Outbox(client, lambda m: out(config_mod.redact_uri(m)),
-                         background=True), exp_id
+    return outbox.Outbox(client, lambda m: out(config_mod.redact_uri(m)), background=True), exp_id
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -102,7 +115,7 @@ def common_tags(cfg: Config, fingerprint: str) -> dict[str, str]:
         "orchestrator.config_hash": config_mod.config_hash(cfg),
         "orchestrator.dataset_fingerprint": fingerprint,
         "orchestrator.versions": f"ray={ray.__version__} torch={torch.__version__} "
-                                 f"mlflow={mlflow.__version__} python={platform.python_version()}",
+        f"mlflow={mlflow.__version__} python={platform.python_version()}",
         "orchestrator.host": socket.gethostname(),
     }
 
@@ -113,12 +126,17 @@ def log_params(client: MlflowClient, run_id: str, cfg: Config) -> None:
     flat = {k: ("" if v is None else str(v)[:6000]) for k, v in config_mod.flatten(cfg).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
+        client.log_batch(
+            run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i : i + 100]]
+        )
     client.log_text(run_id, config_mod.to_yaml(cfg), "config.yaml")
 
 
-def dataset_inputs(cfg: Config, fingerprint: str, sizes: dict[str, int] | None,
-                   ) -> list[DatasetInput]:
+def dataset_inputs(
+    cfg: Config,
+    fingerprint: str,
+    sizes: dict[str, int] | None,
+) -> list[DatasetInput]:
     """Dataset lineage (``mlflow.log_input``'s entities): the Parquet source, its content
     digest, and one input per split with its row count, tagged with the split as context."""
     path = cfg.data.path
@@ -127,31 +145,50 @@ def dataset_inputs(cfg: Config, fingerprint: str, sizes: dict[str, int] | None,
     out = []
     for split, rows in (sizes or {}).items():
         context = {"train": "training", "val": "validation", "test": "test"}.get(split, split)
-        ds = Dataset(name=f"{stem}.{split}", digest=fingerprint[:36], source_type=kind,
-                     source=json.dumps({"uri": path}),
-                     schema=json.dumps({"label": cfg.data.label,
-                                        "features": "every other column"}),
-                     profile=json.dumps({"num_rows": rows, "split": split,
-                                         "test_fraction": cfg.data.test_fraction,
-                                         "val_fraction": cfg.data.val_fraction,
-                                         "split_seed": cfg.data.seed}))
+        ds = Dataset(
+            name=f"{stem}.{split}",
+            digest=fingerprint[:36],
+            source_type=kind,
+            source=json.dumps({"uri": path}),
+            schema=json.dumps({"label": cfg.data.label, "features": "every other column"}),
+            profile=json.dumps(
+                {
+                    "num_rows": rows,
+                    "split": split,
+                    "test_fraction": cfg.data.test_fraction,
+                    "val_fraction": cfg.data.val_fraction,
+                    "split_seed": cfg.data.seed,
+                }
+            ),
+        )
         out.append(DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)]))
     return out
 
 
-def start_sweep_run(client: MlflowClient, exp_id: str, cfg: Config, fingerprint: str,
-                    sizes: dict[str, int]) -> str:
-    tags = {ROLE: "sweep", **common_tags(cfg, fingerprint),
-            **{f"orchestrator.rows.{k}": str(v) for k, v in sizes.items()}}
+def start_sweep_run(
+    client: MlflowClient, exp_id: str, cfg: Config, fingerprint: str, sizes: dict[str, int]
+) -> str:
+    tags = {
+        ROLE: "sweep",
+        **common_tags(cfg, fingerprint),
+        **{f"orchestrator.rows.{k}": str(v) for k, v in sizes.items()},
+    }
     run = client.create_run(exp_id, run_name=f"sweep-{cfg.experiment}", tags=tags)
     log_params(client, run.info.run_id, cfg)
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg, fingerprint, sizes))
     return run.info.run_id
 
 
-def start_trial_run(client: MlflowClient, exp_id: str, parent_id: str | None, trial_id: str,
-                    cfg: Config, fingerprint: str, role: str = "trial",
-                    sizes: dict[str, int] | None = None) -> str:
+def start_trial_run(
+    client: MlflowClient,
+    exp_id: str,
+    parent_id: str | None,
+    trial_id: str,
+    cfg: Config,
+    fingerprint: str,
+    role: str = "trial",
+    sizes: dict[str, int] | None = None,
+) -> str:
     """A trial's run under the sweep's (``role`` trial, or confirm for a seed rerun); without a
     parent, the run of `orchestrator train`."""
     role = role if parent_id else "train"
@@ -173,8 +210,12 @@ def system_monitor(cfg: Config, run_id: str) -> Any:
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.tracking.system_metrics_interval,
-                                   resume_logging=True, tracking_uri=resolve_uri(cfg))
+    monitor = SystemMetricsMonitor(
+        run_id,
+        sampling_interval=cfg.tracking.system_metrics_interval,
+        resume_logging=True,
+        tracking_uri=resolve_uri(cfg),
+    )
     monitor.start()
     return monitor
 
@@ -187,12 +228,18 @@ def log_png(client: MlflowClient, run_id: str, png: bytes, name: str) -> None:
         client.log_artifact(run_id, str(path), artifact_path="plots")
 
 
-def find_trial_run(client: MlflowClient, exp_id: str, parent_id: str, trial_id: str,
-                   ) -> tuple[str, int] | None:
+def find_trial_run(
+    client: MlflowClient,
+    exp_id: str,
+    parent_id: str,
+    trial_id: str,
+) -> tuple[str, int] | None:
     """A resumed sweep's existing run for a trial, and the last epoch it logged."""
     runs = client.search_runs(
-        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
-                                f"tags.`orchestrator.trial_id` = '{trial_id}'")
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and "
+        f"tags.`orchestrator.trial_id` = '{trial_id}'",
+    )
     if not runs:
         return None
     run_id = runs[0].info.run_id
@@ -214,14 +261,18 @@ def last_step(client: MlflowClient, run_id: str) -> int:
 
 
 def child_runs(client: MlflowClient, exp_id: str, parent_id: str) -> list[Any]:
-    return list(client.search_runs(
-        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000))
+    return list(
+        client.search_runs(
+            [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000
+        )
+    )
 
 
 def log_epoch(client: MlflowClient, run_id: str, values: dict[str, Any]) -> None:
     step, ms = int(values["epoch"]), int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(values[k]), ms, step)
-                                      for k in METRIC_KEYS if k in values])
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(values[k]), ms, step) for k in METRIC_KEYS if k in values]
+    )
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]) -> None:
@@ -233,8 +284,15 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]
 WEIGHTS_FILE, MODEL_FILE = "weights.pt", "model.json"  # the pickle-free form, in extra_files/
 
 
-def register_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_example: np.ndarray,
-                      classes: list, test_metrics: dict[str, float], trial_run_id: str) -> str:
+def register_champion(
+    cfg: Config,
+    parent_id: str,
+    net: torch.nn.Module,
+    x_example: np.ndarray,
+    classes: list,
+    test_metrics: dict[str, float],
+    trial_run_id: str,
+) -> str:
     """Log the served form of the model on the sweep run, register it, move ``champion``
     (the version it replaces keeps the alias ``previous``).
 
@@ -256,9 +314,15 @@ def register_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_examp
     return version
 
 
-def log_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_example: np.ndarray,
-                 classes: list, test_metrics: dict[str, float], at_ms: int | None = None,
-                 ) -> str:
+def log_champion(
+    cfg: Config,
+    parent_id: str,
+    net: torch.nn.Module,
+    x_example: np.ndarray,
+    classes: list,
+    test_metrics: dict[str, float],
+    at_ms: int | None = None,
+) -> str:
     """The served form of ``net`` logged on the sweep run, with the test scores (at
     ``at_ms``: the same time on a second try, so MLflow keeps one point); its model URI."""
     from mlflow.models import infer_signature
@@ -278,21 +342,29 @@ def log_champion(cfg: Config, parent_id: str, net: torch.nn.Module, x_example: n
         mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent_id).info.experiment_id)
         with mlflow.start_run(run_id=parent_id):
             info = mlflow.pytorch.log_model(
-                served, name="model", signature=signature, input_example=x_example[:2],
+                served,
+                name="model",
+                signature=signature,
+                input_example=x_example[:2],
                 # torch.export's pt2 format: the graph and weights, no pickled Python classes,
                 # so the model loads where this package is not installed.
-                serialization_format="pt2", metadata=meta,
+                serialization_format="pt2",
+                metadata=meta,
                 extra_files=[str(weights), str(spec)],
                 # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                                  f"mlflow=={mlflow.__version__}", "numpy"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                    "numpy",
+                ],
             )
             mlflow.log_metrics(test_metrics, timestamp=at_ms or int(time.time() * 1000))
     return str(info.model_uri)
 
 
-def register_version(model_uri: str, name: str, trial_run_id: str,
-                     test_metrics: dict[str, float], marker: str = "") -> str:
+def register_version(
+    model_uri: str, name: str, trial_run_id: str, test_metrics: dict[str, float], marker: str = ""
+) -> str:
     """A new version of model ``name``; ``marker`` (a tag set in the same call) lets a
     replay that died before recording the version find it instead of registering again."""
     from orchestrator import outbox
@@ -307,13 +379,18 @@ def find_version(client: MlflowClient, name: str, marker: str) -> str | None:
     """The version of model ``name`` registered with ``marker``, if any."""
     from orchestrator import outbox
 
-    found = client.search_model_versions(
-        f"name = '{name}' and tags.`{outbox.MARKER}` = '{marker}'")
+    found = client.search_model_versions(f"name = '{name}' and tags.`{outbox.MARKER}` = '{marker}'")
     return str(found[0].version) if found else None
 
 
-def promote(client: MlflowClient, name: str, version: str, old: str | None, parent_id: str,
-            trial_run_id: str) -> None:
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    old: str | None,
+    parent_id: str,
+    trial_run_id: str,
+) -> None:
     """``champion`` to ``version``, ``previous`` to the one it replaces (``old``), and the
     runs tagged. Each step sets a value, so doing them again after a crash changes nothing."""
     from orchestrator import outbox
@@ -336,15 +413,25 @@ def champion_version(client: MlflowClient, name: str, alias: str = "champion") -
         return None  # no such model or alias yet
 
 
-def write_weights(folder: str | Path, cfg: Config, net: torch.nn.Module, classes: list,
-                  num_features: int) -> tuple[Path, Path]:
+def write_weights(
+    folder: str | Path, cfg: Config, net: torch.nn.Module, classes: list, num_features: int
+) -> tuple[Path, Path]:
     """The pickle-free form of a trained network: its tensors (a plain state dict) and the
     config that rebuilds it (JSON)."""
     weights, spec = Path(folder) / WEIGHTS_FILE, Path(folder) / MODEL_FILE
     torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, weights)
-    spec.write_text(json.dumps({
-        "format": 1, "model": config_mod.to_dict(cfg)["model"], "shape": cfg.data.shape,
-        "num_classes": len(classes), "classes": classes, "num_features": num_features}))
+    spec.write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "model": config_mod.to_dict(cfg)["model"],
+                "shape": cfg.data.shape,
+                "num_classes": len(classes),
+                "classes": classes,
+                "num_features": num_features,
+            }
+        )
+    )
     return weights, spec
 
 
@@ -367,8 +454,9 @@ def load_weights(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     folder = Path(folder)
     spec_path, weights_path = folder / MODEL_FILE, folder / WEIGHTS_FILE
     if spec_path.stat().st_size > MAX_SPEC_BYTES:
-        raise ValueError(f"{MODEL_FILE}: {spec_path.stat().st_size} bytes, at most "
-                         f"{MAX_SPEC_BYTES}")
+        raise ValueError(
+            f"{MODEL_FILE}: {spec_path.stat().st_size} bytes, at most {MAX_SPEC_BYTES}"
+        )
     try:
         spec = json.loads(spec_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -377,10 +465,13 @@ def load_weights(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     elements = state_elements(mcfg, d, num_classes, shape)
     size = weights_path.stat().st_size
     if elements * BYTES_PER_ELEMENT > size:
-        raise ValueError(f"{MODEL_FILE}: model {spec['model']} needs {elements:,} float32 "
-                         f"values, but {WEIGHTS_FILE} has only {size:,} bytes")
-    net = model.build(mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32),
-                      num_classes, shape)
+        raise ValueError(
+            f"{MODEL_FILE}: model {spec['model']} needs {elements:,} float32 "
+            f"values, but {WEIGHTS_FILE} has only {size:,} bytes"
+        )
+    net = model.build(
+        mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32), num_classes, shape
+    )
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)  # the stem's statistics are buffers: the trained ones
     return net.eval(), spec
@@ -390,6 +481,7 @@ def check_spec(spec: Any) -> tuple[config_mod.ModelConfig, list[int] | None, int
     """(model config, shape, features, classes) of a ``model.json``, checked: the model
     section and the shape by the config's own validation, the rest here. ``ValueError``
     names the first bad field."""
+
     def bad(key: str, problem: str) -> ValueError:
         return ValueError(f"{MODEL_FILE}: {key}: {problem}")
 
@@ -404,9 +496,13 @@ def check_spec(spec: Any) -> tuple[config_mod.ModelConfig, list[int] | None, int
         raise bad("model", "expected an object")
     try:  # the same checks as a config file's model section (and data.shape); the other
         # sections keep their defaults (storage fixed: it is read from the environment)
-        cfg = config_mod.from_dict({"data": {"path": MODEL_FILE, "shape": spec.get("shape")},
-                                    "model": spec["model"],
-                                    "sweep": {"storage_path": "results"}})
+        cfg = config_mod.from_dict(
+            {
+                "data": {"path": MODEL_FILE, "shape": spec.get("shape")},
+                "model": spec["model"],
+                "sweep": {"storage_path": "results"},
+            }
+        )
     except ConfigError as e:
         raise bad("shape" if e.key == "data.shape" else e.key, e.problem) from None
     if len(cfg.model.hidden) > MAX_LAYERS:  # each layer is Python objects, whatever its size
@@ -422,13 +518,16 @@ def check_spec(spec: Any) -> tuple[config_mod.ModelConfig, list[int] | None, int
         raise bad("classes", "class names must be strings or numbers")
     shape = cfg.data.shape
     if shape is not None and shape[0] * shape[1] * shape[2] != d:
-        raise bad("shape", f"{shape} holds {shape[0] * shape[1] * shape[2]} values, "
-                           f"not num_features ({d})")
+        raise bad(
+            "shape",
+            f"{shape} holds {shape[0] * shape[1] * shape[2]} values, not num_features ({d})",
+        )
     return cfg.model, shape, d, num_classes
 
 
-def state_elements(mcfg: config_mod.ModelConfig, d: int, num_classes: int,
-                   shape: list[int] | None) -> int:
+def state_elements(
+    mcfg: config_mod.ModelConfig, d: int, num_classes: int, shape: list[int] | None
+) -> int:
     """Tensor elements in ``model.build``'s state dict (parameters and the stem's two
     buffers), counted without building it. Mirrors ``model.build`` (a test keeps the two
     in step)."""
@@ -456,9 +555,16 @@ PENDING = "champion-pending"  # a champion trained while MLflow was away, to reg
 CHAMPION_FILE = "champion.json"  # in PENDING: what registering needs, and how far it got
 
 
-def keep_champion(folder: Path, cfg: Config, parent_id: str, net: torch.nn.Module,
-                  x_example: np.ndarray, classes: list, test_metrics: dict[str, float],
-                  trial_run_id: str) -> Path:
+def keep_champion(
+    folder: Path,
+    cfg: Config,
+    parent_id: str,
+    net: torch.nn.Module,
+    x_example: np.ndarray,
+    classes: list,
+    test_metrics: dict[str, float],
+    trial_run_id: str,
+) -> Path:
     """What ``register_champion`` needs, on disk (weights, config, example, scores), for a
     replay once the tracking server is back. The folder appears whole or not at all (built
     beside it, fsynced, renamed into place); run ids are stored resolved as far as the
@@ -476,11 +582,20 @@ def keep_champion(folder: Path, cfg: Config, parent_id: str, net: torch.nn.Modul
     shutil.rmtree(tmp, ignore_errors=True)  # a kill while an earlier one was kept
     tmp.mkdir(parents=True)
     write_weights(tmp, cfg, net, classes, int(x_example.shape[1]))
-    (tmp / CHAMPION_FILE).write_text(json.dumps({
-        "config": config_mod.to_dict(config_mod.redact(cfg)), "parent_id": parent_id,
-        "trial_run_id": trial_run_id, "example": x_example.tolist(), "classes": classes,
-        "test_metrics": test_metrics, "marker": f"champion-{uuid.uuid4().hex[:12]}",
-        "at": int(time.time() * 1000)}))
+    (tmp / CHAMPION_FILE).write_text(
+        json.dumps(
+            {
+                "config": config_mod.to_dict(config_mod.redact(cfg)),
+                "parent_id": parent_id,
+                "trial_run_id": trial_run_id,
+                "example": x_example.tolist(),
+                "classes": classes,
+                "test_metrics": test_metrics,
+                "marker": f"champion-{uuid.uuid4().hex[:12]}",
+                "at": int(time.time() * 1000),
+            }
+        )
+    )
     for f in tmp.iterdir():
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -491,8 +606,9 @@ def keep_champion(folder: Path, cfg: Config, parent_id: str, net: torch.nn.Modul
     return pending
 
 
-def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
-           patience: float = 60.0) -> str | None:
+def replay(
+    folder: Path, uri: str, out: Callable[[str], None] = print, patience: float = 60.0
+) -> str | None:
     """Send what a sweep (or train run) kept while its tracking server was away: the queued
     writes in order, then the champion's registration. Returns the new model version, if a
     champion was waiting. Raises if the server still does not answer, and (once the rest is
@@ -504,27 +620,33 @@ def replay(folder: Path, uri: str, out: Callable[[str], None] = print,
 
     uri = bare_uri(uri)
     mlflow.set_tracking_uri(uri)
-    box = outbox.Outbox.from_journal(MlflowClient(uri), folder,
-                                     lambda m: out(config_mod.redact_uri(m)))
+    box = outbox.Outbox.from_journal(
+        MlflowClient(uri), folder, lambda m: out(config_mod.redact_uri(m))
+    )
     total = len(box.queue)
     if not box.drain(block=True, patience=patience):
-        raise RuntimeError(f"MLflow at {config_mod.redact_uri(uri)} still does not answer: "
-                           f"{len(box.queue)} of "
-                           f"{total} write(s) left in {folder / outbox.JOURNAL}")
+        raise RuntimeError(
+            f"MLflow at {config_mod.redact_uri(uri)} still does not answer: "
+            f"{len(box.queue)} of "
+            f"{total} write(s) left in {folder / outbox.JOURNAL}"
+        )
     if total:
         out(f"[tracking] replayed {total} kept write(s) to {config_mod.redact_uri(uri)}")
     version = None
     if (folder / PENDING / CHAMPION_FILE).is_file():
         version = register_kept(folder / PENDING, box.run_id, out)
     if box.refused:
-        raise RuntimeError(f"MLflow refused {box.refused} of the {total} kept write(s) (not "
-                           f"an outage); they are set aside, each with its error, in "
-                           f"{folder / outbox.REFUSED}")
+        raise RuntimeError(
+            f"MLflow refused {box.refused} of the {total} kept write(s) (not "
+            f"an outage); they are set aside, each with its error, in "
+            f"{folder / outbox.REFUSED}"
+        )
     return version
 
 
-def register_kept(pending: Path, resolve: Callable[[str], str | None],
-                  out: Callable[[str], None] = print) -> str:
+def register_kept(
+    pending: Path, resolve: Callable[[str], str | None], out: Callable[[str], None] = print
+) -> str:
     """Register the champion ``keep_champion`` left in ``pending``. Each step's outcome is
     recorded in its ``champion.json`` (atomically, fsynced) before the next: the logged
     model (and the champion it will replace), then the new version, before any alias
@@ -545,13 +667,18 @@ def register_kept(pending: Path, resolve: Callable[[str], str | None],
         if "model_uri" not in info:
             net, _ = load_weights(pending)
             info["model_uri"] = log_champion(
-                cfg, parent, net, np.asarray(info["example"], dtype=np.float32),
-                info["classes"], info["test_metrics"], info.get("at"))
+                cfg,
+                parent,
+                net,
+                np.asarray(info["example"], dtype=np.float32),
+                info["classes"],
+                info["test_metrics"],
+                info.get("at"),
+            )
             outbox.count_send()
             info["previous"] = champion_version(client, name)
             outbox.write_atomic(path, json.dumps(info))
-        version = register_version(info["model_uri"], name, trial, info["test_metrics"],
-                                   marker)
+        version = register_version(info["model_uri"], name, trial, info["test_metrics"], marker)
         outbox.count_send()
     if info.get("version") != version:
         info["version"] = version

@@ -29,8 +29,11 @@ SET_KEY = "_set"  # a param_space key whose value is a whole dict of dotted valu
 
 def values_of(trial_config: dict[str, Any], space_keys: Any = None) -> dict[str, Any]:
     """The dotted config values a trial was given (a confirm run's come packed in one key)."""
-    out = {k: v for k, v in trial_config.items() if k != SET_KEY
-           and (space_keys is None or k in space_keys)}
+    out = {
+        k: v
+        for k, v in trial_config.items()
+        if k != SET_KEY and (space_keys is None or k in space_keys)
+    }
     return {**trial_config.get(SET_KEY, {}), **out}
 
 
@@ -79,8 +82,9 @@ def trial_resources(cfg: Config) -> dict[str, float]:
     return {"cpu": 0, "memory": 2**20}
 
 
-def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary | None,
-                   refit: bool = False) -> Any:
+def make_trainable(
+    cfg: Config, stamp: str, storage: str, summary: data.Summary | None, refit: bool = False
+) -> Any:
     """The Tune trainable for this config. Its name (``trial_fn``) is what a resumed sweep
     is matched against, so both paths share it."""
     from ray import tune
@@ -106,9 +110,14 @@ def make_trainable(cfg: Config, stamp: str, storage: str, summary: data.Summary 
         # Not Ray's TuneReportCallback: its bridge can deadlock at the end of a trial
         # (see orchestrator.relay). The trial relays the Train run's reports itself.
         queue = ray_train.report_queue()
-        trainer = ray_train.make_trainer(trial_cfg, name, storage,
-                                         callbacks=[ray_train.ReportRelay(queue)],
-                                         refit=refit, summary=summary)
+        trainer = ray_train.make_trainer(
+            trial_cfg,
+            name,
+            storage,
+            callbacks=[ray_train.ReportRelay(queue)],
+            refit=refit,
+            summary=summary,
+        )
         ray_train.fit_relayed(trainer, queue, tune.report)
 
     return tune.with_resources(trial_fn, trial_resources(cfg))
@@ -122,8 +131,9 @@ def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> Non
 
         group = "train+val" if refit else "train"
         ds = ray_train.stream_datasets(cfg, summary)
-        feed = ray_train.stream_feed(cfg, ray_train.stream_info(summary, group), seam,
-                                     ds[group], ds["val"])
+        feed = ray_train.stream_feed(
+            cfg, ray_train.stream_info(summary, group), seam, ds[group], ds["val"]
+        )
         loop.train(cfg, feed, seam)
         return
     splits = _splits(cfg.data)
@@ -196,8 +206,11 @@ def num_samples(cfg: Config) -> int:
 
 
 def total_trials(cfg: Config) -> int:
-    sizes = [len(s["values"]) for s in cfg.sweep.space.values()
-             if s["type"] == "grid" or (s["type"] == "choice" and cfg.sweep.searcher == "grid")]
+    sizes = [
+        len(s["values"])
+        for s in cfg.sweep.space.values()
+        if s["type"] == "grid" or (s["type"] == "choice" and cfg.sweep.searcher == "grid")
+    ]
     return num_samples(cfg) * math.prod(sizes)
 
 
@@ -216,8 +229,9 @@ def searcher(cfg: Config, concurrency: int) -> Any:
         return ConcurrencyLimiter(OptunaSearch(sampler=tpe), max_concurrent=concurrency)
     # Random search and grids both come from Tune's variant generator; given a generator,
     # Tune leaves the concurrency cap to it.
-    return tune.search.BasicVariantGenerator(random_state=cfg.sweep.seed,
-                                             max_concurrent=concurrency)
+    return tune.search.BasicVariantGenerator(
+        random_state=cfg.sweep.seed, max_concurrent=concurrency
+    )
 
 
 def scheduler(cfg: Config) -> Any:
@@ -228,27 +242,39 @@ def scheduler(cfg: Config) -> Any:
     if sw.scheduler == "asha" and config_mod.asha_promotes(cfg):
         from orchestrator.tune_asha import PromotionASHA
 
-        return PromotionASHA(config_mod.rungs(cfg), sw.reduction_factor,
-                             *config_mod.rank_metric(cfg))
+        return PromotionASHA(
+            config_mod.rungs(cfg), sw.reduction_factor, *config_mod.rank_metric(cfg)
+        )
     if sw.scheduler == "asha":
-        return schedulers.ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
-                                        reduction_factor=sw.reduction_factor)
+        return schedulers.ASHAScheduler(
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=grace,
+            reduction_factor=sw.reduction_factor,
+        )
     if sw.scheduler == "hyperband":
         # Asynchronous HyperBand: ASHA run over several brackets, each with its own minimum
         # budget, which hedges against stopping slow starters too early. Unlike Tune's
         # synchronous HyperBandScheduler it never pauses a trial to wait for a bracket to
         # fill, so it works for DDP trials too and keeps every CPU busy.
         return schedulers.AsyncHyperBandScheduler(
-            time_attr="epoch", max_t=epochs, grace_period=grace,
-            reduction_factor=sw.reduction_factor, brackets=hyperband_brackets(cfg))
+            time_attr="epoch",
+            max_t=epochs,
+            grace_period=grace,
+            reduction_factor=sw.reduction_factor,
+            brackets=hyperband_brackets(cfg),
+        )
     if sw.scheduler == "median":
-        return schedulers.MedianStoppingRule(time_attr="epoch", grace_period=grace,
-                                             min_samples_required=3)
+        return schedulers.MedianStoppingRule(
+            time_attr="epoch", grace_period=grace, min_samples_required=3
+        )
     if sw.scheduler == "pbt":
         return schedulers.PopulationBasedTraining(
-            time_attr="epoch", perturbation_interval=sw.perturbation_interval,
+            time_attr="epoch",
+            perturbation_interval=sw.perturbation_interval,
             hyperparam_mutations=pbt_mutations(cfg),
-            custom_explore_fn=functools.partial(clamp, space=sw.space))
+            custom_explore_fn=functools.partial(clamp, space=sw.space),
+        )
     return None  # fifo: every trial runs its full budget
 
 
@@ -267,8 +293,10 @@ def hyperband_brackets(cfg: Config) -> int:
     """``sweep.brackets``, less those whose first rung would not come before the last epoch
     (they would stop nothing)."""
     sw, b = cfg.sweep, 1
-    while b < sw.brackets and min(sw.grace_period, cfg.train.epochs) * (
-            sw.reduction_factor ** b) < cfg.train.epochs:
+    while (
+        b < sw.brackets
+        and min(sw.grace_period, cfg.train.epochs) * (sw.reduction_factor**b) < cfg.train.epochs
+    ):
         b += 1
     return b
 
@@ -282,16 +310,23 @@ def pbt_mutations(cfg: Config) -> dict[str, Any]:
         if kind in ("choice", "grid"):
             out[key] = list(spec["values"])
         else:
-            out[key] = {"uniform": tune.uniform, "loguniform": tune.loguniform,
-                        "randint": tune.randint}[kind](spec["low"], spec["high"])
+            out[key] = {
+                "uniform": tune.uniform,
+                "loguniform": tune.loguniform,
+                "randint": tune.randint,
+            }[kind](spec["low"], spec["high"])
     return out
 
 
 # ---------------------------------------------------------------- fitting the cluster
 
 
-def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "memory",
-                      nodes: list[dict[str, float]] | None = None) -> int:
+def trial_concurrency(
+    cfg: Config,
+    cluster: dict[str, float],
+    loader: str = "memory",
+    nodes: list[dict[str, float]] | None = None,
+) -> int:
     """How many trials fit at once, packing each trial's workers onto the nodes; a
     ConfigError naming what is missing when not even one does (rather than trials pending
     forever). A streamed trial also keeps ``scaling.data_cpus`` free for its Ray Data
@@ -309,17 +344,21 @@ def trial_concurrency(cfg: Config, cluster: dict[str, float], loader: str = "mem
     if fits < 1:
         how = {"spread": " each on its own node", "pack": " all on one node"}.get(strict, "")
         want = f"{s.num_workers} worker(s) x {_show(bundle)}{how}" + (
-            f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else "")
+            f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else ""
+        )
         biggest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        have = (f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes
-                else _show(cluster))
-        raise ConfigError("scaling.num_workers", f"one trial needs {want}; the cluster has {have}",
-                          "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes")
+        have = f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes else _show(cluster)
+        raise ConfigError(
+            "scaling.num_workers",
+            f"one trial needs {want}; the cluster has {have}",
+            "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes",
+        )
     return fits
 
 
-def _place(free: list[dict[str, float]], bundle: dict[str, float], count: int,
-           strict: str = "") -> bool:
+def _place(
+    free: list[dict[str, float]], bundle: dict[str, float], count: int, strict: str = ""
+) -> bool:
     """Place ``count`` bundles, taking them from ``free``: over as many nodes as needed, or
     (``strict="spread"``) each on a node of its own, or (``"pack"``) all on one node."""
     if strict == "pack":
@@ -328,8 +367,15 @@ def _place(free: list[dict[str, float]], bundle: dict[str, float], count: int,
     trial = [dict(n) for n in free]
     used: set[int] = set()
     for _ in range(count):
-        i = next((i for i, n in enumerate(trial) if (strict != "spread" or i not in used)
-                  and all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
+        i = next(
+            (
+                i
+                for i, n in enumerate(trial)
+                if (strict != "spread" or i not in used)
+                and all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+            ),
+            None,
+        )
         if i is None:
             return False
         used.add(i)
@@ -360,4 +406,3 @@ def alive_nodes() -> list[dict[str, float]]:
     import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-

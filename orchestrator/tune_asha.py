@@ -18,8 +18,14 @@ from orchestrator.asha import PAUSE, Ladder
 
 
 class PromotionASHA(FIFOScheduler):
-    def __init__(self, rungs: list[int], reduction_factor: int, metric: str, mode: str,
-                 time_attr: str = "epoch") -> None:
+    def __init__(
+        self,
+        rungs: list[int],
+        reduction_factor: int,
+        metric: str,
+        mode: str,
+        time_attr: str = "epoch",
+    ) -> None:
         super().__init__()
         self.ladder = Ladder(rungs, reduction_factor, mode)
         self._metric, self._time_attr = metric, time_attr

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 # The secrets the local cluster's nodes hold in their environment (as a Kubernetes Secret
 # would give them), made fresh each session: a literal here would be in every job's upload.
-CLUSTER_SECRETS = {"MLFLOW_TRACKING_USERNAME": "admin",
-                   "MLFLOW_TRACKING_PASSWORD": f"pw-{secrets.token_hex(8)}",
-                   "ORCHESTRATOR_API_KEY": f"key-{secrets.token_hex(8)}"}
+CLUSTER_SECRETS = {
+    "MLFLOW_TRACKING_USERNAME": "admin",
+    "MLFLOW_TRACKING_PASSWORD": f"pw-{secrets.token_hex(8)}",
+    "ORCHESTRATOR_API_KEY": f"key-{secrets.token_hex(8)}",
+}
 
 
 @pytest.fixture(scope="session")
@@ -72,18 +74,42 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
     state_dir = tmp_path_factory.mktemp("cluster") / ".ray-local"
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "cluster", "up", "--workers", "2",
-         "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=400,
-        env={**os.environ, **CLUSTER_SECRETS})
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "cluster",
+            "up",
+            "--workers",
+            "2",
+            "--state-dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, **CLUSTER_SECRETS},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     state = cluster.load(state_dir)
     assert state is not None
     try:
         yield {"state": state, "state_dir": state_dir, "up": proc.stdout}
     finally:
-        down = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "down",
-                               "--state-dir", str(state_dir)], capture_output=True, text=True,
-                              timeout=300)
+        down = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "cluster",
+                "down",
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert down.returncode == 0, down.stderr
         for pid in [state.head_pid, *state.workers]:  # only what it started, and all of it
             assert not running(pid), pid
@@ -125,20 +151,41 @@ def basic_auth_server(tmp_path: Path) -> Iterator[dict]:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = sqlite:///{auth}/auth.db\nadmin_username = admin\n"
         f"admin_password = {password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth / "basic_auth.ini"),
-           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
-           # the auth app's CSRF key, the same in every server worker
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth / "basic_auth.ini"),
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/server.db",
+        # the auth app's CSRF key, the same in every server worker
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "tracking", "serve", "--port",
-             str(port), "--artifacts", str(tmp_path / "artifacts"), "--workers", "1", "--",
-             "--app-name", "basic-auth"],
-            cwd=tmp_path, env=env, start_new_session=True, stdout=out,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "tracking",
+                "serve",
+                "--port",
+                str(port),
+                "--artifacts",
+                str(tmp_path / "artifacts"),
+                "--workers",
+                "1",
+                "--",
+                "--app-name",
+                "basic-auth",
+            ],
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.time() + 120
         while True:
@@ -171,5 +218,11 @@ def served_model(seed: int, version: str) -> Any:
     torch.manual_seed(seed)
     x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)
     net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
-    return serve.Served(model.WithProbabilities(net).eval(), ["cat", "dog", "eel"], 4,
-                        "models:/t@champion", version, f"run{version}")
+    return serve.Served(
+        model.WithProbabilities(net).eval(),
+        ["cat", "dog", "eel"],
+        4,
+        "models:/t@champion",
+        version,
+        f"run{version}",
+    )

@@ -103,8 +103,9 @@ def test_a_failing_pass_fails_every_request_in_it(inline_below_s: float) -> None
     async def main() -> list:
         batcher = MicroBatcher(fn, window_s=0.01, inline_below_s=inline_below_s)
         try:
-            return await asyncio.gather(*(batcher(np.ones((1, 2))) for _ in range(3)),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(batcher(np.ones((1, 2))) for _ in range(3)), return_exceptions=True
+            )
         finally:
             batcher.close()
 

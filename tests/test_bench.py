@@ -17,14 +17,20 @@ def test_steady_rate_leaves_out_the_warm_up_epoch() -> None:
 
 
 def test_unknown_benchmark_is_a_usage_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "jobs.bench", "nope"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.bench", "nope"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
 def test_gpu_check_runs_on_a_gpu_and_says_so_without_one() -> None:
-    proc = subprocess.run([sys.executable, "-m", "jobs.gpu_check"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.gpu_check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if torch.cuda.is_available():  # the whole check: AMP speedups and the NCCL path
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert '"e2e_train_ok": 1.0' in proc.stdout

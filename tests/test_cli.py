@@ -26,12 +26,23 @@ QUICKSTART = str(ROOT / "jobs/configs/quickstart.yaml")
     ],
 )
 def test_bad_config_exits_2_naming_the_key_and_writes_nothing(
-        overrides: list[str], key: str, digits_path: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides: list[str],
+    key: str,
+    digits_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
-    args = ["sweep", QUICKSTART, f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
-            f"sweep.storage_path={tmp_path / 'results'}", *overrides]
+    args = [
+        "sweep",
+        QUICKSTART,
+        f"data.path={digits_path}",
+        f"tracking.uri=sqlite:///{db}",
+        f"sweep.storage_path={tmp_path / 'results'}",
+        *overrides,
+    ]
     assert cli.main(args) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
     assert f"'{key}'" in err and "fix:" in err
@@ -40,15 +51,22 @@ def test_bad_config_exits_2_naming_the_key_and_writes_nothing(
 
 def test_every_subcommand_has_help() -> None:
     for sub in (["sweep"], ["serve"], ["data", "export"]):
-        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *sub, "--help"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *sub, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "usage:" in out
 
 
 def test_jobs_entry_point_reports_config_errors_with_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "jobs.sweep", QUICKSTART,
-                           f"data.path={tmp_path}/missing.parquet"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.sweep", QUICKSTART, f"data.path={tmp_path}/missing.parquet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "'data.path'" in proc.stderr
 
 
@@ -63,15 +81,26 @@ def test_serve_config_needs_no_data_section_but_checks_its_own() -> None:
 
 def test_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> None:
     # `submit CONFIG --address X key=value`: the override still reaches the config check
-    assert cli.main(["submit", "jobs/configs/quickstart.yaml", "--address",
-                     "http://127.0.0.1:1", "train.epochs=0"]) == 2
+    assert (
+        cli.main(
+            [
+                "submit",
+                "jobs/configs/quickstart.yaml",
+                "--address",
+                "http://127.0.0.1:1",
+                "train.epochs=0",
+            ]
+        )
+        == 2
+    )
     assert "train.epochs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["submit", "jobs/configs/quickstart.yaml", "--address", "x", "--bogus"])
 
 
 def test_a_stalled_sweep_exits_5_with_the_watchdogs_message(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator import progress, sweep
 
     def stalls(*args: object, **kw: object) -> None:

@@ -29,48 +29,81 @@ def up(local_cluster: dict) -> dict:
     return local_cluster
 
 
-def _submit(up: dict, tmp: Path, digits: Path, *args: str, wait: bool = True,
-            ) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+def _submit(
+    up: dict,
+    tmp: Path,
+    digits: Path,
+    *args: str,
+    wait: bool = True,
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
     state = up["state"]
-    argv = [sys.executable, "-m", "orchestrator.cli", "submit", "jobs/configs/quickstart.yaml",
-            "--address", state.address, f"data.path={digits}",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"sweep.storage_path={tmp}/results",
-            *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "submit",
+        "jobs/configs/quickstart.yaml",
+        "--address",
+        state.address,
+        f"data.path={digits}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"sweep.storage_path={tmp}/results",
+        *args,
+    ]
     env = cluster.env(state)
     env.pop("RAY_ADDRESS", None)
     if wait:
-        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=900)
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _get(up: dict, path: str) -> dict:
     state = up["state"]
     token = Path(state.token_path).read_text().strip()
-    r = requests.get(f"{state.address}{path}", headers={"Authorization": f"Bearer {token}"},
-                     timeout=30)
+    r = requests.get(
+        f"{state.address}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     r.raise_for_status()
     return r.json()["data"]["result"]
 
 
 def test_status_shows_a_head_and_two_worker_nodes_with_token_auth_on(up: dict) -> None:
     state = up["state"]
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "status",
-                          "--state-dir", str(up["state_dir"])], capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "cluster",
+            "status",
+            "--state-dir",
+            str(up["state_dir"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert out.count(" ALIVE ") == 3 and out.count("worker ") == 2, out
     assert "127.0.0.1" in out
     # the dashboard is on loopback and wants the token
     assert requests.get(f"{state.address}/api/v0/nodes", timeout=10).status_code == 401
 
 
-def test_submit_runs_the_quickstart_sweep_on_the_cluster(up: dict, digits_path: Path,
-                                                         tmp_path: Path) -> None:
+def test_submit_runs_the_quickstart_sweep_on_the_cluster(
+    up: dict, digits_path: Path, tmp_path: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
-    done = _submit(up, tmp_path, digits_path, "sweep.num_samples=2", "train.epochs=2",
-                   "experiment=cluster-sweep")
+    done = _submit(
+        up,
+        tmp_path,
+        digits_path,
+        "sweep.num_samples=2",
+        "train.epochs=2",
+        "experiment=cluster-sweep",
+    )
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "preflight: 3 alive node(s)" in done.stdout and "SUCCEEDED" in done.stdout
@@ -81,20 +114,30 @@ def test_submit_runs_the_quickstart_sweep_on_the_cluster(up: dict, digits_path: 
 
 
 def test_submit_sends_no_secret_and_the_job_finds_them_on_the_cluster(
-        up: dict, basic_auth_server: dict, digits_path: Path, tmp_path: Path) -> None:
+    up: dict, basic_auth_server: dict, digits_path: Path, tmp_path: Path
+) -> None:
     """A password in tracking.uri (a basic-auth MLflow server) and a serve.api_key given to
     `orchestrator submit`: the job authenticates with the nodes' own credentials, and neither
     secret is in `ray job list/status/logs`, in what submit printed, or in any node's session
     folder (logs, the job's uploaded working directory) or the cluster's state folder."""
     from mlflow.tracking import MlflowClient
 
-    password, key = CLUSTER_SECRETS["MLFLOW_TRACKING_PASSWORD"], CLUSTER_SECRETS[
-        "ORCHESTRATOR_API_KEY"]
+    password, key = (
+        CLUSTER_SECRETS["MLFLOW_TRACKING_PASSWORD"],
+        CLUSTER_SECRETS["ORCHESTRATOR_API_KEY"],
+    )
     uri = f"http://127.0.0.1:{basic_auth_server['port']}"
-    done = _submit(up, tmp_path, digits_path, "sweep.num_samples=1", "train.epochs=1",
-                   "sweep.refit=false", "experiment=cluster-secret",
-                   f"tracking.uri=http://admin:{password}@127.0.0.1:{basic_auth_server['port']}",
-                   f"serve.api_key={key}")
+    done = _submit(
+        up,
+        tmp_path,
+        digits_path,
+        "sweep.num_samples=1",
+        "train.epochs=1",
+        "sweep.refit=false",
+        "experiment=cluster-secret",
+        f"tracking.uri=http://admin:{password}@127.0.0.1:{basic_auth_server['port']}",
+        f"serve.api_key={key}",
+    )
     assert isinstance(done, subprocess.CompletedProcess)
     printed = done.stdout + done.stderr
     assert done.returncode == 0, printed[-4000:]
@@ -106,8 +149,13 @@ def test_submit_sends_no_secret_and_the_job_finds_them_on_the_cluster(
     env.pop("RAY_ADDRESS", None)
     address = up["state"].address
     for cmd in (["list"], ["status", job[1]], ["logs", job[1]]):
-        ray = subprocess.run([str(BIN / "ray"), "job", *cmd, "--address", address], env=env,
-                             capture_output=True, text=True, timeout=120)
+        ray = subprocess.run(
+            [str(BIN / "ray"), "job", *cmd, "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ray.returncode == 0, ray.stderr
         printed += ray.stdout + ray.stderr
     assert "trials done 1/1" in printed  # the logs are really there
@@ -120,37 +168,59 @@ def test_submit_sends_no_secret_and_the_job_finds_them_on_the_cluster(
     os.environ.update(CLUSTER_SECRETS)  # MLflow's client reads them
     try:
         runs = MlflowClient(uri).search_runs(
-            [MlflowClient(uri).get_experiment_by_name("cluster-secret").experiment_id])
+            [MlflowClient(uri).get_experiment_by_name("cluster-secret").experiment_id]
+        )
     finally:
         for k in CLUSTER_SECRETS:
             os.environ.pop(k, None)
     assert {r.data.params["serve.api_key"] for r in runs} == {"***"} and len(runs) == 2
 
 
-def test_a_two_worker_ddp_trial_runs_on_two_nodes(up: dict, digits_path: Path,
-                                                  tmp_path: Path) -> None:
-    done = _submit(up, tmp_path, digits_path, "--train", "scaling.num_workers=2",
-                   "scaling.placement_strategy=STRICT_SPREAD", "train.epochs=2",
-                   "experiment=cluster-spread")
+def test_a_two_worker_ddp_trial_runs_on_two_nodes(
+    up: dict, digits_path: Path, tmp_path: Path
+) -> None:
+    done = _submit(
+        up,
+        tmp_path,
+        digits_path,
+        "--train",
+        "scaling.num_workers=2",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "train.epochs=2",
+        "experiment=cluster-spread",
+    )
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    workers = [a for a in _get(up, "/api/v0/actors?detail=1&limit=10000")["result"]
-               if a.get("class_name") == "RayTrainWorker"]
+    workers = [
+        a
+        for a in _get(up, "/api/v0/actors?detail=1&limit=10000")["result"]
+        if a.get("class_name") == "RayTrainWorker"
+    ]
     assert len({a["node_id"] for a in workers}) == 2, workers
 
 
 def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
-        up: dict, digits_path: Path, tmp_path: Path) -> None:
+    up: dict, digits_path: Path, tmp_path: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
     epochs = 12
     state, results = up["state"], tmp_path / "results"
-    job = _submit(up, tmp_path, digits_path, "--train", "scaling.num_workers=2",
-                  "scaling.placement_strategy=STRICT_SPREAD", "scaling.max_failures=3",
-                  # the trial actor itself may sit on the node that goes away: Tune retries it
-                  "sweep.max_failures=3",
-                  f"train.epochs={epochs}", "model.hidden=[1024,1024]",
-                  "experiment=cluster-loss", wait=False)
+    job = _submit(
+        up,
+        tmp_path,
+        digits_path,
+        "--train",
+        "scaling.num_workers=2",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "scaling.max_failures=3",
+        # the trial actor itself may sit on the node that goes away: Tune retries it
+        "sweep.max_failures=3",
+        f"train.epochs={epochs}",
+        "model.hidden=[1024,1024]",
+        "experiment=cluster-loss",
+        wait=False,
+    )
     assert isinstance(job, subprocess.Popen)
     try:
         deadline = time.time() + 400
@@ -187,31 +257,61 @@ def head(local_cluster: dict) -> dict[str, str]:
 
     state = local_cluster["state"]
     env = cluster.env(state)
-    return {"address": state.address, **{k: env[k] for k in ("RAY_AUTH_MODE",
-                                                             "RAY_AUTH_TOKEN_PATH", "PATH")}}
+    return {
+        "address": state.address,
+        **{k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "PATH")},
+    }
 
 
-def _ray_job_submit(head: dict[str, str], args: list[str],
-                    env_extra: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **{k: v for k, v in head.items() if k != "address"},
-           **(env_extra or {})}
+def _ray_job_submit(
+    head: dict[str, str],
+    args: list[str],
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **{k: v for k, v in head.items() if k != "address"}, **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", head["address"], "--working-dir",
-         str(ROOT), "--", "python", "-m", "jobs.sweep", "jobs/configs/quickstart.yaml", *args],
-        env=env, capture_output=True, text=True, timeout=900)
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            head["address"],
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "-m",
+            "jobs.sweep",
+            "jobs/configs/quickstart.yaml",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
-def test_ray_job_submit_runs_the_quickstart_sweep(head: dict[str, str], digits_path: Path,
-                                                   tmp_path: Path) -> None:
+def test_ray_job_submit_runs_the_quickstart_sweep(
+    head: dict[str, str], digits_path: Path, tmp_path: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = _ray_job_submit(head, [f"data.path={digits_path}", f"tracking.uri={uri}",
-                          f"sweep.storage_path={tmp_path}/results", "experiment=job",
-                          "tracking.register_as=job-digits", "sweep.num_samples=2",
-                          "train.epochs=3", "sweep.grace_period=1"])
+    proc = _ray_job_submit(
+        head,
+        [
+            f"data.path={digits_path}",
+            f"tracking.uri={uri}",
+            f"sweep.storage_path={tmp_path}/results",
+            "experiment=job",
+            "tracking.register_as=job-digits",
+            "sweep.num_samples=2",
+            "train.epochs=3",
+            "sweep.grace_period=1",
+        ],
+    )
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "trials done 2/2" in proc.stdout and "succeeded" in proc.stdout
@@ -230,8 +330,9 @@ def test_a_config_error_fails_the_job(head: dict[str, str], tmp_path: Path) -> N
 def test_a_client_without_the_token_is_refused(head: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "no-token"
     empty.write_text("wrong-token")
-    proc = _ray_job_submit(head, ["sweep.num_samples=1"],
-                   env_extra={"RAY_AUTH_TOKEN_PATH": str(empty)})
+    proc = _ray_job_submit(
+        head, ["sweep.num_samples=1"], env_extra={"RAY_AUTH_TOKEN_PATH": str(empty)}
+    )
     assert proc.returncode != 0
     text = (proc.stdout + proc.stderr).lower()
     assert "token" in text or "unauthorized" in text or "401" in text

@@ -42,8 +42,11 @@ def test_launcher_config_has_a_cpu_head_gpu_workers_and_the_settings(name: str) 
     assert head["resources"].get("CPU") == 0  # trials stay off the head
     gpu = [t for k, t in types.items() if "gpu" in k]
     assert gpu and all(0 <= t["min_workers"] <= t["max_workers"] for t in gpu)
-    assert all(t["min_workers"] <= t["max_workers"] <= cfg["max_workers"]
-               for k, t in types.items() if k != cfg["head_node_type"])
+    assert all(
+        t["min_workers"] <= t["max_workers"] <= cfg["max_workers"]
+        for k, t in types.items()
+        if k != cfg["head_node_type"]
+    )
     setup = "\n".join(cfg["setup_commands"])
     # the project installs at its pinned versions, and the two settings are exported
     assert "-c constraints.txt" in setup and "pip install" in setup and "-e ." in setup
@@ -96,8 +99,10 @@ def test_raycluster_has_a_head_gpu_workers_shared_storage_and_token_auth() -> No
     _check_ray_cluster_spec(rc["spec"], "ray-auth-token")
     pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every node, one folder
-    claims = {v["persistentVolumeClaim"]["claimName"]
-              for v in rc["spec"]["headGroupSpec"]["template"]["spec"]["volumes"]}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in rc["spec"]["headGroupSpec"]["template"]["spec"]["volumes"]
+    }
     assert claims == {pvc["metadata"]["name"]}
 
 
@@ -107,13 +112,17 @@ def test_rayjob_runs_a_sweep_whose_config_loads() -> None:
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.sweep"]
     assert argv[3].startswith(IMAGE_ROOT)
-    path = ROOT / argv[3][len(IMAGE_ROOT):]
+    path = ROOT / argv[3][len(IMAGE_ROOT) :]
     assert path.is_file(), path
     cfg = config.load(path, argv[4:])  # every override is a real key with a valid value
     assert cfg.scaling.use_gpu and cfg.data.path.startswith("s3://")
     _check_ray_cluster_spec(job["spec"]["rayClusterSpec"], "ray-auth-token")
-    submitter = _env(_containers(job["spec"]["submitterPodTemplate"] | {"template": {
-        "spec": job["spec"]["submitterPodTemplate"]["spec"]}})[0])
+    submitter = _env(
+        _containers(
+            job["spec"]["submitterPodTemplate"]
+            | {"template": {"spec": job["spec"]["submitterPodTemplate"]["spec"]}}
+        )[0]
+    )
     assert submitter["RAY_AUTH_MODE"] == "token" and "secretKeyRef" in submitter["RAY_AUTH_TOKEN"]
 
 
@@ -155,9 +164,22 @@ def test_the_image_installs_the_pinned_project() -> None:
 def test_the_tracking_serve_options_in_the_manifest_exist() -> None:
     from orchestrator.cli import build_parser
 
-    args = build_parser().parse_args(["tracking", "serve", "--host", "0.0.0.0", "--port",
-                                      "5000", "--workers", "4", "--backend", "postgresql://x",
-                                      "--artifacts", "s3://b/a"])
+    args = build_parser().parse_args(
+        [
+            "tracking",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "5000",
+            "--workers",
+            "4",
+            "--backend",
+            "postgresql://x",
+            "--artifacts",
+            "s3://b/a",
+        ]
+    )
     assert args.backend == "postgresql://x" and args.artifacts == "s3://b/a"
 
 
@@ -176,8 +198,17 @@ def test_the_schema_check_has_teeth() -> None:
 
 # What holds secrets or private data on the machine `ray up` runs from: the local cluster's
 # state (its token), MLflow stores, results (checkpoints, journals), data, environments.
-KEPT_HOME = {cluster.STATE_DIR.name, "mlflow.db", "*.db", "mlruns", "mlartifacts", "results",
-             "data", ".venv", ".env"}
+KEPT_HOME = {
+    cluster.STATE_DIR.name,
+    "mlflow.db",
+    "*.db",
+    "mlruns",
+    "mlartifacts",
+    "results",
+    "data",
+    ".venv",
+    ".env",
+}
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
@@ -194,8 +225,10 @@ def test_the_launcher_uploads_no_local_state_stores_or_secrets(name: str) -> Non
 def _heads() -> list[tuple[str, dict[str, Any]]]:
     rc = next(d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster")
     job = next(d for d in _docs("rayjob.yaml") if d["kind"] == "RayJob")
-    return [("raycluster", rc["spec"]["headGroupSpec"]["template"]["spec"]),
-            ("rayjob", job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"])]
+    return [
+        ("raycluster", rc["spec"]["headGroupSpec"]["template"]["spec"]),
+        ("rayjob", job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]),
+    ]
 
 
 def _token_check(pod: dict[str, Any]) -> dict[str, Any]:
@@ -212,15 +245,22 @@ def test_the_token_secret_ships_a_placeholder_the_heads_refuse() -> None:
     for name, pod in _heads():
         check = _token_check(pod)
         assert check["image"] == pod["containers"][0]["image"], name
-        assert check["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "ray-auth-token",
-                                                                "key": "token"}
+        assert check["env"][0]["valueFrom"]["secretKeyRef"] == {
+            "name": "ray-auth-token",
+            "key": "token",
+        }
         scripts.add(tuple(check["command"]))
     (command,) = scripts  # both heads run the same check
     assert command[:2] == ("sh", "-c")
 
     def run(token: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(command), env={"RAY_AUTH_TOKEN": token, "PATH": "/usr/bin:/bin"},
-                              capture_output=True, text=True, timeout=10)
+        return subprocess.run(
+            list(command),
+            env={"RAY_AUTH_TOKEN": token, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
 
     refused = run(placeholder)  # what applying auth-secret.yaml unchanged gives the head
     assert refused.returncode == 1 and "placeholder" in refused.stderr

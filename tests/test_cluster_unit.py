@@ -49,7 +49,8 @@ def loose_umask() -> Iterator[None]:
 
 
 def test_the_token_is_0600_and_the_state_folder_0700(
-        fake_nodes: list, tmp_path: Path, loose_umask: None) -> None:
+    fake_nodes: list, tmp_path: Path, loose_umask: None
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state = cluster.up(workers=1, state_dir=state_dir, timeout=5)
     assert _mode(state_dir) == 0o700 and _mode(Path(state.token_path)) == 0o600
@@ -58,7 +59,8 @@ def test_the_token_is_0600_and_the_state_folder_0700(
 
 
 def test_an_existing_folder_is_narrowed_to_0700(
-        fake_nodes: list, tmp_path: Path, loose_umask: None) -> None:
+    fake_nodes: list, tmp_path: Path, loose_umask: None
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state_dir.mkdir(mode=0o755)
     os.chmod(state_dir, 0o755)
@@ -68,7 +70,8 @@ def test_an_existing_folder_is_narrowed_to_0700(
 
 
 def test_an_existing_token_others_can_read_is_refused_and_nothing_starts(
-        fake_nodes: list, tmp_path: Path) -> None:
+    fake_nodes: list, tmp_path: Path
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state_dir.mkdir()
     token = state_dir / "auth_token"
@@ -84,7 +87,8 @@ def test_an_existing_token_others_can_read_is_refused_and_nothing_starts(
 
 
 def test_a_link_in_place_of_the_token_is_refused_and_not_written_through(
-        fake_nodes: list, tmp_path: Path) -> None:
+    fake_nodes: list, tmp_path: Path
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state_dir.mkdir()
     target = tmp_path / "elsewhere"
@@ -102,7 +106,8 @@ def _tamper(state_dir: Path, **fields: object) -> None:
 
 
 def test_down_stops_the_processes_up_started_and_deletes_its_temp_folders(
-        fake_nodes: list, tmp_path: Path) -> None:
+    fake_nodes: list, tmp_path: Path
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state = cluster.up(workers=2, state_dir=state_dir, timeout=5)
     for i in range(2):
@@ -114,8 +119,9 @@ def test_down_stops_the_processes_up_started_and_deletes_its_temp_folders(
     assert not (state_dir / "cluster.json").exists()
 
 
-def test_down_leaves_a_reused_pid_alone(fake_nodes: list, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_leaves_a_reused_pid_alone(
+    fake_nodes: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A pid that names another process than the one `up` started (as after a reboot) is
     not signalled: here the recorded identities are replaced, the processes are the same."""
     state_dir = tmp_path / ".ray-local"
@@ -129,7 +135,8 @@ def test_down_leaves_a_reused_pid_alone(fake_nodes: list, tmp_path: Path,
 
 
 def test_down_leaves_the_pids_of_a_state_without_identities_alone(
-        fake_nodes: list, tmp_path: Path) -> None:
+    fake_nodes: list, tmp_path: Path
+) -> None:
     state_dir = tmp_path / ".ray-local"
     cluster.up(workers=0, state_dir=state_dir, timeout=5)
     raw = json.loads((state_dir / "cluster.json").read_text())
@@ -140,7 +147,8 @@ def test_down_leaves_the_pids_of_a_state_without_identities_alone(
 
 
 def test_up_does_not_start_over_a_live_cluster_of_an_older_state_file(
-        fake_nodes: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_nodes: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from orchestrator import cli
 
     state_dir = tmp_path / ".ray-local"
@@ -155,8 +163,9 @@ def test_up_does_not_start_over_a_live_cluster_of_an_older_state_file(
 
 
 @pytest.mark.parametrize("kind", ["elsewhere", "prefix-under-tmp", "link"])
-def test_down_deletes_no_folder_it_did_not_make(kind: str, fake_nodes: list, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_down_deletes_no_folder_it_did_not_make(
+    kind: str, fake_nodes: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state_dir = tmp_path / ".ray-local"
     state = cluster.up(workers=0, state_dir=state_dir, timeout=5)
     os.rmdir(state.temp_dir)
@@ -203,8 +212,13 @@ def test_identity_is_the_boot_and_start_time_while_the_process_lives() -> None:
 def _local_head_down(state_dir: Path, pid: int, recorded: str) -> subprocess.CompletedProcess:
     state_dir.mkdir(exist_ok=True)
     (state_dir / "head.pid").write_text(f"{pid} {recorded}\n")
-    return subprocess.run([str(ROOT / "cluster/local-head.sh"), "down"], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "STATE_DIR": str(state_dir)})
+    return subprocess.run(
+        [str(ROOT / "cluster/local-head.sh"), "down"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "STATE_DIR": str(state_dir)},
+    )
 
 
 def test_local_head_sh_stops_its_head_only_while_the_pid_is_still_it(tmp_path: Path) -> None:
@@ -218,9 +232,12 @@ def test_local_head_sh_stops_its_head_only_while_the_pid_is_still_it(tmp_path: P
         old_format = _local_head_down(tmp_path / "s", head.pid, "")  # a bare pid: unproven
         assert "left alone" in old_format.stderr and head.poll() is None
         (tmp_path / "s" / "head.pid").write_text(f"{head.pid} {found}\n")
-        down = subprocess.Popen([str(ROOT / "cluster/local-head.sh"), "down"], text=True,
-                                stdout=subprocess.PIPE,
-                                env={**os.environ, "STATE_DIR": str(tmp_path / "s")})
+        down = subprocess.Popen(
+            [str(ROOT / "cluster/local-head.sh"), "down"],
+            text=True,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "STATE_DIR": str(tmp_path / "s")},
+        )
         assert head.wait(timeout=30) is not None  # reaped here, so the script sees it gone
         assert "stopped" in down.communicate(timeout=30)[0] and down.returncode == 0
     finally:

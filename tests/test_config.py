@@ -41,12 +41,21 @@ def _err(raw: dict) -> ConfigError:
         ({"sweep": {"stall_timeout": 0}}, "sweep.stall_timeout", "> 0 seconds"),
         ({"data": {"path": ""}}, "data.path", "not set"),
         ({"scaling": {"use_gpu": "yes"}}, "scaling.use_gpu", "true or false"),
-        ({"sweep": {"space": {"train.nope": {"type": "uniform", "low": 0, "high": 1}}}},
-         "sweep.space.train.nope", "not a config key"),
-        ({"sweep": {"space": {"model.dropout": {"type": "uniform", "low": 0, "high": 1.5}}}},
-         "sweep.space.model.dropout", "would be invalid"),
-        ({"sweep": {"space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}}},
-         "sweep.space.train.lr.low", "low > 0"),
+        (
+            {"sweep": {"space": {"train.nope": {"type": "uniform", "low": 0, "high": 1}}}},
+            "sweep.space.train.nope",
+            "not a config key",
+        ),
+        (
+            {"sweep": {"space": {"model.dropout": {"type": "uniform", "low": 0, "high": 1.5}}}},
+            "sweep.space.model.dropout",
+            "would be invalid",
+        ),
+        (
+            {"sweep": {"space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}}},
+            "sweep.space.train.lr.low",
+            "low > 0",
+        ),
         ({"sweep": {"reduction_factor": 1}}, "sweep.reduction_factor", "at least 2"),
     ],
 )
@@ -60,8 +69,14 @@ def test_bad_values_name_the_dotted_key_and_a_fix(raw: dict, key: str, words: st
 def test_overrides_parse_yaml_values_and_win_over_the_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("data: {path: a.parquet}\ntrain: {lr: 0.1}\n")
-    cfg = config.load(f, ["train.lr=0.01", "model.hidden=[8,4]",
-                          "sweep.space.train.l1={type: loguniform, low: 1e-6, high: 1e-3}"])
+    cfg = config.load(
+        f,
+        [
+            "train.lr=0.01",
+            "model.hidden=[8,4]",
+            "sweep.space.train.l1={type: loguniform, low: 1e-6, high: 1e-3}",
+        ],
+    )
     assert cfg.train.lr == 0.01 and cfg.model.hidden == [8, 4]
     assert cfg.sweep.space["train.l1"]["low"] == pytest.approx(1e-6)
 
@@ -129,15 +144,23 @@ def test_every_float_key_must_be_finite(key: str, text: str) -> None:
 
 
 def test_a_searched_range_must_be_finite() -> None:
-    e = _err({"sweep": {"space": {"train.augment_shift": {"type": "randint", "low": 1,
-                                                      "high": float("inf")}}}})
+    e = _err(
+        {
+            "sweep": {
+                "space": {
+                    "train.augment_shift": {"type": "randint", "low": 1, "high": float("inf")}
+                }
+            }
+        }
+    )
     assert e.key == "sweep.space.train.augment_shift" and "finite" in e.problem
 
 
-@pytest.mark.parametrize("overrides", [[], ["sweep.space.train.lr={type: uniform, low: 0.001, "
-                                            "high: 0.1}"], ["sweep.num_samples=2"]])
-def test_a_null_section_is_a_config_error_naming_it(overrides: list[str],
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["sweep.space.train.lr={type: uniform, low: 0.001, high: 0.1}"], ["sweep.num_samples=2"]],
+)
+def test_a_null_section_is_a_config_error_naming_it(overrides: list[str], tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("data: {path: a.parquet}\nsweep:\n")  # every key under sweep: commented out
     with pytest.raises(ConfigError) as e:
@@ -151,38 +174,55 @@ def test_a_null_section_is_a_config_error_naming_it(overrides: list[str],
 def _sweep_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     import sys
 
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_cli_exits_2_on_an_infinite_drain_and_a_null_sweep_section(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     db = tmp_path / "mlflow.db"
-    common = [f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
-              f"sweep.storage_path={tmp_path / 'results'}"]
-    proc = _sweep_cli(tmp_path, str(ROOT / "jobs/configs/quickstart.yaml"), *common,
-                      "tracking.drain_timeout=.inf")
+    common = [
+        f"data.path={digits_path}",
+        f"tracking.uri=sqlite:///{db}",
+        f"sweep.storage_path={tmp_path / 'results'}",
+    ]
+    proc = _sweep_cli(
+        tmp_path, str(ROOT / "jobs/configs/quickstart.yaml"), *common, "tracking.drain_timeout=.inf"
+    )
     assert proc.returncode == 2 and "'tracking.drain_timeout'" in proc.stderr, proc.stderr
     f = tmp_path / "null.yaml"
     f.write_text("experiment: nulls\nsweep: null\n")
-    proc = _sweep_cli(tmp_path, str(f), *common,
-                      "sweep.space.train.lr={type: uniform, low: 0.001, high: 0.1}")
+    proc = _sweep_cli(
+        tmp_path, str(f), *common, "sweep.space.train.lr={type: uniform, low: 0.001, high: 0.1}"
+    )
     assert proc.returncode == 2 and "'sweep'" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not db.exists() and not (tmp_path / "results").exists()
 
 
 def test_cli_exits_2_on_unwritable_storage_before_any_mlflow_run(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     # a folder under a plain file: no one can write there, root included (these tests may
     # run as root, for whom a chmod-ed folder is writable)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     db = tmp_path / "mlflow.db"
-    proc = _sweep_cli(tmp_path, str(ROOT / "jobs/configs/quickstart.yaml"),
-                      f"data.path={digits_path}", f"tracking.uri=sqlite:///{db}",
-                      f"sweep.storage_path={blocker / 'results'}", "sweep.num_samples=1",
-                      "train.epochs=1")
+    proc = _sweep_cli(
+        tmp_path,
+        str(ROOT / "jobs/configs/quickstart.yaml"),
+        f"data.path={digits_path}",
+        f"tracking.uri=sqlite:///{db}",
+        f"sweep.storage_path={blocker / 'results'}",
+        "sweep.num_samples=1",
+        "train.epochs=1",
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'sweep.storage_path'" in proc.stderr and "Traceback" not in proc.stderr
     if db.exists():  # nothing written: no store at all, or at least no run in it

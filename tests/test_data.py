@@ -23,11 +23,18 @@ def test_digits_export_is_the_real_data_set(digits_path: Path) -> None:
     assert np.bincount(ds.labels).min() >= 170
 
 
-@pytest.mark.parametrize(("name", "rows", "columns", "classes"), [
-    ("breast_cancer", 569, 30, 2), ("wine", 178, 13, 3), ("iris", 150, 4, 3),
-    ("noisy", 2000, 20, 3)])
-def test_the_other_exports_are_what_they_say(tmp_path: Path, name: str, rows: int,
-                                             columns: int, classes: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "rows", "columns", "classes"),
+    [
+        ("breast_cancer", 569, 30, 2),
+        ("wine", 178, 13, 3),
+        ("iris", 150, 4, 3),
+        ("noisy", 2000, 20, 3),
+    ],
+)
+def test_the_other_exports_are_what_they_say(
+    tmp_path: Path, name: str, rows: int, columns: int, classes: int
+) -> None:
     from orchestrator import cli
 
     out = tmp_path / f"{name}.parquet"
@@ -79,8 +86,12 @@ def test_absent_label_column_names_data_label(tmp_path: Path) -> None:
 
 def test_nan_rows_are_counted_by_column(tmp_path: Path) -> None:
     n = 12
-    path = _write(tmp_path, good=[1.0] * n, bad=[np.nan, 1.0, np.inf] + [0.0] * (n - 3),
-                  label=[0, 1] * (n // 2))
+    path = _write(
+        tmp_path,
+        good=[1.0] * n,
+        bad=[np.nan, 1.0, np.inf] + [0.0] * (n - 3),
+        label=[0, 1] * (n // 2),
+    )
     with pytest.raises(ConfigError) as e:
         data.read(DataConfig(path=path))
     assert "'bad'" in e.value.problem and "2 rows" in e.value.problem
@@ -111,8 +122,7 @@ def test_loader_choice_follows_size_unless_told() -> None:
     assert data.choose_loader(DataConfig(path="x", stream_above_mb=1), small) == "stream"
 
 
-def test_hash_split_is_deterministic_sized_and_keeps_duplicates_together(
-        digits_path: Path) -> None:
+def test_hash_split_is_deterministic_sized_and_keeps_duplicates_together(digits_path: Path) -> None:
     x = data.read(DataConfig(path=str(digits_path))).features
     cfg = DataConfig(path="x", test_fraction=0.2, val_fraction=0.25, seed=0)
     s1, s2 = data.assign_split(x, cfg), data.assign_split(x[::-1].copy(), cfg)[::-1]
@@ -150,8 +160,9 @@ def _label_table(tmp_path: Path, labels: pa.Array) -> str:
 
 
 BAD_LABELS = [
-    pytest.param(pa.array([datetime.date(2024, 1, 1 + i % 2) for i in range(12)]), "date32",
-                 id="date"),
+    pytest.param(
+        pa.array([datetime.date(2024, 1, 1 + i % 2) for i in range(12)]), "date32", id="date"
+    ),
     pytest.param(pa.array([b"x", b"y"] * 6), "binary", id="bytes"),
     pytest.param(pa.array([1.0, 2.0, np.nan] * 4), "4 rows with NaN", id="nan"),
     pytest.param(pa.array([1.0, 2.0, np.inf] * 4), "with NaN or infinity", id="inf"),
@@ -163,7 +174,8 @@ BAD_LABELS = [
 @pytest.mark.parametrize(("labels", "words"), BAD_LABELS)
 @pytest.mark.parametrize("reader", ["read", "scan"])
 def test_labels_that_cannot_be_classes_are_refused_at_the_door_by_both_loaders(
-        labels: pa.Array, words: str, reader: str, tmp_path: Path) -> None:
+    labels: pa.Array, words: str, reader: str, tmp_path: Path
+) -> None:
     path = _label_table(tmp_path, labels)
     with pytest.raises(ConfigError) as e:
         if reader == "read":
@@ -186,7 +198,8 @@ def test_labels_that_cannot_be_classes_are_refused_at_the_door_by_both_loaders(
     ids=["int", "text", "bool", "whole-float", "dictionary"],
 )
 def test_int_text_bool_and_whole_float_labels_are_classes_in_both_loaders(
-        labels: pa.Array, classes: list, tmp_path: Path) -> None:
+    labels: pa.Array, classes: list, tmp_path: Path
+) -> None:
     path = _label_table(tmp_path, labels)
     assert data.read(DataConfig(path=path)).classes == classes
     summary = data.scan(DataConfig(path=path), batch_rows=5)
@@ -196,15 +209,30 @@ def test_int_text_bool_and_whole_float_labels_are_classes_in_both_loaders(
 
 @pytest.mark.parametrize("loader", ["memory", "stream"])
 def test_a_date_label_exits_2_through_the_cli_before_ray_or_mlflow(
-        loader: str, tmp_path: Path) -> None:
+    loader: str, tmp_path: Path
+) -> None:
     path = _label_table(tmp_path, BAD_LABELS[0].values[0])
     db = tmp_path / "mlflow.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", str(QUICKSTART),
-         f"data.path={path}", f"data.loader={loader}", f"tracking.uri=sqlite:///{db}",
-         f"sweep.storage_path={tmp_path / 'results'}", "sweep.num_samples=1",
-         "train.epochs=1", "sweep.refit=false"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            str(QUICKSTART),
+            f"data.path={path}",
+            f"data.loader={loader}",
+            f"tracking.uri=sqlite:///{db}",
+            f"sweep.storage_path={tmp_path / 'results'}",
+            "sweep.num_samples=1",
+            "train.epochs=1",
+            "sweep.refit=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'data.label'" in proc.stderr and "date32" in proc.stderr
     assert not db.exists() and not (tmp_path / "results").exists()  # nothing written

@@ -17,26 +17,29 @@ from orchestrator import config, diagnosis
 
 BASE = diagnosis.baseline([100] * 10)  # ten balanced classes: loss ln 10, accuracy 0.1
 CORPUS = curves.load()
-FIXTURE = json.loads((Path(__file__).parent / "curves" / "early-minimum-overfit.json")
-                     .read_text())
+FIXTURE = json.loads((Path(__file__).parent / "curves" / "early-minimum-overfit.json").read_text())
 
 
 def _cfg(**over: Any) -> config.Config:
     return make_cfg(**over)
 
 
-def _curves(train: list[float], val: list[float], **cols: list[float]
-            ) -> list[dict[str, float]]:
-    rows = [{"epoch": float(e), "train_loss": t, "val_loss": v}
-            for e, (t, v) in enumerate(zip(train, val, strict=True), 1)]
+def _curves(train: list[float], val: list[float], **cols: list[float]) -> list[dict[str, float]]:
+    rows = [
+        {"epoch": float(e), "train_loss": t, "val_loss": v}
+        for e, (t, v) in enumerate(zip(train, val, strict=True), 1)
+    ]
     for key, values in cols.items():
         for row, v in zip(rows, values, strict=True):
             row[key] = v
     return rows
 
 
-def _judge(rows: list[dict[str, float]], cfg: config.Config | None = None,
-           th: config.DiagnosisConfig | None = None) -> diagnosis.Diagnosis:
+def _judge(
+    rows: list[dict[str, float]],
+    cfg: config.Config | None = None,
+    th: config.DiagnosisConfig | None = None,
+) -> diagnosis.Diagnosis:
     cfg = cfg or _cfg(**{"train.epochs": len(rows)})
     d = diagnosis.diagnose(rows, BASE, cfg, th)
     assert d is not None
@@ -73,9 +76,13 @@ def test_held_out_sets_score_at_least_90_percent() -> None:
 
 
 def test_never_underfit_when_training_accuracy_reached_one_while_validation_rose() -> None:
-    fitted = [c for c in curves.scored(CORPUS)
-              if max(v for v in c["train_accuracy"] if v is not None) >= 0.999
-              and c["val_loss"][-1] is not None and c["val_loss"][-1] > min(c["val_loss"])]
+    fitted = [
+        c
+        for c in curves.scored(CORPUS)
+        if max(v for v in c["train_accuracy"] if v is not None) >= 0.999
+        and c["val_loss"][-1] is not None
+        and c["val_loss"][-1] > min(c["val_loss"])
+    ]
     assert len(fitted) >= 10
     # whatever the bias threshold, a run that fit every training row is not high bias
     for ratio in (0.05, 0.15, 0.5, 0.9):
@@ -94,15 +101,27 @@ def test_the_early_minimum_run_is_overfit_with_what_the_restored_weights_are() -
     training accuracy reaches 1.0; version 0.1 called it underfit."""
     assert FIXTURE["expected"] == "overfit" and FIXTURE["diagnosed_by_0.1"] == "underfit"
     cols = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-    rows = [{"epoch": float(i + 1), **{k: FIXTURE[k][i] for k in cols}}
-            for i in range(FIXTURE["epochs"])]
-    cfg = _cfg(**{"train.epochs": FIXTURE["epochs"], "model.hidden": [512, 512],
-                  "train.weight_decay": 0.0, "model.dropout": 0.0})
+    rows = [
+        {"epoch": float(i + 1), **{k: FIXTURE[k][i] for k in cols}}
+        for i in range(FIXTURE["epochs"])
+    ]
+    cfg = _cfg(
+        **{
+            "train.epochs": FIXTURE["epochs"],
+            "model.hidden": [512, 512],
+            "train.weight_decay": 0.0,
+            "model.dropout": 0.0,
+        }
+    )
     d = diagnosis.diagnose(rows, diagnosis.Baseline(FIXTURE["baseline_loss"], 0.1), cfg)
     assert d is not None and d.label == "overfit"
-    for part in ("validation loss was lowest at epoch 5", "rose 98% after it",
-                 "training accuracy reached 100%", "the epoch-5 weights",
-                 "add weight decay, dropout, augmentation or data"):
+    for part in (
+        "validation loss was lowest at epoch 5",
+        "rose 98% after it",
+        "training accuracy reached 100%",
+        "the epoch-5 weights",
+        "add weight decay, dropout, augmentation or data",
+    ):
         assert part in d.reasons
     assert "train.weight_decay (now 0)" in " ".join(d.fixes)
     # stopped early at epoch 15 (patience 10), the same run says the weights were restored
@@ -116,8 +135,10 @@ def test_the_early_minimum_run_is_overfit_with_what_the_restored_weights_are() -
 
 
 def test_high_training_loss_is_underfit_with_capacity_and_less_regularization() -> None:
-    d = _judge(_curves([2.0, 1.5, 1.3, 1.2, 1.15, 1.1], [2.0, 1.6, 1.4, 1.3, 1.25, 1.2]),
-               _cfg(**{"model.hidden": [8], "train.weight_decay": 0.5, "train.epochs": 6}))
+    d = _judge(
+        _curves([2.0, 1.5, 1.3, 1.2, 1.15, 1.1], [2.0, 1.6, 1.4, 1.3, 1.25, 1.2]),
+        _cfg(**{"model.hidden": [8], "train.weight_decay": 0.5, "train.epochs": 6}),
+    )
     assert d.label == "underfit"
     # read smoothed (the median of the last three epochs): 1.15 / ln 10
     assert "never fell below 50% of the baseline's 2.303" in d.reasons
@@ -133,8 +154,14 @@ def test_validation_rising_after_its_minimum_is_overfit_wherever_the_minimum_fal
     assert d.label == "overfit"
     assert "lowest at epoch 3 (0.350)" in d.reasons and "rose" in d.reasons
     keys = " ".join(d.fixes)
-    for key in ("data.max_train_rows (now 200)", "train.weight_decay", "train.l1",
-                "model.dropout", "train.early_stopping.patience", "train.augment"):
+    for key in (
+        "data.max_train_rows (now 200)",
+        "train.weight_decay",
+        "train.l1",
+        "model.dropout",
+        "train.early_stopping.patience",
+        "train.augment",
+    ):
         assert key in keys
 
 
@@ -146,8 +173,10 @@ def test_a_wide_gap_alone_is_overfit() -> None:
 def test_high_training_loss_and_a_wide_gap_is_both() -> None:
     train = [2.0, 1.5, 1.2, 1.0, 0.9, 0.85, 0.8, 0.8]
     val = [2.0, 1.7, 1.5, 1.45, 1.45, 1.5, 1.5, 1.5]
-    d = _judge(_curves(train, val), _cfg(**{"model.hidden": [16], "train.epochs": 8,
-                                            "data.max_train_rows": 300}))
+    d = _judge(
+        _curves(train, val),
+        _cfg(**{"model.hidden": [16], "train.epochs": 8, "data.max_train_rows": 300}),
+    )
     assert d.label == "both"
     assert "high bias" in d.reasons and "high variance" in d.reasons
     text = " ".join(d.fixes)
@@ -167,8 +196,10 @@ def test_thresholds_move_the_line() -> None:
 
 
 def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
-    d = _judge(_curves([1.0, 0.8, math.nan], [1.0, 0.9, math.nan]),
-               _cfg(**{"train.lr": 0.5, "train.optimizer": "sgd"}))
+    d = _judge(
+        _curves([1.0, 0.8, math.nan], [1.0, 0.9, math.nan]),
+        _cfg(**{"train.lr": 0.5, "train.optimizer": "sgd"}),
+    )
     assert d.label == "diverged" and "epoch 3" in d.reasons
     assert "train.lr (now 0.5)" in d.fixes[0] and any("adamw" in f for f in d.fixes)
     flagged = _curves([2.0] * 6, [2.0] * 6)
@@ -179,14 +210,20 @@ def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
     d = _judge(blown)
     assert d.label == "diverged" and "7.82x the baseline" in d.reasons
     # a run that learned and then lost it: training loss back above the baseline
-    relapsed = _curves([2.0, 0.5, 0.05, 0.02, 3.0, 6.0, 8.0], [2.0, 0.6, 0.3, 0.3, 3.0, 6.0, 8.0],
-                       train_accuracy=[0.3, 0.8, 0.99, 1.0, 0.2, 0.1, 0.1],
-                       val_accuracy=[0.3, 0.8, 0.9, 0.9, 0.2, 0.1, 0.1])
+    relapsed = _curves(
+        [2.0, 0.5, 0.05, 0.02, 3.0, 6.0, 8.0],
+        [2.0, 0.6, 0.3, 0.3, 3.0, 6.0, 8.0],
+        train_accuracy=[0.3, 0.8, 0.99, 1.0, 0.2, 0.1, 0.1],
+        val_accuracy=[0.3, 0.8, 0.9, 0.9, 0.2, 0.1, 0.1],
+    )
     assert _judge(relapsed).label == "diverged"
     # the same loss on a run that memorized its training rows is overfit, not a blow-up
-    memorized = _curves([2.0, 0.5, 0.1, 0.01, 0.001, 0.0], [2.0, 3.0, 6.0, 8.0, 9.0, 9.5],
-                        train_accuracy=[0.3, 0.8, 0.95, 1.0, 1.0, 1.0],
-                        val_accuracy=[0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    memorized = _curves(
+        [2.0, 0.5, 0.1, 0.01, 0.001, 0.0],
+        [2.0, 3.0, 6.0, 8.0, 9.0, 9.5],
+        train_accuracy=[0.3, 0.8, 0.95, 1.0, 1.0, 1.0],
+        val_accuracy=[0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
+    )
     assert _judge(memorized).label == "overfit"
     assert diagnosis.diagnose([], BASE, _cfg()) is None
     assert diagnosis.diagnose(_curves([1.0], [1.0]), diagnosis.baseline([]), _cfg()) is None
@@ -195,10 +232,12 @@ def test_a_nan_or_a_blown_up_loss_is_diverged_not_underfit() -> None:
 def test_a_run_that_fit_every_training_row_is_never_high_bias() -> None:
     # training loss read in train mode (heavy dropout) stays at 30% of the baseline although
     # every training row is classified right; validation rises: overfit, not both
-    rows = _curves([1.5, 1.0, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7],
-                   [1.5, 1.2, 1.1, 1.3, 1.5, 1.7, 1.8, 1.9],
-                   train_accuracy=[0.6, 0.9, 0.97, 1.0, 1.0, 1.0, 1.0, 1.0],
-                   val_accuracy=[0.5, 0.6, 0.62, 0.6, 0.6, 0.6, 0.6, 0.6])
+    rows = _curves(
+        [1.5, 1.0, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7],
+        [1.5, 1.2, 1.1, 1.3, 1.5, 1.7, 1.8, 1.9],
+        train_accuracy=[0.6, 0.9, 0.97, 1.0, 1.0, 1.0, 1.0, 1.0],
+        val_accuracy=[0.5, 0.6, 0.62, 0.6, 0.6, 0.6, 0.6, 0.6],
+    )
     assert _judge(rows).label == "overfit"
     without = [{k: v for k, v in r.items() if "accuracy" not in k} for r in rows]
     assert _judge(without).label == "both"  # no accuracy to tell: the loss alone is high
@@ -206,9 +245,12 @@ def test_a_run_that_fit_every_training_row_is_never_high_bias() -> None:
 
 def test_an_accuracy_gap_with_a_modest_loss_gap_is_overfit() -> None:
     # loss gap 10% of the baseline (under gap_ratio, over half of it), accuracy gap 20 points
-    rows = _curves([1.0, 0.5, 0.3, 0.25, 0.25, 0.25], [1.1, 0.7, 0.5, 0.48, 0.48, 0.48],
-                   train_accuracy=[0.7, 0.85, 0.95, 0.97, 0.97, 0.97],
-                   val_accuracy=[0.65, 0.72, 0.76, 0.77, 0.77, 0.77])
+    rows = _curves(
+        [1.0, 0.5, 0.3, 0.25, 0.25, 0.25],
+        [1.1, 0.7, 0.5, 0.48, 0.48, 0.48],
+        train_accuracy=[0.7, 0.85, 0.95, 0.97, 0.97, 0.97],
+        val_accuracy=[0.65, 0.72, 0.76, 0.77, 0.77, 0.77],
+    )
     d = _judge(rows)
     assert d.label == "overfit" and "accuracy 97% training vs 77% validation" in d.reasons
     without = [{k: v for k, v in r.items() if "accuracy" not in k} for r in rows]
@@ -229,8 +271,9 @@ def test_too_few_epochs_or_pruned_while_learning_is_undetermined() -> None:
     d = _judge(_curves([2.0, 1.5, 1.2], [2.0, 1.6, 1.3]))
     assert d.label == "undetermined" and "only 3 epochs" in d.reasons
     assert "sweep.grace_period" in d.fixes[0]
-    falling = _curves([2.0, 1.7, 1.5, 1.3, 1.2, 1.1, 1.0, 0.9],
-                      [2.0, 1.8, 1.6, 1.45, 1.35, 1.25, 1.15, 1.05])
+    falling = _curves(
+        [2.0, 1.7, 1.5, 1.3, 1.2, 1.1, 1.0, 0.9], [2.0, 1.8, 1.6, 1.45, 1.35, 1.25, 1.15, 1.05]
+    )
     d = _judge(falling, _cfg(**{"train.epochs": 60}))  # pruned at epoch 8 of 60
     assert d.label == "undetermined" and "stopped by the scheduler at epoch 8 of 60" in d.reasons
     # the same epochs as a finished run are judged: it never fit its training rows
@@ -249,8 +292,7 @@ def test_every_fix_names_a_config_key_that_exists() -> None:
         _judge(_curves([1.0, math.nan], [1.0, math.nan]), cfg),
         _judge(_curves([2.0, 1.5], [2.0, 1.6]), cfg),
     ]
-    assert [d.label for d in found] == ["underfit", "overfit", "both", "diverged",
-                                        "undetermined"]
+    assert [d.label for d in found] == ["underfit", "overfit", "both", "diverged", "undetermined"]
     known = set(config.flatten(cfg))
     for d in found:
         for fix in d.fixes:
@@ -259,28 +301,39 @@ def test_every_fix_names_a_config_key_that_exists() -> None:
 
 
 def test_bad_thresholds_are_refused_with_their_key() -> None:
-    for key, value in (("diagnosis.min_epochs", 0), ("diagnosis.diverge_ratio", 1.0),
-                       ("diagnosis.gap_ratio", -0.1), ("diagnosis.falling_ratio", 0.0)):
+    for key, value in (
+        ("diagnosis.min_epochs", 0),
+        ("diagnosis.diverge_ratio", 1.0),
+        ("diagnosis.gap_ratio", -0.1),
+        ("diagnosis.falling_ratio", 0.0),
+    ):
         with pytest.raises(config.ConfigError, match=re.escape(key)):
             make_cfg(**{key: value})
 
 
 # ---------------------------------------------------------------- the next search space
 
-SPACE = {"train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-         "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.6}}
+SPACE = {
+    "train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+    "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.6},
+}
 
 
 def _points(values: list[tuple[float, float, float]], label: str = "good_fit") -> list[dict]:
-    return [{"train.weight_decay": wd, "model.dropout": dp, "val_loss": loss, "label": label}
-            for wd, dp, loss in values]
+    return [
+        {"train.weight_decay": wd, "model.dropout": dp, "val_loss": loss, "label": label}
+        for wd, dp, loss in values
+    ]
 
 
 def test_a_best_trial_on_a_boundary_extends_the_range_past_it() -> None:
     pts = _points([(1.1e-4, 0.55, 0.10), (1e-3, 0.3, 0.2), (1e-2, 0.1, 0.3), (5e-2, 0.2, 0.4)])
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg())
-    assert space["train.weight_decay"] == {"type": "loguniform", "low": 1e-5,
-                                           "high": pytest.approx(3.162e-3)}
+    assert space["train.weight_decay"] == {
+        "type": "loguniform",
+        "low": 1e-5,
+        "high": pytest.approx(3.162e-3),
+    }
     # dropout 0.55 is in the top tenth of [0, 0.6]: extended up, but never past 0.95
     assert space["model.dropout"]["high"] == pytest.approx(0.9)
     assert space["model.dropout"]["low"] == pytest.approx(0.3)
@@ -288,9 +341,18 @@ def test_a_best_trial_on_a_boundary_extends_the_range_past_it() -> None:
 
 
 def test_a_best_trial_inside_narrows_the_range_around_the_best_ones() -> None:
-    pts = _points([(3e-3, 0.30, 0.10), (2e-3, 0.25, 0.11), (4e-3, 0.35, 0.12),
-                   (1.5e-4, 0.05, 0.5), (8e-2, 0.58, 0.6), (2e-4, 0.5, 0.7),
-                   (5e-2, 0.02, 0.8), (1e-2, 0.1, 0.9)])
+    pts = _points(
+        [
+            (3e-3, 0.30, 0.10),
+            (2e-3, 0.25, 0.11),
+            (4e-3, 0.35, 0.12),
+            (1.5e-4, 0.05, 0.5),
+            (8e-2, 0.58, 0.6),
+            (2e-4, 0.5, 0.7),
+            (5e-2, 0.02, 0.8),
+            (1e-2, 0.1, 0.9),
+        ]
+    )
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg())
     wd = space["train.weight_decay"]
     assert 1e-4 < wd["low"] < 2e-3 and 4e-3 < wd["high"] < 1e-1  # around 2e-3..4e-3
@@ -301,13 +363,17 @@ def test_a_best_trial_inside_narrows_the_range_around_the_best_ones() -> None:
 def test_when_every_trial_underfits_capacity_goes_up_and_regularization_down() -> None:
     pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="underfit")
     # a diverged trial and an undetermined one do not change that: they never steer
-    pts += [{**_points([(1e-4, 0.0, math.nan)])[0], "label": "diverged"},
-            {**_points([(1e-4, 0.0, 0.2)])[0], "label": "undetermined"}]
-    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min",
-                                   _cfg(**{"model.hidden": [16]}))
+    pts += [
+        {**_points([(1e-4, 0.0, math.nan)])[0], "label": "diverged"},
+        {**_points([(1e-4, 0.0, 0.2)])[0], "label": "undetermined"},
+    ]
+    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg(**{"model.hidden": [16]}))
     assert space["model.hidden"] == {"type": "choice", "values": [[32], [64]]}
-    assert space["train.weight_decay"] == {"type": "loguniform", "low": pytest.approx(1e-6),
-                                           "high": pytest.approx(1e-2)}
+    assert space["train.weight_decay"] == {
+        "type": "loguniform",
+        "low": pytest.approx(1e-6),
+        "high": pytest.approx(1e-2),
+    }
     assert space["model.dropout"]["high"] == pytest.approx(0.06)
     assert any("every trial high bias (3 underfit)" in w for w in why)
     assert any("1 diverged or undetermined trial(s) left out" in w for w in why)
@@ -316,13 +382,18 @@ def test_when_every_trial_underfits_capacity_goes_up_and_regularization_down() -
 
 def test_when_every_trial_is_both_capacity_and_regularization_go_up_together() -> None:
     pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="both")
-    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min",
-                                   _cfg(**{"model.hidden": [16, 8]}))
+    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg(**{"model.hidden": [16, 8]}))
     assert space["model.hidden"] == {"type": "choice", "values": [[32, 16], [64, 32]]}
-    assert space["train.weight_decay"] == {"type": "loguniform", "low": pytest.approx(1e-3),
-                                           "high": pytest.approx(10.0)}
-    assert space["model.dropout"] == {"type": "uniform", "low": pytest.approx(0.3),
-                                      "high": pytest.approx(0.9)}
+    assert space["train.weight_decay"] == {
+        "type": "loguniform",
+        "low": pytest.approx(1e-3),
+        "high": pytest.approx(10.0),
+    }
+    assert space["model.dropout"] == {
+        "type": "uniform",
+        "low": pytest.approx(0.3),
+        "high": pytest.approx(0.9),
+    }
     assert any("every trial high bias (3 both)" in w for w in why)
     assert any("more regularization alongside the capacity" in w for w in why)
     config.from_dict({"data": {"path": "x.parquet"}, "sweep": {"space": space}})  # valid

@@ -30,11 +30,21 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, digits_path: Path) -> dict[s
     tmp = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{tmp}/mlflow.db"
     env = {**os.environ, "RAY_ADDRESS": "local"}  # never join a cluster another test started
-    args = [sys.executable, "-m", "orchestrator.cli", "sweep",
-            str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
-            f"tracking.uri={uri}", f"sweep.storage_path={tmp}/results", "experiment=e2e",
-            f"tracking.register_as={NAME}", f"sweep.num_samples={TRIALS}",
-            f"train.epochs={EPOCHS}", "sweep.grace_period=2"]
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        str(ROOT / "jobs/configs/quickstart.yaml"),
+        f"data.path={digits_path}",
+        f"tracking.uri={uri}",
+        f"sweep.storage_path={tmp}/results",
+        "experiment=e2e",
+        f"tracking.register_as={NAME}",
+        f"sweep.num_samples={TRIALS}",
+        f"train.epochs={EPOCHS}",
+        "sweep.grace_period=2",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, env=env, timeout=900)
     print(proc.stdout[-5000:], proc.stderr[-5000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,8 +74,11 @@ def test_terminal_shows_progress_table_accuracy_and_next_commands(sweep: dict) -
 def test_asha_stops_two_worker_trials_early_and_the_sweep_still_finishes(sweep: dict) -> None:
     # Two 2-worker trials fill the CPUs: a pruned trial's worker group must be released
     # for the later trials to start (with the group leaked, the sweep would wait forever).
-    rows = [line for line in sweep["out"].splitlines()
-            if line.startswith("[sweep] trial ") and " pruned;" in line]
+    rows = [
+        line
+        for line in sweep["out"].splitlines()
+        if line.startswith("[sweep] trial ") and " pruned;" in line
+    ]
     assert rows, sweep["out"][-3000:]
     assert f"trials done {TRIALS}/{TRIALS}, in progress 0" in sweep["out"]
 
@@ -79,8 +92,12 @@ def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> N
     assert len(parents) == 1 and len(trials) == TRIALS and len(runs) == TRIALS + 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    for tag in ("orchestrator.git_commit", "orchestrator.config_hash",
-                "orchestrator.dataset_fingerprint", "orchestrator.versions"):
+    for tag in (
+        "orchestrator.git_commit",
+        "orchestrator.config_hash",
+        "orchestrator.dataset_fingerprint",
+        "orchestrator.versions",
+    ):
         assert parent.data.tags[tag]
     seen = set()
     for t in trials:
@@ -124,14 +141,21 @@ def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: d
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parent = next(r for r in runs if r.data.tags["orchestrator.role"] == "sweep")
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/regularization_map.png", "plots/parallel_coordinates.png",
-                     "plots/fit_map.png"}
+    assert plots == {
+        "plots/regularization_map.png",
+        "plots/parallel_coordinates.png",
+        "plots/fit_map.png",
+    }
     for r in runs:
-        contexts = {i.tags[0].value: json.loads(i.dataset.profile)["num_rows"]
-                    for i in r.inputs.dataset_inputs}
-        assert contexts == {"training": len(sweep["splits"].y_train),
-                            "validation": len(sweep["splits"].y_val),
-                            "test": len(sweep["splits"].y_test)}
+        contexts = {
+            i.tags[0].value: json.loads(i.dataset.profile)["num_rows"]
+            for i in r.inputs.dataset_inputs
+        }
+        assert contexts == {
+            "training": len(sweep["splits"].y_train),
+            "validation": len(sweep["splits"].y_val),
+            "test": len(sweep["splits"].y_test),
+        }
         if r.data.tags["orchestrator.role"] == "trial":
             arts = [a.path for a in client.list_artifacts(r.info.run_id, "plots")]
             assert arts == ["plots/learning_curves.png"]
@@ -155,9 +179,22 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]}
     server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--model",
-         f"models:/{NAME}@champion", "--port", str(port)],
-        env=env, cwd=sweep["tmp"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--model",
+            f"models:/{NAME}@champion",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=sweep["tmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/health", server)
@@ -181,10 +218,22 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
 def test_report_shows_the_champions_confusion_matrix_and_renders(sweep: dict) -> None:
     from test_report import _rendered
 
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "e2e", "--storage",
-                           f"{sweep['tmp']}/results"], cwd=sweep["tmp"], capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "report",
+            "e2e",
+            "--storage",
+            f"{sweep['tmp']}/results",
+        ],
+        cwd=sweep["tmp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": sweep["uri"]},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = Path(proc.stdout.split("report: ")[1].split()[0])
     text = page.read_text()

@@ -18,12 +18,16 @@ from orchestrator import config, data, loop, model
 from orchestrator.config import ConfigError
 
 
-def _cfg(path: Path, model_: dict | None = None, data_: dict | None = None,
-         **train: Any) -> config.Config:
-    return config.from_dict({
-        "data": {"path": str(path), **(data_ or {})},
-        "model": {"hidden": [64], "dropout": 0.0, **(model_ or {})},
-        "train": {"epochs": 3, "lr": 3e-3, **train}})
+def _cfg(
+    path: Path, model_: dict | None = None, data_: dict | None = None, **train: Any
+) -> config.Config:
+    return config.from_dict(
+        {
+            "data": {"path": str(path), **(data_ or {})},
+            "model": {"hidden": [64], "dropout": 0.0, **(model_ or {})},
+            "train": {"epochs": 3, "lr": 3e-3, **train},
+        }
+    )
 
 
 def _run(cfg: config.Config, **seam: Any) -> tuple[str, loop.LocalSeam, list[dict]]:
@@ -35,13 +39,13 @@ def _run(cfg: config.Config, **seam: Any) -> tuple[str, loop.LocalSeam, list[dic
 
 def _metrics(reports: list[dict]) -> list[dict]:
     """Reports without the timing fields, which differ from run to run by nature."""
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "wall_time")}
-            for r in reports]
+    return [
+        {k: v for k, v in r.items() if k not in ("epoch_seconds", "wall_time")} for r in reports
+    ]
 
 
 def _same_weights(a: dict, b: dict, atol: float = 0.0) -> bool:
-    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0)
-                                        for k in a)
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
 
 
 def test_same_config_and_seed_give_the_same_metrics(digits_path: Path) -> None:
@@ -51,8 +55,15 @@ def test_same_config_and_seed_give_the_same_metrics(digits_path: Path) -> None:
 
 def test_early_stopping_stops_and_restores_the_best_weights(digits_path: Path) -> None:
     # a wide net, a tiny training set and a high rate: validation loss turns up quickly
-    cfg = _cfg(digits_path, model_={"hidden": [512]}, data_={"max_train_rows": 150},
-               epochs=60, lr=1e-2, weight_decay=0.0, early_stopping={"patience": 3})
+    cfg = _cfg(
+        digits_path,
+        model_={"hidden": [512]},
+        data_={"max_train_rows": 150},
+        epochs=60,
+        lr=1e-2,
+        weight_decay=0.0,
+        early_stopping={"patience": 3},
+    )
     outcome, seam, saved = _run(cfg)
     assert outcome == "early_stopped" and len(seam.reports) < 60
     losses = [r["val_loss"] for r in seam.reports]
@@ -97,10 +108,12 @@ def test_gradient_accumulation_matches_the_bigger_batch(digits_path: Path) -> No
 
 def test_gradient_checkpointing_changes_memory_not_maths(digits_path: Path) -> None:
     plain = _run(_cfg(digits_path, model_={"hidden": [64, 64], "dropout": 0.2}))
-    ckpt = _run(_cfg(digits_path, model_={"hidden": [64, 64], "dropout": 0.2},
-                     grad_checkpointing=True))
-    net = model.from_data(_cfg(digits_path, grad_checkpointing=True), torch.zeros(4, 64).numpy(),
-                          10)
+    ckpt = _run(
+        _cfg(digits_path, model_={"hidden": [64, 64], "dropout": 0.2}, grad_checkpointing=True)
+    )
+    net = model.from_data(
+        _cfg(digits_path, grad_checkpointing=True), torch.zeros(4, 64).numpy(), 10
+    )
     assert any(isinstance(m, model.CheckpointedBlock) for m in net)
     assert _same_weights(plain[2][-1]["model"], ckpt[2][-1]["model"], atol=1e-6)
 
@@ -112,8 +125,13 @@ def test_divergence_ends_the_run_with_a_reason_not_a_crash(digits_path: Path) ->
 
 
 def test_cnn_learns_image_shaped_digits(digits_path: Path) -> None:
-    cfg = _cfg(digits_path, model_={"kind": "cnn", "hidden": [16, 32]},
-               data_={"shape": [1, 8, 8]}, augment=True, epochs=6)
+    cfg = _cfg(
+        digits_path,
+        model_={"kind": "cnn", "hidden": [16, 32]},
+        data_={"shape": [1, 8, 8]},
+        augment=True,
+        epochs=6,
+    )
     outcome, seam, _ = _run(cfg)
     assert outcome == "completed" and seam.reports[-1]["val_accuracy"] > 0.85
     with pytest.raises(ConfigError) as e:
@@ -135,13 +153,22 @@ RESUME_SCRIPT = textwrap.dedent("""
 
 
 def test_resume_after_a_killed_process_is_exact(digits_path: Path, tmp_path: Path) -> None:
-    cfg = _cfg(digits_path, model_={"dropout": 0.3}, augment=True, epochs=6,
-               early_stopping={"patience": 10})
+    cfg = _cfg(
+        digits_path,
+        model_={"dropout": 0.3},
+        augment=True,
+        epochs=6,
+        early_stopping={"patience": 10},
+    )
     _, straight, straight_ckpts = _run(cfg)
     script = RESUME_SCRIPT.format(cfg=config.to_dict(cfg), kill_after=3)
     ckpt_dir = tmp_path / "ckpt"
-    proc = subprocess.run([sys.executable, "-c", script, str(ckpt_dir)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(ckpt_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert loop.load_checkpoint(str(ckpt_dir))["epoch"] == 3
     _, resumed, resumed_ckpts = _run(cfg, resume_from=str(ckpt_dir))

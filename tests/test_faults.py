@@ -31,19 +31,35 @@ def _workers() -> list[psutil.Process]:
 
 
 def test_killed_worker_restarts_from_checkpoint_and_logs_each_epoch_once(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "train",
-         str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
-         f"tracking.uri={uri}", f"sweep.storage_path={results}", "experiment=faults",
-         "scaling.num_workers=2", "scaling.max_failures=2", f"train.epochs={EPOCHS}",
-         "model.hidden=[1024,1024]"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "train",
+            str(ROOT / "jobs/configs/quickstart.yaml"),
+            f"data.path={digits_path}",
+            f"tracking.uri={uri}",
+            f"sweep.storage_path={results}",
+            "experiment=faults",
+            "scaling.num_workers=2",
+            "scaling.max_failures=2",
+            f"train.epochs={EPOCHS}",
+            "model.hidden=[1024,1024]",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = None
     try:
         deadline = time.time() + 300

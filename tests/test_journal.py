@@ -27,7 +27,8 @@ def _quiet(_: str) -> None:
 
 
 def test_a_second_outage_right_after_a_creation_is_replayed_leaves_its_writes_resolvable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The flapping server: a run made while away, the server back for two answers (the
     replay's look for the run, its creation), away again; the process ends. A replay must
     still find that run's real id."""
@@ -50,8 +51,10 @@ def test_a_second_outage_right_after_a_creation_is_replayed_leaves_its_writes_re
     later = outbox.Outbox.from_journal(client, tmp_path, out=_quiet)
     assert later.drain(block=True, patience=10)
     assert later.refused == 0 and client.created == 2  # not created again
-    assert client.calls[-2:] == [("log_batch", ("real2", (("val_loss", 1),))),
-                                 ("set_tag", ("real2", "orchestrator.status", "finished"))]
+    assert client.calls[-2:] == [
+        ("log_batch", ("real2", (("val_loss", 1),))),
+        ("set_tag", ("real2", "orchestrator.status", "finished")),
+    ]
     assert outbox.load_ids(tmp_path) == {trial: "real2"}  # for Tune's state, a kept champion
     assert not (tmp_path / outbox.JOURNAL).exists()
     assert client.tags["real1"][outbox.MARKER] != client.tags["real2"][outbox.MARKER]
@@ -73,15 +76,15 @@ def test_a_refused_write_is_set_aside_and_the_replay_goes_on(tmp_path: Path) -> 
     assert not (tmp_path / outbox.JOURNAL).exists()  # not kept forever
     aside = [json.loads(x) for x in (tmp_path / outbox.REFUSED).read_text().splitlines()]
     assert [(e["args"][1], "INVALID_PARAMETER_VALUE" in e["error"]) for e in aside] == [
-        ("bad", True)]
+        ("bad", True)
+    ]
     assert any(outbox.REFUSED in line for line in said)
     again = outbox.Outbox.from_journal(client, tmp_path, out=_quiet)
     assert again.queue == [] and again.drain()
 
 
 def _journal(folder: Path, n: int) -> list[str]:
-    lines = [json.dumps(outbox._encode("set_tag", ("real1", f"k{i}", "v"), {}))
-             for i in range(n)]
+    lines = [json.dumps(outbox._encode("set_tag", ("real1", f"k{i}", "v"), {})) for i in range(n)]
     (folder / outbox.JOURNAL).write_text("".join(x + "\n" for x in lines))
     return lines
 
@@ -103,11 +106,15 @@ def test_a_bad_line_before_the_last_is_an_error_naming_it(tmp_path: Path) -> Non
     lines = _journal(tmp_path, 3)
     text = "\n".join([lines[0], lines[1][:20], lines[2]]) + "\n"
     (tmp_path / outbox.JOURNAL).write_text(text)
-    with pytest.raises(outbox.JournalError, match=r"mlflow-journal.jsonl line 2 of 3: not "
-                                                  r"valid JSON.*fix or delete that line"):
+    with pytest.raises(
+        outbox.JournalError,
+        match=r"mlflow-journal.jsonl line 2 of 3: not "
+        r"valid JSON.*fix or delete that line",
+    ):
         outbox.load_journal(tmp_path)
-    (tmp_path / outbox.JOURNAL).write_text(lines[0] + '\n{"method": "drop_table"}\n'
-                                           + lines[1] + "\n")
+    (tmp_path / outbox.JOURNAL).write_text(
+        lines[0] + '\n{"method": "drop_table"}\n' + lines[1] + "\n"
+    )
     with pytest.raises(outbox.JournalError, match="line 2 of 3: method: expected one of"):
         outbox.load_journal(tmp_path)
 
@@ -123,13 +130,15 @@ def test_sent_lines_mark_progress_and_the_loader_checks_them(tmp_path: Path) -> 
 
 
 def test_kept_writes_and_learnt_ids_are_fsynced_file_and_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
+
     monkeypatch.setattr(os, "fsync", fsync)
     client = FlakyClient()
     box = outbox.Outbox(client, out=_quiet)
@@ -166,7 +175,8 @@ class DiesAfterCreating(FlakyClient):
 
 
 def test_a_replay_killed_between_creating_a_run_and_journaling_it_does_not_create_it_twice(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     client = DiesAfterCreating()
     client.up = False
     box = outbox.Outbox(client, out=_quiet)
@@ -223,12 +233,15 @@ def test_a_resumed_driver_sends_what_the_dead_one_kept_first(tmp_path: Path) -> 
     assert box.queue == [] and box.run_id(run) == "real1"
     box.log_batch(run, metrics=_metric(2))  # Tune's saved state still holds the placeholder
     assert box.drain(block=True, patience=10)
-    assert [c[1][:2] for c in client.calls[1:]] == [("real1", (("val_loss", 1),)),
-                                                    ("real1", (("val_loss", 2),))]
+    assert [c[1][:2] for c in client.calls[1:]] == [
+        ("real1", (("val_loss", 1),)),
+        ("real1", (("val_loss", 2),)),
+    ]
 
 
 def test_the_replay_command_names_a_damaged_line_and_refused_writes(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`orchestrator tracking replay` (real SQLite store): exit 1 and what to do, no
     traceback, for a journal damaged in the middle and for writes MLflow refuses."""
     from orchestrator import cli

@@ -27,9 +27,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
 
 
-def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, name: str,
-           parent: str | None = None, trial: str | None = None,
-           ) -> tuple[MlflowClient, str, str, Path]:
+def _setup(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    uri: str,
+    name: str,
+    parent: str | None = None,
+    trial: str | None = None,
+) -> tuple[MlflowClient, str, str, Path]:
     """A sweep run and a trial run in experiment and model ``name``, and a champion kept in a
     sweep folder for them (under the ids given, e.g. placeholders); (client, parent id,
     trial id, folder)."""
@@ -38,14 +43,23 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, name: str,
     client = MlflowClient(uri)
     exp = client.create_experiment(name)
     parent_id, trial_id = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
-    cfg = make_cfg("x.parquet", **{"model.hidden": [4], "tracking.register_as": name,
-                                   "tracking.uri": uri})
+    cfg = make_cfg(
+        "x.parquet", **{"model.hidden": [4], "tracking.register_as": name, "tracking.uri": uri}
+    )
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     net = model.from_data(cfg, x, num_classes=3)
     folder = tmp_path / "sweep"
     folder.mkdir()
-    tracking.keep_champion(folder, cfg, parent or parent_id, net, x, [0, 1, 2],
-                           {"test_accuracy": 0.5}, trial or trial_id)
+    tracking.keep_champion(
+        folder,
+        cfg,
+        parent or parent_id,
+        net,
+        x,
+        [0, 1, 2],
+        {"test_accuracy": 0.5},
+        trial or trial_id,
+    )
     return client, parent_id, trial_id, folder
 
 
@@ -54,12 +68,14 @@ def _versions(client: MlflowClient, name: str) -> list[str]:
 
 
 def test_a_replay_killed_after_registering_registers_no_second_version(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
     client, parent, trial, folder = _setup(tmp_path, monkeypatch, store, "killed")
     uri = store
 
     def dies(*a: Any, **kw: Any) -> None:
         raise _Dies
+
     with monkeypatch.context() as m:  # registered; killed as the first alias moves
         m.setattr(MlflowClient, "set_registered_model_alias", dies)
         with pytest.raises(_Dies):
@@ -72,6 +88,7 @@ def test_a_replay_killed_after_registering_registers_no_second_version(
     def registers_then_dies(*a: Any, **kw: Any) -> str:
         real_register(*a, **kw)
         raise _Dies
+
     with monkeypatch.context() as m:  # a second version's registration, not yet recorded
         kept.pop("version")
         (folder / tracking.PENDING / tracking.CHAMPION_FILE).write_text(json.dumps(kept))
@@ -93,12 +110,12 @@ def test_a_replay_killed_after_registering_registers_no_second_version(
 
 
 def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
     """The trial's run was made while MLflow was away; the sweep learnt its real id and lost
     it again (a second outage) before keeping the champion; the journal knows it."""
     placeholder = outbox.PLACEHOLDER + "0123456789ab"
-    client, parent, trial, folder = _setup(tmp_path, monkeypatch, store, "kept",
-                                           trial=placeholder)
+    client, parent, trial, folder = _setup(tmp_path, monkeypatch, store, "kept", trial=placeholder)
     kept = json.loads((folder / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == placeholder  # nothing journaled yet: resolved on replay
     outbox.write_atomic(folder / outbox.IDS, json.dumps({placeholder: trial}))
@@ -111,8 +128,9 @@ def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
     outbox.write_atomic(folder2 / outbox.IDS, json.dumps({placeholder: trial}))
     cfg = make_cfg("x.parquet", **{"model.hidden": [4]})
     x = np.ones((2, 3), dtype=np.float32)
-    tracking.keep_champion(folder2, cfg, parent, model.from_data(cfg, x, num_classes=3), x,
-                           [0, 1, 2], {}, placeholder)
+    tracking.keep_champion(
+        folder2, cfg, parent, model.from_data(cfg, x, num_classes=3), x, [0, 1, 2], {}, placeholder
+    )
     kept = json.loads((folder2 / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == trial
     assert sorted(p.name for p in folder2.iterdir()) == sorted([outbox.IDS, tracking.PENDING])

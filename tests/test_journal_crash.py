@@ -24,8 +24,11 @@ from orchestrator import model, outbox, tracking
 pytestmark = pytest.mark.slow
 
 
-def _journal_written_while_away(folder: Path, uri: str, monkeypatch: pytest.MonkeyPatch,
-                                ) -> tuple[str, str, str]:
+def _journal_written_while_away(
+    folder: Path,
+    uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, str, str]:
     """What a sweep keeps when MLflow goes away after its sweep run was made: two trials'
     runs, two epochs each (interleaved, so each is its own call), their ends, the sweep's
     end, and the champion. (experiment id, sweep run id, the champion trial's placeholder)"""
@@ -35,8 +38,10 @@ def _journal_written_while_away(folder: Path, uri: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # nothing listens there
     box = outbox.Outbox(MlflowClient(f"http://127.0.0.1:{free_port()}"), out=lambda _: None)
     box.use_journal(folder)
-    trials = [box.create_run(exp, run_name=f"trial-{t}",
-                             tags={"mlflow.parentRunId": parent}).info.run_id for t in "ab"]
+    trials = [
+        box.create_run(exp, run_name=f"trial-{t}", tags={"mlflow.parentRunId": parent}).info.run_id
+        for t in "ab"
+    ]
     assert all(t.startswith(outbox.PLACEHOLDER) for t in trials)
     for epoch in (1, 2):
         for t in trials:
@@ -46,11 +51,20 @@ def _journal_written_while_away(folder: Path, uri: str, monkeypatch: pytest.Monk
         box.set_terminated(t, status="FINISHED")
     box.set_terminated(parent, status="FINISHED")
     assert len(outbox.load_journal(folder)) == 10
-    cfg = make_cfg("x.parquet", **{"model.hidden": [4], "tracking.register_as": "crash",
-                                   "tracking.uri": uri})
+    cfg = make_cfg(
+        "x.parquet", **{"model.hidden": [4], "tracking.register_as": "crash", "tracking.uri": uri}
+    )
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
-    tracking.keep_champion(folder, cfg, parent, model.from_data(cfg, x, num_classes=3), x,
-                           [0, 1, 2], {"test_accuracy": 0.75}, trials[0])
+    tracking.keep_champion(
+        folder,
+        cfg,
+        parent,
+        model.from_data(cfg, x, num_classes=3),
+        x,
+        [0, 1, 2],
+        {"test_accuracy": 0.75},
+        trials[0],
+    )
     return exp, parent, trials[0]
 
 
@@ -58,9 +72,25 @@ def _replay(folder: Path, uri: str, kill_after: int | None) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if k != outbox.KILL_AFTER}
     if kill_after is not None:
         env[outbox.KILL_AFTER] = str(kill_after)
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "tracking", "replay",
-                           str(folder), "--tracking-uri", uri, "--patience", "5"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "tracking",
+            "replay",
+            str(folder),
+            "--tracking-uri",
+            uri,
+            "--patience",
+            "5",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # Each replay picks up where the last one died, and dies N writes further on:
@@ -74,7 +104,8 @@ KILLS = [
 
 
 def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
@@ -84,6 +115,7 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
 
     def runs() -> list:
         return store.search_runs([exp], max_results=100)
+
     for i, n in enumerate(KILLS):
         rep = _replay(folder, uri, n)
         assert rep.returncode == -signal.SIGKILL, (i, n, rep.stdout[-2000:], rep.stderr[-3000:])
@@ -91,15 +123,13 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
             assert len(runs()) == 2 and not (folder / outbox.IDS).exists()
         if i == 3:  # registered, but champion.json does not know it yet
             kept = json.loads((folder / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
-            assert "version" not in kept and len(store.search_model_versions(
-                "name = 'crash'")) == 1
+            assert "version" not in kept and len(store.search_model_versions("name = 'crash'")) == 1
     rep = _replay(folder, uri, None)
     assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-3000:]
     assert "champion registered as models:/crash@champion (version 1)" in rep.stdout
 
     trials = [r for r in runs() if r.info.run_id != parent]
-    assert len(runs()) == 3 and sorted(r.info.run_name for r in trials) == ["trial-a",
-                                                                           "trial-b"]
+    assert len(runs()) == 3 and sorted(r.info.run_name for r in trials) == ["trial-a", "trial-b"]
     for r in runs():
         assert r.info.status == "FINISHED"
     for r in trials:  # each epoch once

@@ -16,8 +16,13 @@ from orchestrator import config, data, loop, metrics, model
 
 
 def _cfg(path: Path, **train) -> config.Config:
-    return config.from_dict({"data": {"path": str(path)}, "model": {"hidden": [64]},
-                             "train": {"epochs": 3, "lr": 3e-3, **train}})
+    return config.from_dict(
+        {
+            "data": {"path": str(path)},
+            "model": {"hidden": [64]},
+            "train": {"epochs": 3, "lr": 3e-3, **train},
+        }
+    )
 
 
 def test_loop_learns_digits_and_reports_every_epoch(digits_path: Path) -> None:
@@ -57,10 +62,14 @@ def test_l1_and_weight_decay_shrink_the_weights(digits_path: Path) -> None:
     def weight_norm(**train: float) -> float:
         cfg = _cfg(digits_path, **train)
         saved: list[dict] = []
-        loop.train(cfg, splits, loop.LocalSeam(on_checkpoint=lambda d: saved.append(
-            loop.load_checkpoint(d))))
-        return sum(v.abs().sum().item() for k, v in saved[-1]["model"].items()
-                   if k.endswith("weight"))
+        loop.train(
+            cfg,
+            splits,
+            loop.LocalSeam(on_checkpoint=lambda d: saved.append(loop.load_checkpoint(d))),
+        )
+        return sum(
+            v.abs().sum().item() for k, v in saved[-1]["model"].items() if k.endswith("weight")
+        )
 
     plain = weight_norm(weight_decay=0.0)
     assert weight_norm(l1=1e-2, weight_decay=0.0) < 0.8 * plain
@@ -97,8 +106,10 @@ def test_metrics_match_scikit_learn() -> None:
 
 @pytest.mark.parametrize(("rows", "world"), [(10, 1), (10, 3), (7, 2)])
 def test_shards_cover_every_row_with_equal_batch_counts(rows: int, world: int) -> None:
-    shards = [loop.shard_batches(rows, 2, loop.LocalSeam(rank=r, world_size=world), 0, 5)
-              for r in range(world)]
+    shards = [
+        loop.shard_batches(rows, 2, loop.LocalSeam(rank=r, world_size=world), 0, 5)
+        for r in range(world)
+    ]
     assert len({len(s) for s in shards}) == 1  # DDP needs the same number of steps
     seen = torch.cat([torch.cat(s) for s in shards]).tolist()
     assert set(seen) == set(range(rows)) and len(seen) == -(-rows // world) * world
@@ -126,7 +137,8 @@ def _rank(rank: int, world: int, port: int, path: str, out: str) -> None:
 
 
 def test_two_gloo_ranks_agree_on_metrics_and_count_every_val_row(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     from conftest import free_port
 
     out = str(tmp_path / "reports")

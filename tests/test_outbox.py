@@ -33,7 +33,8 @@ class FlakyClient:
             self.up, self.answers = self.answers > 0 and self.up, max(self.answers - 1, 0)
         if not self.up:
             raise requests.exceptions.ConnectionError(
-                "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded")
+                "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded"
+            )
         if run_id is not None and run_id not in self.tags:
             raise ValueError(f"RESOURCE_DOES_NOT_EXIST: Run '{run_id}' not found")
 
@@ -48,8 +49,11 @@ class FlakyClient:
     def search_runs(self, exp_ids: list[str], filter_string: str = "", **kw: Any) -> list:
         self._check()
         marker = filter_string.split("'")[1]  # tags.`orchestrator.outbox_id` = 'offline-...'
-        return [SimpleNamespace(info=SimpleNamespace(run_id=r)) for r, tags in self.tags.items()
-                if tags.get(outbox.MARKER) == marker]
+        return [
+            SimpleNamespace(info=SimpleNamespace(run_id=r))
+            for r, tags in self.tags.items()
+            if tags.get(outbox.MARKER) == marker
+        ]
 
     def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
         self._check(run_id)
@@ -81,8 +85,10 @@ def test_writes_go_straight_through_while_the_server_answers() -> None:
     box = outbox.Outbox(client, out=lambda _: None)
     run = box.create_run("0", run_name="trial-a")
     box.log_batch(run.info.run_id, metrics=_metric(1))
-    assert client.calls == [("create_run", ("trial-a",)),
-                            ("log_batch", ("real1", (("val_loss", 1),)))]
+    assert client.calls == [
+        ("create_run", ("trial-a",)),
+        ("log_batch", ("real1", (("val_loss", 1),))),
+    ]
     assert box.queue == [] and box.kept == 0
 
 
@@ -104,10 +110,12 @@ def test_an_outage_keeps_writes_in_order_and_they_land_once_it_is_over(tmp_path:
     box.log_batch(first, metrics=_metric(3))  # queued behind the others, not before them
     assert box.drain(block=True, patience=10)
     assert client.calls[2:] == [
-        ("log_batch", ("real1", (("val_loss", 2),))), ("create_run", ("trial-b",)),
+        ("log_batch", ("real1", (("val_loss", 2),))),
+        ("create_run", ("trial-b",)),
         ("log_batch", ("real2", (("val_loss", 1),))),
         ("set_tag", ("real2", "orchestrator.status", "finished")),
-        ("log_batch", ("real1", (("val_loss", 3),)))]
+        ("log_batch", ("real1", (("val_loss", 3),))),
+    ]
     assert box.run_id(second) == "real2"
     box.set_tag(second, "late", "1")  # the ledger still holds the placeholder
     assert client.calls[-1] == ("set_tag", ("real2", "late", "1"))
@@ -147,11 +155,15 @@ def test_unreachable_is_about_the_server_not_the_request() -> None:
     from mlflow.exceptions import MlflowException
 
     assert outbox.unreachable(requests.exceptions.ConnectionError("refused"))
-    assert outbox.unreachable(MlflowException(
-        "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
-        "exception HTTPConnectionPool(host='127.0.0.1', port=5000)"))
-    assert outbox.unreachable(MlflowException("API request to endpoint /x failed with error "
-                                              "code 503 != 200"))
+    assert outbox.unreachable(
+        MlflowException(
+            "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
+            "exception HTTPConnectionPool(host='127.0.0.1', port=5000)"
+        )
+    )
+    assert outbox.unreachable(
+        MlflowException("API request to endpoint /x failed with error code 503 != 200")
+    )
     assert not outbox.unreachable(MlflowException("INVALID_PARAMETER_VALUE: bad metric"))
     assert not outbox.unreachable(MlflowException("failed with error code 404 != 200"))
 
@@ -159,12 +171,16 @@ def test_unreachable_is_about_the_server_not_the_request() -> None:
 def test_consecutive_metric_writes_of_a_run_share_one_call() -> None:
     def batch(run: str, step: int) -> dict:
         return outbox._encode("log_batch", (run,), {"metrics": _metric(step)})
+
     queue = [batch("a", 1), batch("a", 2), batch("b", 1), batch("a", 3)]
     merged, taken = outbox._coalesce(queue)
     assert taken == 2 and [m[3] for m in merged["kw"]["metrics"]] == [1, 2]
     assert outbox._coalesce(queue[2:])[1] == 1  # b's write does not jump over a's
-    big = [outbox._encode("log_batch", ("a",), {"metrics": [Metric("m", 0.0, 0, s)
-                                                            for s in range(600)]})] * 2
+    big = [
+        outbox._encode(
+            "log_batch", ("a",), {"metrics": [Metric("m", 0.0, 0, s) for s in range(600)]}
+        )
+    ] * 2
     assert outbox._coalesce(big)[1] == 1  # MLflow takes at most 1000 metrics a call
 
 

@@ -5,8 +5,17 @@ from orchestrator.progress import TrialRecord
 def _rec(tid: str, losses: list[float], status: str = "TERMINATED") -> TrialRecord:
     r = TrialRecord(tid, {"train.weight_decay": 1e-4, "model.dropout": 0.25})
     for i, v in enumerate(losses):
-        progress.update(r, {"epoch": i + 1, "val_loss": v, "val_accuracy": 1 - v,
-                            "checkpoint_path": f"/ck/{tid}/{i}"}, "val_loss", "min")
+        progress.update(
+            r,
+            {
+                "epoch": i + 1,
+                "val_loss": v,
+                "val_accuracy": 1 - v,
+                "checkpoint_path": f"/ck/{tid}/{i}",
+            },
+            "val_loss",
+            "min",
+        )
     r.status = status
     return r
 

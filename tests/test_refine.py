@@ -18,22 +18,41 @@ pytestmark = pytest.mark.slow
 
 
 def test_refining_a_badly_placed_range_moves_it_and_improves_the_best(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
-            f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/results",
-            "experiment=refine", "tracking.register_as=refine", "scaling.num_workers=1",
-            "scaling.cpus_per_worker=1", "model.hidden=[64]", "model.dropout=0",
-            "train.epochs=20", "sweep.num_samples=6", "sweep.scheduler=fifo",
-            "sweep.refit=false", "sweep.max_concurrent=2", "sweep.space={}",
-            "sweep.space.train.weight_decay={type: loguniform, low: 0.5, high: 50.0}"]
+    args = [
+        str(ROOT / "jobs/configs/quickstart.yaml"),
+        f"data.path={digits_path}",
+        f"tracking.uri={uri}",
+        f"sweep.storage_path={tmp_path}/results",
+        "experiment=refine",
+        "tracking.register_as=refine",
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=1",
+        "model.hidden=[64]",
+        "model.dropout=0",
+        "train.epochs=20",
+        "sweep.num_samples=6",
+        "sweep.scheduler=fifo",
+        "sweep.refit=false",
+        "sweep.max_concurrent=2",
+        "sweep.space={}",
+        "sweep.space.train.weight_decay={type: loguniform, low: 0.5, high: 50.0}",
+    ]
     env = {**os.environ, "RAY_ADDRESS": "local"}
 
     def cli(*more: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *more], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *more],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         print(proc.stdout[-4000:], proc.stderr[-3000:])
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
@@ -45,8 +64,10 @@ def test_refining_a_badly_placed_range_moves_it_and_improves_the_best(
     assert "refining refine-" in out
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("refine").experiment_id
-    parents = sorted(client.search_runs([exp], "tags.`orchestrator.role` = 'sweep'"),
-                     key=lambda r: r.info.start_time)
+    parents = sorted(
+        client.search_runs([exp], "tags.`orchestrator.role` = 'sweep'"),
+        key=lambda r: r.info.start_time,
+    )
     assert len(parents) == 2
     first, second = parents
     assert second.data.tags["orchestrator.refined_from"] == first.info.run_id
@@ -55,7 +76,9 @@ def test_refining_a_badly_placed_range_moves_it_and_improves_the_best(
 
     def best(parent: object) -> float:
         trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")  # type: ignore[attr-defined]
-        return min(min(m.value for m in client.get_metric_history(t.info.run_id, "val_loss"))
-                   for t in trials)
+        return min(
+            min(m.value for m in client.get_metric_history(t.info.run_id, "val_loss"))
+            for t in trials
+        )
 
     assert best(second) < best(first)

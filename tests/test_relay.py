@@ -18,6 +18,7 @@ def _take(q: queue.Queue, delay: float = 0.0) -> Any:
             return q.get(block=timeout > 0, timeout=timeout if timeout > 0 else None)
         except queue.Empty:
             return None
+
     return take
 
 
@@ -28,8 +29,12 @@ def test_every_report_is_relayed_in_order_even_when_taken_after_fit_returned() -
     fit = threading.Thread(target=lambda: [q.put({"epoch": e}) for e in range(1, 6)])
     fit.start()
     got: list[int] = []
-    n = relay.relay(_take(q, delay=0.05), lambda: not fit.is_alive(),
-                    lambda row: got.append(row["epoch"]), poll_s=0.01)
+    n = relay.relay(
+        _take(q, delay=0.05),
+        lambda: not fit.is_alive(),
+        lambda row: got.append(row["epoch"]),
+        poll_s=0.01,
+    )
     assert got == [1, 2, 3, 4, 5] and n == 5
     assert q.empty()
 

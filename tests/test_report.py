@@ -34,11 +34,25 @@ def _rendered(page: Path, tmp: Path) -> tuple[int, int]:
     probed = tmp / f"probed-{page.name}"
     probed.write_text(page.read_text().replace("</body>", PROBE))
     dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp / 'chromium-profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=120).stdout
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     found = re.search(r'<body data-images="(\d+)" data-rendered="(\d+)"', dom)
     assert found, dom[:2000]
     return int(found[1]), int(found[2])
@@ -54,8 +68,14 @@ def test_the_report_is_one_file_whose_pictures_render_in_a_browser(tmp_path: Pat
     sources = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
     assert len(sources) == 5  # parallel coordinates, fit map, 3 learning curves
     assert all(base64.b64decode(s)[:4] == b"\x89PNG" for s in sources)
-    for expected in ("overfit", "good_fit", "underfit", "sweep:", "train.weight_decay",
-                     "No champion was registered"):
+    for expected in (
+        "overfit",
+        "good_fit",
+        "underfit",
+        "sweep:",
+        "train.weight_decay",
+        "No champion was registered",
+    ):
         assert expected in text
     assert _rendered(page, tmp_path) == (5, 5)
     # and the same check catches a picture that does not render

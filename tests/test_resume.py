@@ -26,27 +26,44 @@ EPOCHS = 30
 # 2-worker case was run by hand: Ray Train's checkpoint-manager snapshot can be left empty
 # by a kill mid-write, so it is not yet reliable enough for the suite.
 def test_killed_driver_resumes_without_rerunning_or_duplicating(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     workers, trials = 1, 6
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # Tune saves its experiment state every second here, so the kill finds recent state
-    env = {**os.environ, "RAY_ADDRESS": "local", "TUNE_GLOBAL_CHECKPOINT_S": "1",
-           "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "orchestrator.cli", "sweep",
-            str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
-            f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/results",
-            "experiment=resume", "tracking.register_as=resume-digits",
-            f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={1 / workers}",
-            "model.hidden=[512,512]",
-            # keep every checkpoint: Tune's retention may otherwise delete the one its last
-            # saved state names before the next save (a known gap, see the README)
-            f"train.keep_checkpoints={EPOCHS}",
-            f"sweep.num_samples={trials}", f"train.epochs={EPOCHS}", "sweep.scheduler=fifo"]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "local",
+        "TUNE_GLOBAL_CHECKPOINT_S": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        str(ROOT / "jobs/configs/quickstart.yaml"),
+        f"data.path={digits_path}",
+        f"tracking.uri={uri}",
+        f"sweep.storage_path={tmp_path}/results",
+        "experiment=resume",
+        "tracking.register_as=resume-digits",
+        f"scaling.num_workers={workers}",
+        f"scaling.cpus_per_worker={1 / workers}",
+        "model.hidden=[512,512]",
+        # keep every checkpoint: Tune's retention may otherwise delete the one its last
+        # saved state names before the next save (a known gap, see the README)
+        f"train.keep_checkpoints={EPOCHS}",
+        f"sweep.num_samples={trials}",
+        f"train.epochs={EPOCHS}",
+        "sweep.scheduler=fifo",
+    ]
     log = (tmp_path / "driver.err").open("w")
-    driver = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=log, text=True)
+    driver = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+    )
     first: list[str] = []
     try:
         assert driver.stdout is not None
@@ -57,8 +74,11 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
                 break
             assert time.time() < deadline, "".join(first)
         # wait for that trial's first checkpoint, then for Tune's next save of its state
-        pattern = ("resume-*/trial_fn_*_00003_*/checkpoint_*" if workers == 1
-                   else "resume-*-*_00003/checkpoint_*")
+        pattern = (
+            "resume-*/trial_fn_*_00003_*/checkpoint_*"
+            if workers == 1
+            else "resume-*-*_00003/checkpoint_*"
+        )
         while not list((tmp_path / "results").glob(pattern)):
             assert time.time() < deadline and driver.poll() is None, "".join(first)
             time.sleep(0.1)
@@ -80,9 +100,22 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     finished = re.findall(r"\[sweep\] trial (\S+) finished;", "".join(first))
     assert len(finished) >= 2
 
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "resume",
-                           "--storage", f"{tmp_path}/results"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "resume",
+            "resume",
+            "--storage",
+            f"{tmp_path}/results",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -109,7 +142,9 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
         run = next(r for r in children if r.data.tags["orchestrator.trial_id"] == trial_id)
         assert run.info.end_time < killed_at * 1000
     # the searcher kept its state: six distinct configurations, no more
-    configs = {json.dumps([r.data.params["train.weight_decay"], r.data.params["model.dropout"]])
-               for r in children}
+    configs = {
+        json.dumps([r.data.params["train.weight_decay"], r.data.params["model.dropout"]])
+        for r in children
+    }
     assert len(configs) == trials
     assert str(client.get_model_version_by_alias("resume-digits", "champion").version) == "1"

@@ -16,15 +16,23 @@ def _sweep_on_disk(tmp: Path) -> Path:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp}/mlflow.db"
-    cfg = config.from_dict({"experiment": "rev", "data": {"path": str(tmp / "x.parquet")},
-                            "tracking": {"uri": uri}, "train": {"epochs": 6},
-                            "sweep": {"space": {
-                                "train.weight_decay": {"type": "loguniform", "low": 1e-4,
-                                                       "high": 1e-1}}}})
+    cfg = config.from_dict(
+        {
+            "experiment": "rev",
+            "data": {"path": str(tmp / "x.parquet")},
+            "tracking": {"uri": uri},
+            "train": {"epochs": 6},
+            "sweep": {
+                "space": {"train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
+            },
+        }
+    )
     client = MlflowClient(uri)
     exp = client.create_experiment("rev")
-    parent = client.create_run(exp, tags={tracking.ROLE: "sweep", "orchestrator.baseline":
-                                          "loss=2.3026 accuracy=0.1000 (...)"}).info.run_id
+    parent = client.create_run(
+        exp,
+        tags={tracking.ROLE: "sweep", "orchestrator.baseline": "loss=2.3026 accuracy=0.1000 (...)"},
+    ).info.run_id
     curves = {  # weight decay -> (train, val) per epoch
         # overfit: validation turns up at epoch 3 while training goes to zero
         1.2e-4: ([1.0, 0.3, 0.05, 0.01, 0.005, 0.003], [1.0, 0.4, 0.35, 0.5, 0.6, 0.7]),
@@ -34,21 +42,43 @@ def _sweep_on_disk(tmp: Path) -> Path:
         8e-2: ([2.2, 2.0, 1.9, 1.9, 1.9, 1.9], [2.2, 2.0, 1.95, 1.9, 1.9, 1.9]),
     }
     for i, (wd, (train, val)) in enumerate(curves.items()):
-        run = client.create_run(exp, tags={tracking.ROLE: "trial", "mlflow.parentRunId": parent,
-                                           "orchestrator.trial_id": f"t{i}"}).info.run_id
-        client.log_batch(run, params=[Param("train.weight_decay", str(wd))], metrics=[
-            Metric(k, v, 0, e) for e, (t, v_) in enumerate(zip(train, val, strict=True), 1)
-            for k, v in (("train_loss", t), ("val_loss", v_))])
+        run = client.create_run(
+            exp,
+            tags={
+                tracking.ROLE: "trial",
+                "mlflow.parentRunId": parent,
+                "orchestrator.trial_id": f"t{i}",
+            },
+        ).info.run_id
+        client.log_batch(
+            run,
+            params=[Param("train.weight_decay", str(wd))],
+            metrics=[
+                Metric(k, v, 0, e)
+                for e, (t, v_) in enumerate(zip(train, val, strict=True), 1)
+                for k, v in (("train_loss", t), ("val_loss", v_))
+            ],
+        )
     folder = tmp / "results" / "rev-20260101-000000"
     folder.mkdir(parents=True)
-    (folder / sweep.STATE_FILE).write_text(json.dumps({
-        "config": config.to_dict(cfg), "parent_run_id": parent, "experiment_id": exp,
-        "stamp": "20260101-000000", "phase": "done", "fingerprint": "f"}))
+    (folder / sweep.STATE_FILE).write_text(
+        json.dumps(
+            {
+                "config": config.to_dict(cfg),
+                "parent_run_id": parent,
+                "experiment_id": exp,
+                "stamp": "20260101-000000",
+                "phase": "done",
+                "fingerprint": "f",
+            }
+        )
+    )
     return folder
 
 
-def test_diagnose_labels_finds_the_sweet_spot_and_extends_the_edge(tmp_path: Path,
-                                                                    capsys: object) -> None:
+def test_diagnose_labels_finds_the_sweet_spot_and_extends_the_edge(
+    tmp_path: Path, capsys: object
+) -> None:
     folder = _sweep_on_disk(tmp_path)
     view = review.load("rev", str(tmp_path / "results"))
     labels = {t.trial_id: t.label for t in view.trials}

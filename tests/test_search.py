@@ -89,37 +89,67 @@ def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
 # ---------------------------------------------------------------- searchers, schedulers
 
 
-@pytest.mark.parametrize(("over", "key"), [
-    ({"sweep.searcher": "grid"}, "sweep.space.train.l1"),  # loguniform cannot be enumerated
-    ({"sweep.searcher": "optuna", "sweep.space.model.dropout": {"type": "grid",
-                                                                "values": [0.1, 0.2]}},
-     "sweep.space.model.dropout"),
-    ({"sweep.scheduler": "pbt", "scaling.num_workers": 2, "sweep.refit": False},
-     "sweep.scheduler"),
-    ({"sweep.scheduler": "pbt", "scaling.fast_path": False, "sweep.refit": False},
-     "sweep.scheduler"),
-    ({"sweep.scheduler": "hyperband", "sweep.brackets": 0}, "sweep.brackets"),
-    ({"sweep.scheduler": "pbt", "sweep.refit": False,
-      "sweep.space.model.hidden": {"type": "choice", "values": [[64], [128]]}},
-     "sweep.space.model.hidden"),
-    ({"sweep.scheduler": "pbt"}, "sweep.refit"),  # a refit cannot replay a pbt schedule
-    ({"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.perturbation_interval": 30},
-     "sweep.perturbation_interval"),
-    ({"sweep.scheduler": "pbt", "sweep.refit": False, "train.checkpoint_every": 3},
-     "train.checkpoint_every"),
-    ({"sweep.space.scaling.num_workers": {"type": "choice", "values": [1, 2]}},
-     "sweep.space.scaling.num_workers"),  # resources are the sweep's, not a trial's
-    ({"sweep.space.train.epochs": {"type": "choice", "values": [5, 10]}},
-     "sweep.space.train.epochs"),
-    ({"sweep.objective": "gap_penalized", "sweep.metric": "val_accuracy",
-      "sweep.mode": "max"}, "sweep.objective"),
-    ({"sweep.confirm_seeds": 1}, "sweep.confirm_seeds"),
-    ({"sweep.searcher": "bayes"}, "sweep.searcher"),
-    ({"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.space": {}}, "sweep.space"),
-    ({"sweep.asha_mode": "eager"}, "sweep.asha_mode"),
-    ({"sweep.asha_mode": "promote", "scaling.num_workers": 2}, "sweep.asha_mode"),
-    ({"sweep.asha_mode": "promote", "sweep.scheduler": "median"}, "sweep.asha_mode"),
-])
+@pytest.mark.parametrize(
+    ("over", "key"),
+    [
+        ({"sweep.searcher": "grid"}, "sweep.space.train.l1"),  # loguniform cannot be enumerated
+        (
+            {
+                "sweep.searcher": "optuna",
+                "sweep.space.model.dropout": {"type": "grid", "values": [0.1, 0.2]},
+            },
+            "sweep.space.model.dropout",
+        ),
+        (
+            {"sweep.scheduler": "pbt", "scaling.num_workers": 2, "sweep.refit": False},
+            "sweep.scheduler",
+        ),
+        (
+            {"sweep.scheduler": "pbt", "scaling.fast_path": False, "sweep.refit": False},
+            "sweep.scheduler",
+        ),
+        ({"sweep.scheduler": "hyperband", "sweep.brackets": 0}, "sweep.brackets"),
+        (
+            {
+                "sweep.scheduler": "pbt",
+                "sweep.refit": False,
+                "sweep.space.model.hidden": {"type": "choice", "values": [[64], [128]]},
+            },
+            "sweep.space.model.hidden",
+        ),
+        ({"sweep.scheduler": "pbt"}, "sweep.refit"),  # a refit cannot replay a pbt schedule
+        (
+            {"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.perturbation_interval": 30},
+            "sweep.perturbation_interval",
+        ),
+        (
+            {"sweep.scheduler": "pbt", "sweep.refit": False, "train.checkpoint_every": 3},
+            "train.checkpoint_every",
+        ),
+        (
+            {"sweep.space.scaling.num_workers": {"type": "choice", "values": [1, 2]}},
+            "sweep.space.scaling.num_workers",
+        ),  # resources are the sweep's, not a trial's
+        (
+            {"sweep.space.train.epochs": {"type": "choice", "values": [5, 10]}},
+            "sweep.space.train.epochs",
+        ),
+        (
+            {
+                "sweep.objective": "gap_penalized",
+                "sweep.metric": "val_accuracy",
+                "sweep.mode": "max",
+            },
+            "sweep.objective",
+        ),
+        ({"sweep.confirm_seeds": 1}, "sweep.confirm_seeds"),
+        ({"sweep.searcher": "bayes"}, "sweep.searcher"),
+        ({"sweep.scheduler": "pbt", "sweep.refit": False, "sweep.space": {}}, "sweep.space"),
+        ({"sweep.asha_mode": "eager"}, "sweep.asha_mode"),
+        ({"sweep.asha_mode": "promote", "scaling.num_workers": 2}, "sweep.asha_mode"),
+        ({"sweep.asha_mode": "promote", "sweep.scheduler": "median"}, "sweep.asha_mode"),
+    ],
+)
 def test_what_a_searcher_or_scheduler_cannot_do_is_a_config_error(over: dict, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         _cfg(**over)
@@ -131,14 +161,25 @@ def test_the_default_space_is_the_regularization_axis() -> None:
 
 
 def test_the_grid_searcher_enumerates_choices_once_each() -> None:
-    cfg = _cfg(**{"sweep.searcher": "grid", "sweep.num_samples": 8, "sweep.space": {
-        "model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]},
-        "model.hidden": {"type": "choice", "values": [[64], [256]]}}})
+    cfg = _cfg(
+        **{
+            "sweep.searcher": "grid",
+            "sweep.num_samples": 8,
+            "sweep.space": {
+                "model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]},
+                "model.hidden": {"type": "choice", "values": [[64], [256]]},
+            },
+        }
+    )
     space = trials.search_space(cfg)
     assert space["model.hidden"] == {"grid_search": [[64], [256]]}
     assert trials.num_samples(cfg) == 1 and trials.total_trials(cfg) == 6
-    random = _cfg(**{"sweep.num_samples": 4, "sweep.space": {
-        "model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]}}})
+    random = _cfg(
+        **{
+            "sweep.num_samples": 4,
+            "sweep.space": {"model.dropout": {"type": "grid", "values": [0.0, 0.2, 0.4]}},
+        }
+    )
     assert trials.total_trials(random) == 12  # Tune's rule: num_samples x grid
 
 
@@ -147,21 +188,28 @@ def test_each_searcher_and_scheduler_is_built_from_the_config() -> None:
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     assert isinstance(trials.searcher(_cfg(), 2), BasicVariantGenerator)
-    assert isinstance(trials.searcher(_cfg(**{"sweep.searcher": "optuna"}), 2),
-                      ConcurrencyLimiter)
+    assert isinstance(trials.searcher(_cfg(**{"sweep.searcher": "optuna"}), 2), ConcurrencyLimiter)
     from orchestrator.tune_asha import PromotionASHA
 
     # ASHA promotes single-worker trials (pausing one is a checkpoint) and stops DDP ones
     assert isinstance(trials.scheduler(_cfg()), PromotionASHA)
-    assert isinstance(trials.scheduler(_cfg(**{"scaling.num_workers": 2})),
-                      schedulers.AsyncHyperBandScheduler)
-    kinds = {"asha": schedulers.AsyncHyperBandScheduler,
-             "hyperband": schedulers.AsyncHyperBandScheduler,
-             "median": schedulers.MedianStoppingRule,
-             "pbt": schedulers.PopulationBasedTraining}
+    assert isinstance(
+        trials.scheduler(_cfg(**{"scaling.num_workers": 2})), schedulers.AsyncHyperBandScheduler
+    )
+    kinds = {
+        "asha": schedulers.AsyncHyperBandScheduler,
+        "hyperband": schedulers.AsyncHyperBandScheduler,
+        "median": schedulers.MedianStoppingRule,
+        "pbt": schedulers.PopulationBasedTraining,
+    }
     for name, kind in kinds.items():
-        cfg = _cfg(**{"sweep.scheduler": name, "sweep.refit": name != "pbt",
-                      "sweep.asha_mode": "stop" if name == "asha" else "auto"})
+        cfg = _cfg(
+            **{
+                "sweep.scheduler": name,
+                "sweep.refit": name != "pbt",
+                "sweep.asha_mode": "stop" if name == "asha" else "auto",
+            }
+        )
         assert isinstance(trials.scheduler(cfg), kind)
     assert trials.scheduler(_cfg(**{"sweep.scheduler": "fifo"})) is None
     hyperband = trials.scheduler(_cfg(**{"sweep.scheduler": "hyperband", "sweep.brackets": 2}))
@@ -282,10 +330,15 @@ def test_a_fast_path_trial_retries_for_the_worker_and_for_the_sweep() -> None:
 
 
 def test_pbt_perturbations_stay_inside_the_searched_ranges() -> None:
-    space = {"model.dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
-             "train.batch_size": {"type": "randint", "low": 16, "high": 128}}
+    space = {
+        "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "train.batch_size": {"type": "randint", "low": 16, "high": 128},
+    }
     assert trials.clamp({"model.dropout": 0.6, "train.batch_size": 300, "x": 1}, space) == {
-        "model.dropout": 0.5, "train.batch_size": 127, "x": 1}
+        "model.dropout": 0.5,
+        "train.batch_size": 127,
+        "x": 1,
+    }
 
 
 def test_a_confirm_run_unpacks_its_values() -> None:
@@ -298,8 +351,15 @@ def test_a_confirm_run_unpacks_its_values() -> None:
 
 
 def test_the_loop_reports_the_gap_and_the_penalized_objective(digits_path: Path) -> None:
-    cfg = _cfg(**{"data.path": str(digits_path), "train.epochs": 2, "model.hidden": [32],
-                  "sweep.objective": "gap_penalized", "sweep.gap_penalty": 2.0})
+    cfg = _cfg(
+        **{
+            "data.path": str(digits_path),
+            "train.epochs": 2,
+            "model.hidden": [32],
+            "sweep.objective": "gap_penalized",
+            "sweep.gap_penalty": 2.0,
+        }
+    )
     seam = loop.LocalSeam()
     loop.train(cfg, sweep.prepare(cfg).splits, seam)  # type: ignore[arg-type]
     for r in seam.reports:
@@ -309,11 +369,18 @@ def test_the_loop_reports_the_gap_and_the_penalized_objective(digits_path: Path)
     assert config.rank_metric(_cfg()) == ("val_loss", "min")
 
 
-def test_a_run_that_had_ended_does_not_train_on_after_a_resume(digits_path: Path,
-                                                                tmp_path: Path) -> None:
-    cfg = _cfg(**{"data.path": str(digits_path), "train.epochs": 20, "model.hidden": [32],
-                  "train.early_stopping.patience": 1,
-                  "train.early_stopping.min_delta": 100.0})  # stops at epoch 2
+def test_a_run_that_had_ended_does_not_train_on_after_a_resume(
+    digits_path: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(
+        **{
+            "data.path": str(digits_path),
+            "train.epochs": 20,
+            "model.hidden": [32],
+            "train.early_stopping.patience": 1,
+            "train.early_stopping.min_delta": 100.0,
+        }
+    )  # stops at epoch 2
     splits = sweep.prepare(cfg).splits
     kept: list[str] = []
 
@@ -321,7 +388,8 @@ def test_a_run_that_had_ended_does_not_train_on_after_a_resume(digits_path: Path
         kept.append(str(tmp_path / "ckpt"))
         Path(kept[-1]).mkdir(exist_ok=True)
         (Path(kept[-1]) / loop.CHECKPOINT_FILE).write_bytes(
-            (Path(d) / loop.CHECKPOINT_FILE).read_bytes())
+            (Path(d) / loop.CHECKPOINT_FILE).read_bytes()
+        )
 
     first = loop.LocalSeam(on_checkpoint=keep)
     assert loop.train(cfg, splits, first) == "early_stopped" and len(first.reports) == 2  # type: ignore[arg-type]
@@ -380,7 +448,8 @@ class FakeClient:
         with open(local_path, "rb") as f:
             assert f.read(4) == b"\x89PNG"
         self.runs[run_id].setdefault("artifacts", []).append(
-            f"{artifact_path}/{Path(local_path).name}")
+            f"{artifact_path}/{Path(local_path).name}"
+        )
 
     def set_tag(self, run_id: str, k: str, v: str) -> None:
         self.runs[run_id]["tags"][k] = v
@@ -392,19 +461,28 @@ class FakeClient:
         self.runs[run_id]["status"] = status
 
     def search_runs(self, exp_ids: list, filter_string: str = "", **kw: Any) -> list:
-        return [SimpleNamespace(info=SimpleNamespace(run_id=k, status=v["status"]),
-                                data=SimpleNamespace(tags=v["tags"]))
-                for k, v in self.runs.items()
-                if f"'{v['tags'].get('orchestrator.trial_id')}'" in filter_string
-                or "trial_id" not in filter_string]
+        return [
+            SimpleNamespace(
+                info=SimpleNamespace(run_id=k, status=v["status"]),
+                data=SimpleNamespace(tags=v["tags"]),
+            )
+            for k, v in self.runs.items()
+            if f"'{v['tags'].get('orchestrator.trial_id')}'" in filter_string
+            or "trial_id" not in filter_string
+        ]
 
     def get_metric_history(self, run_id: str, key: str) -> list:
-        return [SimpleNamespace(step=s, value=self.values[(r, k, s)])
-                for r, k, s in self.metrics if r == run_id and k == key]
+        return [
+            SimpleNamespace(step=s, value=self.values[(r, k, s)])
+            for r, k, s in self.metrics
+            if r == run_id and k == key
+        ]
 
     def get_run(self, run_id: str) -> Any:
-        return SimpleNamespace(data=SimpleNamespace(tags=self.runs[run_id]["tags"]),
-                               info=SimpleNamespace(status=self.runs[run_id]["status"]))
+        return SimpleNamespace(
+            data=SimpleNamespace(tags=self.runs[run_id]["tags"]),
+            info=SimpleNamespace(status=self.runs[run_id]["status"]),
+        )
 
     def delete_run(self, run_id: str) -> None:
         del self.runs[run_id]
@@ -415,13 +493,18 @@ def _trial(tid: str, **values: Any) -> Any:
 
 
 def _result(epoch: int, val_loss: float) -> dict[str, float]:
-    return {"epoch": float(epoch), "val_loss": val_loss, "train_loss": val_loss / 2,
-            "val_accuracy": 0.9}
+    return {
+        "epoch": float(epoch),
+        "val_loss": val_loss,
+        "train_loss": val_loss / 2,
+        "val_accuracy": 0.9,
+    }
 
 
 def _callback(client: FakeClient, out: list[str], resumed: bool = False) -> Any:
-    return sweep._SweepCallback(_cfg(), client, "exp", "parent", "fp", out.append, 4,
-                                resumed=resumed)
+    return sweep._SweepCallback(
+        _cfg(), client, "exp", "parent", "fp", out.append, 4, resumed=resumed
+    )
 
 
 def test_replayed_epochs_are_logged_once_and_restarts_say_where_they_continue() -> None:
@@ -554,7 +637,8 @@ def test_epochs_still_in_the_dead_drivers_outbox_reach_mlflow_on_resume() -> Non
 
 
 def test_epochs_a_killed_driver_never_received_are_filled_in_from_the_checkpoint(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # A DDP trial's worker group went on from its epoch-4 checkpoint, but the killed driver
     # had received epochs 1-2 only: 3 and 4 come from that checkpoint's history.
     client, out = FakeClient(), []

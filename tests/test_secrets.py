@@ -26,8 +26,9 @@ URI = f"http://admin:{PASSWORD}@mlflow.internal:5000"
 
 
 def _cfg(**over: Any) -> config.Config:
-    return make_cfg("data/digits.parquet", **{"tracking.uri": URI, "serve.api_key": API_KEY,
-                                              **over})
+    return make_cfg(
+        "data/digits.parquet", **{"tracking.uri": URI, "serve.api_key": API_KEY, **over}
+    )
 
 
 def _leaks(text: str) -> bool:
@@ -41,21 +42,28 @@ def test_the_schema_marks_the_secret_fields_and_a_new_one_inherits_the_rule() ->
     class Storage:  # a later key, e.g. storage credentials: the mark is all it needs
         region: str = "eu"
         secret_key: str | None = dataclasses.field(
-            default=None, metadata=config.secret(env=("STORAGE_SECRET_KEY",)))
+            default=None, metadata=config.secret(env=("STORAGE_SECRET_KEY",))
+        )
 
     assert set(config.secret_fields(Storage)) == {"secret_key"}
     assert config.redacted_value("value", "abc") == config.REDACTED
 
 
-@pytest.mark.parametrize("uri, shown", [
-    (URI, "http://***@mlflow.internal:5000"),
-    ("postgresql://mlflow:p@ss/w0rd@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
-    ("https://token@host/path?x=1", "https://***@host/path?x=1"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
-    (f"failed: {URI}/api/2.0/runs and {URI}", "failed: http://***@mlflow.internal:5000/api/"
-     "2.0/runs and http://***@mlflow.internal:5000"),
-])
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        (URI, "http://***@mlflow.internal:5000"),
+        ("postgresql://mlflow:p@ss/w0rd@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+        ("https://token@host/path?x=1", "https://***@host/path?x=1"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+        (
+            f"failed: {URI}/api/2.0/runs and {URI}",
+            "failed: http://***@mlflow.internal:5000/api/"
+            "2.0/runs and http://***@mlflow.internal:5000",
+        ),
+    ],
+)
 def test_a_uri_keeps_its_scheme_and_host_and_loses_its_credentials(uri: str, shown: str) -> None:
     assert config.redact_uri(uri) == shown
 
@@ -101,12 +109,19 @@ def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path)
     from orchestrator import model
 
     cfg = _cfg(**{"model.hidden": [4]})
-    ctx = SimpleNamespace(cfg=cfg, stamp="s", parent_id="p", exp_id="1", path=tmp_path,
-                          prep=SimpleNamespace(fingerprint="f"))
+    ctx = SimpleNamespace(
+        cfg=cfg,
+        stamp="s",
+        parent_id="p",
+        exp_id="1",
+        path=tmp_path,
+        prep=SimpleNamespace(fingerprint="f"),
+    )
     sweep._write_state(ctx, "running")  # type: ignore[arg-type]
     net = model.from_config(cfg, np.zeros(3), np.ones(3), 2)
-    tracking.keep_champion(tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1],
-                           {"test_accuracy": 1.0}, "t")
+    tracking.keep_champion(
+        tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1], {"test_accuracy": 1.0}, "t"
+    )
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {sweep.STATE_FILE, "champion.json"}
     for p in files:
@@ -116,7 +131,8 @@ def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path)
 
 
 def test_a_saved_config_gets_its_secrets_back_from_the_environment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     saved = config.from_dict(config.to_dict(config.redact(_cfg())))
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "ORCHESTRATOR_API_KEY"):
         monkeypatch.delenv(var, raising=False)
@@ -133,15 +149,20 @@ def test_a_saved_config_gets_its_secrets_back_from_the_environment(
     monkeypatch.setenv("ORCHESTRATOR_API_KEY", API_KEY)
     assert config.restore(saved) == _cfg()
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "p@ss:/word")  # quoted into the URI
-    assert config.restore(saved).tracking.uri == \
-        "http://admin:p%40ss%3A%2Fword@mlflow.internal:5000"
+    assert (
+        config.restore(saved).tracking.uri == "http://admin:p%40ss%3A%2Fword@mlflow.internal:5000"
+    )
 
 
 def test_a_job_given_redacted_overrides_reads_the_secrets_from_its_environment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """What `orchestrator submit` sends is what `python -m jobs.sweep` loads on the cluster."""
-    over = ["data.path=x.parquet", "tracking.uri=http://***@mlflow.internal:5000",
-            "serve.api_key=***"]
+    over = [
+        "data.path=x.parquet",
+        "tracking.uri=http://***@mlflow.internal:5000",
+        "serve.api_key=***",
+    ]
     monkeypatch.delenv("ORCHESTRATOR_API_KEY", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
@@ -161,8 +182,9 @@ class _Exec(Exception):
     pass
 
 
-def _serve(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           *argv: str) -> tuple[list[str], dict[str, str], str]:
+def _serve(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[list[str], dict[str, str], str]:
     seen: dict[str, Any] = {}
 
     def fake_exec(path: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -178,7 +200,8 @@ def _serve(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 
 
 def test_tracking_serve_passes_the_backend_in_the_environment_and_prints_it_redacted(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     backend = f"postgresql://mlflow:{PASSWORD}@db:5432/mlflow"
     monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
     argv, env, printed = _serve(monkeypatch, capsys, "--backend", backend)
@@ -193,7 +216,8 @@ def test_tracking_serve_passes_the_backend_in_the_environment_and_prints_it_reda
 
 
 def test_a_bad_backend_is_refused_without_quoting_its_password(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert cli.main(["tracking", "serve", "--backend", f"mongodb://u:{PASSWORD}@h/db"]) == 2
     err = capsys.readouterr().err
     assert "--backend" in err and "mongodb://***@h/db" in err and PASSWORD not in err
@@ -203,13 +227,16 @@ def test_a_bad_backend_is_refused_without_quoting_its_password(
 
 
 def test_submit_sends_secrets_redacted_and_says_where_the_job_finds_them(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(submit, "_check_tracking_server", lambda uri: None)
     cfg = _cfg(**{"data.path": "s3://b/d.parquet", "sweep.storage_path": "/mnt/shared/r"})
-    passed = [f"serve.api_key={API_KEY}", "sweep.num_samples=2",
-              *submit.resolve_paths(cfg, local_cluster=False)]
-    entry, runtime_env = submit.job_spec(str(ROOT / "jobs/configs/quickstart.yaml"), passed,
-                                         ROOT)
+    passed = [
+        f"serve.api_key={API_KEY}",
+        "sweep.num_samples=2",
+        *submit.resolve_paths(cfg, local_cluster=False),
+    ]
+    entry, runtime_env = submit.job_spec(str(ROOT / "jobs/configs/quickstart.yaml"), passed, ROOT)
     assert "tracking.uri=http://***@mlflow.internal:5000" in entry
     assert "serve.api_key=***" in entry and "sweep.num_samples=2" in entry
     assert not _leaks(entry + json.dumps(runtime_env))
@@ -256,10 +283,16 @@ def test_the_cluster_configs_give_the_job_its_secrets_from_the_cluster() -> None
 
 
 def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    ctx = SimpleNamespace(cfg=_cfg(), stamp="s", parent_id="p", exp_id="1", path=tmp_path,
-                          prep=SimpleNamespace(fingerprint="f"))
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctx = SimpleNamespace(
+        cfg=_cfg(),
+        stamp="s",
+        parent_id="p",
+        exp_id="1",
+        path=tmp_path,
+        prep=SimpleNamespace(fingerprint="f"),
+    )
     sweep._write_state(ctx, "done")  # type: ignore[arg-type]
     sent: list[str] = []
     monkeypatch.setattr(tracking, "replay", lambda folder, uri, **kw: sent.append(uri))
@@ -286,19 +319,27 @@ def test_ray_serve_replicas_get_neither_the_api_key_nor_the_tracking_password() 
     from orchestrator.config import ServeConfig
 
     key, password = "k3y-" + "x" * 28, "pw-" + "y" * 20
-    app = serve_ray.application("models:/m@champion", f"http://admin:{password}@db:5000",
-                                ServeConfig(replicas=2, api_key=key), key)
+    app = serve_ray.application(
+        "models:/m@champion",
+        f"http://admin:{password}@db:5000",
+        ServeConfig(replicas=2, api_key=key),
+        key,
+    )
     blob = cloudpickle.dumps(app)
     assert key.encode() not in blob and password.encode() not in blob
     args = app._bound_deployment.init_args
     assert args[1] == "http://db:5000" and args[3] == serve_ray.serve_mod.key_sha256(key)
     assert config.split_credentials("https://u%40x:p%3Aw@h:1/p?q=1") == (
-        "https://h:1/p?q=1", "u@x", "p:w")
+        "https://h:1/p?q=1",
+        "u@x",
+        "p:w",
+    )
     assert config.split_credentials("sqlite:///a.db") == ("sqlite:///a.db", None, None)
 
 
 def test_mlflow_never_gets_the_uri_with_its_credentials(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # MLflow copies the URI it is given into $MLFLOW_TRACKING_URI (inherited by every
     # process Ray starts) and quotes it in its errors: it gets the bare URI, and the
     # credentials go to the variables its client reads

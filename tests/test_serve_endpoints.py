@@ -21,8 +21,9 @@ def _served() -> serve.Served:
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
     net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
-    return serve.Served(model.WithProbabilities(net).eval(), ["a", "b", "c"], 4,
-                        "models:/t@champion", "1", "run1")
+    return serve.Served(
+        model.WithProbabilities(net).eval(), ["a", "b", "c"], 4, "models:/t@champion", "1", "run1"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,35 +32,67 @@ def keyed() -> Any:
         yield c
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/reload"), ("GET", "/metadata"), ("GET", "/docs"), ("GET", "/openapi.json"),
-    ("GET", "/ready"), ("GET", "/metrics"), ("POST", "/predict"), ("GET", "/redoc")])
-def test_with_a_key_every_path_but_health_answers_401_without_it(keyed: TestClient,
-                                                                  method: str,
-                                                                  path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/reload"),
+        ("GET", "/metadata"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/ready"),
+        ("GET", "/metrics"),
+        ("POST", "/predict"),
+        ("GET", "/redoc"),
+    ],
+)
+def test_with_a_key_every_path_but_health_answers_401_without_it(
+    keyed: TestClient, method: str, path: str
+) -> None:
     assert keyed.request(method, path).status_code == 401
     assert keyed.request(method, path, headers={"X-API-Key": "wrong"}).status_code == 401
-    ok = keyed.request(method, path, headers={"X-API-Key": "s3cret"},
-                       **({"json": ROW} if path == "/predict" else {}))
+    ok = keyed.request(
+        method,
+        path,
+        headers={"X-API-Key": "s3cret"},
+        **({"json": ROW} if path == "/predict" else {}),
+    )
     assert ok.status_code == 200, ok.text
     assert keyed.get("/health").status_code == 200
 
 
-@pytest.mark.parametrize(("header", "status"), [
-    ("Bearer s3cret", 200), ("bearer s3cret", 200), ("BEARER  s3cret ", 200),
-    ("s3cret", 401), ("Basic s3cret", 401), ("Bearer", 401), ("Bearers3cret", 401),
-    ("Bearer wrong", 401)])
-def test_the_bearer_scheme_is_matched_in_any_case(keyed: TestClient, header: str,
-                                                  status: int) -> None:
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret ", 200),
+        ("s3cret", 401),
+        ("Basic s3cret", 401),
+        ("Bearer", 401),
+        ("Bearers3cret", 401),
+        ("Bearer wrong", 401),
+    ],
+)
+def test_the_bearer_scheme_is_matched_in_any_case(
+    keyed: TestClient, header: str, status: int
+) -> None:
     r = keyed.post("/predict", json=ROW, headers={"Authorization": header})
     assert r.status_code == status, r.text
 
 
-@pytest.mark.parametrize(("content_type", "status"), [
-    ("application/json", 200), ("application/json; charset=utf-8", 200),
-    ("Application/JSON", 200), ("text/plain", 415), ("text/plain; charset=utf-8", 415),
-    ("application/x-www-form-urlencoded", 415), ("multipart/form-data; boundary=x", 415),
-    (None, 415)])
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 200),
+        ("application/json; charset=utf-8", 200),
+        ("Application/JSON", 200),
+        ("text/plain", 415),
+        ("text/plain; charset=utf-8", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data; boundary=x", 415),
+        (None, 415),
+    ],
+)
 def test_predict_takes_json_only(content_type: str | None, status: int) -> None:
     import orjson
 
@@ -77,12 +110,18 @@ def test_an_empty_key_given_to_the_app_is_an_error() -> None:
         serve.create_app(_served(), api_key="")
 
 
-@pytest.mark.parametrize(("configured", "environ", "key"), [
-    ("", {}, "serve.api_key"), ("  ", {}, "serve.api_key"), (None, {"ORCHESTRATOR_API_KEY": ""},
-                                                             "ORCHESTRATOR_API_KEY"),
-    (" k ", {}, "serve.api_key")])
-def test_an_empty_key_is_an_error_not_auth_off(configured: str | None, environ: dict,
-                                               key: str) -> None:
+@pytest.mark.parametrize(
+    ("configured", "environ", "key"),
+    [
+        ("", {}, "serve.api_key"),
+        ("  ", {}, "serve.api_key"),
+        (None, {"ORCHESTRATOR_API_KEY": ""}, "ORCHESTRATOR_API_KEY"),
+        (" k ", {}, "serve.api_key"),
+    ],
+)
+def test_an_empty_key_is_an_error_not_auth_off(
+    configured: str | None, environ: dict, key: str
+) -> None:
     with pytest.raises(config.ConfigError) as e:
         serve.required_key(configured, environ, "127.0.0.1", False)
     assert e.value.key == key
@@ -95,12 +134,24 @@ def test_the_key_comes_from_the_config_then_the_environment() -> None:
     assert serve.required_key(None, {}, "127.0.0.1", False) is None
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True),
-    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("10.1.2.3", False),
-    ("myhost", False), ("192.168.0.1", False)])
-def test_an_address_beyond_loopback_needs_a_key_or_an_explicit_allow(host: str,
-                                                                     loopback: bool) -> None:
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("myhost", False),
+        ("192.168.0.1", False),
+    ],
+)
+def test_an_address_beyond_loopback_needs_a_key_or_an_explicit_allow(
+    host: str, loopback: bool
+) -> None:
     assert serve.is_loopback(host) == loopback
     if loopback:
         assert serve.required_key(None, {}, host, False) is None
@@ -111,8 +162,9 @@ def test_an_address_beyond_loopback_needs_a_key_or_an_explicit_allow(host: str,
     assert serve.required_key(None, {}, host, True) is None
 
 
-def test_the_cli_refuses_before_loading_anything(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_refuses_before_loading_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     ran: list[tuple] = []
     monkeypatch.setattr(serve, "run", lambda *a: ran.append(a))
     monkeypatch.delenv("ORCHESTRATOR_API_KEY", raising=False)

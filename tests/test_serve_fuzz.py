@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 def _app() -> FastAPI:
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    net = model.WithProbabilities(model.build(config.ModelConfig(hidden=[8]), x.mean(0),
-                                              x.std(0), 3)).eval()
+    net = model.WithProbabilities(
+        model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    ).eval()
     served = serve.Served(net, ["cat", "dog", "eel"], 4, "models:/fuzz@champion", "1", "r1")
     return serve.create_app(served, max_batch=8, max_body_bytes=4096)
 
@@ -38,8 +39,9 @@ def _app() -> FastAPI:
 # to the same app served by uvicorn on loopback.
 APP = _app()
 fuzz = schemathesis.openapi.from_dict(APP.openapi())
-fuzz.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-                              max_examples=200, deterministic=True)
+fuzz.config.generation.update(
+    modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=200, deterministic=True
+)
 # too many rows is refused with 413 by design (as a body over the byte limit is)
 _rejection = fuzz.config.checks.negative_data_rejection
 _rejection.expected_statuses = [s for s in _rejection.expected_statuses if s != "5xx"] + ["413"]
@@ -63,17 +65,17 @@ def base_url() -> Iterator[str]:
 
 @fuzz.parametrize()
 @settings(suppress_health_check=list(HealthCheck), deadline=None)
-def test_every_endpoint_keeps_its_schema_and_never_answers_500(case: schemathesis.Case,
-                                                               base_url: str) -> None:
+def test_every_endpoint_keeps_its_schema_and_never_answers_500(
+    case: schemathesis.Case, base_url: str
+) -> None:
     # Schema-valid rows are answered 200, except rows so far out (near float32's limits) that
     # the network overflows: those get a documented 422 rather than NaN probabilities.
-    response = case.call_and_validate(base_url=base_url,
-                                      excluded_checks=[positive_data_acceptance])
+    response = case.call_and_validate(base_url=base_url, excluded_checks=[positive_data_acceptance])
     assert response.status_code < 500
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
         assert response.status_code == 200 or (
-            response.status_code == 422 and "output is not a number" in response.text), \
-            response.text
+            response.status_code == 422 and "output is not a number" in response.text
+        ), response.text
 
 
 def test_the_server_is_still_up_and_counted_no_errors_of_its_own(base_url: str) -> None:

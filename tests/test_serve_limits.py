@@ -23,8 +23,13 @@ from orchestrator.http_limits import Limits
 
 pytestmark = pytest.mark.slow
 
-LIMITS = Limits(max_header_bytes=64 * 1024, header_timeout_s=1.0, body_timeout_s=1.0,
-                max_connections=16, keepalive_s=1.0)
+LIMITS = Limits(
+    max_header_bytes=64 * 1024,
+    header_timeout_s=1.0,
+    body_timeout_s=1.0,
+    max_connections=16,
+    keepalive_s=1.0,
+)
 ROW = b'{"features": [[0.1, 0.2, 0.3, 0.4]]}'
 
 
@@ -36,27 +41,43 @@ def port() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def patient_port() -> Iterator[int]:
     """A server whose head deadline and keep-alive are far apart (each test says which)."""
-    yield from _serve(Limits(max_header_bytes=64 * 1024, header_timeout_s=1.0,
-                             body_timeout_s=1.0, max_connections=16, keepalive_s=30.0))
+    yield from _serve(
+        Limits(
+            max_header_bytes=64 * 1024,
+            header_timeout_s=1.0,
+            body_timeout_s=1.0,
+            max_connections=16,
+            keepalive_s=30.0,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def capped_port() -> Iterator[int]:
     """Connections held idle stay held (a loaded machine may take over a second to open the
     next one): only the connection cap is near."""
-    yield from _serve(Limits(max_header_bytes=64 * 1024, header_timeout_s=30.0,
-                             body_timeout_s=30.0, max_connections=16, keepalive_s=30.0))
+    yield from _serve(
+        Limits(
+            max_header_bytes=64 * 1024,
+            header_timeout_s=30.0,
+            body_timeout_s=30.0,
+            max_connections=16,
+            keepalive_s=30.0,
+        )
+    )
 
 
 def _serve(limits: Limits) -> Iterator[int]:
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
-    net = model.WithProbabilities(model.build(config.ModelConfig(hidden=[8]), x.mean(0),
-                                              x.std(0), 3)).eval()
+    net = model.WithProbabilities(
+        model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3)
+    ).eval()
     app = serve.create_app(serve.Served(net, ["a", "b", "c"], 4, "models:/limits/1", "1"))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           **limits.uvicorn()))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **limits.uvicorn())
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -83,13 +104,19 @@ def _answer(sock: socket.socket) -> bytes:
 
 
 def _predict(port: int) -> int:
-    return requests.post(f"http://127.0.0.1:{port}/predict", data=ROW, timeout=5,
-                         headers={"content-type": "application/json"}).status_code
+    return requests.post(
+        f"http://127.0.0.1:{port}/predict",
+        data=ROW,
+        timeout=5,
+        headers={"content-type": "application/json"},
+    ).status_code
 
 
 def test_a_4_mib_header_is_refused_in_under_a_second(port: int) -> None:
-    head = (b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"x-big: " + b"a" * (4 << 20) + b"\r\ncontent-length: %d\r\n\r\n" % len(ROW) + ROW)
+    head = (
+        b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"x-big: " + b"a" * (4 << 20) + b"\r\ncontent-length: %d\r\n\r\n" % len(ROW) + ROW
+    )
     sock = _connect(port)
     start = time.perf_counter()
     try:
@@ -107,8 +134,12 @@ def test_a_4_mib_header_is_refused_in_under_a_second(port: int) -> None:
 
 
 def test_a_head_just_under_the_cap_is_answered(port: int) -> None:
-    r = requests.post(f"http://127.0.0.1:{port}/predict", data=ROW, timeout=5, headers={
-        "content-type": "application/json", "x-pad": "a" * (60 * 1024)})
+    r = requests.post(
+        f"http://127.0.0.1:{port}/predict",
+        data=ROW,
+        timeout=5,
+        headers={"content-type": "application/json", "x-pad": "a" * (60 * 1024)},
+    )
     assert r.status_code == 200
 
 
@@ -131,7 +162,7 @@ def _trickle(port: int, first: bytes, drip: bytes) -> tuple[float, bytes]:
         except ConnectionResetError:
             break
         try:
-            sock.send(drip[i % len(drip):i % len(drip) + 1])
+            sock.send(drip[i % len(drip) : i % len(drip) + 1])
         except (BrokenPipeError, ConnectionResetError):
             break
     sock.close()
@@ -143,8 +174,10 @@ def test_a_trickling_client_is_cut_off_while_others_are_answered(port: int, wher
     if where == "head":
         first, drip = b"POST /predict HTTP/1.1\r\n", b"x-slow: 1\r\n"
     else:
-        first = (b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 b"content-length: 100000\r\n\r\n")
+        first = (
+            b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100000\r\n\r\n"
+        )
         drip = b"[[0,0,0,0]],"
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         slow = [pool.submit(_trickle, port, first, drip) for _ in range(3)]

@@ -35,11 +35,15 @@ def _write(folder: Path, **spec_changes: object) -> dict:
 
 
 def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     _write(tmp_path, **{"model.hidden": [2_000_000_000]})
     start = time.perf_counter()
-    with pytest.raises(ValueError, match=r"model\.json: model .* needs 16,000,000,011 float32 "
-                                         r"values, but weights\.pt has only [\d,]+ bytes"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.json: model .* needs 16,000,000,011 float32 "
+        r"values, but weights\.pt has only [\d,]+ bytes",
+    ):
         tracking.load_weights(tmp_path)
     assert time.perf_counter() - start < 1
 
@@ -63,8 +67,7 @@ def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
         ({"model": "mlp"}, "model.json: model: expected an object"),
     ],
 )
-def test_a_bad_spec_is_refused_naming_the_field(tmp_path: Path, changes: dict,
-                                                words: str) -> None:
+def test_a_bad_spec_is_refused_naming_the_field(tmp_path: Path, changes: dict, words: str) -> None:
     _write(tmp_path, **changes)
     with pytest.raises(ValueError) as e:
         tracking.load_weights(tmp_path)
@@ -81,22 +84,31 @@ def test_a_spec_that_is_not_json_or_too_big_is_refused(tmp_path: Path) -> None:
         tracking.load_weights(tmp_path)
 
 
-@pytest.mark.parametrize(("kind", "hidden", "shape", "classes"),
-                         [("mlp", [8, 3], None, 2), ("mlp", [], None, 5),
-                          ("cnn", [4, 6], [1, 8, 8], 10), ("cnn", [3, 3, 3], [2, 3, 5], 3)])
-def test_the_counted_size_is_the_built_networks(kind: str, hidden: list[int],
-                                                shape: list[int] | None, classes: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "hidden", "shape", "classes"),
+    [
+        ("mlp", [8, 3], None, 2),
+        ("mlp", [], None, 5),
+        ("cnn", [4, 6], [1, 8, 8], 10),
+        ("cnn", [3, 3, 3], [2, 3, 5], 3),
+    ],
+)
+def test_the_counted_size_is_the_built_networks(
+    kind: str, hidden: list[int], shape: list[int] | None, classes: int
+) -> None:
     mcfg = config.ModelConfig(kind=kind, hidden=hidden)
     d = int(np.prod(shape)) if shape else 7
-    net = model.build(mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32),
-                      classes, shape)
+    net = model.build(
+        mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32), classes, shape
+    )
     assert tracking.state_elements(mcfg, d, classes, shape) == sum(
-        t.numel() for t in net.state_dict().values())
-
+        t.numel() for t in net.state_dict().values()
+    )
 
 
 def test_a_refused_reload_keeps_the_served_version_and_says_so(
-        capsys: pytest.CaptureFixture) -> None:
+    capsys: pytest.CaptureFixture,
+) -> None:
     calls = {"n": 0}
 
     def reload() -> serve.Served | None:
@@ -107,20 +119,29 @@ def test_a_refused_reload_keeps_the_served_version_and_says_so(
         for _ in range(2):
             r = c.post("/reload")
             assert r.status_code == 409
-            assert r.json() == {"reloaded": False, "version": "1", "refused": {
-                "version": "2", "reason": 'models:/t/2 has no pickle-free form "quoted"'}}
+            assert r.json() == {
+                "reloaded": False,
+                "version": "1",
+                "refused": {
+                    "version": "2",
+                    "reason": 'models:/t/2 has no pickle-free form "quoted"',
+                },
+            }
         assert c.post("/predict", json={"features": [[0, 1, 2, 3]]}).status_code == 200
         assert c.get("/ready").json()["version"] == "1"
         text = c.get("/metrics").text
     assert "orchestrator_model_refusals_total 1" in text  # the same version counts once
-    assert ('orchestrator_model_refused_info{version="2",reason="models:/t/2 has no '
-            'pickle-free form \\"quoted\\""} 1') in text
+    assert (
+        'orchestrator_model_refused_info{version="2",reason="models:/t/2 has no '
+        'pickle-free form \\"quoted\\""} 1'
+    ) in text
     assert 'orchestrator_model_info{version="1"} 1' in text
     assert capsys.readouterr().out.count("refused model version 2, still serving version 1") == 1
 
 
 def test_the_reloader_does_not_download_a_refused_version_again(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     loads: list[str] = []
 
     def load(uri: str, tracking_uri: str | None = None, max_model_mb: float = 0) -> None:
@@ -137,7 +158,8 @@ def test_the_reloader_does_not_download_a_refused_version_again(
 
 
 def test_a_disk_error_while_loading_is_not_a_refusal_so_the_next_reload_tries_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _write(tmp_path)
     monkeypatch.setattr(serve, "resolve", lambda uri: ("2", "run2"))
     monkeypatch.setattr(serve, "_download", lambda *a: None)

@@ -41,14 +41,16 @@ def _register(uri: str, seed: int) -> str:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ray-serve") or client.get_experiment(
-        client.create_experiment("ray-serve"))
+        client.create_experiment("ray-serve")
+    )
     x = np.random.default_rng(seed).normal(size=(32, 6)).astype(np.float32)
     torch.manual_seed(seed)
     net = model.from_data(cfg, x, num_classes=3)
     parent = client.create_run(exp.experiment_id).info.run_id
     trial = client.create_run(exp.experiment_id).info.run_id
-    return tracking.register_champion(cfg, parent, net, x, ["a", "b", "c"],
-                                      {"test_accuracy": 0.5}, trial)
+    return tracking.register_champion(
+        cfg, parent, net, x, ["a", "b", "c"], {"test_accuracy": 0.5}, trial
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +60,38 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     assert _register(uri, 0) == "1"
     port = free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths
-    env = {**os.environ, "RAY_ADDRESS": "local", "MLFLOW_TRACKING_URI": uri,
-           "ORCHESTRATOR_API_KEY": API_KEY, "RAY_TMPDIR": str(ray_tmp)}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "local",
+        "MLFLOW_TRACKING_URI": uri,
+        "ORCHESTRATOR_API_KEY": API_KEY,
+        "RAY_TMPDIR": str(ray_tmp),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "2",
-         "--model", f"models:/{NAME}@champion", "--port", str(port), "--tracking-uri", uri,
-         # two replicas on a 2-core machine, with room for Serve's proxy and controller
-         "serve.replica_cpus=0.5", "serve.poll_s=1"],
-        env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--ray",
+            "--replicas",
+            "2",
+            "--model",
+            f"models:/{NAME}@champion",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            uri,
+            # two replicas on a 2-core machine, with room for Serve's proxy and controller
+            "serve.replica_cpus=0.5",
+            "serve.poll_s=1",
+        ],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 240
@@ -112,8 +138,12 @@ def test_two_replicas_answer_the_same_predictions(deployed: dict) -> None:
         expected = served.net(torch.from_numpy(x)).numpy()
 
     def one(i: int) -> list[float]:
-        r = requests.post(f"{base}/predict", json={"features": x[i:i + 1].tolist()}, timeout=30,
-                          headers=HTTP.headers)
+        r = requests.post(
+            f"{base}/predict",
+            json={"features": x[i : i + 1].tolist()},
+            timeout=30,
+            headers=HTTP.headers,
+        )
         assert r.status_code == 200, r.text
         return r.json()["probabilities"][0]
 
@@ -142,8 +172,12 @@ def test_the_api_key_guards_every_replica_which_never_holds_the_key(deployed: di
         assert r.status_code == 401, r.text
         assert requests.get(f"{base}/metadata", timeout=10).status_code == 401
     assert requests.get(f"{base}/health", timeout=10).status_code == 200
-    r = requests.post(f"{base}/predict", json={"features": [[0.0] * 6]}, timeout=30,
-                      headers={"Authorization": f"bearer {API_KEY}"})
+    r = requests.post(
+        f"{base}/predict",
+        json={"features": [[0.0] * 6]},
+        timeout=30,
+        headers={"Authorization": f"bearer {API_KEY}"},
+    )
     assert r.status_code == 200, r.text
     # the deployment's arguments (kept by Ray, shown by its dashboard) carry a digest only:
     # the key is in none of the session's files (logs, GCS, pickled arguments)
@@ -175,28 +209,59 @@ def test_it_stops_on_sigterm_and_frees_the_port(deployed: dict) -> None:
 def test_zero_replicas_or_more_than_fit_are_refused_before_deploying(tmp_path: Path) -> None:
     for replicas in ("0", "64"):  # 64 x 1 CPU on a 2-core machine
         proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", replicas,
-             "--model", f"models:/{NAME}@champion"], capture_output=True, text=True,
-            timeout=180, cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"})
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "serve",
+                "--ray",
+                "--replicas",
+                replicas,
+                "--model",
+                f"models:/{NAME}@champion",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+            env={**os.environ, "RAY_ADDRESS": "local"},
+        )
         assert proc.returncode != 0 and "serve.replicas" in proc.stdout + proc.stderr, replicas
 
 
-def test_a_version_without_the_pickle_free_form_is_refused_before_deploying(
-        deployed: dict) -> None:
+def test_a_version_without_the_pickle_free_form_is_refused_before_deploying(deployed: dict) -> None:
     import mlflow
     from test_serve_security import Payload
 
     marker = deployed["tmp"] / "payload-ran"
     mlflow.set_tracking_uri(deployed["uri"])
-    with mlflow.start_run(experiment_id=mlflow.MlflowClient().get_experiment_by_name(
-            "ray-serve").experiment_id):
-        info = mlflow.pytorch.log_model(Payload(marker), name="model", pip_requirements=["torch"],
-                                        serialization_format="pickle")
+    with mlflow.start_run(
+        experiment_id=mlflow.MlflowClient().get_experiment_by_name("ray-serve").experiment_id
+    ):
+        info = mlflow.pytorch.log_model(
+            Payload(marker), name="model", pip_requirements=["torch"], serialization_format="pickle"
+        )
     mlflow.register_model(info.model_uri, "pickled")
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--ray", "--replicas", "1",
-         "--model", "models:/pickled/1", "--tracking-uri", deployed["uri"],
-         "serve.replica_cpus=0.5"], capture_output=True, text=True, timeout=240,
-        cwd=deployed["tmp"], env={**os.environ, "RAY_ADDRESS": "local"})
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--ray",
+            "--replicas",
+            "1",
+            "--model",
+            "models:/pickled/1",
+            "--tracking-uri",
+            deployed["uri"],
+            "serve.replica_cpus=0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=deployed["tmp"],
+        env={**os.environ, "RAY_ADDRESS": "local"},
+    )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no pickle-free form" in proc.stderr and not marker.exists()

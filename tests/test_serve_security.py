@@ -47,10 +47,14 @@ def _log(store: dict, net: torch.nn.Module, extra: list[Path]) -> str:
 
     mlflow.set_tracking_uri(store["uri"])
     with mlflow.start_run(experiment_id=store["exp"]):
-        info = mlflow.pytorch.log_model(net, name="model", serialization_format="pickle",
-                                        pip_requirements=["torch"], extra_files=extra or None,
-                                        metadata={"classes": ["a", "b", "c"],
-                                                  "num_features": 4})
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+            extra_files=extra or None,
+            metadata={"classes": ["a", "b", "c"], "num_features": 4},
+        )
     version = mlflow.register_model(info.model_uri, NAME).version
     mlflow.MlflowClient(store["uri"]).set_registered_model_alias(NAME, "champion", version)
     return str(version)
@@ -87,17 +91,32 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     tmp = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    exp = mlflow.MlflowClient(uri).create_experiment("guarded",
-                                                     artifact_location=str(tmp / "artifacts"))
+    exp = mlflow.MlflowClient(uri).create_experiment(
+        "guarded", artifact_location=str(tmp / "artifacts")
+    )
     return {"uri": uri, "exp": exp, "tmp": tmp, "marker": tmp / "payload-ran"}
 
 
 def _serve(store: dict, port: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--model",
-         f"models:/{NAME}@champion", "--port", str(port), *extra],
-        env=env, cwd=store["tmp"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--model",
+            f"models:/{NAME}@champion",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        env=env,
+        cwd=store["tmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _refused_at_start(store: dict) -> tuple[str, float, int]:
@@ -115,13 +134,14 @@ def _refused_at_start(store: dict) -> tuple[str, float, int]:
     return out, time.perf_counter() - start, usage.ru_maxrss // 1024
 
 
-def test_a_pickle_only_version_is_refused_at_start_and_its_payload_never_runs(
-        store: dict) -> None:
+def test_a_pickle_only_version_is_refused_at_start_and_its_payload_never_runs(store: dict) -> None:
     version = _pickle_only(store)
     out, _, _ = _refused_at_start(store)
     assert f"refused model version {version}" in out
-    assert "no pickle-free form (missing extra_files/model.json and extra_files/weights.pt)" \
-        in out and "Register the model again" in out
+    assert (
+        "no pickle-free form (missing extra_files/model.json and extra_files/weights.pt)" in out
+        and "Register the model again" in out
+    )
     assert not store["marker"].exists()
 
 
@@ -130,10 +150,18 @@ def test_the_payload_is_real(store: dict, tmp_path: Path) -> None:
     # allowed by MLflow's default), in a throwaway process: the command runs
     marker = tmp_path / "ran"
     model_uri = f"models:/{NAME}/{_log(store, Payload(marker), [])}"
-    subprocess.run([sys.executable, "-c", "import mlflow.pytorch, sys; "
-                    "mlflow.pytorch.load_model(sys.argv[1])", model_uri],
-                   env={**os.environ, "MLFLOW_TRACKING_URI": store["uri"]},
-                   capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mlflow.pytorch, sys; mlflow.pytorch.load_model(sys.argv[1])",
+            model_uri,
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store["uri"]},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert marker.exists()
 
 
@@ -152,8 +180,9 @@ def test_the_report_refuses_a_pickle_only_champion(store: dict) -> None:
 
     version = _pickle_only(store)
     client = MlflowClient(store["uri"])
-    parent = client.create_run(store["exp"], tags={
-        "orchestrator.champion_version": version}).info.run_id
+    parent = client.create_run(
+        store["exp"], tags={"orchestrator.champion_version": version}
+    ).info.run_id
     cfg = make_cfg(**{"tracking.uri": store["uri"], "tracking.register_as": NAME})
     html, _ = report.champion_section(SimpleNamespace(cfg=cfg, parent_run_id=parent))  # type: ignore[arg-type]
     assert "Confusion matrix unavailable" in html and "no pickle-free form" in html
@@ -177,8 +206,9 @@ def running(store: dict) -> Iterator[dict]:
         proc.wait(timeout=30)
 
 
-def test_an_alias_moved_to_a_bad_version_keeps_the_old_one_serving(store: dict,
-                                                                   running: dict) -> None:
+def test_an_alias_moved_to_a_bad_version_keeps_the_old_one_serving(
+    store: dict, running: dict
+) -> None:
     base, good = running["base"], running["version"]
     row = {"features": [[0.1, 0.2, 0.3, 0.4]]}
     before = requests.post(f"{base}/predict", json=row, timeout=5).json()
@@ -186,7 +216,8 @@ def test_an_alias_moved_to_a_bad_version_keeps_the_old_one_serving(store: dict,
         bad = register(store)
         deadline = time.time() + 30
         while f'orchestrator_model_refused_info{{version="{bad}"' not in (
-                text := requests.get(f"{base}/metrics", timeout=5).text):
+            text := requests.get(f"{base}/metrics", timeout=5).text
+        ):
             assert time.time() < deadline, text
             time.sleep(0.2)
         assert requests.get(f"{base}/ready", timeout=5).json()["version"] == good

@@ -42,18 +42,21 @@ def test_predict_returns_class_names_and_probabilities(client: TestClient) -> No
         ({"rows": [[0, 1, 2, 3]]}, 422, "features"),
     ],
 )
-def test_bad_requests_get_4xx_with_a_message(client: TestClient, body: dict, status: int,
-                                             words: str) -> None:
+def test_bad_requests_get_4xx_with_a_message(
+    client: TestClient, body: dict, status: int, words: str
+) -> None:
     r = client.post("/predict", json=body)
     assert r.status_code == status
     assert words in r.text
 
 
 def test_nan_and_infinity_are_refused(client: TestClient) -> None:
-    r = client.post("/predict", content=b'{"features": [[NaN, 1, 2, Infinity]]}',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/predict",
+        content=b'{"features": [[NaN, 1, 2, Infinity]]}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 422
-
 
 
 def test_ready_metadata_and_metrics_describe_the_model_and_the_traffic() -> None:
@@ -97,8 +100,9 @@ def test_a_body_over_the_limit_is_refused_before_it_is_parsed() -> None:
 
 def test_reload_swaps_in_the_new_version_and_keeps_answering() -> None:
     newer: list[serve.Served] = []
-    with TestClient(serve.create_app(_served(0, "1"),
-                                     reload=lambda: newer.pop() if newer else None)) as c:
+    with TestClient(
+        serve.create_app(_served(0, "1"), reload=lambda: newer.pop() if newer else None)
+    ) as c:
         x = {"features": [[0.5, -1, 2, 0.1]]}
         before = c.post("/predict", json=x).json()["probabilities"]
         assert c.post("/reload").json() == {"reloaded": False, "version": "1"}
@@ -113,8 +117,9 @@ def test_the_alias_is_polled_in_the_background() -> None:
     import time
 
     newer = [_served(7, "2")]
-    app = serve.create_app(_served(0, "1"), reload=lambda: newer.pop() if newer else None,
-                           poll_s=0.05)
+    app = serve.create_app(
+        _served(0, "1"), reload=lambda: newer.pop() if newer else None, poll_s=0.05
+    )
     with TestClient(app) as c:
         deadline = time.time() + 10
         while c.get("/ready").json()["version"] != "2":
@@ -126,19 +131,25 @@ def test_the_alias_is_polled_in_the_background() -> None:
     ("body", "status", "words"),
     [
         (b'{"features": [[1, 2, 3, 4], [1, 2, 3]]}', 422, "features[1]: 3 values"),
-        (b'{"features": [[1, 2, 3, 4], [1, "2", 3, 4]]}', 422,
-         "features[1][1]: a number, not a string"),
-        (b'{"features": [[1, 2, 3, 4], [1, 2, null, 4]]}', 422,
-         "features[1][2]: a number, not null"),
+        (
+            b'{"features": [[1, 2, 3, 4], [1, "2", 3, 4]]}',
+            422,
+            "features[1][1]: a number, not a string",
+        ),
+        (
+            b'{"features": [[1, 2, 3, 4], [1, 2, null, 4]]}',
+            422,
+            "features[1][2]: a number, not null",
+        ),
         (b'{"features": [[1, 2, 3, true]]}', 422, "features[0][3]: a number, not a boolean"),
         (b'{"features": [[1, 2, 3, 1e39]]}', 422, "features[0][3]: 1e+39 is not a finite float32"),
         (b'{"features": [[1, 2, 3, [4]]]}', 422, "features[0][3]: a number, not a list"),
         (b'{"features": [{"a": 1}]}', 422, "features[0]: a list of 4 numbers, not an object"),
         (b'{"features": "1,2,3,4"}', 422, "features: a non-empty list"),
-        (b'[[1, 2, 3, 4]]', 422, "features: required"),
+        (b"[[1, 2, 3, 4]]", 422, "features: required"),
         (b'{"features": [[1, 2, 3, 4]', 422, "body: not valid JSON"),
         (b'{"features": [[1, 2, 3, 1e400]]}', 422, "body: not valid JSON"),
-        (b'{"features": [[1, 2, 3, 1' + b"0" * 400 + b']]}', 422, "number is infinity"),
+        (b'{"features": [[1, 2, 3, 1' + b"0" * 400 + b"]]}", 422, "number is infinity"),
     ],
 )
 def test_the_first_bad_value_is_named(body: bytes, status: int, words: str) -> None:
@@ -165,8 +176,11 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives() -> None:
     with TestClient(serve.create_app(_served(0, "1"), max_body_bytes=1000)) as c:
         r = c.post("/predict", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413 and "1000 bytes" in r.text
-        small = c.post("/predict", content=iter([b'{"features": [[0,1,2,3]]}']),
-                       headers={"content-type": "application/json"})
+        small = c.post(
+            "/predict",
+            content=iter([b'{"features": [[0,1,2,3]]}']),
+            headers={"content-type": "application/json"},
+        )
         assert small.status_code == 200
 
 
@@ -196,7 +210,8 @@ def test_rows_that_overflow_the_network_get_422_not_nan(client: TestClient) -> N
 
 
 def test_the_server_runs_with_the_http_limits_of_the_config(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import uvicorn
 
     from orchestrator.http_limits import Limits
@@ -206,23 +221,40 @@ def test_the_server_runs_with_the_http_limits_of_the_config(
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     monkeypatch.setattr(serve, "load", lambda *a, **k: _served(0, "1"))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
-    opts = config.load(None, ["serve.max_header_bytes=2048", "serve.header_timeout_s=3",
-                              "serve.body_timeout_s=4", "serve.max_connections=9",
-                              "serve.keepalive_s=2"], only="serve").serve
+    opts = config.load(
+        None,
+        [
+            "serve.max_header_bytes=2048",
+            "serve.header_timeout_s=3",
+            "serve.body_timeout_s=4",
+            "serve.max_connections=9",
+            "serve.keepalive_s=2",
+        ],
+        only="serve",
+    ).serve
     serve.run("models:/t@champion", opts, "sqlite:///unused.db")
     limits = ran["http"]._limits
-    assert limits == Limits(max_header_bytes=2048, header_timeout_s=3, body_timeout_s=4,
-                            max_connections=9, keepalive_s=2)
+    assert limits == Limits(
+        max_header_bytes=2048,
+        header_timeout_s=3,
+        body_timeout_s=4,
+        max_connections=9,
+        keepalive_s=2,
+    )
     assert ran["limit_concurrency"] == 9 and ran["timeout_keep_alive"] == 2
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("serve.header_timeout_s=0", "serve.header_timeout_s"),
-    ("serve.body_timeout_s=.inf", "serve.body_timeout_s"),
-    ("serve.max_header_bytes=10", "serve.max_header_bytes"),
-    ("serve.max_connections=0", "serve.max_connections"),
-    ("serve.max_model_mb=-1", "serve.max_model_mb")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("serve.header_timeout_s=0", "serve.header_timeout_s"),
+        ("serve.body_timeout_s=.inf", "serve.body_timeout_s"),
+        ("serve.max_header_bytes=10", "serve.max_header_bytes"),
+        ("serve.max_connections=0", "serve.max_connections"),
+        ("serve.max_model_mb=-1", "serve.max_model_mb"),
+    ],
+)
 def test_bad_limits_are_refused_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load(None, [override], only="serve")

@@ -19,18 +19,35 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("workers", [2, 1])  # DDP shards, and the fast path's whole datasets
 def test_streamed_sweep_trains_registers_and_scores_the_champion(
-        digits_path: Path, tmp_path: Path, workers: int) -> None:
+    digits_path: Path, tmp_path: Path, workers: int
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "sweep",
-         str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits_path}",
-         "data.loader=stream", f"tracking.uri={uri}", f"sweep.storage_path={tmp_path}/r",
-         "experiment=stream", "tracking.register_as=stream-digits", "sweep.num_samples=2",
-         "train.epochs=4", "sweep.grace_period=4", f"scaling.num_workers={workers}"],
-        cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
-        text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            str(ROOT / "jobs/configs/quickstart.yaml"),
+            f"data.path={digits_path}",
+            "data.loader=stream",
+            f"tracking.uri={uri}",
+            f"sweep.storage_path={tmp_path}/r",
+            "experiment=stream",
+            "tracking.register_as=stream-digits",
+            "sweep.num_samples=2",
+            "train.epochs=4",
+            "sweep.grace_period=4",
+            f"scaling.num_workers={workers}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(stream)" in proc.stdout and "trials done 2/2" in proc.stdout

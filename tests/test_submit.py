@@ -29,21 +29,22 @@ def test_a_local_sqlite_store_is_refused_for_a_remote_cluster_with_the_fix() -> 
 
 def test_a_loopback_tracking_server_is_refused_for_a_remote_cluster() -> None:
     with pytest.raises(ConfigError) as e:
-        submit.resolve_paths(_cfg(**{"tracking.uri": "http://127.0.0.1:5000"}),
-                             local_cluster=False)
+        submit.resolve_paths(_cfg(**{"tracking.uri": "http://127.0.0.1:5000"}), local_cluster=False)
     assert e.value.key == "tracking.uri" and "loopback" in e.value.problem
 
 
 def test_an_unreachable_tracking_server_is_refused() -> None:
 
     with pytest.raises(ConfigError) as e:
-        submit.resolve_paths(_cfg(**{"tracking.uri": f"http://127.0.0.1:{free_port()}"}),
-                             local_cluster=True)
+        submit.resolve_paths(
+            _cfg(**{"tracking.uri": f"http://127.0.0.1:{free_port()}"}), local_cluster=True
+        )
     assert e.value.key == "tracking.uri" and "no MLflow server answers" in e.value.problem
 
 
 def test_a_relative_data_path_is_refused_remote_and_made_absolute_local(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(**{"tracking.uri": "sqlite:///mlflow.db"})
     with pytest.raises(ConfigError) as e:
@@ -57,7 +58,8 @@ def test_a_relative_data_path_is_refused_remote_and_made_absolute_local(
     assert submit.resolve_paths(cfg, local_cluster=True) == [
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         f"data.path={tmp_path}/data/digits.parquet",
-        f"sweep.storage_path={tmp_path}/results"]  # not the job's throwaway copy
+        f"sweep.storage_path={tmp_path}/results",
+    ]  # not the job's throwaway copy
     remote = _cfg(**{"tracking.uri": "https://mlflow.example.invalid"})
     with pytest.raises(ConfigError) as e:  # the server check comes first; it does not answer
         submit.resolve_paths(remote, local_cluster=False)
@@ -65,14 +67,21 @@ def test_a_relative_data_path_is_refused_remote_and_made_absolute_local(
 
 
 def test_s3_data_passes_untouched() -> None:
-    cfg = _cfg(**{"data.path": "s3://bucket/digits.parquet",
-                  "tracking.uri": "sqlite:////abs/mlflow.db",
-                  "sweep.storage_path": "/mnt/shared/results"})
-    assert submit.resolve_paths(cfg, local_cluster=True) == ["tracking.uri=sqlite:////abs/mlflow.db"]
+    cfg = _cfg(
+        **{
+            "data.path": "s3://bucket/digits.parquet",
+            "tracking.uri": "sqlite:////abs/mlflow.db",
+            "sweep.storage_path": "/mnt/shared/results",
+        }
+    )
+    assert submit.resolve_paths(cfg, local_cluster=True) == [
+        "tracking.uri=sqlite:////abs/mlflow.db"
+    ]
 
 
 def test_checkpoint_storage_must_be_shared_on_a_remote_cluster(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(submit, "_check_tracking_server", lambda uri: None)
     base = {"data.path": "s3://b/d.parquet", "tracking.uri": "http://mlflow.internal:5000"}
     with pytest.raises(ConfigError) as e:
@@ -81,16 +90,19 @@ def test_checkpoint_storage_must_be_shared_on_a_remote_cluster(
     # left unset, the cluster's own $ORCHESTRATOR_STORAGE_PATH decides
     monkeypatch.delenv("ORCHESTRATOR_STORAGE_PATH", raising=False)
     assert submit.resolve_paths(_cfg(**base), local_cluster=False) == [
-        "tracking.uri=http://mlflow.internal:5000"]
+        "tracking.uri=http://mlflow.internal:5000"
+    ]
     with pytest.raises(ConfigError) as e:
         _cfg(**{"sweep.storage_path": "s3://bucket/results"})
     assert e.value.key == "sweep.storage_path"
 
 
 def test_a_trial_that_no_node_holds_is_refused_before_submitting() -> None:
-    nodes = [{"state": "ALIVE", "resources_total": {"CPU": 1}},
-             {"state": "ALIVE", "resources_total": {"CPU": 1}},
-             {"state": "DEAD", "resources_total": {"CPU": 64}}]  # dead nodes do not count
+    nodes = [
+        {"state": "ALIVE", "resources_total": {"CPU": 1}},
+        {"state": "ALIVE", "resources_total": {"CPU": 1}},
+        {"state": "DEAD", "resources_total": {"CPU": 64}},
+    ]  # dead nodes do not count
     assert submit.check_fits(_cfg(**{"scaling.num_workers": 2}), nodes) == 1
     with pytest.raises(ConfigError) as e:
         submit.check_fits(_cfg(**{"scaling.num_workers": 3}), nodes)
@@ -102,8 +114,14 @@ def test_a_trial_that_no_node_holds_is_refused_before_submitting() -> None:
 def test_the_upload_leaves_out_venv_data_results_and_mlflow(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs/x.py").write_text("print(1)\n")
-    for junk in (".venv/lib/big.bin", "data/d.parquet", "results/r.bin", "mlruns/0/m",
-                 ".git/objects/o", "mlflow.db"):
+    for junk in (
+        ".venv/lib/big.bin",
+        "data/d.parquet",
+        "results/r.bin",
+        "mlruns/0/m",
+        ".git/objects/o",
+        "mlflow.db",
+    ):
         (tmp_path / junk).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / junk).write_bytes(b"\0" * 200_000)
     size = submit.check_upload(tmp_path)
@@ -111,7 +129,8 @@ def test_the_upload_leaves_out_venv_data_results_and_mlflow(tmp_path: Path) -> N
 
 
 def test_an_upload_over_rays_limit_is_refused_naming_the_biggest(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
     from ray._private.runtime_env import packaging
@@ -124,7 +143,8 @@ def test_an_upload_over_rays_limit_is_refused_naming_the_biggest(
 
 
 def test_the_token_comes_from_the_environment_then_the_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
@@ -143,6 +163,7 @@ def test_the_token_comes_from_the_environment_then_the_file(
 def dashboard() -> Iterator[str]:
     """A stand-in for a token-auth Ray dashboard (real HTTP on loopback): 401 without a
     token, 403 with a wrong one, the node listing with the right one."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             auth = self.headers.get("Authorization", "")
@@ -162,7 +183,8 @@ def dashboard() -> Iterator[str]:
 
 
 def test_a_token_cluster_without_a_token_here_is_refused(
-        dashboard: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dashboard: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -195,6 +217,7 @@ def test_a_config_outside_the_working_directory_is_refused(tmp_path: Path) -> No
 
 def test_a_bad_config_key_fails_before_any_request() -> None:
     with pytest.raises(ConfigError) as e:
-        submit.preflight("jobs/configs/quickstart.yaml", ["train.epochs=0"],
-                         "http://127.0.0.1:1", Path("."))
+        submit.preflight(
+            "jobs/configs/quickstart.yaml", ["train.epochs=0"], "http://127.0.0.1:1", Path(".")
+        )
     assert e.value.key == "train.epochs"

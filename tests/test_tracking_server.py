@@ -32,11 +32,26 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "tracking", "serve", "--port",
-             str(self.port), "--backend", f"sqlite:///{self.tmp}/server.db", "--artifacts",
-             str(self.tmp / "artifacts"), "--workers", "1"],
-            cwd=self.tmp, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "tracking",
+                "serve",
+                "--port",
+                str(self.port),
+                "--backend",
+                f"sqlite:///{self.tmp}/server.db",
+                "--artifacts",
+                str(self.tmp / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            cwd=self.tmp,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -68,10 +83,20 @@ def server(tmp_path: Path):  # noqa: ANN201
 
 
 def _sweep_args(tmp: Path, digits: Path, uri: str, name: str, *over: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", "sweep",
-            str(ROOT / "jobs/configs/quickstart.yaml"), f"data.path={digits}",
-            f"tracking.uri={uri}", f"sweep.storage_path={tmp}/results", f"experiment={name}",
-            f"tracking.register_as={name}", "model.hidden=[64]", *over]
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        str(ROOT / "jobs/configs/quickstart.yaml"),
+        f"data.path={digits}",
+        f"tracking.uri={uri}",
+        f"sweep.storage_path={tmp}/results",
+        f"experiment={name}",
+        f"tracking.register_as={name}",
+        "model.hidden=[64]",
+        *over,
+    ]
 
 
 def _runs(uri: str, name: str) -> tuple[object, list]:
@@ -87,14 +112,28 @@ def _steps(client: object, run_id: str) -> list[int]:
 
 
 def test_four_concurrent_two_worker_trials_make_exactly_one_run_each(
-        server: Server, digits_path: Path, tmp_path: Path) -> None:
+    server: Server, digits_path: Path, tmp_path: Path
+) -> None:
     proc = subprocess.run(
-        _sweep_args(tmp_path, digits_path, server.uri, "four", "sweep.num_samples=4",
-                    "sweep.max_concurrent=4", "scaling.num_workers=2",
-                    "scaling.cpus_per_worker=0.25", "train.epochs=2", "sweep.scheduler=fifo",
-                    "sweep.refit=false"),
-        cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
-        text=True, timeout=900)
+        _sweep_args(
+            tmp_path,
+            digits_path,
+            server.uri,
+            "four",
+            "sweep.num_samples=4",
+            "sweep.max_concurrent=4",
+            "scaling.num_workers=2",
+            "scaling.cpus_per_worker=0.25",
+            "train.epochs=2",
+            "sweep.scheduler=fifo",
+            "sweep.refit=false",
+        ),
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(proc.stdout[-4000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 at a time" in proc.stdout
@@ -111,7 +150,10 @@ def test_four_concurrent_two_worker_trials_make_exactly_one_run_each(
     parent = sweeps[0]
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "plots")} == {  # type: ignore[attr-defined]
-        "plots/regularization_map.png", "plots/parallel_coordinates.png", "plots/fit_map.png"}
+        "plots/regularization_map.png",
+        "plots/parallel_coordinates.png",
+        "plots/fit_map.png",
+    }
     assert (tmp_path / "artifacts").is_dir()
     version = client.get_model_version_by_alias("four", "champion")  # type: ignore[attr-defined]
     assert version.run_id == parent.info.run_id
@@ -122,6 +164,7 @@ def _watch(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
+
     t = threading.Thread(target=pump, daemon=True)
     t.start()
     return t
@@ -137,15 +180,29 @@ def _wait(cond, what: str, timeout: float = 300) -> None:  # noqa: ANN001
 EPOCHS, TRIALS = 30, 3
 
 
-def _outage_sweep(server: Server, digits: Path, tmp: Path, name: str, drain: float,
-                  lines: list[str]) -> subprocess.Popen:
+def _outage_sweep(
+    server: Server, digits: Path, tmp: Path, name: str, drain: float, lines: list[str]
+) -> subprocess.Popen:
     proc = subprocess.Popen(
-        _sweep_args(tmp, digits, server.uri, name, f"sweep.num_samples={TRIALS}",
-                    "sweep.max_concurrent=1", "scaling.num_workers=1",
-                    "scaling.cpus_per_worker=1", f"train.epochs={EPOCHS}",
-                    "sweep.scheduler=fifo", f"tracking.drain_timeout={drain}"),
-        cwd=tmp, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        _sweep_args(
+            tmp,
+            digits,
+            server.uri,
+            name,
+            f"sweep.num_samples={TRIALS}",
+            "sweep.max_concurrent=1",
+            "scaling.num_workers=1",
+            "scaling.cpus_per_worker=1",
+            f"train.epochs={EPOCHS}",
+            "sweep.scheduler=fifo",
+            f"tracking.drain_timeout={drain}",
+        ),
+        cwd=tmp,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _watch(proc, lines)
 
     def some_epochs_logged() -> bool:
@@ -155,6 +212,7 @@ def _outage_sweep(server: Server, digits: Path, tmp: Path, name: str, drain: flo
             return any(len(_steps(client, r.info.run_id)) >= 2 for r in runs)
         except Exception:  # noqa: BLE001 - not up yet
             return False
+
     _wait(some_epochs_logged, "the first epochs in MLflow")
     server.stop()  # mid-sweep: the first trial is still training
     return proc
@@ -172,7 +230,8 @@ def _all_epochs_once(server: Server, name: str) -> None:
 
 
 def test_a_server_that_comes_back_mid_sweep_gets_every_epoch_once(
-        server: Server, digits_path: Path, tmp_path: Path) -> None:
+    server: Server, digits_path: Path, tmp_path: Path
+) -> None:
     lines: list[str] = []
     proc = _outage_sweep(server, digits_path, tmp_path, "back", 120, lines)
     _wait(lambda: any("MLflow unreachable" in x for x in lines), "the outage noticed")
@@ -185,7 +244,8 @@ def test_a_server_that_comes_back_mid_sweep_gets_every_epoch_once(
 
 
 def test_a_server_away_until_the_end_is_caught_up_by_replay(
-        server: Server, digits_path: Path, tmp_path: Path) -> None:
+    server: Server, digits_path: Path, tmp_path: Path
+) -> None:
     lines: list[str] = []
     proc = _outage_sweep(server, digits_path, tmp_path, "replay", 1, lines)
     assert proc.wait(timeout=600) == 4, "".join(lines)[-3000:]  # trained; tracking pending
@@ -194,8 +254,13 @@ def test_a_server_away_until_the_end_is_caught_up_by_replay(
     folder = out.split("orchestrator tracking replay ")[-1].split()[0]
     assert (Path(folder) / "mlflow-journal.jsonl").is_file()
     server.start()
-    rep = subprocess.run([sys.executable, "-m", "orchestrator.cli", "tracking", "replay",
-                          folder], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "tracking", "replay", folder],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
     assert "champion registered" in rep.stdout
     _all_epochs_once(server, "replay")
@@ -203,11 +268,16 @@ def test_a_server_away_until_the_end_is_caught_up_by_replay(
 
 
 def test_a_sweep_refuses_to_start_without_its_tracking_server(
-        digits_path: Path, tmp_path: Path) -> None:
+    digits_path: Path, tmp_path: Path
+) -> None:
     proc = subprocess.run(
         _sweep_args(tmp_path, digits_path, f"http://127.0.0.1:{free_port()}", "nobody"),
-        cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
-        text=True, timeout=300)
+        cwd=tmp_path,
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "'tracking.uri'" in proc.stderr
     assert "orchestrator tracking serve" in proc.stderr
     assert not (tmp_path / "results").exists()  # nothing started, nothing written
@@ -232,7 +302,8 @@ class StopsTheServerAfterCreating:
 
 
 def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_once(
-        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Away, back just long enough for a kept run to be created, away again; the driver
     ends. Its writes name the run by a placeholder only the dead driver knew in memory: the
     replay must still send them (it used to fail on every try, "Run 'offline-...' not
@@ -257,8 +328,7 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
     box.use_journal(folder)
     parent = box.create_run(exp, run_name="sweep-flap").info.run_id
     server.stop()
-    trial = box.create_run(exp, run_name="trial-a",
-                           tags={"mlflow.parentRunId": parent}).info.run_id
+    trial = box.create_run(exp, run_name="trial-a", tags={"mlflow.parentRunId": parent}).info.run_id
     assert trial.startswith(outbox.PLACEHOLDER)
     for epoch in (1, 2, 3):
         box.log_batch(trial, metrics=[Metric("val_loss", 1 / epoch, 1000 * epoch, epoch)])
@@ -268,11 +338,21 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
     wrapped.armed = True
     assert not box.drain(block=True, patience=3)  # the run made, then away again
     assert box.run_id(trial) != trial and len(box.queue) == 5  # its writes: placeholder
-    cfg = make_cfg("x.parquet", **{"model.hidden": [4], "tracking.register_as": "flap",
-                                   "tracking.uri": server.uri})
+    cfg = make_cfg(
+        "x.parquet",
+        **{"model.hidden": [4], "tracking.register_as": "flap", "tracking.uri": server.uri},
+    )
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
-    tracking.keep_champion(folder, cfg, parent, model.from_data(cfg, x, num_classes=3), x,
-                           [0, 1, 2], {"test_accuracy": 0.5}, trial)
+    tracking.keep_champion(
+        folder,
+        cfg,
+        parent,
+        model.from_data(cfg, x, num_classes=3),
+        x,
+        [0, 1, 2],
+        {"test_accuracy": 0.5},
+        trial,
+    )
     del box  # the driver exits (code 4); later, with the server back:
     server.start()
     said: list[str] = []

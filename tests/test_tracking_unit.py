@@ -23,9 +23,16 @@ def _cfg(**over: Any) -> config.Config:
 
 
 def _history(epochs: int) -> list[dict[str, float]]:
-    return [{"epoch": float(e), "train_loss": 1 / e, "val_loss": 1 / e + 0.01 * e,
-             "train_accuracy": 1 - 1 / (e + 1), "val_accuracy": 0.9 - 0.01 * e}
-            for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": float(e),
+            "train_loss": 1 / e,
+            "val_loss": 1 / e + 0.01 * e,
+            "train_accuracy": 1 - 1 / (e + 1),
+            "val_accuracy": 0.9 - 0.01 * e,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def test_learning_curves_are_a_png_with_one_point_per_epoch() -> None:
@@ -38,15 +45,25 @@ def test_learning_curves_are_a_png_with_one_point_per_epoch() -> None:
 
 
 def test_sweep_plots_take_numbers_log_scales_categories_and_failed_metrics() -> None:
-    points = [{"train.weight_decay": 10 ** -k, "model.dropout": 0.1 * k,
-               "model.hidden": [64] if k % 2 else [256], "val_loss": 0.1 * k}
-              for k in range(1, 7)]
+    points = [
+        {
+            "train.weight_decay": 10**-k,
+            "model.dropout": 0.1 * k,
+            "model.hidden": [64] if k % 2 else [256],
+            "val_loss": 0.1 * k,
+        }
+        for k in range(1, 7)
+    ]
     points[3]["val_loss"] = math.nan  # a diverged trial: drawn grey, does not break the scale
-    heat = plots.regularization_map(points, "train.weight_decay", "model.dropout", "val_loss",
-                                    log_x=True, champion=0)
-    par = plots.parallel_coordinates(points, ["train.weight_decay", "model.dropout",
-                                              "model.hidden"], "val_loss",
-                                     logs={"train.weight_decay"})
+    heat = plots.regularization_map(
+        points, "train.weight_decay", "model.dropout", "val_loss", log_x=True, champion=0
+    )
+    par = plots.parallel_coordinates(
+        points,
+        ["train.weight_decay", "model.dropout", "model.hidden"],
+        "val_loss",
+        logs={"train.weight_decay"},
+    )
     assert heat.startswith(PNG) and par.startswith(PNG)
     assert heat != par
 
@@ -61,8 +78,7 @@ def test_dataset_lineage_names_the_source_digest_and_rows_of_each_split() -> Non
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path,
-                                                                 kind: str) -> None:
+def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path, kind: str) -> None:
     cfg = _cfg(**{"model.kind": kind, "model.hidden": [8, 4], "data.shape": [1, 8, 8]})
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(32, 64)).astype(np.float32)
@@ -88,9 +104,10 @@ class _Evil:
         return (print, ("unpickled code ran",))
 
 
-def test_a_new_champion_leaves_the_old_one_the_previous_alias(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             ) -> None:
+def test_a_new_champion_leaves_the_old_one_the_previous_alias(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A real MLflow SQLite store, no Ray: two registrations move `champion` and `previous`."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -108,8 +125,11 @@ def test_a_new_champion_leaves_the_old_one_the_previous_alias(tmp_path: Path,
         net = model.from_data(cfg, x, num_classes=3)
         parent = client.create_run(exp).info.run_id
         trial = client.create_run(exp).info.run_id
-        versions.append(tracking.register_champion(cfg, parent, net, x, [0, 1, 2],
-                                                   {"test_accuracy": 0.5}, trial))
+        versions.append(
+            tracking.register_champion(
+                cfg, parent, net, x, [0, 1, 2], {"test_accuracy": 0.5}, trial
+            )
+        )
     assert tracking.champion_version(client, "m") == versions[1] == "2"
     assert tracking.champion_version(client, "m", "previous") == versions[0] == "1"
     assert tracking.champion_version(client, "nope") is None

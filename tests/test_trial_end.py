@@ -54,14 +54,22 @@ def _fit_with_deadline(tuner: Any, seconds: float) -> Any:
 
 
 def test_a_late_take_of_the_last_report_does_not_hang_a_multi_worker_trial(
-        ray_runtime: Any, digits_path: Path, tmp_path: Path) -> None:
+    ray_runtime: Any, digits_path: Path, tmp_path: Path
+) -> None:
     from ray import tune
 
     from orchestrator import trials
 
-    cfg = make_cfg(str(digits_path), **{
-        "scaling.num_workers": 2, "train.epochs": 2, "model.hidden": [16],
-        "data.max_train_rows": 200, "experiment": "trialend"})
+    cfg = make_cfg(
+        str(digits_path),
+        **{
+            "scaling.num_workers": 2,
+            "train.epochs": 2,
+            "model.hidden": [16],
+            "data.max_train_rows": 200,
+            "experiment": "trialend",
+        },
+    )
     inner = trials.make_trainable(cfg, "stamp", str(tmp_path), None)
 
     def late_takes(trial_config: dict[str, Any]) -> None:
@@ -77,10 +85,12 @@ def test_a_late_take_of_the_last_report_does_not_hang_a_multi_worker_trial(
         inner(trial_config)
 
     trainable = tune.with_resources(late_takes, trials.trial_resources(cfg))
-    tuner = tune.Tuner(trainable, param_space={},
-                       tune_config=tune.TuneConfig(num_samples=1),
-                       run_config=tune.RunConfig(name="trialend", storage_path=str(tmp_path),
-                                                 verbose=0))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(name="trialend", storage_path=str(tmp_path), verbose=0),
+    )
     results = _fit_with_deadline(tuner, 240)
     result = results[0]
     assert result.error is None, result.error
@@ -90,7 +100,8 @@ def test_a_late_take_of_the_last_report_does_not_hang_a_multi_worker_trial(
 
 
 def test_a_silent_trial_stops_the_sweep_with_an_error_naming_it(
-        ray_runtime: Any, tmp_path: Path) -> None:
+    ray_runtime: Any, tmp_path: Path
+) -> None:
     from ray import tune
 
     from orchestrator import progress, sweep
@@ -100,9 +111,18 @@ def test_a_silent_trial_stops_the_sweep_with_an_error_naming_it(
         time.sleep(3600)  # a trial that never reports again nor ends
 
     cfg = make_cfg(**{"sweep.stall_timeout": 4, "train.epochs": 12})
-    tuner = sweep.make_tuner(cfg, tune.with_resources(stuck, {"cpu": 0, "memory": 2**20}),
-                             {"model.dropout": 0.25}, 1, None, None, 1, None,
-                             str(tmp_path), "stuck")
+    tuner = sweep.make_tuner(
+        cfg,
+        tune.with_resources(stuck, {"cpu": 0, "memory": 2**20}),
+        {"model.dropout": 0.25},
+        1,
+        None,
+        None,
+        1,
+        None,
+        str(tmp_path),
+        "stuck",
+    )
     started = time.monotonic()
     with pytest.raises(progress.SweepStalled) as err:
         _fit_with_deadline(tuner, 120)
