@@ -508,7 +508,8 @@ def score(curves: list[dict[str, Any]], th: Any = None) -> dict[str, Any]:
     right = {"tuning": [0, 0], "held_out": [0, 0]}
     misses = []
     for c in scored(curves):
-        got = judge(c, th).label
+        found = judge(c, th)
+        got = found.label
         confusion.setdefault(c["built"], {}).setdefault(got, 0)
         confusion[c["built"]][got] += 1
         part = right["tuning" if c["set"] in TUNE_SETS else "held_out"]
@@ -516,7 +517,7 @@ def score(curves: list[dict[str, Any]], th: Any = None) -> dict[str, Any]:
         part[1] += 1
         if got != c["built"]:
             misses.append(
-                {"id": c["id"], "built": c["built"], "got": got, "reasons": judge(c, th).reasons}
+                {"id": c["id"], "built": c["built"], "got": got, "reasons": found.reasons}
             )
     return {
         "confusion": confusion,

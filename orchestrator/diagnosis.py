@@ -323,31 +323,25 @@ def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[
     restores its last improvement of ``sweep.metric`` by more than ``min_delta`` (when
     ``train.early_stopping.restore_best``); otherwise the sweep keeps the best epoch of what
     trials are ranked on (ties: the later one)."""
+    from orchestrator.loop import EarlyStopper  # the loop's own rule, not a copy of it
+    from orchestrator.progress import better
+
     metric, mode = config_mod.rank_metric(cfg) if cfg is not None else ("val_loss", "min")
     if early_stopped and (_v(cfg, "train.early_stopping.restore_best") is not False):
         es_metric = _v(cfg, "sweep.metric") or "val_loss"
-        es_mode = _v(cfg, "sweep.mode") or "min"
-        delta = _v(cfg, "train.early_stopping.min_delta") or 0.0
-        best_value, epoch = None, None
-        for r in rows:
-            v = r.get(es_metric, math.nan)
-            if not math.isfinite(v):
-                continue
-            gain = (
-                math.inf
-                if best_value is None
-                else (best_value - v if es_mode == "min" else v - best_value)
-            )
-            if gain > delta:
-                best_value, epoch = v, int(r["epoch"])
-        if epoch is not None:
-            return epoch, True
-    scored = [r for r in rows if math.isfinite(r.get(metric, math.nan))]
-    if not scored:
-        return int(rows[-1]["epoch"]), False
-    sign = 1.0 if mode == "min" else -1.0
-    top = min(sign * r[metric] for r in scored)
-    return max(int(r["epoch"]) for r in scored if sign * r[metric] == top), False
+        stopper = EarlyStopper(
+            0, _v(cfg, "train.early_stopping.min_delta") or 0.0, _v(cfg, "sweep.mode") or "min"
+        )
+        improved = [int(r["epoch"]) for r in rows if stopper.update(r.get(es_metric, math.nan))[0]]
+        if improved:
+            return improved[-1], True
+    best: dict[str, float] | None = None
+    for r in rows:  # the ledger's rule: at least as good moves the best to the later epoch
+        if math.isfinite(r.get(metric, math.nan)) and better(
+            r[metric], best[metric] if best else None, mode
+        ):
+            best = r
+    return int((best or rows[-1])["epoch"]), False
 
 
 def _v(cfg: Any, dotted: str) -> Any:
