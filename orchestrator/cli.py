@@ -136,38 +136,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from orchestrator import serve
 
-    cfg = config_mod.load(args.config, args.overrides, only="serve")
-    opts = dataclasses.replace(
-        cfg.serve,
-        host=args.host or cfg.serve.host,
-        port=args.port if args.port is not None else cfg.serve.port,
-    )
-    key = serve.required_key(
-        cfg.serve.api_key,
-        os.environ,
-        opts.host,
-        opts.allow_unauthenticated or args.allow_unauthenticated,
-    )
+    cfg = config_mod.load(args.config, [*args.overrides, *_serve_flags(args)], only="serve")
+    opts = cfg.serve
+    key = serve.required_key(opts.api_key, os.environ, opts.host, opts.allow_unauthenticated)
     try:
         if args.ray:
             from orchestrator import serve_ray
 
-            replicas = args.replicas if args.replicas is not None else cfg.serve.replicas
-            if replicas < 1:
-                raise config_mod.ConfigError(
-                    "serve.replicas",
-                    f"must be at least 1, got {replicas} (--replicas)",
-                    "use e.g. --replicas 2",
-                )
-            serve_ray.run(
-                args.model, dataclasses.replace(opts, replicas=replicas), args.tracking_uri, key
-            )
+            serve_ray.run(args.model, opts, cfg.tracking.uri, key)
         else:
-            serve.run(args.model, opts, args.tracking_uri, key)
+            serve.run(args.model, opts, cfg.tracking.uri, key)
     except serve.Refused as e:
         print(
             f"orchestrator: serve: refused model version {e.version or '?'}: {e.reason}",
@@ -175,6 +155,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return EXIT_REFUSED
     return 0
+
+
+SERVE_FLAGS = {
+    "host": "serve.host",
+    "port": "serve.port",
+    "replicas": "serve.replicas",
+    "tracking_uri": "tracking.uri",
+}
+"""`serve`'s flags, each short for a config key (given both, the flag wins)."""
+
+
+def _serve_flags(args: argparse.Namespace) -> list[str]:
+    """The serve flags given, as the ``key=value`` overrides they are short for."""
+    out = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in SERVE_FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
+    if args.allow_unauthenticated:
+        out.append("serve.allow_unauthenticated=true")
+    return out
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -332,6 +333,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    if args.action == "schema":
+        text = json.dumps(config_mod.json_schema(), indent=2) + "\n"
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out} (point your editor's YAML schema setting at it)")
+        else:
+            sys.stdout.write(text)
+        return 0
+    cfg = config_mod.load(args.config, args.overrides)  # `check`: validated, shown redacted
+    sys.stdout.write(config_mod.to_yaml(cfg))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import data
 
@@ -360,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
     r.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
     r.add_argument(
-        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+        "--storage",
+        default="results",
+        help="short for sweep.storage_path: where the sweep ran (default: results)",
     )
     r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     r.set_defaults(func=cmd_resume)
@@ -374,12 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="serve a registered model over HTTP (FastAPI)")
     v.add_argument("--model", required=True, help="e.g. models:/digits-mlp@champion")
     v.add_argument("--config", default=None, help="optional YAML for the serve.* section")
-    v.add_argument("--host", default=None, help="default serve.host (127.0.0.1)")
-    v.add_argument("--port", type=int, default=None, help="default serve.port (8000)")
+    v.add_argument("--host", default=None, help="short for serve.host=HOST (127.0.0.1)")
+    v.add_argument("--port", type=int, default=None, help="short for serve.port=PORT (8000)")
     v.add_argument(
         "--tracking-uri",
         default=None,
-        help="MLflow URI; default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db",
+        help="short for tracking.uri=URI; default $MLFLOW_TRACKING_URI or "
+        "sqlite:///<cwd>/mlflow.db",
     )
     v.add_argument(
         "--ray",
@@ -390,12 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas",
         type=int,
         default=None,
-        help="with --ray: replicas (default serve.replicas, 2)",
+        help="with --ray: short for serve.replicas=N (2)",
     )
     v.add_argument(
         "--allow-unauthenticated",
         action="store_true",
-        help="serve without an API key on an address beyond loopback (serve.allow_unauthenticated)",
+        help="short for serve.allow_unauthenticated=true: serve without an API key on an "
+        "address beyond loopback",
     )
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
@@ -408,14 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dg.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
     dg.add_argument(
-        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+        "--storage",
+        default="results",
+        help="short for sweep.storage_path: where the sweep ran (default: results)",
     )
     dg.set_defaults(func=cmd_diagnose)
 
     rp = sub.add_parser("report", help="one self-contained HTML report of a finished sweep")
     rp.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
     rp.add_argument(
-        "--storage", default="results", help="sweep.storage_path the sweep used (default: results)"
+        "--storage",
+        default="results",
+        help="short for sweep.storage_path: where the sweep ran (default: results)",
     )
     rp.set_defaults(func=cmd_report)
 
@@ -494,6 +519,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where pids, ports and the token are kept (default .ray-local)",
     )
     cl.set_defaults(func=cmd_cluster)
+
+    c = sub.add_parser("config", help="the config's JSON Schema; check a config and show it")
+    csub = c.add_subparsers(dest="action", required=True)
+    cs = csub.add_parser(
+        "schema", help="print the JSON Schema of a config file (for editors: checks, completion)"
+    )
+    cs.add_argument("--out", default=None, help="write it to this file instead")
+    cs.set_defaults(func=cmd_config)
+    cc = csub.add_parser(
+        "check", help="validate CONFIG with its overrides; print the result (secrets redacted)"
+    )
+    cc.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
+    cc.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=0.01")
+    cc.set_defaults(func=cmd_config)
 
     d = sub.add_parser("data", help="export a built-in real data set to Parquet")
     dsub = d.add_subparsers(dest="action", required=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import os
 import signal
 import time
@@ -107,7 +106,7 @@ def application(
     return deployment.bind(
         model_uri,
         bare,
-        dataclasses.replace(opts, api_key=None),
+        opts.model_copy(update={"api_key": None}),
         serve_mod.key_sha256(api_key) if api_key else None,
     )
 

@@ -4,7 +4,6 @@ seeds, then the champion: refit, test once, register, alias."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -84,8 +83,8 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     """Check the data (ConfigError on any problem, before Ray or MLflow start) and pick the
     loader: small data is read whole, big data is scanned batch by batch and streamed."""
-    cfg = dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, path=data.absolute(cfg.data.path))
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"path": data.absolute(cfg.data.path)})}
     )
     loader = data.choose_loader(cfg.data, data.size_bytes(cfg.data))
     if loader == "stream":
@@ -792,7 +791,7 @@ def train_run(
         cfg, client, exp_id, None, prep.fingerprint, out, 1, sizes=prep.sizes, base=prep.baseline
     )
     trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
-    no_search = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, max_failures=0))
+    no_search = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"max_failures": 0})})
     make_tuner(
         no_search,
         trainable,
@@ -829,7 +828,7 @@ def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str,
     if not cfg.sweep.refit:
         return loop.load_checkpoint(best.checkpoint)["model"]
     epochs = int(best.best["epoch"])
-    refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     ctx.out(
         f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs"
     )

@@ -146,14 +146,13 @@ _CACHE: dict[str, data.Splits] = {}
 def _splits(data_cfg: config_mod.DataConfig) -> data.Splits:
     """The splits, read once per process: a reused trial process (Tune's reuse_actors)
     serves the next trial from memory. Keyed by the data settings and the file's mtime."""
-    import dataclasses
     import json
 
     try:
         stamp = os.stat(data_cfg.path).st_mtime_ns
     except OSError:  # object storage: no cheap stamp, read again
         return data.load_splits(data_cfg)
-    key = json.dumps([dataclasses.asdict(data_cfg), stamp], sort_keys=True)
+    key = json.dumps([data_cfg.model_dump(), stamp], sort_keys=True)
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = data.load_splits(data_cfg)

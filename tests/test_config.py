@@ -114,17 +114,17 @@ def test_config_error_survives_pickling() -> None:
 
 def _float_keys(cls: type = config.Config, prefix: str = "") -> list[str]:
     """Every float key of the schema (``float`` or ``float | None``), found by walking it."""
-    import dataclasses
     import typing
 
+    from pydantic import BaseModel
+
     out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out += _float_keys(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+    for name, f in cls.model_fields.items():  # type: ignore[attr-defined]
+        tp = f.annotation
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            out += _float_keys(tp, f"{prefix}{name}.")
         elif tp is float or float in typing.get_args(tp):
-            out.append(f"{prefix}{f.name}")
+            out.append(f"{prefix}{name}")
     return out
 
 
@@ -231,3 +231,163 @@ def test_cli_exits_2_on_unwritable_storage_before_any_mlflow_run(
         client = MlflowClient(f"sqlite:///{db}")
         exps = [e.experiment_id for e in client.search_experiments()]
         assert not client.search_runs(exps)
+
+
+# ---------------------------------------------------------------- strict types, the schema
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("train.epochs='4'", "train.epochs", "expected an integer, got str '4'"),
+        ("train.epochs=4.0", "train.epochs", "expected an integer, got float 4.0"),
+        ("train.epochs=true", "train.epochs", "expected an integer, got bool True"),
+        ("scaling.use_gpu='yes'", "scaling.use_gpu", "expected true or false, got str"),
+        ("scaling.use_gpu=1", "scaling.use_gpu", "expected true or false, got int 1"),
+        ("model.hidden=[64, true]", "model.hidden[1]", "expected an integer"),
+        ("model.hidden=64", "model.hidden", "expected a list, got int 64"),
+        ("train.lr=true", "train.lr", "expected a number, got bool True"),
+        ("train.lr=", "train.lr", "is empty"),
+        ("experiment=3", "experiment", "expected text, got int 3"),
+        ("train=4", "train", "expected a mapping, got int 4"),
+        ("model.kind=rnn", "model.kind", "unknown kind 'rnn'"),
+        ("sweep.scheduler=hyper", "sweep.scheduler", "unknown scheduler 'hyper'"),
+        ("train.early_stopping.patiense=3", "train.early_stopping.patiense", "unknown key"),
+    ],
+)
+def test_strict_types_refuse_what_lax_coercion_would_take(
+    override: str, key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["data.path=x.parquet", override])
+    assert e.value.key == key and words in e.value.problem, e.value
+    assert e.value.fix
+
+
+def test_an_unknown_key_lists_the_section_keys_and_an_unknown_value_the_choices() -> None:
+    e = _err({"train": {"lrr": 0.1}})
+    assert "lr" in e.fix and "weight_decay" in e.fix and "epochs" in e.fix
+    e = _err({"model": {"kind": "rnn"}})
+    assert "'mlp'" in e.fix and "'cnn'" in e.fix
+
+
+def test_numbers_as_text_are_floats_but_never_ints() -> None:
+    cfg = config.from_dict({"data": {"path": "x"}, "train": {"lr": "3e-3", "l1": 0}})
+    assert cfg.train.lr == pytest.approx(3e-3) and type(cfg.train.l1) is float
+    with pytest.raises(ConfigError, match="expected an integer"):
+        config.from_dict({"data": {"path": "x"}, "train": {"epochs": "30"}})
+
+
+def test_validation_leaves_its_input_as_it_was() -> None:
+    import copy
+
+    raw = {
+        "data": {"path": "x"},
+        "sweep": {
+            "space": {
+                "train.augment_shift": {"type": "randint", "low": "1", "high": 4.0},
+                "train.lr": {"type": "uniform", "low": "1e-3", "high": 1},
+            }
+        },
+    }
+    before = copy.deepcopy(raw)
+    cfg = config.from_dict(raw)
+    assert raw == before
+    assert cfg.sweep.space["train.augment_shift"] == {"type": "randint", "low": 1, "high": 4}
+    assert cfg.sweep.space["train.lr"] == {"type": "uniform", "low": 1e-3, "high": 1.0}
+    trial = config.with_values(cfg, {"train.lr": 0.01})
+    assert cfg.train.lr != 0.01 and trial.train.lr == 0.01
+
+
+def test_serve_only_checks_types_everywhere_and_values_only_of_serve() -> None:
+    cfg = config.load(None, ["train.epochs=0", "serve.port=9001"], only="serve")
+    assert cfg.serve.port == 9001  # no data.path, a bad epoch count: not serving's business
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["train.epochs=two"], only="serve")
+    assert e.value.key == "train.epochs"
+    with pytest.raises(ConfigError) as e:
+        config.load(None, ["serve.port=0"], only="serve")
+    assert e.value.key == "serve.port"
+
+
+def test_every_field_is_documented_in_the_schema() -> None:
+    schema = config.json_schema()
+    missing = [
+        f"{name}.{field}"
+        for name, section in schema["$defs"].items()
+        for field, spec in section["properties"].items()
+        if not spec.get("description")
+    ] + [k for k, spec in schema["properties"].items() if not spec.get("description")]
+    assert not missing
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_json_schema(path: Path) -> None:
+    import jsonschema
+    import yaml
+
+    jsonschema.validate(yaml.safe_load(path.read_text()), config.json_schema())
+
+
+def test_the_json_schema_refuses_what_the_loader_refuses() -> None:
+    import jsonschema
+
+    schema = config.json_schema()
+    for bad in (
+        {"train": {"lrr": 0.1}},
+        {"train": {"epochs": "4"}},
+        {"model": {"kind": "rnn"}},
+        {"sweep": {"space": {"train.lr": {"type": "uniform", "low": 0}}}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"data": {"path": "x"}, **bad}, schema)
+        with pytest.raises(ConfigError):
+            config.from_dict({"data": {"path": "x"}, **bad})
+
+
+def test_config_schema_and_check_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from orchestrator import cli
+
+    assert cli.main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False and "sweep" in schema["properties"]
+    assert cli.main(["config", "schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == schema
+    capsys.readouterr()
+    quick = str(ROOT / "jobs/configs/quickstart.yaml")
+    assert cli.main(["config", "check", quick, "train.lr=0.01", "serve.api_key=s3cret"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.01" in out and "s3cret" not in out and "api_key: '***'" in out
+    assert cli.main(["config", "check", quick, "model.kind=rnn"]) == 2
+    assert "'model.kind'" in capsys.readouterr().err
+
+
+def test_serve_flags_are_short_for_config_keys() -> None:
+    from orchestrator import cli
+
+    args = cli.build_parser().parse_args(
+        ["serve", "--model", "m", "--host", "0.0.0.0", "--port", "9", "--replicas", "3"]
+        + ["--tracking-uri", "http://h:5000", "--allow-unauthenticated"]
+    )
+    flags = cli._serve_flags(args)
+    assert flags == [
+        "serve.host=0.0.0.0",
+        "serve.port=9",
+        "serve.replicas=3",
+        "tracking.uri=http://h:5000",
+        "serve.allow_unauthenticated=true",
+    ]
+    cfg = config.load(None, flags, only="serve")
+    assert (cfg.serve.host, cfg.serve.port, cfg.serve.replicas) == ("0.0.0.0", 9, 3)
+    assert cfg.tracking.uri == "http://h:5000" and cfg.serve.allow_unauthenticated
+
+
+def test_a_bad_flag_value_is_refused_under_its_key_with_exit_2(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from orchestrator import cli
+
+    assert cli.main(["serve", "--model", "models:/m@champion", "--ray", "--replicas", "0"]) == 2
+    assert "'serve.replicas'" in capsys.readouterr().err

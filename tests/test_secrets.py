@@ -7,7 +7,6 @@ test_cluster.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 
 from conftest import ROOT, make_cfg
@@ -38,11 +38,10 @@ def _leaks(text: str) -> bool:
 def test_the_schema_marks_the_secret_fields_and_a_new_one_inherits_the_rule() -> None:
     assert set(config.secret_fields()) == {"tracking.uri", "serve.api_key"}
 
-    @dataclasses.dataclass
-    class Storage:  # a later key, e.g. storage credentials: the mark is all it needs
-        region: str = "eu"
-        secret_key: str | None = dataclasses.field(
-            default=None, metadata=config.secret(env=("STORAGE_SECRET_KEY",))
+    class Storage(config.schema.Section):  # a later key, e.g. storage credentials:
+        region: str = "eu"  # the mark is all it needs
+        secret_key: str | None = pydantic.Field(
+            default=None, json_schema_extra=config.secret(env=("STORAGE_SECRET_KEY",))
         )
 
     assert set(config.secret_fields(Storage)) == {"secret_key"}
@@ -74,7 +73,7 @@ def test_redact_hides_every_secret_and_leaves_the_rest() -> None:
     assert out.tracking.uri == "http://***@mlflow.internal:5000"
     assert out.serve.api_key == config.REDACTED
     assert cfg.serve.api_key == API_KEY  # a copy: the running config keeps its secrets
-    assert dataclasses.replace(out, tracking=cfg.tracking, serve=cfg.serve) == cfg
+    assert out.model_copy(update={"tracking": cfg.tracking, "serve": cfg.serve}) == cfg
     unset = config.redact(make_cfg("x.parquet"))
     assert unset.serve.api_key is None and unset.tracking.uri is None
 
