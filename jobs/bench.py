@@ -69,7 +69,7 @@ def bare_loop(path: str) -> float:
     import torch
     from torch import nn
 
-    from orchestrator import data
+    from orchestrator.core import data
 
     torch.set_num_threads(1)
     cfg = _config(path)
@@ -102,7 +102,8 @@ def bare_loop(path: str) -> float:
 def orchestrated(path: str, tmp: Path, workers: int) -> float:
     """The real path: a Tune trial running a TorchTrainer, the driver logging to MLflow.
     The rate is the driver's: wall clock between consecutive epoch reports."""
-    from orchestrator import data, sweep
+    from orchestrator import sweep
+    from orchestrator.core import data
 
     cfg = _config(
         path,
@@ -134,7 +135,7 @@ def variant(path: str, precision: str, grad_checkpointing: bool) -> dict[str, fl
 def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
     import torch
 
-    from orchestrator import data, loop
+    from orchestrator.core import data, loop
 
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()

@@ -49,7 +49,8 @@ def _net(hidden: list[int]) -> Any:
     import numpy as np
     import torch
 
-    from orchestrator import config, model
+    from orchestrator import config
+    from orchestrator.core import model
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)

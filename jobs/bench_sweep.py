@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core import placement
+
 FAST_TRIALS, FAST_EPOCHS = 8, 3
 SEARCH_TRIALS = int(os.environ.get("BENCH_TRIALS", 64))
 SEARCH_EPOCHS = int(os.environ.get("BENCH_EPOCHS", 30))
@@ -94,7 +96,7 @@ def _fit(cfg: Any, tmp: Path, name: str, samples: int) -> tuple[float, list[dict
 
     from orchestrator import sweep, trials
 
-    concurrency = trials.trial_concurrency(cfg, ray.cluster_resources())
+    concurrency = placement.trial_concurrency(cfg, ray.cluster_resources())
     tape = _Tape()
     tuner = sweep.make_tuner(
         cfg,
@@ -126,7 +128,8 @@ def epochs_to_reach(results: list[dict[str, float]], target: float) -> int:
 
 
 def bench_sweep() -> dict[str, float]:
-    from orchestrator import data, sweep
+    from orchestrator import sweep
+    from orchestrator.core import data
 
     sweep.ensure_env()
     os.environ.setdefault("RAY_ADDRESS", "local")

@@ -84,7 +84,8 @@ def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
 
 def bench_tracking() -> dict[str, float]:
     from jobs import bench
-    from orchestrator import data, sweep
+    from orchestrator import sweep
+    from orchestrator.core import data
 
     sweep.ensure_env()
     os.environ.setdefault("RAY_ADDRESS", "local")

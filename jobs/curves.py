@@ -1,5 +1,5 @@
 """The diagnosis corpus: learning curves the project makes itself, each built to land on one
-side of the bias/variance chart, for tuning and scoring ``orchestrator.diagnosis``.
+side of the bias/variance chart, for tuning and scoring ``orchestrator.core.diagnosis``.
 
     python -m jobs.curves generate   # train every recipe (core loop, one process, no Ray)
     python -m jobs.curves plot       # tests/curves/corpus.png: every curve, for a person
@@ -342,7 +342,7 @@ def run(recipe: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Train one recipe in this process and return its corpus entry."""
     import torch
 
-    from orchestrator import data, diagnosis, loop
+    from orchestrator.core import data, diagnosis, loop
 
     torch.set_num_threads(1)
     name = recipe["set"]
@@ -491,7 +491,7 @@ def scored(curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def judge(curve: dict[str, Any], th: Any = None, spike: tuple[str, int] | None = None) -> Any:
     """The diagnosis of one corpus curve; ``spike`` = (column, epoch index) multiplies that
     one value by 1.3 (the robustness check)."""
-    from orchestrator import diagnosis
+    from orchestrator.core import diagnosis
 
     rows = history(curve)
     if spike is not None:
@@ -580,7 +580,7 @@ def tune(curves: list[dict[str, Any]]) -> tuple[dict[str, float], float, int]:
 
 def confusion_table(result: dict[str, Any]) -> str:
     """The confusion matrix as a Markdown table (rows: built as; columns: diagnosed)."""
-    from orchestrator.diagnosis import LABELS
+    from orchestrator.core.diagnosis import LABELS
 
     cols = [lab for lab in LABELS if any(lab in row for row in result["confusion"].values())]
     lines = ["| built as \\ diagnosed | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -25,7 +25,7 @@ from jobs import bench
 
 
 def amp_figures(path: str) -> dict[str, float]:
-    from orchestrator import data, loop
+    from orchestrator.core import data, loop
 
     out: dict[str, float] = {}
     variants: list[tuple[str, dict[str, Any]]] = [
@@ -62,7 +62,7 @@ def amp_figures(path: str) -> dict[str, float]:
 
 
 def end_to_end(tmp: Path) -> dict[str, float]:
-    from orchestrator import data
+    from orchestrator.core import data
 
     digits = data.export_digits(tmp / "digits.parquet")
     start = time.time()

@@ -350,7 +350,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from orchestrator import data
+    from orchestrator.core import data
 
     path = data.export(args.name, args.out or f"data/{args.name}.parquet")
     print(f"wrote {path} ({data.EXPORTS[args.name]}; column label)")

@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop, relay
+from orchestrator import relay
 from orchestrator.config import Config
+from orchestrator.core import checkpoint, data, loop
 
 CHECKPOINT_PATH = "checkpoint_path"  # the key Ray's own bridge uses, kept for the ledger
 
@@ -51,7 +52,7 @@ class RaySeam:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return loop.load_checkpoint(d)
+            return checkpoint.load_checkpoint(d)
 
 
 class ReportRelay(ray.train.UserCallback):
@@ -123,14 +124,14 @@ def worker_fn(payload: dict[str, Any]) -> None:
     cfg = config_mod.from_dict(payload["config"])
     # Ray sets OMP_NUM_THREADS from the worker's CPUs; keep torch to it (2-core machines).
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    seam = RaySeam()
+    seam, goal = RaySeam(), config_mod.goal(cfg)
     if payload.get("stream"):
-        loop.train(cfg, stream_feed(cfg, payload["stream"], seam), seam)
+        loop.train(cfg, stream_feed(cfg, payload["stream"], seam), seam, goal)
         return
     splits = data.load_splits(cfg.data)
     if payload.get("refit"):
         splits = data.merge_validation(splits)
-    loop.train(cfg, splits, seam)
+    loop.train(cfg, splits, seam, goal)
 
 
 # ---------------------------------------------------------------- streaming (Ray Data)

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import diagnosis, plots, review
+from orchestrator import plots, review
+from orchestrator.core import diagnosis
 from orchestrator.review import SweepView
 
 REPORT = "report.html"

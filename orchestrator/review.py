@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import diagnosis, plots
+from orchestrator import plots
 from orchestrator.config import Config, ConfigError
+from orchestrator.core import diagnosis
 
 NEXT_SPACE = "next_space.yaml"
 

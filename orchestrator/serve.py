@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.batching import MicroBatcher
 from orchestrator.config import ServeConfig
+from orchestrator.core import modelfile
 from orchestrator.http_limits import Limits
 from orchestrator.metrics_text import ServerMetrics
 
@@ -76,7 +77,8 @@ def load(
     form, with a bad spec or over the size caps is ``Refused``."""
     import mlflow
 
-    from orchestrator import model, tracking
+    from orchestrator import tracking
+    from orchestrator.core import model
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking.bare_uri(tracking_uri))
@@ -87,7 +89,7 @@ def load(
     with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as d:
         _download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
         try:
-            net, spec = tracking.load_weights(d)
+            net, spec = modelfile.load_weights(d)
         except OSError:
             raise  # the disk, not the version: tried again at the next reload
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
@@ -108,9 +110,7 @@ def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
     downloaded, and again on disk (a store may list no size)."""
     import mlflow
 
-    from orchestrator import tracking
-
-    caps = {tracking.MODEL_FILE: tracking.MAX_SPEC_BYTES, tracking.WEIGHTS_FILE: max_weights}
+    caps = {modelfile.MODEL_FILE: modelfile.MAX_SPEC_BYTES, modelfile.WEIGHTS_FILE: max_weights}
     listed = {
         Path(a.path).name: a.file_size
         for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/extra_files")
@@ -151,9 +151,8 @@ def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
 
 
 def _raise_cap(name: str) -> str:
-    from orchestrator import tracking
 
-    return " (raise serve.max_model_mb)" if name == tracking.WEIGHTS_FILE else ""
+    return " (raise serve.max_model_mb)" if name == modelfile.WEIGHTS_FILE else ""
 
 
 def resolve(model_uri: str) -> tuple[str, str]:

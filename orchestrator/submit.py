@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
+from orchestrator.core import placement
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 EXCLUDES = [
@@ -127,14 +128,13 @@ def cluster_nodes(address: str, token: str | None) -> list[dict[str, Any]]:
 
 def check_fits(cfg: Config, nodes: list[dict[str, Any]]) -> int:
     """How many trials the alive nodes hold at once (ConfigError when not one)."""
-    from orchestrator import trials
 
     alive = [dict(n.get("resources_total") or {}) for n in nodes if n.get("state") == "ALIVE"]
     if not alive:
         raise ConfigError("--address", "the cluster has no alive node", "start its nodes")
     total = {k: sum(n.get(k, 0.0) for n in alive) for k in ("CPU", "GPU")}
     loader = "stream" if cfg.data.loader == "stream" else "memory"
-    return trials.trial_concurrency(cfg, total, loader, nodes=alive)
+    return placement.trial_concurrency(cfg, total, loader, nodes=alive)
 
 
 def is_local(address: str) -> bool:

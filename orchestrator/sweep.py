@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import data, diagnosis, loop, model, plots, progress, trials
+from orchestrator import plots, progress, trials
 from orchestrator.config import Config, ConfigError
-from orchestrator.progress import TrialRecord
+from orchestrator.core import checkpoint, data, diagnosis, ledger, loop, model, placement
+from orchestrator.core.ledger import TrialRecord
 
 
 @dataclass
@@ -352,7 +353,9 @@ def _write_state(ctx: Context, phase: str) -> None:
 def _concurrency(cfg: Config, prep: Prepared) -> int:
     import ray
 
-    return trials.trial_concurrency(cfg, ray.cluster_resources(), prep.loader, trials.alive_nodes())
+    return placement.trial_concurrency(
+        cfg, ray.cluster_resources(), prep.loader, trials.alive_nodes()
+    )
 
 
 def _complete(ctx: Context) -> SweepSummary:
@@ -405,7 +408,7 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         )
         if ctx.resume:
             callback.forget_orphans()
-        best = progress.best_trial(callback.records, key, mode)
+        best = ledger.best_trial(callback.records, key, mode)
         if best is None:
             raise RuntimeError("no trial finished an epoch; see the errors above")
         log_sweep_plots(ctx.client, ctx.parent_id, cfg, callback.records, best.trial_id)
@@ -826,7 +829,7 @@ def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str,
     so the champion learns from every row but the test split; or take the trial's weights."""
     assert best.best is not None and best.checkpoint is not None
     if not cfg.sweep.refit:
-        return loop.load_checkpoint(best.checkpoint)["model"]
+        return checkpoint.load_checkpoint(best.checkpoint)["model"]
     epochs = int(best.best["epoch"])
     refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     ctx.out(
@@ -850,7 +853,7 @@ def _champion_weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str,
     result = grid[0]
     if result.error is not None:
         raise RuntimeError(f"the champion's refit failed: {result.error}")
-    return loop.load_checkpoint(trials.final_checkpoint(result))["model"]
+    return checkpoint.load_checkpoint(trials.final_checkpoint(result))["model"]
 
 
 @torch.no_grad()
@@ -928,7 +931,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 # MLflow may hold epochs that Tune's last save missed; a trial that then
                 # finished reports nothing more, so the ledger takes them from MLflow
                 for row in tracking.epochs_since(self.client, rec.run_id, rec.epochs):
-                    progress.update(rec, row, key, mode)
+                    ledger.update(rec, row, key, mode)
                 best_ckpt = run.data.tags.get(BEST_CHECKPOINT)
                 if rec.best is not None and best_ckpt:
                     rec.checkpoint = best_ckpt
@@ -1019,7 +1022,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             # the history in the next checkpoint this trial reports
             rec.gap = (rec.epochs, epoch)
         key, mode = config_mod.rank_metric(self.cfg)
-        if progress.update(rec, result, key, mode) and rec.checkpoint:
+        if ledger.update(rec, result, key, mode) and rec.checkpoint:
             self._note_checkpoint(rec)
         if epoch > rec.logged:
             assert rec.run_id is not None
@@ -1046,7 +1049,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
         assert rec.gap is not None and rec.run_id is not None
         lo, hi = rec.gap
-        path = Path(checkpoint_dir) / loop.HISTORY_FILE
+        path = Path(checkpoint_dir) / checkpoint.HISTORY_FILE
         if not path.is_file():
             return
         rows = [r for r in json.loads(path.read_text()) if lo < int(r["epoch"]) < hi]

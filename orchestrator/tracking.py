@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
+from orchestrator.core import modelfile
 
 ROLE = "orchestrator.role"
 METRIC_KEYS = (
@@ -281,9 +282,6 @@ def end_run(client: MlflowClient, run_id: str, status: str, tags: dict[str, str]
     client.set_terminated(run_id, status=status)
 
 
-WEIGHTS_FILE, MODEL_FILE = "weights.pt", "model.json"  # the pickle-free form, in extra_files/
-
-
 def register_champion(
     cfg: Config,
     parent_id: str,
@@ -327,7 +325,7 @@ def log_champion(
     ``at_ms``: the same time on a second try, so MLflow keeps one point); its model URI."""
     from mlflow.models import infer_signature
 
-    from orchestrator import model
+    from orchestrator.core import model
 
     net = net.cpu().eval()
     served = model.WithProbabilities(net).eval()
@@ -336,7 +334,7 @@ def log_champion(
     signature = infer_signature(x_example, example_out)
     meta = {"classes": classes, "num_features": int(x_example.shape[1])}
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = write_weights(d, cfg, net, classes, int(x_example.shape[1]))
+        weights, spec = modelfile.write_weights(d, cfg, net, classes, int(x_example.shape[1]))
         # the run's own experiment: MLflow refuses to resume a run of another experiment
         # than the process's active one (a replay, or a second sweep in one process)
         mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent_id).info.experiment_id)
@@ -413,144 +411,6 @@ def champion_version(client: MlflowClient, name: str, alias: str = "champion") -
         return None  # no such model or alias yet
 
 
-def write_weights(
-    folder: str | Path, cfg: Config, net: torch.nn.Module, classes: list, num_features: int
-) -> tuple[Path, Path]:
-    """The pickle-free form of a trained network: its tensors (a plain state dict) and the
-    config that rebuilds it (JSON)."""
-    weights, spec = Path(folder) / WEIGHTS_FILE, Path(folder) / MODEL_FILE
-    torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, weights)
-    spec.write_text(
-        json.dumps(
-            {
-                "format": 1,
-                "model": config_mod.to_dict(cfg)["model"],
-                "shape": cfg.data.shape,
-                "num_classes": len(classes),
-                "classes": classes,
-                "num_features": num_features,
-            }
-        )
-    )
-    return weights, spec
-
-
-# model.json is a few hundred bytes; weights.pt holds float32 tensors (write_weights)
-MAX_SPEC_BYTES = 1 << 20
-MAX_LAYERS = 1024
-BYTES_PER_ELEMENT = 4
-
-
-def load_weights(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The pickle-free champion: its network rebuilt from ``model.json`` and the tensors of
-    ``weights.pt`` (``weights_only=True``: no code is unpickled). Logits out.
-
-    Both files are input from whoever can write the registry: the spec is checked by the
-    config's own rules, and a network that would need more tensor elements than the
-    weights file can hold is refused before it is built (``hidden: [2000000000]`` would
-    otherwise take every host's memory). A bad spec raises ``ValueError`` naming the field."""
-    from orchestrator import model
-
-    folder = Path(folder)
-    spec_path, weights_path = folder / MODEL_FILE, folder / WEIGHTS_FILE
-    if spec_path.stat().st_size > MAX_SPEC_BYTES:
-        raise ValueError(
-            f"{MODEL_FILE}: {spec_path.stat().st_size} bytes, at most {MAX_SPEC_BYTES}"
-        )
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{MODEL_FILE}: not valid JSON ({e})") from None
-    mcfg, shape, d, num_classes = check_spec(spec)
-    elements = state_elements(mcfg, d, num_classes, shape)
-    size = weights_path.stat().st_size
-    if elements * BYTES_PER_ELEMENT > size:
-        raise ValueError(
-            f"{MODEL_FILE}: model {spec['model']} needs {elements:,} float32 "
-            f"values, but {WEIGHTS_FILE} has only {size:,} bytes"
-        )
-    net = model.build(
-        mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32), num_classes, shape
-    )
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)  # the stem's statistics are buffers: the trained ones
-    return net.eval(), spec
-
-
-def check_spec(spec: Any) -> tuple[config_mod.ModelConfig, list[int] | None, int, int]:
-    """(model config, shape, features, classes) of a ``model.json``, checked: the model
-    section and the shape by the config's own validation, the rest here. ``ValueError``
-    names the first bad field."""
-
-    def bad(key: str, problem: str) -> ValueError:
-        return ValueError(f"{MODEL_FILE}: {key}: {problem}")
-
-    if not isinstance(spec, dict):
-        raise bad("<root>", "expected an object")
-    if spec.get("format") != 1:
-        raise bad("format", f"expected 1, got {spec.get('format')!r}")
-    for key in ("model", "num_features", "num_classes", "classes"):
-        if key not in spec:
-            raise bad(key, "missing")
-    if not isinstance(spec["model"], dict):
-        raise bad("model", "expected an object")
-    try:  # the same checks as a config file's model section (and data.shape); the other
-        # sections keep their defaults (storage fixed: it is read from the environment)
-        cfg = config_mod.from_dict(
-            {
-                "data": {"path": MODEL_FILE, "shape": spec.get("shape")},
-                "model": spec["model"],
-                "sweep": {"storage_path": "results"},
-            }
-        )
-    except ConfigError as e:
-        raise bad("shape" if e.key == "data.shape" else e.key, e.problem) from None
-    if len(cfg.model.hidden) > MAX_LAYERS:  # each layer is Python objects, whatever its size
-        raise bad("model.hidden", f"{len(cfg.model.hidden)} layers, at most {MAX_LAYERS}")
-    d, num_classes, classes = spec["num_features"], spec["num_classes"], spec["classes"]
-    if type(d) is not int or d < 1:
-        raise bad("num_features", f"expected a positive integer, got {d!r}")
-    if type(num_classes) is not int or num_classes < 2:
-        raise bad("num_classes", f"expected an integer of at least 2, got {num_classes!r}")
-    if not isinstance(classes, list) or len(classes) != num_classes:
-        raise bad("classes", f"expected a list of {num_classes} class names")
-    if not all(isinstance(c, str | int | float | bool) for c in classes):
-        raise bad("classes", "class names must be strings or numbers")
-    shape = cfg.data.shape
-    if shape is not None and shape[0] * shape[1] * shape[2] != d:
-        raise bad(
-            "shape",
-            f"{shape} holds {shape[0] * shape[1] * shape[2]} values, not num_features ({d})",
-        )
-    return cfg.model, shape, d, num_classes
-
-
-def state_elements(
-    mcfg: config_mod.ModelConfig, d: int, num_classes: int, shape: list[int] | None
-) -> int:
-    """Tensor elements in ``model.build``'s state dict (parameters and the stem's two
-    buffers), counted without building it. Mirrors ``model.build`` (a test keeps the two
-    in step)."""
-    from orchestrator import model
-
-    out = model.num_outputs(num_classes)
-    n = 2 * d  # Standardize: mean and std
-    if mcfg.kind == "cnn":
-        assert shape is not None, "check_spec requires a shape for cnn"
-        channels, height, width = shape
-        for h in mcfg.hidden:
-            n += channels * h * 9 + h
-            if min(height, width) >= 4:
-                height, width = height // 2, width // 2
-            channels = h
-        return n + channels * height * width * out + out
-    width = d
-    for h in mcfg.hidden:
-        n += width * h + h
-        width = h
-    return n + width * out + out
-
-
 PENDING = "champion-pending"  # a champion trained while MLflow was away, to register later
 CHAMPION_FILE = "champion.json"  # in PENDING: what registering needs, and how far it got
 
@@ -581,7 +441,7 @@ def keep_champion(
     pending, tmp = folder / PENDING, folder / (PENDING + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a kill while an earlier one was kept
     tmp.mkdir(parents=True)
-    write_weights(tmp, cfg, net, classes, int(x_example.shape[1]))
+    modelfile.write_weights(tmp, cfg, net, classes, int(x_example.shape[1]))
     (tmp / CHAMPION_FILE).write_text(
         json.dumps(
             {
@@ -665,7 +525,7 @@ def register_kept(
     version = info.get("version") or (find_version(client, name, marker) if marker else None)
     if version is None:
         if "model_uri" not in info:
-            net, _ = load_weights(pending)
+            net, _ = modelfile.load_weights(pending)
             info["model_uri"] = log_champion(
                 cfg,
                 parent,

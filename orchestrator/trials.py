@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from orchestrator import config as config_mod
-from orchestrator import data, loop
-from orchestrator.config import Config, ConfigError
+from orchestrator.config import Config
+from orchestrator.core import checkpoint, data, loop
 
 SET_KEY = "_set"  # a param_space key whose value is a whole dict of dotted values (confirm runs)
 
@@ -69,7 +69,7 @@ class TuneSeam:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return loop.load_checkpoint(d)
+            return checkpoint.load_checkpoint(d)
 
 
 def trial_resources(cfg: Config) -> dict[str, float]:
@@ -125,7 +125,7 @@ def make_trainable(
 
 def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> None:
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-    seam = TuneSeam(cfg.scaling.use_gpu)
+    seam, goal = TuneSeam(cfg.scaling.use_gpu), config_mod.goal(cfg)
     if summary is not None:
         from orchestrator import ray_train
 
@@ -134,10 +134,10 @@ def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> Non
         feed = ray_train.stream_feed(
             cfg, ray_train.stream_info(summary, group), seam, ds[group], ds["val"]
         )
-        loop.train(cfg, feed, seam)
+        loop.train(cfg, feed, seam, goal)
         return
     splits = _splits(cfg.data)
-    loop.train(cfg, data.merge_validation(splits) if refit else splits, seam)
+    loop.train(cfg, data.merge_validation(splits) if refit else splits, seam, goal)
 
 
 _CACHE: dict[str, data.Splits] = {}
@@ -318,87 +318,6 @@ def pbt_mutations(cfg: Config) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- fitting the cluster
-
-
-def trial_concurrency(
-    cfg: Config,
-    cluster: dict[str, float],
-    loader: str = "memory",
-    nodes: list[dict[str, float]] | None = None,
-) -> int:
-    """How many trials fit at once, packing each trial's workers onto the nodes; a
-    ConfigError naming what is missing when not even one does (rather than trials pending
-    forever). A streamed trial also keeps ``scaling.data_cpus`` free for its Ray Data
-    tasks: with every CPU held by training workers the read and map tasks would never run."""
-    s = cfg.scaling
-    bundle = {"CPU": s.cpus_per_worker, **({"GPU": 1.0} if s.use_gpu else {})}
-    extra_cpu = s.data_cpus if loader == "stream" else 0.0
-    free = [dict(n) for n in (nodes if nodes else [cluster])]
-    fits = 0
-    strict = {"STRICT_SPREAD": "spread", "STRICT_PACK": "pack"}.get(s.placement_strategy, "")
-    while _place(free, bundle, s.num_workers, strict) and _take_cpu(free, extra_cpu):
-        fits += 1
-        if cfg.sweep.max_concurrent is not None and fits >= cfg.sweep.max_concurrent:
-            break
-    if fits < 1:
-        how = {"spread": " each on its own node", "pack": " all on one node"}.get(strict, "")
-        want = f"{s.num_workers} worker(s) x {_show(bundle)}{how}" + (
-            f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else ""
-        )
-        biggest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        have = f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes else _show(cluster)
-        raise ConfigError(
-            "scaling.num_workers",
-            f"one trial needs {want}; the cluster has {have}",
-            "lower scaling.num_workers or scaling.cpus_per_worker, or add nodes",
-        )
-    return fits
-
-
-def _place(
-    free: list[dict[str, float]], bundle: dict[str, float], count: int, strict: str = ""
-) -> bool:
-    """Place ``count`` bundles, taking them from ``free``: over as many nodes as needed, or
-    (``strict="spread"``) each on a node of its own, or (``"pack"``) all on one node."""
-    if strict == "pack":
-        whole = {k: v * count for k, v in bundle.items()}
-        return _place(free, whole, 1)
-    trial = [dict(n) for n in free]
-    used: set[int] = set()
-    for _ in range(count):
-        i = next(
-            (
-                i
-                for i, n in enumerate(trial)
-                if (strict != "spread" or i not in used)
-                and all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
-            ),
-            None,
-        )
-        if i is None:
-            return False
-        used.add(i)
-        for k, v in bundle.items():
-            trial[i][k] = trial[i].get(k, 0.0) - v
-    free[:] = trial
-    return True
-
-
-def _take_cpu(free: list[dict[str, float]], cpus: float) -> bool:
-    if cpus <= 0:
-        return True
-    total = sum(n.get("CPU", 0.0) for n in free)
-    if total + 1e-9 < cpus:
-        return False
-    for n in free:  # Ray Data tasks go anywhere: take the CPUs from wherever they are left
-        used = min(n.get("CPU", 0.0), cpus)
-        n["CPU"] = n.get("CPU", 0.0) - used
-        cpus -= used
-    return True
-
-
-def _show(res: dict[str, float]) -> str:
-    return ", ".join(f"{res.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
 def alive_nodes() -> list[dict[str, float]]:

@@ -1,4 +1,4 @@
-"""ASHA by promotion as a Tune scheduler: the thin Ray edge of ``orchestrator.asha``.
+"""ASHA by promotion as a Tune scheduler: the thin Ray edge of ``orchestrator.core.asha``.
 
 Tune pauses a trial by saving its latest reported checkpoint (the loop checkpoints at every
 rung epoch when promoting) and resumes it from there, so a promoted trial replays nothing.
@@ -14,7 +14,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from orchestrator.asha import PAUSE, Ladder
+from orchestrator.core.asha import PAUSE, Ladder
 
 
 class PromotionASHA(FIFOScheduler):

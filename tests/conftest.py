@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import config, data
+from orchestrator import config
+from orchestrator.core import data
 
 ROOT = Path(__file__).resolve().parents[1]
 # Ray >= 2.59 enables token auth for local clusters; be explicit, like the Makefile.
@@ -213,7 +214,8 @@ def served_model(seed: int, version: str) -> Any:
     import numpy as np
     import torch
 
-    from orchestrator import model, serve
+    from orchestrator import serve
+    from orchestrator.core import model
 
     torch.manual_seed(seed)
     x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)

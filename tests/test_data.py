@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
-from orchestrator import data
 from orchestrator.config import ConfigError, DataConfig
+from orchestrator.core import data
 
 QUICKSTART = ROOT / "jobs/configs/quickstart.yaml"
 

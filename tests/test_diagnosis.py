@@ -13,7 +13,8 @@ import pytest
 
 from conftest import make_cfg
 from jobs import curves
-from orchestrator import config, diagnosis
+from orchestrator import config
+from orchestrator.core import diagnosis
 
 BASE = diagnosis.baseline([100] * 10)  # ten balanced classes: loss ln 10, accuracy 0.1
 CORPUS = curves.load()

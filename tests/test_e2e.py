@@ -17,7 +17,8 @@ import requests
 import torch
 
 from conftest import ROOT, free_port, wait_until_up
-from orchestrator import config, data, diagnosis
+from orchestrator import config
+from orchestrator.core import data, diagnosis, modelfile
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +135,7 @@ def test_champion_alias_loads_with_pyfunc_and_scores_the_reported_accuracy(sweep
 def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: dict) -> None:
     import mlflow
 
-    from orchestrator import serve, tracking
+    from orchestrator import serve
 
     client = _client(sweep["uri"])
     exp = client.get_experiment_by_name("e2e")
@@ -165,7 +166,7 @@ def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: d
             assert png.read_bytes()[:4] == b"\x89PNG"
     # the served form: plain tensors + JSON, no unpickled code, same scores as pyfunc
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
-    spec = json.loads((folder / "extra_files" / tracking.MODEL_FILE).read_text())
+    spec = json.loads((folder / "extra_files" / modelfile.MODEL_FILE).read_text())
     assert spec["num_features"] == 64 and spec["model"]["hidden"] == [1024]
     served = serve.load(f"models:/{NAME}@champion", sweep["uri"])
     x = sweep["splits"].x_test

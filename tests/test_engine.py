@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator import config, data, loop, model
+from orchestrator import config
 from orchestrator.config import ConfigError
+from orchestrator.core import checkpoint, data, loop, model
 
 
 def _cfg(
@@ -32,7 +33,7 @@ def _cfg(
 
 def _run(cfg: config.Config, **seam: Any) -> tuple[str, loop.LocalSeam, list[dict]]:
     saved: list[dict] = []
-    s = loop.LocalSeam(on_checkpoint=lambda d: saved.append(loop.load_checkpoint(d)), **seam)
+    s = loop.LocalSeam(on_checkpoint=lambda d: saved.append(checkpoint.load_checkpoint(d)), **seam)
     outcome = loop.train(cfg, data.load_splits(cfg.data), s)
     return outcome, s, saved
 
@@ -141,12 +142,13 @@ def test_cnn_learns_image_shaped_digits(digits_path: Path) -> None:
 
 RESUME_SCRIPT = textwrap.dedent("""
     import os, shutil, signal, sys
-    from orchestrator import config, data, loop
+    from orchestrator import config
+    from orchestrator.core import checkpoint, data, loop
     cfg = config.from_dict({cfg!r})
     out = sys.argv[1]
     def keep(d):
         shutil.copytree(d, out, dirs_exist_ok=True)
-        if loop.load_checkpoint(d)["epoch"] == {kill_after}:
+        if checkpoint.load_checkpoint(d)["epoch"] == {kill_after}:
             os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit
     loop.train(cfg, data.load_splits(cfg.data), loop.LocalSeam(on_checkpoint=keep))
 """)
@@ -170,7 +172,7 @@ def test_resume_after_a_killed_process_is_exact(digits_path: Path, tmp_path: Pat
         env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert loop.load_checkpoint(str(ckpt_dir))["epoch"] == 3
+    assert checkpoint.load_checkpoint(str(ckpt_dir))["epoch"] == 3
     _, resumed, resumed_ckpts = _run(cfg, resume_from=str(ckpt_dir))
     assert [r["epoch"] for r in resumed.reports] == [4.0, 5.0, 6.0]
     assert _metrics(resumed.reports) == _metrics(straight.reports[3:])  # exactly the same

@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import make_cfg
-from orchestrator import model, outbox, tracking
+from orchestrator import outbox, tracking
+from orchestrator.core import model
 
 
 class _Dies(BaseException):

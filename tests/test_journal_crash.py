@@ -19,7 +19,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, make_cfg
-from orchestrator import model, outbox, tracking
+from orchestrator import outbox, tracking
+from orchestrator.core import model
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import f1_score
 
-from orchestrator import config, data, loop, metrics, model
+from orchestrator import config
+from orchestrator.core import checkpoint, data, loop, metrics, model
 
 
 def _cfg(path: Path, **train) -> config.Config:
@@ -41,7 +42,7 @@ def test_checkpoint_holds_weights_that_reproduce_val_metrics(digits_path: Path) 
     cfg = _cfg(digits_path, epochs=4, checkpoint_every=2)
     splits = data.load_splits(cfg.data)
     saved: list[dict] = []
-    seam = loop.LocalSeam(on_checkpoint=lambda d: saved.append(loop.load_checkpoint(d)))
+    seam = loop.LocalSeam(on_checkpoint=lambda d: saved.append(checkpoint.load_checkpoint(d)))
     loop.train(cfg, splits, seam)
     # checkpoints: every 2nd epoch, every epoch that beat the best val_loss, and the last one
     losses = [r["val_loss"] for r in seam.reports]
@@ -65,7 +66,7 @@ def test_l1_and_weight_decay_shrink_the_weights(digits_path: Path) -> None:
         loop.train(
             cfg,
             splits,
-            loop.LocalSeam(on_checkpoint=lambda d: saved.append(loop.load_checkpoint(d))),
+            loop.LocalSeam(on_checkpoint=lambda d: saved.append(checkpoint.load_checkpoint(d))),
         )
         return sum(
             v.abs().sum().item() for k, v in saved[-1]["model"].items() if k.endswith("weight")
@@ -151,3 +152,45 @@ def test_two_gloo_ranks_agree_on_metrics_and_count_every_val_row(
     assert r0[-1]["val_accuracy"] > 0.8
     # val accuracy is a count over all 216 rows, so it is a multiple of 1/216
     assert (r0[-1]["val_accuracy"] * 216) == pytest.approx(round(r0[-1]["val_accuracy"] * 216))
+
+
+def test_the_goal_is_built_once_from_the_config() -> None:
+    base = {"data": {"path": "x"}, "train": {"epochs": 30}}
+    g = config.goal(config.from_dict(base))
+    assert (g.stop_metric, g.rank_metric, g.rank_mode, g.gap_penalty) == (
+        "val_loss",
+        "val_loss",
+        "min",
+        None,
+    )
+    assert g.keep_epochs == {5, 15}  # fast path, asha auto: by promotion, rungs 5 and 15
+    g = config.goal(config.from_dict({**base, "scaling": {"fast_path": False}}))
+    assert g.keep_epochs == frozenset()  # stopping ASHA resumes from nothing in particular
+    g = config.goal(
+        config.from_dict({**base, "sweep": {"objective": "gap_penalized", "gap_penalty": 2.0}})
+    )
+    assert (g.rank_metric, g.gap_penalty) == ("objective", 2.0)
+
+
+def test_the_loop_judges_a_run_by_its_goal_alone(digits_path: Path) -> None:
+    # the config says val_loss, checkpoints every 10 epochs; the goal given wins
+    cfg = _cfg(digits_path, epochs=4, checkpoint_every=10)
+    goal = config.Goal(
+        stop_metric="val_accuracy",
+        stop_mode="max",
+        rank_metric="objective",
+        rank_mode="min",
+        gap_penalty=3.0,
+        keep_epochs=frozenset({2}),
+    )
+    saved: list[int] = []
+    seam = loop.LocalSeam(
+        on_checkpoint=lambda d: saved.append(checkpoint.load_checkpoint(d)["epoch"])
+    )
+    loop.train(cfg, data.load_splits(cfg.data), seam, goal)
+    r = seam.reports
+    assert all(x["objective"] == x["val_loss"] + 3.0 * max(0.0, x["gap"]) for x in r)
+    objective, acc = [x["objective"] for x in r], [x["val_accuracy"] for x in r]
+    best = {i + 1 for i, v in enumerate(objective) if v <= min(objective[: i + 1])}
+    gains = {i + 1 for i, v in enumerate(acc) if v > max(acc[:i], default=-1.0)}
+    assert saved == sorted(best | gains | {2, 4})

@@ -1,11 +1,12 @@
 from orchestrator import progress
+from orchestrator.core import ledger
 from orchestrator.progress import TrialRecord
 
 
 def _rec(tid: str, losses: list[float], status: str = "TERMINATED") -> TrialRecord:
     r = TrialRecord(tid, {"train.weight_decay": 1e-4, "model.dropout": 0.25})
     for i, v in enumerate(losses):
-        progress.update(
+        ledger.update(
             r,
             {
                 "epoch": i + 1,
@@ -28,8 +29,8 @@ def test_update_keeps_the_best_epoch_and_its_checkpoint() -> None:
 
 def test_best_trial_and_progress_line() -> None:
     recs = [_rec("a", [0.5, 0.3]), _rec("b", [0.2]), _rec("c", [0.1], status="ERROR")]
-    assert progress.best_trial(recs, "val_loss", "min").trial_id == "b"  # type: ignore[union-attr]
-    assert progress.best_trial(recs, "val_accuracy", "max").trial_id == "b"  # type: ignore[union-attr]
+    assert ledger.best_trial(recs, "val_loss", "min").trial_id == "b"  # type: ignore[union-attr]
+    assert ledger.best_trial(recs, "val_accuracy", "max").trial_id == "b"  # type: ignore[union-attr]
     line = progress.progress_line(recs, 8, "val_loss", "min")
     assert "trials done 3/8" in line and "best val_loss=0.2000" in line
 

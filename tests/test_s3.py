@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from conftest import free_port
-from orchestrator import data
 from orchestrator.config import ConfigError, DataConfig
+from orchestrator.core import data
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,9 @@ import torch
 
 from conftest import make_cfg
 from jobs import bench_sweep
-from orchestrator import asha, config, loop, sweep, trials
+from orchestrator import config, sweep, trials
 from orchestrator.config import ConfigError
+from orchestrator.core import asha, checkpoint, loop, placement
 
 
 def _cfg(**over: Any) -> config.Config:
@@ -28,25 +29,25 @@ def _cfg(**over: Any) -> config.Config:
 
 def test_two_half_cpu_workers_fit_twice_on_two_cpus() -> None:
     cfg = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5})
-    assert trials.trial_concurrency(cfg, {"CPU": 2}) == 2
+    assert placement.trial_concurrency(cfg, {"CPU": 2}) == 2
 
 
 def test_workers_spread_over_nodes_when_no_node_holds_them_all() -> None:
     cfg = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 1})
-    assert trials.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}]) == 1
+    assert placement.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}]) == 1
 
 
 def test_gpu_trials_are_counted_by_the_gpus_on_each_node() -> None:
     cfg = _cfg(**{"scaling.num_workers": 2, "scaling.use_gpu": True})
     nodes = [{"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}, {"CPU": 16}]
-    assert trials.trial_concurrency(cfg, {"CPU": 48, "GPU": 2}, nodes=nodes) == 1
+    assert placement.trial_concurrency(cfg, {"CPU": 48, "GPU": 2}, nodes=nodes) == 1
 
 
 def test_a_worker_bigger_than_every_node_fails_at_once_naming_what_is_missing() -> None:
     # 8 CPUs in total, but no node can hold one 4-CPU worker: Ray would wait forever
     cfg = _cfg(**{"scaling.num_workers": 1, "scaling.cpus_per_worker": 4})
     with pytest.raises(ConfigError) as e:
-        trials.trial_concurrency(cfg, {"CPU": 8}, nodes=[{"CPU": 2}] * 4)
+        placement.trial_concurrency(cfg, {"CPU": 8}, nodes=[{"CPU": 2}] * 4)
     assert e.value.key == "scaling.num_workers"
     assert "4 CPU" in e.value.problem and "biggest 2 CPU" in e.value.problem
 
@@ -55,17 +56,17 @@ def test_strict_spread_puts_each_worker_on_a_node_of_its_own() -> None:
     cfg = _cfg(**{"scaling.num_workers": 2, "scaling.placement_strategy": "STRICT_SPREAD"})
     # 4 CPUs on one node would hold two such trials packed, none strictly spread
     with pytest.raises(ConfigError) as e:
-        trials.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 4}])
+        placement.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 4}])
     assert "each on its own node" in e.value.problem
-    assert trials.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 2}, {"CPU": 2}]) == 2
-    assert trials.trial_concurrency(cfg, {"CPU": 3}, nodes=[{"CPU": 1}] * 3) == 1
+    assert placement.trial_concurrency(cfg, {"CPU": 4}, nodes=[{"CPU": 2}, {"CPU": 2}]) == 2
+    assert placement.trial_concurrency(cfg, {"CPU": 3}, nodes=[{"CPU": 1}] * 3) == 1
 
 
 def test_strict_pack_needs_one_node_for_the_whole_trial() -> None:
     cfg = _cfg(**{"scaling.num_workers": 2, "scaling.placement_strategy": "STRICT_PACK"})
     with pytest.raises(ConfigError):
-        trials.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}])
-    assert trials.trial_concurrency(cfg, {"CPU": 5}, nodes=[{"CPU": 4}, {"CPU": 1}]) == 2
+        placement.trial_concurrency(cfg, {"CPU": 2}, nodes=[{"CPU": 1}, {"CPU": 1}])
+    assert placement.trial_concurrency(cfg, {"CPU": 5}, nodes=[{"CPU": 4}, {"CPU": 1}]) == 2
 
 
 def test_an_unknown_placement_strategy_is_refused_by_name() -> None:
@@ -76,14 +77,14 @@ def test_an_unknown_placement_strategy_is_refused_by_name() -> None:
 
 def test_max_concurrent_caps_what_the_cluster_allows() -> None:
     cfg = _cfg(**{"sweep.max_concurrent": 3})
-    assert trials.trial_concurrency(cfg, {"CPU": 16}) == 3
-    assert trials.trial_concurrency(_cfg(), {"CPU": 16}) == 16
+    assert placement.trial_concurrency(cfg, {"CPU": 16}) == 3
+    assert placement.trial_concurrency(_cfg(), {"CPU": 16}) == 16
 
 
 def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
     cfg = _cfg(**{"scaling.num_workers": 1, "scaling.data_cpus": 1})
-    assert trials.trial_concurrency(cfg, {"CPU": 4}, "stream") == 2
-    assert trials.trial_concurrency(cfg, {"CPU": 4}, "memory") == 4
+    assert placement.trial_concurrency(cfg, {"CPU": 4}, "stream") == 2
+    assert placement.trial_concurrency(cfg, {"CPU": 4}, "memory") == 4
 
 
 # ---------------------------------------------------------------- searchers, schedulers
@@ -387,8 +388,8 @@ def test_a_run_that_had_ended_does_not_train_on_after_a_resume(
     def keep(d: str) -> None:
         kept.append(str(tmp_path / "ckpt"))
         Path(kept[-1]).mkdir(exist_ok=True)
-        (Path(kept[-1]) / loop.CHECKPOINT_FILE).write_bytes(
-            (Path(d) / loop.CHECKPOINT_FILE).read_bytes()
+        (Path(kept[-1]) / checkpoint.CHECKPOINT_FILE).write_bytes(
+            (Path(d) / checkpoint.CHECKPOINT_FILE).read_bytes()
         )
 
     first = loop.LocalSeam(on_checkpoint=keep)
@@ -648,7 +649,9 @@ def test_epochs_a_killed_driver_never_received_are_filled_in_from_the_checkpoint
         cb.on_trial_result(0, [], t, _result(e, 1.0 / e))
     ckpt = tmp_path / "checkpoint_5"
     ckpt.mkdir()
-    (ckpt / loop.HISTORY_FILE).write_text(json.dumps([_result(e, 1.0 / e) for e in range(1, 6)]))
+    (ckpt / checkpoint.HISTORY_FILE).write_text(
+        json.dumps([_result(e, 1.0 / e) for e in range(1, 6)])
+    )
     cb.on_trial_start(0, [], t)
     cb.on_trial_result(0, [], t, {**_result(5, 0.2), "checkpoint_path": str(ckpt)})
     steps = sorted(s for r, k, s in client.metrics if k == "val_loss")

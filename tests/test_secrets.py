@@ -105,7 +105,7 @@ def test_mlflow_params_config_yaml_and_the_config_hash_hold_no_secret() -> None:
 
 
 def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path) -> None:
-    from orchestrator import model
+    from orchestrator.core import model
 
     cfg = _cfg(**{"model.hidden": [4]})
     ctx = SimpleNamespace(

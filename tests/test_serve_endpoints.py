@@ -12,7 +12,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from orchestrator import cli, config, model, serve
+from orchestrator import cli, config, serve
+from orchestrator.core import model
 
 ROW = {"features": [[0.0, 1.0, 2.0, 3.0]]}
 

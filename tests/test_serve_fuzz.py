@@ -20,7 +20,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from conftest import free_port
-from orchestrator import config, model, serve
+from orchestrator import config, serve
+from orchestrator.core import model
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ import torch
 import uvicorn
 
 from conftest import free_port
-from orchestrator import config, model, serve
+from orchestrator import config, serve
+from orchestrator.core import model
 from orchestrator.http_limits import Limits
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from conftest import make_cfg
 from conftest import served_model as _served
-from orchestrator import config, model, serve, tracking
+from orchestrator import config, serve
+from orchestrator.core import model, modelfile
 
 
 def _write(folder: Path, **spec_changes: object) -> dict:
@@ -22,15 +23,15 @@ def _write(folder: Path, **spec_changes: object) -> dict:
     cfg = make_cfg(**{"model.hidden": [8]})
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     net = model.from_data(cfg, x, num_classes=3)
-    tracking.write_weights(folder, cfg, net, ["a", "b", "c"], 4)
-    spec = json.loads((folder / tracking.MODEL_FILE).read_text())
+    modelfile.write_weights(folder, cfg, net, ["a", "b", "c"], 4)
+    spec = json.loads((folder / modelfile.MODEL_FILE).read_text())
     for key, value in spec_changes.items():
         if "." in key:
             section, leaf = key.split(".")
             spec[section][leaf] = value
         else:
             spec[key] = value
-    (folder / tracking.MODEL_FILE).write_text(json.dumps(spec))
+    (folder / modelfile.MODEL_FILE).write_text(json.dumps(spec))
     return spec
 
 
@@ -44,7 +45,7 @@ def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
         match=r"model\.json: model .* needs 16,000,000,011 float32 "
         r"values, but weights\.pt has only [\d,]+ bytes",
     ):
-        tracking.load_weights(tmp_path)
+        modelfile.load_weights(tmp_path)
     assert time.perf_counter() - start < 1
 
 
@@ -70,18 +71,18 @@ def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
 def test_a_bad_spec_is_refused_naming_the_field(tmp_path: Path, changes: dict, words: str) -> None:
     _write(tmp_path, **changes)
     with pytest.raises(ValueError) as e:
-        tracking.load_weights(tmp_path)
+        modelfile.load_weights(tmp_path)
     assert words in str(e.value)
 
 
 def test_a_spec_that_is_not_json_or_too_big_is_refused(tmp_path: Path) -> None:
     _write(tmp_path)
-    (tmp_path / tracking.MODEL_FILE).write_bytes(b"\xff{")
+    (tmp_path / modelfile.MODEL_FILE).write_bytes(b"\xff{")
     with pytest.raises(ValueError, match="model.json: not valid JSON"):
-        tracking.load_weights(tmp_path)
-    (tmp_path / tracking.MODEL_FILE).write_text(" " * (tracking.MAX_SPEC_BYTES + 1))
+        modelfile.load_weights(tmp_path)
+    (tmp_path / modelfile.MODEL_FILE).write_text(" " * (modelfile.MAX_SPEC_BYTES + 1))
     with pytest.raises(ValueError, match="model.json: 1048577 bytes, at most 1048576"):
-        tracking.load_weights(tmp_path)
+        modelfile.load_weights(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_the_counted_size_is_the_built_networks(
     net = model.build(
         mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32), classes, shape
     )
-    assert tracking.state_elements(mcfg, d, classes, shape) == sum(
+    assert modelfile.state_elements(mcfg, d, classes, shape) == sum(
         t.numel() for t in net.state_dict().values()
     )
 
@@ -167,7 +168,7 @@ def test_a_disk_error_while_loading_is_not_a_refusal_so_the_next_reload_tries_ag
     def full_disk(folder: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tracking, "load_weights", full_disk)
+    monkeypatch.setattr(modelfile, "load_weights", full_disk)
     reload = serve.reloader("models:/t@champion", "1")
     for _ in range(2):  # not cached as a refusal: each reload tries the version again
         with pytest.raises(OSError):

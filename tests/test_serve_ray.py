@@ -21,7 +21,8 @@ import requests
 import torch
 
 from conftest import files_holding, free_port, make_cfg
-from orchestrator import model, serve, tracking
+from orchestrator import serve, tracking
+from orchestrator.core import model
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,8 @@ import requests
 import torch
 
 from conftest import free_port, make_cfg, wait_until_up
-from orchestrator import model, serve, tracking
+from orchestrator import serve
+from orchestrator.core import model, modelfile
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def _good(store: dict, seed: int) -> str:
     torch.manual_seed(seed)
     net = model.from_data(cfg, x, num_classes=3)
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = tracking.write_weights(d, cfg, net, ["a", "b", "c"], 4)
+        weights, spec = modelfile.write_weights(d, cfg, net, ["a", "b", "c"], 4)
         return _log(store, net, [weights, spec])
 
 
@@ -74,7 +75,7 @@ def _hostile_spec(store: dict) -> str:
     cfg = make_cfg(**{"model.hidden": [8]})
     net = model.from_data(cfg, np.ones((4, 4), dtype=np.float32), num_classes=3)
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = tracking.write_weights(d, cfg, net, ["a", "b", "c"], 4)
+        weights, spec = modelfile.write_weights(d, cfg, net, ["a", "b", "c"], 4)
         doc = json.loads(spec.read_text())
         doc["model"]["hidden"] = [2_000_000_000]
         spec.write_text(json.dumps(doc))

@@ -10,7 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import served_model as _served
-from orchestrator import config, model, serve
+from orchestrator import config, serve
+from orchestrator.core import model
 
 
 @pytest.fixture(scope="module")

@@ -314,7 +314,8 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
     from mlflow.tracking import MlflowClient
 
     from conftest import make_cfg
-    from orchestrator import model, outbox, tracking
+    from orchestrator import outbox, tracking
+    from orchestrator.core import model
 
     for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")):
         monkeypatch.setenv(k, v)  # as the sweep sets them: an outage shows in seconds

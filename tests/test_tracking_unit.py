@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from orchestrator import config, model, plots, tracking
+from orchestrator import config, plots, tracking
+from orchestrator.core import model, modelfile
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -83,8 +84,8 @@ def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path,
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(32, 64)).astype(np.float32)
     net = model.from_data(cfg, x, num_classes=10).eval()
-    tracking.write_weights(tmp_path, cfg, net, list(range(10)), 64)
-    back, spec = tracking.load_weights(tmp_path)
+    modelfile.write_weights(tmp_path, cfg, net, list(range(10)), 64)
+    back, spec = modelfile.load_weights(tmp_path)
     with torch.no_grad():
         assert torch.equal(net(torch.from_numpy(x)), back(torch.from_numpy(x)))
     assert spec["classes"] == list(range(10)) and spec["num_features"] == 64
@@ -93,10 +94,10 @@ def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path,
 def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path: Path) -> None:
     cfg = _cfg(**{"model.hidden": [4]})
     net = model.from_data(cfg, np.ones((4, 3), dtype=np.float32), num_classes=2)
-    tracking.write_weights(tmp_path, cfg, net, [0, 1], 3)
-    torch.save({"payload": _Evil()}, tmp_path / tracking.WEIGHTS_FILE)  # not just tensors
+    modelfile.write_weights(tmp_path, cfg, net, [0, 1], 3)
+    torch.save({"payload": _Evil()}, tmp_path / modelfile.WEIGHTS_FILE)  # not just tensors
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
-        tracking.load_weights(tmp_path)
+        modelfile.load_weights(tmp_path)
 
 
 class _Evil:

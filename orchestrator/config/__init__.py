@@ -8,7 +8,7 @@ imports neither Ray nor MLflow.
 """
 
 from orchestrator.config.checks import PBT_MUTABLE
-from orchestrator.config.derived import asha_promotes, rank_metric, rungs
+from orchestrator.config.derived import Goal, asha_promotes, goal, rank_metric, rungs
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.loading import (
     apply_override,
@@ -61,6 +61,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "Goal",
     "DiagnosisConfig",
     "EarlyStoppingConfig",
     "ModelConfig",
@@ -75,6 +76,7 @@ __all__ = [
     "flatten",
     "from_dict",
     "get",
+    "goal",
     "is_redacted",
     "json_schema",
     "load",

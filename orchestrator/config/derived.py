@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from orchestrator.config.schema import Config
 
 
@@ -30,3 +32,36 @@ def rungs(cfg: Config) -> list[int]:
         out.append(r)
         r *= sw.reduction_factor
     return out
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a training run is judged by, built once from the config (``goal``): what the
+    sweep and its schedulers need from the loop, so the loop never reads ``sweep.*``."""
+
+    stop_metric: str
+    """The metric early stopping watches (``sweep.metric``)."""
+    stop_mode: str
+    rank_metric: str
+    """The value trials are ranked by: ``sweep.metric``, or ``objective``."""
+    rank_mode: str
+    gap_penalty: float | None
+    """With ``sweep.objective: gap_penalized``: the penalty of the reported ``objective``
+    (val_loss + penalty x max(0, gap)); None reports no objective."""
+    keep_epochs: frozenset[int]
+    """Epochs that must have a checkpoint of their own: ASHA by promotion resumes a paused
+    trial from the checkpoint of its rung (an older one would replay epochs)."""
+
+
+def goal(cfg: Config) -> Goal:
+    """The ``Goal`` of every run of this config."""
+    sw = cfg.sweep
+    metric, mode = rank_metric(cfg)
+    return Goal(
+        stop_metric=sw.metric,
+        stop_mode=sw.mode,
+        rank_metric=metric,
+        rank_mode=mode,
+        gap_penalty=sw.gap_penalty if sw.objective == "gap_penalized" else None,
+        keep_epochs=frozenset(rungs(cfg) if asha_promotes(cfg) else ()),
+    )

@@ -619,7 +619,7 @@ class TrackingConfig(Section):
 
 
 class DiagnosisConfig(Section):
-    """Thresholds of the bias/variance labels (see orchestrator/diagnosis.py). Losses are
+    """Thresholds of the bias/variance labels (see orchestrator/core/diagnosis.py). Losses are
     fractions of the baseline's loss (predicting the training split's class frequencies);
     both curves are read smoothed (median of three epochs). Tuned on tests/curves/corpus.json
     (`python -m jobs.curves score` shows the confusion matrix for any values)."""

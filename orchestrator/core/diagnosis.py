@@ -323,8 +323,8 @@ def _kept(rows: list[dict[str, float]], cfg: Any, early_stopped: bool) -> tuple[
     restores its last improvement of ``sweep.metric`` by more than ``min_delta`` (when
     ``train.early_stopping.restore_best``); otherwise the sweep keeps the best epoch of what
     trials are ranked on (ties: the later one)."""
-    from orchestrator.loop import EarlyStopper  # the loop's own rule, not a copy of it
-    from orchestrator.progress import better
+    from orchestrator.core.ledger import better
+    from orchestrator.core.loop import EarlyStopper  # the loop's own rule, not a copy of it
 
     metric, mode = config_mod.rank_metric(cfg) if cfg is not None else ("val_loss", "min")
     if early_stopped and (_v(cfg, "train.early_stopping.restore_best") is not False):

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,12 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from orchestrator import config as config_mod
-from orchestrator import metrics, model
-from orchestrator.config import Config
-from orchestrator.data import Splits
-
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"  # every epoch's metrics so far, readable without torch
+from orchestrator.config import Config, Goal
+from orchestrator.core import checkpoint, metrics, model
+from orchestrator.core.data import Splits
 
 
 class Seam(Protocol):
@@ -77,7 +72,7 @@ class LocalSeam:
             self.on_checkpoint(checkpoint_dir)
 
     def restore(self) -> dict[str, Any] | None:
-        return load_checkpoint(self.resume_from) if self.resume_from else None
+        return checkpoint.load_checkpoint(self.resume_from) if self.resume_from else None
 
 
 @dataclass
@@ -143,87 +138,26 @@ def in_memory(splits: Splits, seam: Seam, seed: int) -> Feed:
     )
 
 
-def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
+def train(cfg: Config, data: Splits | Feed, seam: Seam, goal: Goal | None = None) -> str:
     """Train up to ``cfg.train.epochs`` epochs; report train/val loss, accuracy and F1 every
-    epoch. Returns how it ended: ``completed``, ``early_stopped`` or ``diverged``."""
-    t = cfg.train
+    epoch. ``goal`` says what the run is judged by (default: ``config.goal(cfg)``). Returns
+    how it ended: ``completed``, ``early_stopped`` or ``diverged``."""
+    t, goal = cfg.train, goal or config_mod.goal(cfg)
     feed = data if isinstance(data, Feed) else in_memory(data, seam, t.seed)
-    num_classes = feed.num_classes
-    torch.manual_seed(t.seed)  # same initial weights on every rank
-    net = model.from_config(cfg, feed.col_mean, feed.col_std, num_classes)
-    ddp_net = seam.wrap(net)
-    optimizer = make_optimizer(net, cfg)
-    # Cosine decay to zero over the planned epochs: the last epochs settle instead of bouncing.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
-    scaler = torch.amp.GradScaler(seam.device.type, enabled=t.precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-    es = t.early_stopping
-    stopper = EarlyStopper(es.patience, es.min_delta, cfg.sweep.mode)
-    rank_key, rank_mode = config_mod.rank_metric(cfg)
-    best_rank: float | None = None  # the best value of what trials are ranked on
-    best_weights: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    start = 0
+    run = setup(cfg, feed, seam, goal)
     state = seam.restore()
     if state is not None:  # resume exactly where the checkpoint left off
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        stopper = EarlyStopper(**state["stopper"])
-        best_rank = state.get("best_rank")
         if state.get("outcome") in ("early_stopped", "diverged"):
             return str(state["outcome"])  # it had ended: a resumed sweep must not train on
-        best_weights, start = state.get("best_model"), int(state["epoch"])
-        history = list(state.get("history", []))
-        # The optimizer's state carries its hyperparameters; the config's win (PBT hands a
-        # trial another trial's checkpoint together with new values).
-        set_hyperparameters(optimizer, schedule, cfg)
-    loss_fn = make_loss(num_classes)
-    stem = net[0]
-    assert isinstance(stem, model.Standardize)
-    feature_std = stem.std  # noise is relative to each feature's spread
-    accum = t.grad_accum_steps
-    micro_batch = max(1, t.batch_size // (seam.world_size * accum))
+        resume(run, state, cfg)
     outcome = "completed"
-    # ASHA by promotion pauses a trial at its rungs; the checkpoint of that very epoch is
-    # what it resumes from when promoted (an older one would replay epochs)
-    rung_epochs = set(config_mod.rungs(cfg)) if config_mod.asha_promotes(cfg) else set()
-
-    for epoch in range(start, t.epochs):
+    for epoch in range(run.start, t.epochs):
         # Dropout and augmentation draw from an RNG that is a function of (seed, epoch, rank),
         # so a resumed run replays exactly what an uninterrupted one would have drawn.
         torch.manual_seed(t.seed * 1_000_003 + epoch * 1009 + seam.rank)
         epoch_start = time.perf_counter()
-        ddp_net.train()
-        sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
-        cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-        for group in _groups(feed.train_batches(epoch, micro_batch), accum):
-            group_rows = sum(len(yb) for _, yb in group)
-            for k, (xb, yb) in enumerate(group):
-                if t.augment:
-                    xb = augment(xb, cfg, feature_std)
-                # Gradients are all-reduced only on the micro-batch that ends the group.
-                with _no_sync(ddp_net, sync=k + 1 == len(group)):
-                    with torch.autocast(
-                        seam.device.type,
-                        dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None,
-                    ):
-                        logits = ddp_net(xb)
-                    loss = loss_fn(logits.float(), yb)
-                    # L1 is not an optimizer option: it joins the loss, over weights only.
-                    penalty = t.l1 * sum(p.abs().sum() for p in weights(net)) if t.l1 > 0 else 0.0
-                    # Weighted by rows, the group's gradient is the one of a single big batch.
-                    scaler.scale((loss + penalty) * (len(yb) / group_rows)).backward()
-                sums += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
-                cm += metrics.confusion(predict(logits.detach()), yb, num_classes).cpu()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        train_m = summarize(seam, sums, cm, "train")
-        val_m = evaluate(net, feed.val_batches(), num_classes, loss_fn, seam, "val")
+        train_m = train_epoch(run, feed, epoch, cfg)
+        val_m = evaluate(run.net, feed.val_batches(), feed.num_classes, run.loss_fn, seam, "val")
         values = {
             "epoch": float(epoch + 1),
             **train_m,
@@ -235,58 +169,34 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
         }
         # Generalization gap: how much worse the model does on rows it did not train on.
         values["gap"] = values["val_loss"] - values["train_loss"]
-        if cfg.sweep.objective == "gap_penalized":
-            values["objective"] = values["val_loss"] + cfg.sweep.gap_penalty * max(
-                0.0, values["gap"]
-            )
+        if goal.gap_penalty is not None:
+            values["objective"] = values["val_loss"] + goal.gap_penalty * max(0.0, values["gap"])
         diverged = not math.isfinite(values["train_loss"])  # all-reduced: every rank agrees
-        improved, stop = stopper.update(values[cfg.sweep.metric])
-        value = values[rank_key]
-        # ties count: a later equal epoch becomes the best, as in the driver's ledger
-        is_best = math.isfinite(value) and (
-            best_rank is None or (value <= best_rank if rank_mode == "min" else value >= best_rank)
-        )
-        if is_best:
-            best_rank = value
+        improved, stop = run.stopper.update(values[goal.stop_metric])
+        is_best = run.track_best(values[goal.rank_metric], goal.rank_mode)
+        es = t.early_stopping
         if improved and es.restore_best and es.patience > 0:
-            best_weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            run.best_weights = {
+                k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()
+            }
         if diverged:
             outcome, values["diverged"] = "diverged", 1.0
         elif stop:
             outcome, values["early_stopped"] = "early_stopped", 1.0
-            if best_weights is not None:
-                net.load_state_dict(best_weights)  # end on the best epoch's weights
+            if run.best_weights is not None:
+                run.net.load_state_dict(run.best_weights)  # end on the best epoch's weights
+        run.history.append(values)
         last = diverged or stop or epoch + 1 == t.epochs
-        history.append(values)
-        # Every N epochs, every new best (the champion's weights), rungs, and the last one.
+        # Every N epochs, every new best (the champion's weights), kept epochs, the last one.
         if seam.rank == 0 and (
             last
             or improved
             or is_best
-            or epoch + 1 in rung_epochs
+            or epoch + 1 in goal.keep_epochs
             or (epoch + 1) % t.checkpoint_every == 0
         ):
             with tempfile.TemporaryDirectory() as ckpt:
-                torch.save(
-                    {
-                        "model": net.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "stopper": dataclasses.asdict(stopper),
-                        "best_rank": best_rank,
-                        "best_model": best_weights,
-                        "epoch": epoch + 1,
-                        "metrics": values,
-                        "outcome": outcome,
-                        "history": history,
-                    },
-                    os.path.join(ckpt, CHECKPOINT_FILE),
-                )
-                # A driver that lost some epochs' reports (it was killed while they were in
-                # flight) fills them in from here after a resume.
-                with open(os.path.join(ckpt, HISTORY_FILE), "w") as f:
-                    json.dump(history, f)
+                checkpoint.save(ckpt, run.state(epoch + 1, values, outcome))
                 seam.report(values, ckpt)
         else:
             seam.report(values, None)
@@ -295,6 +205,132 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam) -> str:
     if seam.device.type == "cuda":
         torch.cuda.empty_cache()  # hand memory back before the next trial on this GPU
     return outcome
+
+
+# ---------------------------------------------------------------- its steps
+
+
+@dataclass
+class Run:
+    """A run's training state: what ``train`` builds once, updates every epoch, and saves."""
+
+    net: nn.Module
+    ddp_net: nn.Module  # the same module, DDP-wrapped when there are several workers
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.CosineAnnealingLR
+    scaler: torch.amp.GradScaler
+    stopper: EarlyStopper
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    feature_std: torch.Tensor  # augmentation noise is relative to each feature's spread
+    amp_dtype: torch.dtype | None
+    micro_batch: int
+    seam: Seam
+    best_rank: float | None = None  # the best value of what trials are ranked on
+    best_weights: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    start: int = 0
+
+    def track_best(self, value: float, mode: str) -> bool:
+        """Whether ``value`` is the run's best ranked value yet (ties count: a later equal
+        epoch becomes the best, as in the driver's ledger)."""
+        if math.isfinite(value) and (
+            self.best_rank is None
+            or (value <= self.best_rank if mode == "min" else value >= self.best_rank)
+        ):
+            self.best_rank = value
+            return True
+        return False
+
+    def state(self, epoch: int, values: dict[str, float], outcome: str) -> dict[str, Any]:
+        """What a checkpoint holds: everything ``resume`` needs to go on exactly."""
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "stopper": dataclasses.asdict(self.stopper),
+            "best_rank": self.best_rank,
+            "best_model": self.best_weights,
+            "epoch": epoch,
+            "metrics": values,
+            "outcome": outcome,
+            "history": self.history,
+        }
+
+
+def setup(cfg: Config, feed: Feed, seam: Seam, goal: Goal) -> Run:
+    """The network (same initial weights on every rank), its optimizer, schedule and scaler."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    net = model.from_config(cfg, feed.col_mean, feed.col_std, feed.num_classes)
+    ddp_net = seam.wrap(net)
+    optimizer = make_optimizer(net, cfg)
+    # Cosine decay to zero over the planned epochs: the last epochs settle instead of bouncing.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+    stem = net[0]
+    assert isinstance(stem, model.Standardize)
+    return Run(
+        net=net,
+        ddp_net=ddp_net,
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=torch.amp.GradScaler(seam.device.type, enabled=t.precision == "fp16"),
+        stopper=EarlyStopper(t.early_stopping.patience, t.early_stopping.min_delta, goal.stop_mode),
+        loss_fn=make_loss(feed.num_classes),
+        feature_std=stem.std,
+        amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision),
+        micro_batch=max(1, t.batch_size // (seam.world_size * t.grad_accum_steps)),
+        seam=seam,
+    )
+
+
+def resume(run: Run, state: dict[str, Any], cfg: Config) -> None:
+    """Load a checkpoint's state into ``run``; the epoch after it is the next one."""
+    run.net.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.stopper = EarlyStopper(**state["stopper"])
+    run.best_rank = state.get("best_rank")
+    run.best_weights, run.start = state.get("best_model"), int(state["epoch"])
+    run.history = list(state.get("history", []))
+    # The optimizer's state carries its hyperparameters; the config's win (PBT hands a
+    # trial another trial's checkpoint together with new values).
+    set_hyperparameters(run.optimizer, run.schedule, cfg)
+
+
+def train_epoch(run: Run, feed: Feed, epoch: int, cfg: Config) -> dict[str, float]:
+    """One pass over this rank's training batches, in groups of ``grad_accum_steps``
+    micro-batches per optimizer step; the epoch's metrics over all ranks."""
+    t, num_classes, seam = cfg.train, feed.num_classes, run.seam
+    run.ddp_net.train()
+    sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    for group in _groups(feed.train_batches(epoch, run.micro_batch), t.grad_accum_steps):
+        group_rows = sum(len(yb) for _, yb in group)
+        for k, (xb, yb) in enumerate(group):
+            if t.augment:
+                xb = augment(xb, cfg, run.feature_std)
+            # Gradients are all-reduced only on the micro-batch that ends the group.
+            with _no_sync(run.ddp_net, sync=k + 1 == len(group)):
+                with torch.autocast(
+                    seam.device.type,
+                    dtype=run.amp_dtype or torch.float32,
+                    enabled=run.amp_dtype is not None,
+                ):
+                    logits = run.ddp_net(xb)
+                loss = run.loss_fn(logits.float(), yb)
+                # L1 is not an optimizer option: it joins the loss, over weights only.
+                penalty = t.l1 * sum(p.abs().sum() for p in weights(run.net)) if t.l1 > 0 else 0.0
+                # Weighted by rows, the group's gradient is the one of a single big batch.
+                run.scaler.scale((loss + penalty) * (len(yb) / group_rows)).backward()
+            sums += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
+            cm += metrics.confusion(predict(logits.detach()), yb, num_classes).cpu()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.schedule.step()
+    return summarize(seam, sums, cm, "train")
 
 
 # ---------------------------------------------------------------- the helpers it calls
@@ -437,8 +473,3 @@ def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.
             torch.from_numpy(y).pin_memory().to(device, non_blocking=True),
         )
     return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint folder's contents; tensors only, so no code is unpickled."""
-    return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)

@@ -1,0 +1,27 @@
+"""The checkpoint format: one folder per saved epoch, tensors only (``weights_only`` loads
+it, so no code is unpickled), with the history of every epoch so far beside it as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"  # every epoch's metrics so far, readable without torch
+
+
+def save(folder: str, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors, numbers, and its ``history`` list) into ``folder``."""
+    torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+    # A driver that lost some epochs' reports (it was killed while they were in flight)
+    # fills them in from here after a resume.
+    with open(os.path.join(folder, HISTORY_FILE), "w") as f:
+        json.dump(state["history"], f)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint folder's contents; tensors only, so no code is unpickled."""
+    return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
