@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.execution import runtime
+
 # One synthetic but learnable problem: 64 features, 10 classes from a random linear teacher.
 # Epochs of a few seconds, so per-epoch costs (report, checkpoint) weigh as in real runs.
 ROWS, FEATURES, CLASSES = 96_000, 64, 10
@@ -114,7 +116,7 @@ def orchestrated(path: str, tmp: Path, workers: int) -> float:
         },
     )
     rows = len(data.load_splits(cfg.data).y_train)
-    sweep.ensure_env()
+    runtime.ensure_env()
     summary = sweep.train_run(cfg, out=lambda _: None)
     walls = [h["wall_time"] for h in summary.record.history]
     return _steady_rate(rows, list(np.diff(walls)))

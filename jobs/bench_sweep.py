@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core import placement
+from orchestrator.execution import runtime
 
 FAST_TRIALS, FAST_EPOCHS = 8, 3
 SEARCH_TRIALS = int(os.environ.get("BENCH_TRIALS", 64))
@@ -94,7 +95,8 @@ class _Tape:
 def _fit(cfg: Any, tmp: Path, name: str, samples: int) -> tuple[float, list[dict[str, float]]]:
     import ray
 
-    from orchestrator import sweep, trials
+    from orchestrator import sweep
+    from orchestrator.execution import trials
 
     concurrency = placement.trial_concurrency(cfg, ray.cluster_resources())
     tape = _Tape()
@@ -128,15 +130,14 @@ def epochs_to_reach(results: list[dict[str, float]], target: float) -> int:
 
 
 def bench_sweep() -> dict[str, float]:
-    from orchestrator import sweep
     from orchestrator.core import data
 
-    sweep.ensure_env()
+    runtime.ensure_env()
     os.environ.setdefault("RAY_ADDRESS", "local")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         path = str(data.export_digits(tmp / "digits.parquet"))
-        sweep.init_ray()
+        runtime.init_ray()
         print(f"sweep benchmark on digits; {os.cpu_count()} CPUs")
 
         short = {"train.epochs": FAST_EPOCHS, "sweep.scheduler": "fifo"}

@@ -20,6 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from orchestrator.execution import runtime
+from orchestrator.tracking import writer
+
 REPEATS = int(os.environ.get("BENCH_REPEATS", 4))
 
 
@@ -35,7 +38,8 @@ class NullClient:
 
 def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[float]:
     """Seconds between epoch reports, after the first, as the trial's clock saw them."""
-    from orchestrator import sweep, trials
+    from orchestrator import sweep
+    from orchestrator.execution import trials
 
     prep = sweep.prepare(cfg)
     callback = sweep._SweepCallback(
@@ -52,9 +56,8 @@ def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[f
 
 
 def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
-    from orchestrator import tracking
 
-    client, exp_id = tracking.connect(cfg, out=lambda _: None)
+    client, exp_id = writer.connect(cfg, out=lambda _: None)
     on: list[float] = []
     off: list[float] = []
     lag: list[float] = []
@@ -84,14 +87,13 @@ def _workload(cfg: Any, tmp: Path, label: str) -> dict[str, float]:
 
 def bench_tracking() -> dict[str, float]:
     from jobs import bench
-    from orchestrator import sweep
     from orchestrator.core import data
 
-    sweep.ensure_env()
+    runtime.ensure_env()
     os.environ.setdefault("RAY_ADDRESS", "local")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        sweep.init_ray()
+        runtime.init_ray()
         print(
             f"tracking benchmark; {os.cpu_count()} CPUs; MLflow SQLite store; "
             f"{REPEATS} repeats each"

@@ -11,7 +11,9 @@ from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
+from orchestrator.execution import runtime
 from orchestrator.progress import SweepStalled
+from orchestrator.tracking import champions, location, schema, server
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # serve: the model version is not servable (no pickle-free form, bad spec)
@@ -23,7 +25,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
     cfg = config_mod.load(args.config, args.overrides)
-    sweep.ensure_env()
+    runtime.ensure_env()
     tags: dict[str, str] = {}
     if args.refine_from:
         cfg, tags = _refined(cfg, args.refine_from)
@@ -44,16 +46,16 @@ def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config
     for why in view.why:
         print(f"  - {why}")
     return new, {
-        "orchestrator.refined_from": view.parent_run_id,
-        "orchestrator.refined_from_sweep": view.folder.name,
-        "orchestrator.refine_reasons": " | ".join(view.why)[:5000],
+        schema.REFINED_FROM: view.parent_run_id,
+        schema.REFINED_FROM_SWEEP: view.folder.name,
+        schema.REFINE_REASONS: " | ".join(view.why)[:5000],
     }
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
-    sweep.ensure_env()
+    runtime.ensure_env()
     summary = sweep.resume(args.experiment, args.storage, verbose=args.verbose)
     cfg = config_mod.from_dict(summary.config)
     return _print_summary(cfg, summary)
@@ -116,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator import progress, sweep
 
     cfg = config_mod.load(args.config, args.overrides)
-    sweep.ensure_env()
+    runtime.ensure_env()
     summary = sweep.train_run(cfg, verbose=args.verbose)  # data checked before Ray starts
     rec = summary.record
     best = rec.best or {}
@@ -235,71 +237,24 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_tracking_serve(args: argparse.Namespace) -> int:
-    """`mlflow server` with a database backend and proxied artifacts (clients upload and
-    download artifacts through the server, so trials need no access to its disk or bucket)."""
-    from pathlib import Path
-
-    backend = args.backend or os.environ.get(BACKEND_ENV) or "sqlite:///mlflow.db"
-    if backend.startswith("sqlite:///") and not backend.startswith("sqlite:////"):
-        backend = "sqlite:///" + str(Path(backend[len("sqlite:///") :]).absolute())
-    shown = config_mod.redact_uri(backend)  # a database URI carries its password
-    if not (backend.startswith(("sqlite:", "postgresql", "mysql", "mssql"))):
-        raise ConfigError(
-            "--backend",
-            f"{shown!r} is not a database URI",
-            "use sqlite:///mlflow.db or postgresql://USER:PASS@HOST:5432/mlflow",
-        )
-    artifacts = args.artifacts if "://" in args.artifacts else str(Path(args.artifacts).absolute())
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    # The backend goes to `mlflow server` in its environment (the option's envvar), never in
-    # argv: a command line is readable by every user of the machine (ps, /proc/PID/cmdline).
-    env = {**os.environ, BACKEND_ENV: backend}
-    argv = [
-        str(mlflow_bin),
-        "server",
-        "--artifacts-destination",
-        artifacts,
-        "--serve-artifacts",
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-        "--workers",
-        str(args.workers),
-        *args.extra,
-    ]
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"orchestrator: MLflow will listen on {args.host}: anyone who reaches port "
-            f"{args.port} can read and write runs; see the README (basic auth)",
-            file=sys.stderr,
-        )
-    print(
-        f"MLflow tracking server on http://{args.host}:{args.port} (backend {shown}, "
-        f"artifacts {artifacts}); point tracking.uri or MLFLOW_TRACKING_URI at it",
-        flush=True,
-    )
-    os.execve(argv[0], argv, env)  # the server is this process: stopping it stops the server
-    return 0  # pragma: no cover
-
-
-BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s envvar
+    server.run(args.backend, args.artifacts, args.host, args.port, args.workers, args.extra)
+    return 0  # pragma: no cover (run replaces this process)
 
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from orchestrator import sweep, tracking
+    from orchestrator import sweep
 
-    sweep.ensure_env()
+    runtime.ensure_env()
     folder = Path(args.folder).absolute()
     state = folder / sweep.STATE_FILE
     uri = args.tracking_uri
     if uri is None and state.is_file():
         cfg = config_mod.from_dict(json.loads(state.read_text())["config"])
         # saved redacted: its credentials come from $MLFLOW_TRACKING_USERNAME/PASSWORD
-        uri = tracking.resolve_uri(config_mod.restore(cfg, keys=["tracking.uri"]))
+        uri = location.resolve_uri(config_mod.restore(cfg, keys=["tracking.uri"]))
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ConfigError(
@@ -308,7 +263,7 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
             "pass --tracking-uri URI",
         )
     try:
-        tracking.replay(folder, uri, patience=args.patience)
+        champions.replay(folder, uri, patience=args.patience)
     except RuntimeError as e:  # still away, refused writes, a damaged journal: what to do
         print(f"orchestrator: tracking replay: {e}", file=sys.stderr)
         return 1
@@ -451,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         help="sqlite:///PATH or postgresql://USER:PASS@HOST:5432/DB; default "
-        f"${BACKEND_ENV} (better for a password: not on a command line), else "
+        f"${server.BACKEND_ENV} (better for a password: not on a command line), else "
         "sqlite:///mlflow.db",
     )
     ts.add_argument(

@@ -19,6 +19,7 @@ from orchestrator import config as config_mod
 from orchestrator import plots, review
 from orchestrator.core import diagnosis
 from orchestrator.review import SweepView
+from orchestrator.tracking import location, schema
 
 REPORT = "report.html"
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
@@ -67,14 +68,14 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     the test split), or a note saying why there is none."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import serve, sweep, tracking
+    from orchestrator import serve, sweep
 
-    uri = tracking.resolve_uri(view.cfg)
+    uri = location.resolve_uri(view.cfg)
     client = MlflowClient(uri)
     parent = client.get_run(view.parent_run_id)
-    version = parent.data.tags.get("orchestrator.champion_version")
+    version = parent.data.tags.get(schema.CHAMPION_VERSION)
     scores = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
-    trial = parent.data.tags.get("orchestrator.champion_trial")
+    trial = parent.data.tags.get(schema.CHAMPION_TRIAL)
     if version is None:
         return '<p class="muted">No champion was registered by this sweep.</p>', trial
     name = view.cfg.tracking.register_as
@@ -217,10 +218,8 @@ def write(view: SweepView) -> Path:
     """The report in the sweep's folder, and as an artifact of the sweep's MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-
     champion_html, champion_id = champion_section(view)
     path = view.folder / REPORT
     path.write_text(render(view, champion_html, champion_id))
-    MlflowClient(tracking.resolve_uri(view.cfg)).log_artifact(view.parent_run_id, str(path))
+    MlflowClient(location.resolve_uri(view.cfg)).log_artifact(view.parent_run_id, str(path))
     return path

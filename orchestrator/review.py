@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from orchestrator import config as config_mod
 from orchestrator import plots
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import diagnosis
+from orchestrator.tracking import location, schema, writer
 
 NEXT_SPACE = "next_space.yaml"
 
@@ -52,16 +52,16 @@ def load(experiment: str, storage: str = "results") -> SweepView:
     """A finished (or stopped) sweep, from its folder's state and MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import sweep, tracking
+    from orchestrator import sweep
 
     folder = sweep.find_sweep(experiment, storage)
     state = json.loads((folder / sweep.STATE_FILE).read_text())
     cfg = config_mod.from_dict(state["config"])
     # saved redacted: the tracking URI's credentials come back from the environment
     cfg = config_mod.restore(cfg, keys=["tracking.uri"])
-    client = MlflowClient(tracking.resolve_uri(cfg))
+    client = MlflowClient(location.resolve_uri(cfg))
     parent = client.get_run(state["parent_run_id"])
-    base = _baseline(parent.data.tags.get("orchestrator.baseline", ""))
+    base = diagnosis.Baseline(*schema.read_baseline(parent.data.tags))
     if not math.isfinite(base.loss):  # a sweep from before the baseline was logged
         try:
             base = sweep.prepare(cfg).baseline
@@ -69,8 +69,8 @@ def load(experiment: str, storage: str = "results") -> SweepView:
             pass  # the data moved: the trials stay unlabelled
     key, mode = config_mod.rank_metric(cfg)
     views = []
-    for run in tracking.child_runs(client, state["experiment_id"], state["parent_run_id"]):
-        if run.data.tags.get(tracking.ROLE) != "trial":
+    for run in writer.child_runs(client, state["experiment_id"], state["parent_run_id"]):
+        if run.data.tags.get(schema.ROLE) != "trial":
             continue
         values = {
             k: yaml.safe_load(run.data.params[k]) for k in cfg.sweep.space if k in run.data.params
@@ -80,12 +80,12 @@ def load(experiment: str, storage: str = "results") -> SweepView:
             for point in client.get_metric_history(run.info.run_id, m):
                 rows.setdefault(point.step, {"epoch": float(point.step)})[m] = point.value
         history = [rows[e] for e in sorted(rows)]
-        label = run.data.tags.get("orchestrator.diagnosis")
-        reasons = run.data.tags.get("orchestrator.diagnosis_reasons", "")
-        fixes = [f for f in run.data.tags.get("orchestrator.diagnosis_fixes", "").split("; ") if f]
+        label = run.data.tags.get(schema.DIAGNOSIS)
+        reasons = run.data.tags.get(schema.DIAGNOSIS_REASONS, "")
+        fixes = [f for f in run.data.tags.get(schema.DIAGNOSIS_FIXES, "").split("; ") if f]
         if label is None and history:  # a sweep from before the labels: judge it now
             # how it ended is a tag, not a metric: put the loop's flag back on its last epoch
-            status = run.data.tags.get("orchestrator.status", "")
+            status = run.data.tags.get(schema.STATUS, "")
             flag = {"early stopping": "early_stopped", "diverged": "diverged"}.get(status)
             if flag:
                 history[-1] = {**history[-1], flag: 1.0}
@@ -102,7 +102,7 @@ def load(experiment: str, storage: str = "results") -> SweepView:
         best = (min if mode == "min" else max)(scored, key=lambda r: r[key]) if scored else {}
         views.append(
             TrialView(
-                run.data.tags.get("orchestrator.trial_id", run.info.run_id),
+                run.data.tags.get(schema.TRIAL_ID, run.info.run_id),
                 run.info.run_id,
                 values,
                 history,
@@ -121,11 +121,6 @@ def load(experiment: str, storage: str = "results") -> SweepView:
     points = [{**v.values, key: v.best[key], "label": v.label} for v in views if v.best]
     space, why = diagnosis.propose(points, cfg.sweep.space, key, mode, cfg)
     return SweepView(folder, cfg, state["parent_run_id"], base, views, space, why)
-
-
-def _baseline(tag: str) -> diagnosis.Baseline:
-    found = dict(re.findall(r"(loss|accuracy)=([0-9.eE+-]+)", tag))
-    return diagnosis.Baseline(float(found.get("loss", "nan")), float(found.get("accuracy", "nan")))
 
 
 def _fmt(v: Any) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import mlflow
 import numpy as np
 import orjson
 import torch
@@ -28,10 +29,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.batching import MicroBatcher
-from orchestrator.config import ServeConfig
-from orchestrator.core import modelfile
+from orchestrator.config import ConfigError, ServeConfig
+from orchestrator.core import model, modelfile
 from orchestrator.http_limits import Limits
 from orchestrator.metrics_text import ServerMetrics
+from orchestrator.tracking import location, registry
+from orchestrator.tracking.registry import Refused
 
 
 class PredictResponse(BaseModel):
@@ -52,15 +55,6 @@ class Served:
 MAX_MODEL_MB = 1024.0  # default cap on weights.pt (serve.max_model_mb)
 
 
-class Refused(RuntimeError):
-    """A model version the server will not load (no pickle-free form, a bad spec, too big):
-    at start-up the server exits with this message; on reload it keeps serving what it has."""
-
-    def __init__(self, version: str, reason: str) -> None:
-        super().__init__(reason)
-        self.version, self.reason = version, reason
-
-
 def no_pickles() -> None:
     """MLflow's own switch, as a second lock: this process never unpickles a model even if a
     code path reached MLflow's loaders (``load`` does not call them)."""
@@ -75,19 +69,14 @@ def load(
     checked spec of ``extra_files/model.json``. Nothing else of the version is downloaded,
     and MLflow's model loaders (which unpickle) are never called. A version without that
     form, with a bad spec or over the size caps is ``Refused``."""
-    import mlflow
-
-    from orchestrator import tracking
-    from orchestrator.core import model
-
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking.bare_uri(tracking_uri))
-    version, run_id = resolve(model_uri)
+        mlflow.set_tracking_uri(location.bare_uri(tracking_uri))
+    version, run_id = registry.resolve(model_uri)
     # a fixed version, so the weights and the version reported are the same model even if
     # the alias moves meanwhile
-    fixed = _fixed(model_uri, version)
+    fixed = registry.fixed(model_uri, version)
     with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as d:
-        _download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
+        registry.download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
         try:
             net, spec = modelfile.load_weights(d)
         except OSError:
@@ -104,81 +93,6 @@ def load(
     )
 
 
-def _download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
-    """``extra_files/model.json`` and ``weights.pt`` of ``fixed`` into ``folder``, each
-    within its cap: checked on the sizes the artifact store lists before anything is
-    downloaded, and again on disk (a store may list no size)."""
-    import mlflow
-
-    caps = {modelfile.MODEL_FILE: modelfile.MAX_SPEC_BYTES, modelfile.WEIGHTS_FILE: max_weights}
-    listed = {
-        Path(a.path).name: a.file_size
-        for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/extra_files")
-        if not a.is_dir
-    }
-    missing = [name for name in caps if name not in listed]
-    if missing:
-        files = " and ".join(f"extra_files/{name}" for name in missing)
-        raise Refused(
-            version,
-            (
-                f"{fixed} has no pickle-free form (missing {files}): "
-                "the server loads only plain tensors and a JSON spec, never a pickled model. "
-                "Register the model again with this orchestrator (a sweep, or `orchestrator "
-                "tracking replay` of a kept champion), which logs both files beside it"
-            ),
-        )
-    for name, cap in caps.items():
-        if (listed[name] or 0) > cap:
-            raise Refused(
-                version,
-                f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
-                f"over the cap of {cap:,}" + _raise_cap(name),
-            )
-        path = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)
-            )
-        )
-        if path.stat().st_size > cap:
-            raise Refused(
-                version,
-                f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
-                f"bytes, over the cap of {cap:,}" + _raise_cap(name),
-            )
-        if path.parent != folder:
-            path.replace(folder / name)
-
-
-def _raise_cap(name: str) -> str:
-
-    return " (raise serve.max_model_mb)" if name == modelfile.WEIGHTS_FILE else ""
-
-
-def resolve(model_uri: str) -> tuple[str, str]:
-    """(version, run id) that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now;
-    ("", "") for other URIs."""
-    from mlflow.tracking import MlflowClient
-
-    if not model_uri.startswith("models:/"):
-        return "", ""
-    ref = model_uri[len("models:/") :]
-    client = MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, number = ref.rsplit("/", 1)
-        mv = client.get_model_version(name, number)
-    return str(mv.version), str(mv.run_id or "")
-
-
-def _fixed(model_uri: str, version: str) -> str:
-    if version and "@" in model_uri:
-        return f"{model_uri.split('@', 1)[0]}/{version}"
-    return model_uri
-
-
 def reloader(
     model_uri: str, current: str, max_model_mb: float = MAX_MODEL_MB
 ) -> Callable[[], Served | None]:
@@ -189,7 +103,7 @@ def reloader(
     refused: dict[str, Refused] = {}
 
     def reload() -> Served | None:
-        version, _ = resolve(model_uri)
+        version, _ = registry.resolve(model_uri)
         if not version or version == seen["version"]:
             return None
         if version in refused:
@@ -684,8 +598,6 @@ def required_key(
     """The API key to require: ``serve.api_key``, else ``$ORCHESTRATOR_API_KEY``, else none.
     An empty key is an error (not "auth off"), and so is no key on an address beyond
     loopback unless ``serve.allow_unauthenticated`` (``--allow-unauthenticated``) says so."""
-    from orchestrator.config import ConfigError
-
     key, where = configured, "serve.api_key"
     if key is None and "ORCHESTRATOR_API_KEY" in environ:
         key, where = environ["ORCHESTRATOR_API_KEY"], "ORCHESTRATOR_API_KEY"
@@ -722,11 +634,8 @@ def run(
     binding) when the version is not servable."""
     import uvicorn
 
-    from orchestrator import config as config_mod
-    from orchestrator import tracking
-
     no_pickles()
-    uri = tracking_uri or tracking.resolve_uri(config_mod.Config())
+    uri = tracking_uri or location.resolve_uri(None)
     served = load(model_uri, uri, opts.max_model_mb)
     print(
         f"serving {model_uri} (version {served.version or '?'}, {len(served.classes)} "

@@ -26,6 +26,8 @@ from starlette.types import ASGIApp
 from orchestrator import config as config_mod
 from orchestrator import serve as serve_mod
 from orchestrator.config import ServeConfig
+from orchestrator.execution import runtime
+from orchestrator.tracking import location
 
 APP_NAME = "orchestrator"
 MAX_REQUESTS_PER_BATCH = 256
@@ -119,18 +121,12 @@ def run(
     version is not servable."""
     import ray
 
-    from orchestrator import sweep, tracking
-
     serve_mod.no_pickles()
     # without its credentials, which go to MLflow's variables: a Ray started here passes this
     # environment on to the replicas (on a cluster, the nodes' own environment holds them)
-    uri = (
-        tracking.bare_uri(tracking_uri)
-        if tracking_uri
-        else tracking.resolve_uri(config_mod.Config())
-    )
+    uri = location.bare_uri(tracking_uri) if tracking_uri else location.resolve_uri(None)
     replicas, cpus = opts.replicas, opts.replica_cpus
-    sweep.init_ray()
+    runtime.init_ray()
     if (
         ray.available_resources().get("CPU", 0) + 1e-9 < replicas * cpus
         and ray.cluster_resources().get("CPU", 0) + 1e-9 < replicas * cpus

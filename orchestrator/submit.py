@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import placement
+from orchestrator.tracking import location
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 EXCLUDES = [
@@ -145,10 +146,9 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
     """Overrides that carry this machine's view of ``tracking.uri`` and ``data.path`` into
     the job (absolute where the cluster shares this machine's disk); ConfigError for what a
     cluster elsewhere cannot reach."""
-    from orchestrator import tracking
 
     overrides = []
-    uri = tracking.configured_uri(cfg)
+    uri = location.configured_uri(cfg)
     scheme = urlparse(uri).scheme
     if scheme in ("", "file", "sqlite"):
         if not local_cluster:
@@ -291,9 +291,8 @@ def check_secrets(config_path: str, cfg: Config, out: Callable[[str], None] = pr
                 "the cluster's environment (a Kubernetes Secret, the nodes' env)",
             )
     needed = dict(config_mod.secrets_set(cfg))
-    from orchestrator import tracking
 
-    uri = tracking.configured_uri(cfg)
+    uri = location.configured_uri(cfg)
     creds = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     # credentials in MLflow's own variables here are not sent either: the nodes need theirs
     if config_mod.redact_uri(uri) != uri or (

@@ -1,11 +1,10 @@
-"""Ray Tune edge: search the regularization axis (trials run as ``orchestrator.trials``
+"""Ray Tune edge: search the regularization axis (trials run as ``orchestrator.execution.trials``
 says), the driver as MLflow's only writer, resume after a crash, confirm the best with more
 seeds, then the champion: refit, test once, register, alias."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import time
@@ -18,10 +17,12 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import plots, progress, trials
+from orchestrator import plots, progress
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import checkpoint, data, diagnosis, ledger, loop, model, placement
 from orchestrator.core.ledger import TrialRecord
+from orchestrator.execution import runtime, trials
+from orchestrator.tracking import champions, location, outbox, schema, writer
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Prepared:
             for idx in torch.arange(len(y)).split(4096):
                 yield x[idx], y[idx]
             return
-        from orchestrator import ray_train
+        from orchestrator.execution import ray_train
 
         assert self.summary is not None
         test = ray_train.stream_datasets(self.cfg, self.summary)["test"]
@@ -139,47 +140,6 @@ def check_storage(cfg: Config) -> None:
 # ---------------------------------------------------------------- the Ray / MLflow edge
 
 
-def init_ray(verbose: bool = False) -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (set by `ray job submit`; ``auto`` finds one
-    started with `ray start`), or start a local one.
-
-    A local Ray gets its dashboard on a free port: Train needs the dashboard to free the
-    workers of a trial that the scheduler stops, and with 8265 taken by another Ray on the
-    machine the dashboard would not start and the next trial would wait forever.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    level = logging.INFO if verbose else logging.ERROR
-    address = os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        ray.init(address=address, log_to_driver=verbose, logging_level=level)
-        return
-    ctx = ray.init(
-        address="local",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=_free_port(),
-        log_to_driver=verbose,
-        logging_level=level,
-    )
-    if not getattr(ctx, "dashboard_url", None):
-        ray.shutdown()
-        raise RuntimeError(
-            "Ray's dashboard did not start; without it, trials stopped early "
-            "leak their workers. Check `ray[default]` is installed."
-        )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 STATE_FILE = "orchestrator.json"
 
 
@@ -189,7 +149,7 @@ class Context:
 
     cfg: Config
     prep: Prepared
-    client: Any
+    client: outbox.Outbox
     exp_id: str
     parent_id: str
     stamp: str
@@ -217,14 +177,13 @@ def run(
     on the sweep's MLflow run (a refined sweep names the one it came from)."""
     prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
-    from orchestrator import tracking
 
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
     check_storage(cfg)  # and storage we cannot write, before the parent run exists
-    client, exp_id = tracking.connect(cfg, out)  # so does a tracking server that is not up
-    init_ray(verbose)
+    client, exp_id = writer.connect(cfg, out)  # so does a tracking server that is not up
+    runtime.init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
-    parent_id = tracking.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
+    parent_id = writer.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
     ctx = Context(
         cfg,
         prep,
@@ -239,23 +198,19 @@ def run(
     ctx.path.mkdir(parents=True, exist_ok=True)
     client.use_journal(ctx.path)
     _write_state(ctx, "running")
-    client.set_tag(parent_id, "orchestrator.sweep_dir", str(ctx.path))
+    client.set_tag(parent_id, schema.SWEEP_DIR, str(ctx.path))
     for k, v in (tags or {}).items():
         client.set_tag(parent_id, k, v)
     base = prep.baseline
-    client.set_tag(
-        parent_id,
-        "orchestrator.baseline",
-        f"loss={base.loss:.4f} accuracy={base.accuracy:.4f} (predicting the "
-        "training split's class frequencies)",
-    )
+    for key, value in schema.baseline_tags(base.loss, base.accuracy).items():
+        client.set_tag(parent_id, key, value)
     path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
     out(
         f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
         f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
         f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler"
         f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
-        f"({prep.loader}); MLflow {config_mod.redact_uri(tracking.resolve_uri(cfg))}"
+        f"({prep.loader}); MLflow {config_mod.redact_uri(location.resolve_uri(cfg))}"
     )
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _complete(ctx)
@@ -289,15 +244,14 @@ def resume(
             "resume against the same data, or start a new sweep",
         )
     cfg = prep.cfg
-    from orchestrator import tracking
 
-    client, exp_id = tracking.connect(cfg, out)
+    client, exp_id = writer.connect(cfg, out)
     client.use_journal(path)
-    init_ray(verbose)
+    runtime.init_ray(verbose)
     concurrency = _concurrency(cfg, prep)
     parent_id = state["parent_run_id"]
     client.update_run(parent_id, status="RUNNING")
-    client.set_tag(parent_id, "orchestrator.resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
+    client.set_tag(parent_id, schema.RESUMED, time.strftime("%Y-%m-%d %H:%M:%S"))
     ctx = Context(
         cfg,
         prep,
@@ -359,9 +313,8 @@ def _concurrency(cfg: Config, prep: Prepared) -> int:
 
 
 def _complete(ctx: Context) -> SweepSummary:
-    from orchestrator import tracking
 
-    monitor = tracking.system_monitor(ctx.cfg, ctx.parent_id)
+    monitor = writer.system_monitor(ctx.cfg, ctx.parent_id)
     try:
         return _search_and_register(ctx)
     finally:
@@ -370,7 +323,6 @@ def _complete(ctx: Context) -> SweepSummary:
 
 
 def _search_and_register(ctx: Context) -> SweepSummary:
-    from orchestrator import tracking
 
     cfg = ctx.cfg
     key, mode = config_mod.rank_metric(cfg)
@@ -426,7 +378,7 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         test_metrics, example = evaluate_test(net, ctx.prep)
         version: str | None = None
         if ctx.client.drain(block=True, patience=cfg.tracking.drain_timeout):
-            version = tracking.register_champion(
+            version = champions.register_champion(
                 champion_cfg,
                 ctx.parent_id,
                 net,
@@ -436,7 +388,7 @@ def _search_and_register(ctx: Context) -> SweepSummary:
                 ctx.client.run_id(best.run_id) or "",
             )
         else:  # MLflow is still away: keep what registering needs, for the replay
-            tracking.keep_champion(
+            champions.keep_champion(
                 ctx.path,
                 champion_cfg,
                 ctx.parent_id,
@@ -448,26 +400,26 @@ def _search_and_register(ctx: Context) -> SweepSummary:
             )
     except progress.SweepStalled as e:
         message = f"{e}; its state is saved: orchestrator resume {ctx.path}"
-        tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {"orchestrator.error": message})
+        writer.end_run(ctx.client, ctx.parent_id, "FAILED", {schema.ERROR: message})
         raise progress.SweepStalled(message) from None
     except BaseException:
-        tracking.end_run(ctx.client, ctx.parent_id, "FAILED", {})
+        writer.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
     _write_state(ctx, "done")
-    tracking.end_run(
+    writer.end_run(
         ctx.client,
         ctx.parent_id,
         "FINISHED",
         {
-            "orchestrator.champion_trial": best.trial_id,
-            **{f"orchestrator.champion.{k}": str(v) for k, v in champion_values.items()},
+            schema.CHAMPION_TRIAL: best.trial_id,
+            **{f"{schema.CHAMPION_VALUE}{k}": str(v) for k, v in champion_values.items()},
         },
     )
     # what the end of the sweep wrote (already waited for, if the server is away)
     ctx.client.drain(block=True, patience=0.0 if ctx.client.down else 60.0)
     if ctx.client.queue:
         ctx.out(
-            f"[tracking] MLflow at {config_mod.redact_uri(tracking.resolve_uri(cfg))} "
+            f"[tracking] MLflow at {config_mod.redact_uri(location.resolve_uri(cfg))} "
             "still does not answer: "
             f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
             f"When it is back: orchestrator tracking replay {ctx.path}"
@@ -480,7 +432,7 @@ def _search_and_register(ctx: Context) -> SweepSummary:
         champion_values,
         test_metrics,
         version,
-        config_mod.redact_uri(tracking.resolve_uri(cfg)),
+        config_mod.redact_uri(location.resolve_uri(cfg)),
         cfg.tracking.register_as,
         ctx.prep.sizes,
         confirmed,
@@ -491,11 +443,14 @@ def _search_and_register(ctx: Context) -> SweepSummary:
 
 
 def log_sweep_plots(
-    client: Any, run_id: str, cfg: Config, records: list[TrialRecord], champion_id: str | None
+    client: outbox.Outbox,
+    run_id: str,
+    cfg: Config,
+    records: list[TrialRecord],
+    champion_id: str | None,
 ) -> None:
     """On the sweep's run: every trial's best ranking metric over weight decay x dropout
     (or the first two searched keys), and a parallel-coordinates plot of all searched keys."""
-    from orchestrator import tracking
 
     key, _ = config_mod.rank_metric(cfg)
     space = cfg.sweep.space
@@ -512,7 +467,7 @@ def log_sweep_plots(
     )
     star = next((i for i, r in enumerate(done) if r.trial_id == champion_id), None)
     if len(pair) == 2:
-        tracking.log_png(
+        writer.log_png(
             client,
             run_id,
             plots.regularization_map(
@@ -526,7 +481,7 @@ def log_sweep_plots(
             ),
             "regularization_map.png",
         )
-    tracking.log_png(
+    writer.log_png(
         client,
         run_id,
         plots.parallel_coordinates(points, keys, key, logs),
@@ -548,7 +503,7 @@ def log_sweep_plots(
         if r.best is not None and "train_loss" in r.best and "val_loss" in r.best
     ]
     if regs and fits:
-        tracking.log_png(client, run_id, plots.fit_map(fits, regs, logs), "fit_map.png")
+        writer.log_png(client, run_id, plots.fit_map(fits, regs, logs), "fit_map.png")
 
 
 # Tune pickles the run's callbacks into the experiment folder; a resumed run must get the
@@ -730,7 +685,7 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
         )
         ctx.client.set_tag(
             ctx.parent_id,
-            f"orchestrator.confirm.{row['trial_id']}",
+            f"{schema.CONFIRM}{row['trial_id']}",
             f"{key} mean={row['mean']:.5f} std={row['std']:.5f} n={row['n']}",
         )
     win = rows[0]
@@ -777,11 +732,10 @@ def train_run(
     last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
     prep = prepare(cfg)
     cfg = prep.cfg
-    from orchestrator import tracking
 
     check_storage(cfg)
-    client, exp_id = tracking.connect(cfg, out)
-    init_ray(verbose)
+    client, exp_id = writer.connect(cfg, out)
+    runtime.init_ray(verbose)
     _concurrency(cfg, prep)  # fails now if one run cannot fit
     storage = str(Path(cfg.sweep.storage_path).absolute())
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -810,7 +764,7 @@ def train_run(
     rec = callback.records[0]
     assert rec.run_id is not None
     if not client.drain(block=True, patience=cfg.tracking.drain_timeout):
-        shown = config_mod.redact_uri(tracking.resolve_uri(cfg))
+        shown = config_mod.redact_uri(location.resolve_uri(cfg))
         out(
             f"[tracking] MLflow at {shown} does not answer: "
             f"{len(client.queue)} write(s) kept; when it is back: orchestrator tracking "
@@ -820,7 +774,7 @@ def train_run(
     return TrainSummary(
         client.run_id(rec.run_id) or rec.run_id,
         rec,
-        config_mod.redact_uri(tracking.resolve_uri(cfg)),
+        config_mod.redact_uri(location.resolve_uri(cfg)),
     )
 
 
@@ -891,7 +845,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     def __init__(
         self,
         cfg: Config,
-        client: Any,
+        client: outbox.Outbox,
         exp_id: str,
         parent_id: str | None,
         fingerprint: str,
@@ -918,7 +872,6 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         return {"by_id": self.by_id}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        from orchestrator import tracking
 
         self.by_id = state["by_id"]
         key, mode = config_mod.rank_metric(self.cfg)
@@ -926,20 +879,20 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             if not rec.run_id:
                 continue
             run = self.client.get_run(rec.run_id)
-            logged = tracking.last_step(self.client, rec.run_id)
+            logged = writer.last_step(self.client, rec.run_id)
             if rec.status == "RUNNING":
                 # MLflow may hold epochs that Tune's last save missed; a trial that then
                 # finished reports nothing more, so the ledger takes them from MLflow
-                for row in tracking.epochs_since(self.client, rec.run_id, rec.epochs):
+                for row in writer.epochs_since(self.client, rec.run_id, rec.epochs):
                     ledger.update(rec, row, key, mode)
-                best_ckpt = run.data.tags.get(BEST_CHECKPOINT)
+                best_ckpt = run.data.tags.get(schema.BEST_CHECKPOINT)
                 if rec.best is not None and best_ckpt:
                     rec.checkpoint = best_ckpt
             # and the other way round: epochs the ledger holds that were still in the dead
             # driver's outbox (writes are sent from a thread, up to half a second later)
             for row in plots.by_epoch(rec.history):
                 if int(row["epoch"]) > logged:
-                    tracking.log_epoch(self.client, rec.run_id, row)
+                    writer.log_epoch(self.client, rec.run_id, row)
             rec.logged = max(logged, rec.epochs)
             if rec.status != "RUNNING" and run.info.status == "RUNNING":
                 self._close(rec)  # it ended, but its end had not reached MLflow
@@ -958,14 +911,13 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         return list(self.by_id.values())
 
     def _record(self, trial: Any) -> TrialRecord:
-        from orchestrator import tracking
 
         rec = self.by_id.get(trial.trial_id)
         if rec is None:
             values = trials.values_of(trial.config)
             rec = TrialRecord(trial.trial_id, values)
             found = (
-                tracking.find_trial_run(self.client, self.exp_id, self.parent_id, trial.trial_id)
+                writer.find_trial_run(self.client, self.exp_id, self.parent_id, trial.trial_id)
                 if self.resumed and self.parent_id
                 else None
             )
@@ -973,7 +925,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 rec.run_id, rec.logged = found
                 self.client.update_run(rec.run_id, status="RUNNING")
             else:
-                rec.run_id = tracking.start_trial_run(
+                rec.run_id = writer.start_trial_run(
                     self.client,
                     self.exp_id,
                     self.parent_id,
@@ -1000,7 +952,6 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        from orchestrator import tracking
 
         rec = self._record(trial)
         epoch = int(result.get("epoch", 0))
@@ -1013,7 +964,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             rec.values = values  # checkpoint, which may be some epochs behind this trial
             rec.epochs = min(rec.epochs, epoch - 1)
             assert rec.run_id is not None
-            self.client.set_tag(rec.run_id, f"orchestrator.values.epoch{epoch}", _show(values))
+            self.client.set_tag(rec.run_id, f"{schema.VALUES_AT_EPOCH}{epoch}", _show(values))
         if epoch <= rec.epochs:
             return  # an epoch replayed from a checkpoint: in the ledger already
         if epoch > rec.epochs + 1 and self.cfg.sweep.scheduler != "pbt":
@@ -1026,7 +977,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             self._note_checkpoint(rec)
         if epoch > rec.logged:
             assert rec.run_id is not None
-            tracking.log_epoch(self.client, rec.run_id, result)
+            writer.log_epoch(self.client, rec.run_id, result)
             rec.logged = epoch
         if rec.gap and result.get("checkpoint_path"):
             self._fill_gap(rec, str(result["checkpoint_path"]))
@@ -1045,7 +996,6 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             self._fill_gap(rec, checkpoint.path)
 
     def _fill_gap(self, rec: TrialRecord, checkpoint_dir: str) -> None:
-        from orchestrator import tracking
 
         assert rec.gap is not None and rec.run_id is not None
         lo, hi = rec.gap
@@ -1054,7 +1004,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             return
         rows = [r for r in json.loads(path.read_text()) if lo < int(r["epoch"]) < hi]
         for row in rows:
-            tracking.log_epoch(self.client, rec.run_id, row)
+            writer.log_epoch(self.client, rec.run_id, row)
         # In the history, not a candidate for the best epoch: their checkpoints are gone.
         rec.history = sorted(rec.history + rows, key=lambda r: r["epoch"])
         rec.gap = None
@@ -1067,7 +1017,7 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     def _note_checkpoint(self, rec: TrialRecord) -> None:
         # in MLflow too: a resumed sweep whose Tune state missed this epoch finds it there
         assert rec.run_id is not None and rec.checkpoint is not None
-        self.client.set_tag(rec.run_id, BEST_CHECKPOINT, rec.checkpoint)
+        self.client.set_tag(rec.run_id, schema.BEST_CHECKPOINT, rec.checkpoint)
 
     def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
         rec = self._record(trial)
@@ -1076,16 +1026,15 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
 
     def _close(self, rec: TrialRecord) -> None:
         """End a finished trial's run: its learning curves, its status, and a progress line."""
-        from orchestrator import tracking
 
         error = rec.error
         assert rec.run_id is not None
         tags = {
-            "orchestrator.epochs_run": str(rec.epochs),
-            "orchestrator.status": progress.status_of(rec, self.cfg.train.epochs),
+            schema.EPOCHS_RUN: str(rec.epochs),
+            schema.STATUS: progress.status_of(rec, self.cfg.train.epochs),
         }
         if error:
-            tags["orchestrator.error"] = error[-5000:]
+            tags[schema.ERROR] = error[-5000:]
         found = (
             diagnosis.failed(rec.epochs)
             if error
@@ -1103,9 +1052,9 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
             rec.diagnosis_fixes = found.fixes
             tags.update(
                 {
-                    DIAGNOSIS: found.label,
-                    f"{DIAGNOSIS}_reasons": found.reasons,
-                    f"{DIAGNOSIS}_fixes": "; ".join(found.fixes),
+                    schema.DIAGNOSIS: found.label,
+                    f"{schema.DIAGNOSIS}_reasons": found.reasons,
+                    f"{schema.DIAGNOSIS}_fixes": "; ".join(found.fixes),
                 }
             )
         if rec.history:  # the trial's learning curves, as a picture on its run
@@ -1114,19 +1063,19 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
                 if rec.values
                 else f"{self._tag} {rec.trial_id}"
             )
-            tracking.log_png(
+            writer.log_png(
                 self.client,
                 rec.run_id,
                 plots.learning_curves(rec.history, title),
                 "learning_curves.png",
             )
-        tracking.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
+        writer.end_run(self.client, rec.run_id, "FAILED" if error else "FINISHED", tags)
         if self.parent_id is not None:
             key, mode = config_mod.rank_metric(self.cfg)
             line = progress.progress_line(self.records, self.total, key, mode)
             self.out(
                 line.replace(
-                    "[sweep]", f"[{self._tag}] trial {rec.trial_id} {tags['orchestrator.status']};"
+                    "[sweep]", f"[{self._tag}] trial {rec.trial_id} {tags[schema.STATUS]};"
                 )
             )
 
@@ -1142,17 +1091,16 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
         """Runs opened for trials Tune no longer knows (started after its last save before
         the driver died; Tune runs them again under new ids): deleted, so every trial has
         exactly one run."""
-        from orchestrator import tracking
 
         if self.parent_id is None:
             return
         # a record may still hold a placeholder id from an outage: compare real ids
         known = {self.client.run_id(r.run_id) for r in self.records}
-        for run in tracking.child_runs(self.client, self.exp_id, self.parent_id):
+        for run in writer.child_runs(self.client, self.exp_id, self.parent_id):
             if (
                 run.info.run_id not in known
                 and run.info.status == "RUNNING"
-                and run.data.tags.get(tracking.ROLE) == self.role
+                and run.data.tags.get(schema.ROLE) == self.role
             ):
                 self.client.delete_run(run.info.run_id)
 
@@ -1202,8 +1150,6 @@ class _Watchdog(_callback_base()):  # type: ignore[misc]
 
 
 trials_mod = trials
-BEST_CHECKPOINT = "orchestrator.best_checkpoint"
-DIAGNOSIS = "orchestrator.diagnosis"
 
 
 def _error_text(trial: Any) -> str:
@@ -1217,17 +1163,3 @@ def _show(values: dict[str, Any]) -> str:
     return ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
     )
-
-
-def ensure_env() -> None:
-    """Keep Ray's Tune output and its V2 deprecation chatter out of the progress lines, and
-    save Tune's experiment state often (what a resumed sweep starts from)."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff
-    # x2, 120 s timeout), all inside a Tune callback; the outbox keeps those writes instead
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli
+from orchestrator.execution import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "jobs/configs/quickstart.yaml")
@@ -107,6 +108,6 @@ def test_a_stalled_sweep_exits_5_with_the_watchdogs_message(
         raise progress.SweepStalled("trial t_00001 (model.dropout=0.1) has reported nothing")
 
     monkeypatch.setattr(sweep, "run", stalls)
-    monkeypatch.setattr(sweep, "ensure_env", lambda: None)
+    monkeypatch.setattr(runtime, "ensure_env", lambda: None)
     assert cli.main(["sweep", QUICKSTART]) == cli.EXIT_STALLED == 5
     assert "sweep stalled: trial t_00001" in capsys.readouterr().err

@@ -136,7 +136,8 @@ def test_mlflow_runs_on_postgres_with_s3_artifacts_behind_the_service_ray_uses()
     # the database URI (its password) comes from the Secret through the environment, never
     # the command line (shown by `kubectl describe`, `ps` on the node)
     assert "postgres" not in command.lower() and "--backend" not in command
-    from orchestrator.cli import BACKEND_ENV, build_parser
+    from orchestrator.cli import build_parser
+    from orchestrator.tracking.server import BACKEND_ENV
 
     args = build_parser().parse_args(container["command"][1:])
     assert args.backend is None and args.artifacts.startswith("s3://")

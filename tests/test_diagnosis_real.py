@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT
 from orchestrator import config, sweep
+from orchestrator.execution import runtime
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def ray_runtime() -> Iterator[None]:
     import ray
 
     os.environ["RAY_ADDRESS"] = "local"
-    sweep.ensure_env()
+    runtime.ensure_env()
     yield
     ray.shutdown()
     os.environ.pop("RAY_ADDRESS", None)

@@ -15,7 +15,7 @@ import requests
 from mlflow.entities import Metric
 from test_outbox import FlakyClient
 
-from orchestrator import outbox
+from orchestrator.tracking import outbox, schema
 
 
 def _metric(step: int) -> list[Metric]:
@@ -57,7 +57,7 @@ def test_a_second_outage_right_after_a_creation_is_replayed_leaves_its_writes_re
     ]
     assert outbox.load_ids(tmp_path) == {trial: "real2"}  # for Tune's state, a kept champion
     assert not (tmp_path / outbox.JOURNAL).exists()
-    assert client.tags["real1"][outbox.MARKER] != client.tags["real2"][outbox.MARKER]
+    assert client.tags["real1"][schema.OUTBOX_ID] != client.tags["real2"][schema.OUTBOX_ID]
     assert parent == "real1"
 
 

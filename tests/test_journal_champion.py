@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import make_cfg
-from orchestrator import outbox, tracking
 from orchestrator.core import model
+from orchestrator.tracking import champions, outbox, registry
 
 
 class _Dies(BaseException):
@@ -51,7 +51,7 @@ def _setup(
     net = model.from_data(cfg, x, num_classes=3)
     folder = tmp_path / "sweep"
     folder.mkdir()
-    tracking.keep_champion(
+    champions.keep_champion(
         folder,
         cfg,
         parent or parent_id,
@@ -80,9 +80,9 @@ def test_a_replay_killed_after_registering_registers_no_second_version(
     with monkeypatch.context() as m:  # registered; killed as the first alias moves
         m.setattr(MlflowClient, "set_registered_model_alias", dies)
         with pytest.raises(_Dies):
-            tracking.replay(folder, uri, out=lambda _: None)
+            champions.replay(folder, uri, out=lambda _: None)
     assert _versions(client, "killed") == ["1"]
-    kept = json.loads((folder / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
+    kept = json.loads((folder / champions.PENDING / champions.CHAMPION_FILE).read_text())
     assert kept["version"] == "1"  # recorded before any alias moved
     real_register = mlflow.register_model
 
@@ -92,19 +92,19 @@ def test_a_replay_killed_after_registering_registers_no_second_version(
 
     with monkeypatch.context() as m:  # a second version's registration, not yet recorded
         kept.pop("version")
-        (folder / tracking.PENDING / tracking.CHAMPION_FILE).write_text(json.dumps(kept))
+        (folder / champions.PENDING / champions.CHAMPION_FILE).write_text(json.dumps(kept))
         client.delete_model_version("killed", "1")  # as if the first try had never registered
         m.setattr(mlflow, "register_model", registers_then_dies)
         with pytest.raises(_Dies):
-            tracking.replay(folder, uri, out=lambda _: None)
+            champions.replay(folder, uri, out=lambda _: None)
     assert _versions(client, "killed") == ["2"]
     said: list[str] = []
-    assert tracking.replay(folder, uri, out=said.append) == "2"  # found by its marker
+    assert champions.replay(folder, uri, out=said.append) == "2"  # found by its marker
     assert _versions(client, "killed") == ["2"]
-    assert tracking.champion_version(client, "killed") == "2"
+    assert registry.champion_version(client, "killed") == "2"
     assert client.get_run(parent).data.tags["orchestrator.champion_version"] == "2"
     assert client.get_run(trial).data.tags["orchestrator.champion"] == "true"
-    assert not (folder / tracking.PENDING).exists()
+    assert not (folder / champions.PENDING).exists()
     assert any("version 2" in line for line in said)
     # the test score was logged by each try that got that far, with the kept time: one point
     assert len(client.get_metric_history(parent, "test_accuracy")) == 1
@@ -117,10 +117,10 @@ def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
     it again (a second outage) before keeping the champion; the journal knows it."""
     placeholder = outbox.PLACEHOLDER + "0123456789ab"
     client, parent, trial, folder = _setup(tmp_path, monkeypatch, store, "kept", trial=placeholder)
-    kept = json.loads((folder / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
+    kept = json.loads((folder / champions.PENDING / champions.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == placeholder  # nothing journaled yet: resolved on replay
     outbox.write_atomic(folder / outbox.IDS, json.dumps({placeholder: trial}))
-    assert tracking.replay(folder, store, out=lambda _: None) == "1"
+    assert champions.replay(folder, store, out=lambda _: None) == "1"
     assert client.get_run(trial).data.tags["orchestrator.champion"] == "true"
     assert client.get_model_version("kept", "1").tags["trial_run_id"] == trial
     # and a champion kept after the id was journaled is stored resolved
@@ -129,9 +129,9 @@ def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
     outbox.write_atomic(folder2 / outbox.IDS, json.dumps({placeholder: trial}))
     cfg = make_cfg("x.parquet", **{"model.hidden": [4]})
     x = np.ones((2, 3), dtype=np.float32)
-    tracking.keep_champion(
+    champions.keep_champion(
         folder2, cfg, parent, model.from_data(cfg, x, num_classes=3), x, [0, 1, 2], {}, placeholder
     )
-    kept = json.loads((folder2 / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
+    kept = json.loads((folder2 / champions.PENDING / champions.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == trial
-    assert sorted(p.name for p in folder2.iterdir()) == sorted([outbox.IDS, tracking.PENDING])
+    assert sorted(p.name for p in folder2.iterdir()) == sorted([outbox.IDS, champions.PENDING])

@@ -19,8 +19,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, make_cfg
-from orchestrator import outbox, tracking
 from orchestrator.core import model
+from orchestrator.tracking import champions, outbox, registry
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def _journal_written_while_away(
         "x.parquet", **{"model.hidden": [4], "tracking.register_as": "crash", "tracking.uri": uri}
     )
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
-    tracking.keep_champion(
+    champions.keep_champion(
         folder,
         cfg,
         parent,
@@ -123,7 +123,7 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
         if i == 0:  # made, but nothing on disk says so: only its marker tag can tell
             assert len(runs()) == 2 and not (folder / outbox.IDS).exists()
         if i == 3:  # registered, but champion.json does not know it yet
-            kept = json.loads((folder / tracking.PENDING / tracking.CHAMPION_FILE).read_text())
+            kept = json.loads((folder / champions.PENDING / champions.CHAMPION_FILE).read_text())
             assert "version" not in kept and len(store.search_model_versions("name = 'crash'")) == 1
     rep = _replay(folder, uri, None)
     assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-3000:]
@@ -140,10 +140,10 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
     champion_trial = outbox.load_ids(folder)[placeholder]
     versions = store.search_model_versions("name = 'crash'")
     assert [str(v.version) for v in versions] == ["1"]  # registered once
-    assert tracking.champion_version(store, "crash") == "1"
+    assert registry.champion_version(store, "crash") == "1"
     assert versions[0].tags["trial_run_id"] == champion_trial
     assert store.get_run(champion_trial).data.tags["orchestrator.champion"] == "true"
     assert store.get_run(champion_trial).data.tags["orchestrator.best_checkpoint"]
     assert store.get_run(parent).data.tags["orchestrator.champion_version"] == "1"
     assert len(store.get_metric_history(parent, "test_accuracy")) == 1
-    assert not (folder / outbox.JOURNAL).exists() and not (folder / tracking.PENDING).exists()
+    assert not (folder / outbox.JOURNAL).exists() and not (folder / champions.PENDING).exists()

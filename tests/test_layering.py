@@ -21,6 +21,9 @@ def _package(name: str) -> list[str]:
 PURE = [
     *_package("orchestrator.config"),
     *_package("orchestrator.core"),
+    "orchestrator.tracking.schema",
+    "orchestrator.tracking.location",
+    "orchestrator.tracking.server",
     "orchestrator.progress",
     "orchestrator.plots",
     "jobs.curves",
@@ -39,29 +42,43 @@ print(json.dumps(found))
 """
 
 
-def test_core_and_config_modules_import_neither_ray_nor_mlflow() -> None:
+def _run(code: str, *modules: str) -> object:
+    """``code`` run with ``modules`` as its arguments in a fresh interpreter: its last line,
+    parsed as JSON."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, *PURE],
+        [sys.executable, "-c", code, *modules],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     ).stdout
-    found = json.loads(out.strip().splitlines()[-1])
-    assert list(found) == PURE
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_core_and_config_modules_import_neither_ray_nor_mlflow() -> None:
+    found = _run(PROBE, *PURE)
+    assert isinstance(found, dict) and list(found) == PURE
     pulled = {name: mods[:3] for name, mods in found.items() if mods}
     assert not pulled, f"these imported Ray or MLflow at module level: {pulled}"
 
 
 def test_the_probe_catches_a_module_that_imports_ray() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, "orchestrator.config", "orchestrator.tune_asha"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    found = json.loads(out.strip().splitlines()[-1])
-    assert found["orchestrator.config"] == [] and "ray" in found["orchestrator.tune_asha"]
+    found = _run(PROBE, "orchestrator.config", "orchestrator.execution.tune_asha")
+    assert isinstance(found, dict) and found["orchestrator.config"] == []
+    assert "ray" in found["orchestrator.execution.tune_asha"]
+
+
+WRITER = ("orchestrator.tracking.writer", "orchestrator.tracking.champions", "orchestrator.sweep")
+LOADED = (
+    "import importlib, json, sys\n"
+    "importlib.import_module(sys.argv[1])\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.startswith('orchestrator.'))))"
+)
+
+
+def test_the_model_server_uses_the_registry_reader_not_the_tracking_writer() -> None:
+    for server in ("orchestrator.serve", "orchestrator.serve_ray"):
+        loaded = set(_run(LOADED, server))  # type: ignore[call-overload]
+        assert {"orchestrator.tracking.registry", "orchestrator.core.modelfile"} <= loaded
+        assert not loaded & set(WRITER), f"{server} pulls in {sorted(loaded & set(WRITER))}"

@@ -13,7 +13,8 @@ import pytest
 import requests
 from mlflow.entities import Metric
 
-from orchestrator import config, outbox, tracking
+from orchestrator import config
+from orchestrator.tracking import outbox, schema, writer
 
 
 class FlakyClient:
@@ -52,7 +53,7 @@ class FlakyClient:
         return [
             SimpleNamespace(info=SimpleNamespace(run_id=r))
             for r, tags in self.tags.items()
-            if tags.get(outbox.MARKER) == marker
+            if tags.get(schema.OUTBOX_ID) == marker
         ]
 
     def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
@@ -186,7 +187,7 @@ def test_consecutive_metric_writes_of_a_run_share_one_call() -> None:
 
 def test_dataset_inputs_survive_the_journal() -> None:
     cfg = config.from_dict({"data": {"path": "data/digits.parquet"}})
-    inputs = tracking.dataset_inputs(cfg, "f" * 64, {"train": 10, "val": 2, "test": 3})
+    inputs = writer.dataset_inputs(cfg, "f" * 64, {"train": 10, "val": 2, "test": 3})
     entry = outbox._encode("log_inputs", ("run1",), {"datasets": inputs})
     import json
 
@@ -223,3 +224,26 @@ def test_the_background_sender_keeps_order_and_reads_see_earlier_writes(tmp_path
     assert [step for c in client.calls[1:] for _, step in c[1][1]] == list(range(1, 53))
     assert not (tmp_path / outbox.JOURNAL).exists()
     assert any("answers again" in line for line in said)
+
+
+def test_a_single_metric_is_a_kept_write_too() -> None:
+    # log_metric used to pass straight through as a "read": an outage raised in the sweep
+    client = FlakyClient()
+    box = outbox.Outbox(client, out=lambda _: None)
+    run = box.create_run("0", run_name="sweep").info.run_id
+    client.up = False
+    box.log_metric(run, "confirm_val_loss_mean", 0.25)  # no exception
+    assert len(box.queue) == 1
+    client.up = True
+    assert box.drain(block=True, patience=10)
+    assert client.calls[-1] == ("log_batch", ("real1", (("confirm_val_loss_mean", 0),)))
+
+
+def test_the_outbox_offers_only_the_calls_it_knows() -> None:
+    # typed methods, no __getattr__: a call the outbox does not know is an AttributeError
+    # (and a mypy error), never an untyped pass-through that would skip the journal
+    box = outbox.Outbox(FlakyClient(), out=lambda _: None)
+    assert not hasattr(outbox.Outbox, "__getattr__")
+    with pytest.raises(AttributeError):
+        box.rename_experiment("0", "x")  # type: ignore[attr-defined]
+    assert set(outbox.WRITES) <= {n for n in dir(outbox.Outbox) if not n.startswith("_")}

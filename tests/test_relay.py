@@ -8,7 +8,8 @@ import threading
 import time
 from typing import Any
 
-from orchestrator import progress, relay
+from orchestrator import progress
+from orchestrator.execution import relay
 
 
 def _take(q: queue.Queue, delay: float = 0.0) -> Any:

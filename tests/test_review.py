@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from mlflow.entities import Metric, Param
 
-from orchestrator import cli, config, review, sweep, tracking
+from orchestrator import cli, config, review, sweep
+from orchestrator.tracking import schema
 
 
 def _sweep_on_disk(tmp: Path) -> Path:
@@ -31,7 +32,7 @@ def _sweep_on_disk(tmp: Path) -> Path:
     exp = client.create_experiment("rev")
     parent = client.create_run(
         exp,
-        tags={tracking.ROLE: "sweep", "orchestrator.baseline": "loss=2.3026 accuracy=0.1000 (...)"},
+        tags={schema.ROLE: "sweep", "orchestrator.baseline": "loss=2.3026 accuracy=0.1000 (...)"},
     ).info.run_id
     curves = {  # weight decay -> (train, val) per epoch
         # overfit: validation turns up at epoch 3 while training goes to zero
@@ -45,7 +46,7 @@ def _sweep_on_disk(tmp: Path) -> Path:
         run = client.create_run(
             exp,
             tags={
-                tracking.ROLE: "trial",
+                schema.ROLE: "trial",
                 "mlflow.parentRunId": parent,
                 "orchestrator.trial_id": f"t{i}",
             },

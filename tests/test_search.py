@@ -15,9 +15,10 @@ import torch
 
 from conftest import make_cfg
 from jobs import bench_sweep
-from orchestrator import config, sweep, trials
+from orchestrator import config, sweep
 from orchestrator.config import ConfigError
 from orchestrator.core import asha, checkpoint, loop, placement
+from orchestrator.execution import trials
 
 
 def _cfg(**over: Any) -> config.Config:
@@ -190,7 +191,7 @@ def test_each_searcher_and_scheduler_is_built_from_the_config() -> None:
 
     assert isinstance(trials.searcher(_cfg(), 2), BasicVariantGenerator)
     assert isinstance(trials.searcher(_cfg(**{"sweep.searcher": "optuna"}), 2), ConcurrencyLimiter)
-    from orchestrator.tune_asha import PromotionASHA
+    from orchestrator.execution.tune_asha import PromotionASHA
 
     # ASHA promotes single-worker trials (pausing one is a checkpoint) and stops DDP ones
     assert isinstance(trials.scheduler(_cfg()), PromotionASHA)

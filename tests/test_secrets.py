@@ -18,8 +18,9 @@ import pydantic
 import pytest
 
 from conftest import ROOT, make_cfg
-from orchestrator import cli, config, submit, sweep, tracking
+from orchestrator import cli, config, submit, sweep
 from orchestrator.config import ConfigError
+from orchestrator.tracking import champions, location, writer
 
 PASSWORD, API_KEY = "pw-Zq81xKr", "key-Hf27dLp"
 URI = f"http://admin:{PASSWORD}@mlflow.internal:5000"
@@ -93,7 +94,7 @@ class _Recorder:
 
 def test_mlflow_params_config_yaml_and_the_config_hash_hold_no_secret() -> None:
     rec = _Recorder()
-    tracking.log_params(rec, "run", _cfg())  # type: ignore[arg-type]
+    writer.log_params(rec, "run", _cfg())  # type: ignore[arg-type]
     text = "\n".join(rec.sent)
     assert "serve.api_key=***" in text and "tracking.uri=http://***@mlflow.internal:5000" in text
     assert "api_key: '***'" in text  # config.yaml
@@ -118,7 +119,7 @@ def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path)
     )
     sweep._write_state(ctx, "running")  # type: ignore[arg-type]
     net = model.from_config(cfg, np.zeros(3), np.ones(3), 2)
-    tracking.keep_champion(
+    champions.keep_champion(
         tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1], {"test_accuracy": 1.0}, "t"
     )
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -294,7 +295,7 @@ def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
     )
     sweep._write_state(ctx, "done")  # type: ignore[arg-type]
     sent: list[str] = []
-    monkeypatch.setattr(tracking, "replay", lambda folder, uri, **kw: sent.append(uri))
+    monkeypatch.setattr(champions, "replay", lambda folder, uri, **kw: sent.append(uri))
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     assert cli.main(["tracking", "replay", str(tmp_path)]) == 2
@@ -352,14 +353,14 @@ def test_mlflow_never_gets_the_uri_with_its_credentials(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     uri = f"http://admin:{PASSWORD}@127.0.0.1:{port}"
-    assert tracking.resolve_uri(_cfg(**{"tracking.uri": uri})) == f"http://127.0.0.1:{port}"
+    assert location.resolve_uri(_cfg(**{"tracking.uri": uri})) == f"http://127.0.0.1:{port}"
     with pytest.raises(ConfigError) as e:
-        tracking.connect(_cfg(**{"tracking.uri": uri}))
+        writer.connect(_cfg(**{"tracking.uri": uri}))
     assert PASSWORD not in str(e.value) and PASSWORD not in os.environ["MLFLOW_TRACKING_URI"]
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "admin"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
     # a redacted part never overwrites the real credentials
-    assert tracking.bare_uri(f"http://***@127.0.0.1:{port}") == f"http://127.0.0.1:{port}"
+    assert location.bare_uri(f"http://***@127.0.0.1:{port}") == f"http://127.0.0.1:{port}"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == PASSWORD
     import mlflow
 

@@ -16,6 +16,7 @@ from conftest import make_cfg
 from conftest import served_model as _served
 from orchestrator import config, serve
 from orchestrator.core import model, modelfile
+from orchestrator.tracking import registry
 
 
 def _write(folder: Path, **spec_changes: object) -> dict:
@@ -149,7 +150,7 @@ def test_the_reloader_does_not_download_a_refused_version_again(
         loads.append(uri)
         raise serve.Refused("2", "bad")
 
-    monkeypatch.setattr(serve, "resolve", lambda uri: ("2", "run2"))
+    monkeypatch.setattr(registry, "resolve", lambda uri: ("2", "run2"))
     monkeypatch.setattr(serve, "load", load)
     reload = serve.reloader("models:/t@champion", "1")
     for _ in range(3):
@@ -162,8 +163,8 @@ def test_a_disk_error_while_loading_is_not_a_refusal_so_the_next_reload_tries_ag
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _write(tmp_path)
-    monkeypatch.setattr(serve, "resolve", lambda uri: ("2", "run2"))
-    monkeypatch.setattr(serve, "_download", lambda *a: None)
+    monkeypatch.setattr(registry, "resolve", lambda uri: ("2", "run2"))
+    monkeypatch.setattr(registry, "download", lambda *a: None)
 
     def full_disk(folder: object) -> None:
         raise OSError(28, "No space left on device")

@@ -21,8 +21,9 @@ import requests
 import torch
 
 from conftest import files_holding, free_port, make_cfg
-from orchestrator import serve, tracking
+from orchestrator import serve
 from orchestrator.core import model
+from orchestrator.tracking import champions
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def _register(uri: str, seed: int) -> str:
     net = model.from_data(cfg, x, num_classes=3)
     parent = client.create_run(exp.experiment_id).info.run_id
     trial = client.create_run(exp.experiment_id).info.run_id
-    return tracking.register_champion(
+    return champions.register_champion(
         cfg, parent, net, x, ["a", "b", "c"], {"test_accuracy": 0.5}, trial
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,22 @@ def test_bad_limits_are_refused_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(config.ConfigError) as e:
         config.load(None, [override], only="serve")
     assert e.value.key == key
+
+
+def test_the_server_takes_its_tracking_uri_from_the_environment_without_a_sweep_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `orchestrator serve` has no data.path: building a whole Config() here failed its rules
+    from orchestrator.config import ServeConfig
+
+    seen: list[str] = []
+
+    def load(model_uri: str, uri: str, max_mb: float) -> None:
+        seen.append(uri)
+        raise serve.Refused("1", "stop here")
+
+    monkeypatch.setattr(serve, "load", load)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(serve.Refused):
+        serve.run("models:/m@champion", ServeConfig(), None, None)
+    assert seen == [f"sqlite:///{tmp_path}/m.db"]

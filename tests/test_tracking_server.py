@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from conftest import ROOT, free_port
+from orchestrator.tracking import champions
 
 pytestmark = pytest.mark.slow
 
@@ -314,8 +315,8 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
     from mlflow.tracking import MlflowClient
 
     from conftest import make_cfg
-    from orchestrator import outbox, tracking
     from orchestrator.core import model
+    from orchestrator.tracking import outbox
 
     for k, v in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")):
         monkeypatch.setenv(k, v)  # as the sweep sets them: an outage shows in seconds
@@ -344,7 +345,7 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
         **{"model.hidden": [4], "tracking.register_as": "flap", "tracking.uri": server.uri},
     )
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
-    tracking.keep_champion(
+    champions.keep_champion(
         folder,
         cfg,
         parent,
@@ -357,7 +358,7 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
     del box  # the driver exits (code 4); later, with the server back:
     server.start()
     said: list[str] = []
-    assert tracking.replay(folder, server.uri, out=said.append) == "1"
+    assert champions.replay(folder, server.uri, out=said.append) == "1"
     runs = client.search_runs([exp])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     real = next(r.info.run_id for r in runs if r.info.run_id != parent)

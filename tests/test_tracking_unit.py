@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from orchestrator import config, plots, tracking
+from orchestrator import config, plots
 from orchestrator.core import model, modelfile
+from orchestrator.tracking import champions, registry, writer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +71,7 @@ def test_sweep_plots_take_numbers_log_scales_categories_and_failed_metrics() -> 
 
 
 def test_dataset_lineage_names_the_source_digest_and_rows_of_each_split() -> None:
-    inputs = tracking.dataset_inputs(_cfg(), "ab" * 32, {"train": 1000, "val": 200, "test": 300})
+    inputs = writer.dataset_inputs(_cfg(), "ab" * 32, {"train": 1000, "val": 200, "test": 300})
     assert [i.dataset.name for i in inputs] == ["digits.train", "digits.val", "digits.test"]
     assert {i.tags[0].value for i in inputs} == {"training", "validation", "test"}
     ds = inputs[0].dataset
@@ -127,10 +128,10 @@ def test_a_new_champion_leaves_the_old_one_the_previous_alias(
         parent = client.create_run(exp).info.run_id
         trial = client.create_run(exp).info.run_id
         versions.append(
-            tracking.register_champion(
+            champions.register_champion(
                 cfg, parent, net, x, [0, 1, 2], {"test_accuracy": 0.5}, trial
             )
         )
-    assert tracking.champion_version(client, "m") == versions[1] == "2"
-    assert tracking.champion_version(client, "m", "previous") == versions[0] == "1"
-    assert tracking.champion_version(client, "nope") is None
+    assert registry.champion_version(client, "m") == versions[1] == "2"
+    assert registry.champion_version(client, "m", "previous") == versions[0] == "1"
+    assert registry.champion_version(client, "nope") is None

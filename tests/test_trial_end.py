@@ -3,10 +3,10 @@ error naming it. Real local Ray: Tune running a 2-worker TorchTrainer trial, and
 Tune run with the sweep's watchdog.
 
 Ray 2.60's own bridge (``TuneReportCallback``) deadlocks when the trial takes the Train run's
-last report only after ``fit()`` has returned (see ``orchestrator/relay.py``). The first test
-forces that interleaving: every ``ray.util.queue.Queue.get`` in the trial's process waits a
-few seconds first, so the last report is taken late. With Ray's bridge this trial hangs
-every time (checked before the fix); with the project's relay it ends with every epoch."""
+last report only after ``fit()`` has returned (see ``orchestrator/execution/relay.py``). The
+first test forces that interleaving: every ``ray.util.queue.Queue.get`` in the trial's process
+waits a few seconds first, so the last report is taken late. With Ray's bridge this trial
+hangs every time (checked before the fix); with the project's relay it ends with every epoch."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import make_cfg
+from orchestrator.execution import runtime
 
 pytestmark = pytest.mark.slow
 DELAY_S = 6.0  # longer than a Train run takes to shut down after its last report here
@@ -28,9 +29,7 @@ DELAY_S = 6.0  # longer than a Train run takes to shut down after its last repor
 def ray_runtime() -> Any:
     import ray
 
-    from orchestrator import sweep
-
-    sweep.init_ray()
+    runtime.init_ray()
     yield
     ray.shutdown()
 
@@ -58,7 +57,7 @@ def test_a_late_take_of_the_last_report_does_not_hang_a_multi_worker_trial(
 ) -> None:
     from ray import tune
 
-    from orchestrator import trials
+    from orchestrator.execution import trials
 
     cfg = make_cfg(
         str(digits_path),

@@ -2,7 +2,7 @@
 
 Everything that differs between "a plain process" and "rank r of a Ray Train worker
 group" sits behind the small ``Seam`` protocol (rank, device, DDP wrapping, all-reduce,
-report). ``LocalSeam`` is the single-process one; ``orchestrator.ray_train`` has Ray's.
+report). ``LocalSeam`` is the single-process one; ``orchestrator.execution.ray_train`` has Ray's.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 @dataclass
 class Feed:
     """Where a worker's batches come from: its slice of in-memory tensors (``in_memory``) or
-    its shard of a Ray Data stream (``orchestrator.ray_train``)."""
+    its shard of a Ray Data stream (``orchestrator.execution.ray_train``)."""
 
     num_classes: int
     col_mean: np.ndarray  # the training split's per-column moments, for the model's stem

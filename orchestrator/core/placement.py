@@ -1,6 +1,6 @@
 """Fitting trials to the cluster: how many trials' worker bundles fit on the nodes at once
 (bin-packing, as Ray's placement groups place them). Pure code; the node list comes from
-Ray in ``orchestrator.trials.alive_nodes``."""
+Ray in ``orchestrator.execution.trials.alive_nodes``."""
 
 from __future__ import annotations
 

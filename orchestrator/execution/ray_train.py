@@ -17,9 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from orchestrator import config as config_mod
-from orchestrator import relay
 from orchestrator.config import Config
 from orchestrator.core import checkpoint, data, loop
+from orchestrator.execution import relay
 
 CHECKPOINT_PATH = "checkpoint_path"  # the key Ray's own bridge uses, kept for the ledger
 
@@ -58,7 +58,7 @@ class RaySeam:
 class ReportRelay(ray.train.UserCallback):
     """Runs in the Train controller: every report (rank 0's metrics, the checkpoint's path)
     goes into the trial's own queue. The put blocks while the queue is full, so the Train run
-    stays in step with Tune, as with Ray's bridge. See ``orchestrator.relay`` for why."""
+    stays in step with Tune, as with Ray's bridge. See ``orchestrator.execution.relay`` for why."""
 
     def __init__(self, queue: Any) -> None:
         self._queue = queue

@@ -47,10 +47,16 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # for the types only: importing MLflow takes seconds
+    from mlflow.entities import DatasetInput, Experiment, Metric, Param, Run, RunTag
+    from mlflow.store.entities.paged_list import PagedList
+
+from orchestrator.tracking import schema
 
 JOURNAL = "mlflow-journal.jsonl"
 IDS = "mlflow-journal-ids.json"
@@ -59,7 +65,6 @@ FILES = "mlflow-journal-files"
 FIRST_PAUSE, MAX_PAUSE = 2.0, 30.0
 LINGER = 0.5  # seconds a write may wait for others to share its call
 PLACEHOLDER = "offline-"
-MARKER = "orchestrator.outbox_id"  # the tag a replay finds an already created run by
 WRITES = (
     "create_run",
     "log_batch",
@@ -274,8 +279,8 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
 def _marked(args: tuple, kw: dict[str, Any], marker: str) -> tuple[tuple, dict[str, Any]]:
     """``create_run``'s arguments with the marker tag added (``tags`` is its third)."""
     if len(args) > 2:
-        return (*args[:2], {**(args[2] or {}), MARKER: marker}, *args[3:]), kw
-    return args, {**kw, "tags": {**(kw.get("tags") or {}), MARKER: marker}}
+        return (*args[:2], {**(args[2] or {}), schema.OUTBOX_ID: marker}, *args[3:]), kw
+    return args, {**kw, "tags": {**(kw.get("tags") or {}), schema.OUTBOX_ID: marker}}
 
 
 def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
@@ -302,6 +307,19 @@ def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
             kw[k] += e["kw"].get(k, [])
         taken += 1
     return merged, taken
+
+
+class _RunInfo(Protocol):
+    @property
+    def run_id(self) -> str: ...
+
+
+class RunHandle(Protocol):
+    """What ``create_run`` answers: MLflow's ``Run``, or while the server is away a
+    placeholder with only ``info.run_id``."""
+
+    @property
+    def info(self) -> _RunInfo: ...
 
 
 class Outbox:
@@ -340,20 +358,73 @@ class Outbox:
 
     # -- the client's interface: reads go straight through, writes through the outbox
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.client, name)
-        if not callable(attr):
-            return attr
-        if name not in WRITES:  # a read: after the queued writes, with real run ids
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ) -> RunHandle:
+        """A new run (while the server is away: a placeholder id, swapped later)."""
+        kw = _given(start_time=start_time, tags=tags, run_name=run_name)
+        return self._write("create_run", (experiment_id,), kw)
 
-            def read(*args: Any, **kw: Any) -> Any:
-                if not self.down:
-                    self.drain(block=True, patience=30.0)
-                args, kw = self._real_ids(args, kw)
-                return attr(*args, **kw)
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Sequence[Param] = (),
+        tags: Sequence[RunTag] = (),
+    ) -> None:
+        kw = {"metrics": list(metrics), "params": list(params), "tags": list(tags)}
+        self._write("log_batch", (run_id,), kw)
 
-            return read
-        return lambda *args, **kw: self._write(name, args, kw)
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        """One value, now (as a ``log_batch``: kept like any write while the server is away)."""
+        from mlflow.entities import Metric
+
+        self.log_batch(run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), 0)])
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self._write("set_tag", (run_id, key, value), {})
+
+    def set_terminated(self, run_id: str, status: str | None = None) -> None:
+        self._write("set_terminated", (run_id,), _given(status=status))
+
+    def update_run(self, run_id: str, status: str | None = None) -> None:
+        self._write("update_run", (run_id,), _given(status=status))
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        self._write("log_artifact", (run_id, local_path), _given(artifact_path=artifact_path))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._write("log_text", (run_id, text, artifact_file), {})
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetInput] = ()) -> None:
+        self._write("log_inputs", (run_id,), {"datasets": list(datasets)})
+
+    def delete_run(self, run_id: str) -> None:
+        self._write("delete_run", (run_id,), {})
+
+    # -- reads: after the queued writes, with real run ids
+
+    def get_run(self, run_id: str) -> Run:
+        return self._read("get_run", run_id)
+
+    def search_runs(self, experiment_ids: list[str], **kw: Any) -> PagedList[Run]:
+        return self._read("search_runs", experiment_ids, **kw)
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return self._read("get_metric_history", run_id, key)
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        return self._read("get_experiment_by_name", name)
+
+    def _read(self, method: str, *args: Any, **kw: Any) -> Any:
+        if not self.down:
+            self.drain(block=True, patience=30.0)
+        args, kw = self._real_ids(args, kw)
+        return getattr(self.client, method)(*args, **kw)
 
     def use_journal(self, folder: Path) -> None:
         """Where queued writes are journaled while the server is away (the sweep's folder),
@@ -468,7 +539,7 @@ class Outbox:
             if isinstance(v, str) and v.startswith(PLACEHOLDER):
                 return self.ids.get(v, v)
             if isinstance(v, dict):  # create_run's tags (mlflow.parentRunId), not the marker
-                return {k: x if k == MARKER else swap(x) for k, x in v.items()}
+                return {k: x if k == schema.OUTBOX_ID else swap(x) for k, x in v.items()}
             return v
 
         return tuple(swap(a) for a in args), {k: swap(v) for k, v in kw.items()}
@@ -481,7 +552,7 @@ class Outbox:
         exp = args[0] if args else kw["experiment_id"]
         runs = self.client.search_runs(
             [exp],
-            filter_string=f"tags.`{MARKER}` = '{placeholder}'",
+            filter_string=f"tags.`{schema.OUTBOX_ID}` = '{placeholder}'",
             run_view_type=ViewType.ALL,
             max_results=1,
         )
@@ -662,6 +733,12 @@ class Outbox:
     def run_id(self, run_id: str | None) -> str | None:
         """The real id of a run created while the server was away (once replayed)."""
         return self.ids.get(run_id, run_id) if run_id else run_id
+
+
+def _given(**kw: Any) -> dict[str, Any]:
+    """The keyword arguments actually given: MLflow's defaults stand for the rest (and a
+    journal line holds what the caller said, as before the outbox had typed methods)."""
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _short(e: BaseException) -> str:

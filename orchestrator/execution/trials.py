@@ -5,7 +5,7 @@ Two ways to run the same loop (``loop.train``), chosen by ``scaling.num_workers`
   and checkpoints through Tune (about a second to start; schedulers can pause, clone and
   restore it: HyperBand, PBT);
 - **N workers**: the trial starts a TorchTrainer (DDP) and relays its reports to Tune
-  itself (``orchestrator.relay``: Ray's ``TuneReportCallback`` can deadlock at a trial's
+  itself (``orchestrator.execution.relay``: Ray's ``TuneReportCallback`` can deadlock at a trial's
   end), 15-20 s to start a worker group here.
 Either way the trial reports the same metrics each epoch and writes the same checkpoints.
 """
@@ -98,7 +98,7 @@ def make_trainable(
         if fast_path(trial_cfg):
             _run_in_trial(trial_cfg, summary, refit)
             return
-        from orchestrator import ray_train
+        from orchestrator.execution import ray_train
 
         # Train V2 workers block on each report until the controller polls (every 2 s by
         # default): with epochs of a fraction of a second that poll would set the pace.
@@ -108,7 +108,7 @@ def make_trainable(
         # The same name on a retry or a resumed sweep: Train picks up its own checkpoints.
         name = f"{cfg.experiment}-{stamp}-{trial_id}" + ("-refit" if refit else "")
         # Not Ray's TuneReportCallback: its bridge can deadlock at the end of a trial
-        # (see orchestrator.relay). The trial relays the Train run's reports itself.
+        # (see orchestrator.execution.relay). The trial relays the Train run's reports itself.
         queue = ray_train.report_queue()
         trainer = ray_train.make_trainer(
             trial_cfg,
@@ -127,7 +127,7 @@ def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> Non
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     seam, goal = TuneSeam(cfg.scaling.use_gpu), config_mod.goal(cfg)
     if summary is not None:
-        from orchestrator import ray_train
+        from orchestrator.execution import ray_train
 
         group = "train+val" if refit else "train"
         ds = ray_train.stream_datasets(cfg, summary)
@@ -239,7 +239,7 @@ def scheduler(cfg: Config) -> Any:
     sw, epochs = cfg.sweep, cfg.train.epochs
     grace = min(sw.grace_period, epochs)
     if sw.scheduler == "asha" and config_mod.asha_promotes(cfg):
-        from orchestrator.tune_asha import PromotionASHA
+        from orchestrator.execution.tune_asha import PromotionASHA
 
         return PromotionASHA(
             config_mod.rungs(cfg), sw.reduction_factor, *config_mod.rank_metric(cfg)

@@ -1,0 +1,64 @@
+"""The Ray runtime: the environment Ray, Tune and MLflow's client must see before they are
+imported (``ensure_env``), and joining a cluster or starting a local one (``init_ray``).
+Ray is imported inside ``init_ray`` only: ``ensure_env`` has to run first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+
+def init_ray(verbose: bool = False) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (set by `ray job submit`; ``auto`` finds one
+    started with `ray start`), or start a local one.
+
+    A local Ray gets its dashboard on a free port: Train needs the dashboard to free the
+    workers of a trial that the scheduler stops, and with 8265 taken by another Ray on the
+    machine the dashboard would not start and the next trial would wait forever.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    level = logging.INFO if verbose else logging.ERROR
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        ray.init(address=address, log_to_driver=verbose, logging_level=level)
+        return
+    ctx = ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        log_to_driver=verbose,
+        logging_level=level,
+    )
+    if not getattr(ctx, "dashboard_url", None):
+        ray.shutdown()
+        raise RuntimeError(
+            "Ray's dashboard did not start; without it, trials stopped early "
+            "leak their workers. Check `ray[default]` is installed."
+        )
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_env() -> None:
+    """Keep Ray's Tune output and its V2 deprecation chatter out of the progress lines, and
+    save Tune's experiment state often (what a resumed sweep starts from)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff
+    # x2, 120 s timeout), all inside a Tune callback; the outbox keeps those writes instead
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a line per run

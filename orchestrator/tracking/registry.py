@@ -1,0 +1,111 @@
+"""Reading the model registry: which version an alias names, and a version's pickle-free
+files downloaded within their size caps. What the model server uses (with
+``orchestrator.core.modelfile``); it never imports the tracking writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from orchestrator.core import modelfile
+from orchestrator.tracking import schema
+
+
+class Refused(RuntimeError):
+    """A model version the server will not load (no pickle-free form, a bad spec, too big):
+    at start-up the server exits with this message; on reload it keeps serving what it has."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(reason)
+        self.version, self.reason = version, reason
+
+
+def find_version(client: MlflowClient, name: str, marker: str) -> str | None:
+    """The version of model ``name`` registered with ``marker``, if any."""
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{schema.OUTBOX_ID}` = '{marker}'"
+    )
+    return str(found[0].version) if found else None
+
+
+def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> str | None:
+    """The version ``alias`` names, or None (no such model or alias yet)."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None  # no such model or alias yet
+
+
+def download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
+    """``extra_files/model.json`` and ``weights.pt`` of ``fixed`` into ``folder``, each
+    within its cap: checked on the sizes the artifact store lists before anything is
+    downloaded, and again on disk (a store may list no size)."""
+
+    caps = {modelfile.MODEL_FILE: modelfile.MAX_SPEC_BYTES, modelfile.WEIGHTS_FILE: max_weights}
+    listed = {
+        Path(a.path).name: a.file_size
+        for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/extra_files")
+        if not a.is_dir
+    }
+    missing = [name for name in caps if name not in listed]
+    if missing:
+        files = " and ".join(f"extra_files/{name}" for name in missing)
+        raise Refused(
+            version,
+            (
+                f"{fixed} has no pickle-free form (missing {files}): "
+                "the server loads only plain tensors and a JSON spec, never a pickled model. "
+                "Register the model again with this orchestrator (a sweep, or `orchestrator "
+                "tracking replay` of a kept champion), which logs both files beside it"
+            ),
+        )
+    for name, cap in caps.items():
+        if (listed[name] or 0) > cap:
+            raise Refused(
+                version,
+                f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
+                f"over the cap of {cap:,}" + raise_cap(name),
+            )
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)
+            )
+        )
+        if path.stat().st_size > cap:
+            raise Refused(
+                version,
+                f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
+                f"bytes, over the cap of {cap:,}" + raise_cap(name),
+            )
+        if path.parent != folder:
+            path.replace(folder / name)
+
+
+def raise_cap(name: str) -> str:
+
+    return " (raise serve.max_model_mb)" if name == modelfile.WEIGHTS_FILE else ""
+
+
+def resolve(model_uri: str) -> tuple[str, str]:
+    """(version, run id) that ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` names now;
+    ("", "") for other URIs."""
+
+    if not model_uri.startswith("models:/"):
+        return "", ""
+    ref = model_uri[len("models:/") :]
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, number = ref.rsplit("/", 1)
+        mv = client.get_model_version(name, number)
+    return str(mv.version), str(mv.run_id or "")
+
+
+def fixed(model_uri: str, version: str) -> str:
+    if version and "@" in model_uri:
+        return f"{model_uri.split('@', 1)[0]}/{version}"
+    return model_uri
