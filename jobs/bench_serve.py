@@ -6,7 +6,7 @@ turn by the same client with 64 connections for a fixed time each: ``wrk`` (C, o
 needs most of a core itself and so understates every server alike. The servers:
 (a) naive: a pydantic ``list[list[float]]`` body, one ``torch.tensor`` and one forward pass
 per request, as in the common FastAPI example, written with ``def`` and with ``async def``
-(the faster of the two is the baseline); (b) ours (``orchestrator.serve.create_app``:
+(the faster of the two is the baseline); (b) ours (``orchestrator.serving.serve.create_app``:
 micro-batching); (c) the HTTP ceiling: the same JSON parsed and checked the way ours does
 (``serve.parse_features``), a constant returned. All three run with the HTTP limits of
 ``orchestrator serve`` (``serve.limits``). Two models: an MLP
@@ -63,7 +63,7 @@ def app(kind: str, size: str) -> Any:
     import torch
     from fastapi import FastAPI, Response
 
-    from orchestrator import serve
+    from orchestrator.serving import serve
 
     torch.set_num_threads(1)
     net = _net(MODELS[size])
@@ -252,7 +252,8 @@ def bench_serve() -> dict[str, float]:
 if __name__ == "__main__" and sys.argv[1:2] == ["_server"]:
     import uvicorn
 
-    from orchestrator import config, serve
+    from orchestrator import config
+    from orchestrator.serving import serve
 
     kind, size, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
     # every server with the limits `orchestrator serve` runs with (header cap and read

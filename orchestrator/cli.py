@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import config as config_mod
+from orchestrator.analysis.progress import SweepStalled
 from orchestrator.config import ConfigError
 from orchestrator.execution import runtime
-from orchestrator.progress import SweepStalled
 from orchestrator.tracking import champions, location, schema, server
 
 EXIT_CONFIG = 2
@@ -36,7 +36,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config, dict]:
     """The config with the search space `orchestrator diagnose` proposes after the sweep
     ``experiment`` (closing the loop), and the tags linking the new sweep to it."""
-    from orchestrator import review
+    from orchestrator.analysis import review
 
     view = review.load(experiment, cfg.sweep.storage_path)
     raw = config_mod.to_dict(cfg)
@@ -62,7 +62,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
-    from orchestrator import progress
+    from orchestrator.analysis import progress
 
     keys = list(cfg.sweep.space)
     print()
@@ -115,7 +115,8 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from orchestrator import progress, sweep
+    from orchestrator import sweep
+    from orchestrator.analysis import progress
 
     cfg = config_mod.load(args.config, args.overrides)
     runtime.ensure_env()
@@ -138,14 +139,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator import serve
+    from orchestrator.serving import serve
 
     cfg = config_mod.load(args.config, [*args.overrides, *_serve_flags(args)], only="serve")
     opts = cfg.serve
     key = serve.required_key(opts.api_key, os.environ, opts.host, opts.allow_unauthenticated)
     try:
         if args.ray:
-            from orchestrator import serve_ray
+            from orchestrator.serving import serve_ray
 
             serve_ray.run(args.model, opts, cfg.tracking.uri, key)
         else:
@@ -181,7 +182,7 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from orchestrator import submit
+    from orchestrator.launch import submit
 
     return submit.submit(
         args.config,
@@ -194,7 +195,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from orchestrator import cluster
+    from orchestrator.launch import cluster
 
     state_dir = Path(args.state_dir)
     if args.action == "up":
@@ -271,7 +272,7 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from orchestrator import review
+    from orchestrator.analysis import review
 
     view = review.load(args.experiment, args.storage)
     review.print_view(view)
@@ -281,7 +282,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator import report, review
+    from orchestrator.analysis import report, review
 
     path = report.write(review.load(args.experiment, args.storage))
     print(f"report: {path} (also on the sweep's MLflow run); open it in a browser")

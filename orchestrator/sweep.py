@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from orchestrator import config as config_mod
-from orchestrator import plots, progress
+from orchestrator.analysis import plots, progress
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import checkpoint, data, diagnosis, ledger, loop, model, placement
 from orchestrator.core.ledger import TrialRecord

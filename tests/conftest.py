@@ -71,7 +71,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     nodes on loopback, token auth on, CLUSTER_SECRETS in the nodes' environment; stopped (only
     what it started) after the module."""
 
-    from orchestrator import cluster
+    from orchestrator.launch import cluster
 
     state_dir = tmp_path_factory.mktemp("cluster") / ".ray-local"
     proc = subprocess.run(
@@ -214,8 +214,8 @@ def served_model(seed: int, version: str) -> Any:
     import numpy as np
     import torch
 
-    from orchestrator import serve
     from orchestrator.core import model
+    from orchestrator.serving import serve
 
     torch.manual_seed(seed)
     x = np.random.default_rng(seed).normal(size=(50, 4)).astype(np.float32)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from orchestrator.batching import MicroBatcher
+from orchestrator.serving.batching import MicroBatcher
 
 W = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
 

@@ -102,7 +102,8 @@ def test_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> Non
 def test_a_stalled_sweep_exits_5_with_the_watchdogs_message(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator import progress, sweep
+    from orchestrator import sweep
+    from orchestrator.analysis import progress
 
     def stalls(*args: object, **kw: object) -> None:
         raise progress.SweepStalled("trial t_00001 (model.dropout=0.1) has reported nothing")

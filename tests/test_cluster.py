@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from conftest import CLUSTER_SECRETS, ROOT, files_holding, running
-from orchestrator import cluster
+from orchestrator.launch import cluster
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -253,7 +253,7 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
 @pytest.fixture
 def head(local_cluster: dict) -> dict[str, str]:
     """The shared multi-node cluster (conftest): `ray job submit` goes to its head."""
-    from orchestrator import cluster
+    from orchestrator.launch import cluster
 
     state = local_cluster["state"]
     env = cluster.env(state)

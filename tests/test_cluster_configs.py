@@ -16,7 +16,8 @@ import ray
 import yaml
 
 from conftest import ROOT
-from orchestrator import cluster, config
+from orchestrator import config
+from orchestrator.launch import cluster
 
 CLUSTER = ROOT / "cluster"
 SCHEMA = json.loads((Path(ray.__file__).parent / "autoscaler/ray-schema.json").read_text())
@@ -218,7 +219,7 @@ def test_the_launcher_uploads_no_local_state_stores_or_secrets(name: str) -> Non
     assert KEPT_HOME <= set(cfg["rsync_exclude"])
     assert cfg["rsync_filter"] == [".gitignore"]  # and whatever else the project ignores
     # the same folders `orchestrator submit` leaves out of a job's working directory
-    from orchestrator import submit
+    from orchestrator.launch import submit
 
     assert {e.rstrip("/") for e in submit.EXCLUDES} >= KEPT_HOME - {".env"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from orchestrator import cluster
+from orchestrator.launch import cluster
 
 
 @pytest.fixture

@@ -135,7 +135,7 @@ def test_champion_alias_loads_with_pyfunc_and_scores_the_reported_accuracy(sweep
 def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: dict) -> None:
     import mlflow
 
-    from orchestrator import serve
+    from orchestrator.serving import serve
 
     client = _client(sweep["uri"])
     exp = client.get_experiment_by_name("e2e")

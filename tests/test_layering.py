@@ -24,8 +24,8 @@ PURE = [
     "orchestrator.tracking.schema",
     "orchestrator.tracking.location",
     "orchestrator.tracking.server",
-    "orchestrator.progress",
-    "orchestrator.plots",
+    "orchestrator.analysis.progress",
+    "orchestrator.analysis.plots",
     "jobs.curves",
 ]
 FORBIDDEN = ("ray", "mlflow")
@@ -78,7 +78,7 @@ LOADED = (
 
 
 def test_the_model_server_uses_the_registry_reader_not_the_tracking_writer() -> None:
-    for server in ("orchestrator.serve", "orchestrator.serve_ray"):
+    for server in ("orchestrator.serving.serve", "orchestrator.serving.serve_ray"):
         loaded = set(_run(LOADED, server))  # type: ignore[call-overload]
         assert {"orchestrator.tracking.registry", "orchestrator.core.modelfile"} <= loaded
         assert not loaded & set(WRITER), f"{server} pulls in {sorted(loaded & set(WRITER))}"

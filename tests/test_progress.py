@@ -1,6 +1,6 @@
-from orchestrator import progress
+from orchestrator.analysis import progress
+from orchestrator.analysis.progress import TrialRecord
 from orchestrator.core import ledger
-from orchestrator.progress import TrialRecord
 
 
 def _rec(tid: str, losses: list[float], status: str = "TERMINATED") -> TrialRecord:

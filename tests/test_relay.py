@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator import progress
+from orchestrator.analysis import progress
 from orchestrator.execution import relay
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from test_review import _sweep_on_disk
 
-from orchestrator import cli, report, review
+from orchestrator import cli
+from orchestrator.analysis import report, review
 
 pytestmark = pytest.mark.slow
 

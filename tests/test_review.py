@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from mlflow.entities import Metric, Param
 
-from orchestrator import cli, config, review, sweep
+from orchestrator import cli, config, sweep
+from orchestrator.analysis import review
 from orchestrator.tracking import schema
 
 

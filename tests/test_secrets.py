@@ -18,8 +18,9 @@ import pydantic
 import pytest
 
 from conftest import ROOT, make_cfg
-from orchestrator import cli, config, submit, sweep
+from orchestrator import cli, config, sweep
 from orchestrator.config import ConfigError
+from orchestrator.launch import submit
 from orchestrator.tracking import champions, location, writer
 
 PASSWORD, API_KEY = "pw-Zq81xKr", "key-Hf27dLp"
@@ -315,8 +316,8 @@ def test_ray_serve_replicas_get_neither_the_api_key_nor_the_tracking_password() 
     # client takes the credentials from the node's environment.
     import cloudpickle
 
-    from orchestrator import serve_ray
     from orchestrator.config import ServeConfig
+    from orchestrator.serving import serve_ray
 
     key, password = "k3y-" + "x" * 28, "pw-" + "y" * 20
     app = serve_ray.application(

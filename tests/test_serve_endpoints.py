@@ -12,8 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from orchestrator import cli, config, serve
+from orchestrator import cli, config
 from orchestrator.core import model
+from orchestrator.serving import serve
 
 ROW = {"features": [[0.0, 1.0, 2.0, 3.0]]}
 

@@ -20,8 +20,9 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from conftest import free_port
-from orchestrator import config, serve
+from orchestrator import config
 from orchestrator.core import model
+from orchestrator.serving import serve
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,10 @@ import torch
 import uvicorn
 
 from conftest import free_port
-from orchestrator import config, serve
+from orchestrator import config
 from orchestrator.core import model
-from orchestrator.http_limits import Limits
+from orchestrator.serving import serve
+from orchestrator.serving.http_limits import Limits
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 
 from conftest import make_cfg
 from conftest import served_model as _served
-from orchestrator import config, serve
+from orchestrator import config
 from orchestrator.core import model, modelfile
+from orchestrator.serving import serve
 from orchestrator.tracking import registry
 
 

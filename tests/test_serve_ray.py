@@ -21,8 +21,8 @@ import requests
 import torch
 
 from conftest import files_holding, free_port, make_cfg
-from orchestrator import serve
 from orchestrator.core import model
+from orchestrator.serving import serve
 from orchestrator.tracking import champions
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ import requests
 import torch
 
 from conftest import free_port, make_cfg, wait_until_up
-from orchestrator import serve
 from orchestrator.core import model, modelfile
+from orchestrator.serving import serve
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_a_hostile_spec_is_refused_quickly_without_building_it(store: dict) -> N
 def test_the_report_refuses_a_pickle_only_champion(store: dict) -> None:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import report
+    from orchestrator.analysis import report
 
     version = _pickle_only(store)
     client = MlflowClient(store["uri"])

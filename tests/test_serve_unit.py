@@ -11,8 +11,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import served_model as _served
-from orchestrator import config, serve
+from orchestrator import config
 from orchestrator.core import model
+from orchestrator.serving import serve
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,7 @@ def test_the_server_runs_with_the_http_limits_of_the_config(
 ) -> None:
     import uvicorn
 
-    from orchestrator.http_limits import Limits
+    from orchestrator.serving.http_limits import Limits
 
     ran: dict = {}
     # restored after the test; the server turns MLflow's pickle loading off for its process

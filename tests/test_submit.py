@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import free_port, make_cfg
-from orchestrator import config, submit
+from orchestrator import config
 from orchestrator.config import ConfigError
+from orchestrator.launch import submit
 
 
 def _cfg(**over: Any) -> config.Config:

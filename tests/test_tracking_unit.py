@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from orchestrator import config, plots
+from orchestrator import config
+from orchestrator.analysis import plots
 from orchestrator.core import model, modelfile
 from orchestrator.tracking import champions, registry, writer
 

@@ -103,7 +103,8 @@ def test_a_silent_trial_stops_the_sweep_with_an_error_naming_it(
 ) -> None:
     from ray import tune
 
-    from orchestrator import progress, sweep
+    from orchestrator import sweep
+    from orchestrator.analysis import progress
 
     def stuck(trial_config: dict[str, Any]) -> None:
         tune.report({"epoch": 1, "val_loss": 1.0})

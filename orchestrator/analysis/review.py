@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import plots
+from orchestrator.analysis import plots
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import diagnosis
 from orchestrator.tracking import location, schema, writer

@@ -24,9 +24,9 @@ from ray import serve
 from starlette.types import ASGIApp
 
 from orchestrator import config as config_mod
-from orchestrator import serve as serve_mod
 from orchestrator.config import ServeConfig
 from orchestrator.execution import runtime
+from orchestrator.serving import serve as serve_mod
 from orchestrator.tracking import location
 
 APP_NAME = "orchestrator"

@@ -381,7 +381,7 @@ def _stop(state: State, pid: int, timeout: float) -> None:
 
 def nodes(state: State) -> list[dict[str, Any]]:
     """The cluster's nodes as the dashboard sees them (alive and dead)."""
-    from orchestrator import submit
+    from orchestrator.launch import submit
 
     return submit.cluster_nodes(state.address, Path(state.token_path).read_text().strip())
 

@@ -28,11 +28,11 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.batching import MicroBatcher
 from orchestrator.config import ConfigError, ServeConfig
 from orchestrator.core import model, modelfile
-from orchestrator.http_limits import Limits
-from orchestrator.metrics_text import ServerMetrics
+from orchestrator.serving.batching import MicroBatcher
+from orchestrator.serving.http_limits import Limits
+from orchestrator.serving.metrics_text import ServerMetrics
 from orchestrator.tracking import location, registry
 from orchestrator.tracking.registry import Refused
 

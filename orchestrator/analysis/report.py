@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator import plots, review
+from orchestrator.analysis import plots, review
+from orchestrator.analysis.review import SweepView
 from orchestrator.core import diagnosis
-from orchestrator.review import SweepView
 from orchestrator.tracking import location, schema
 
 REPORT = "report.html"
@@ -68,7 +68,8 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     the test split), or a note saying why there is none."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import serve, sweep
+    from orchestrator import sweep
+    from orchestrator.serving import serve
 
     uri = location.resolve_uri(view.cfg)
     client = MlflowClient(uri)
