@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.analysis.progress import SweepStalled
-from orchestrator.config import ConfigError
+from orchestrator.config import ConfigError, reference
 from orchestrator.execution import runtime
 from orchestrator.tracking import champions, location, schema, server
 
@@ -22,6 +22,8 @@ EXIT_STALLED = 5  # a trial reported nothing for sweep.stall_timeout: the sweep 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """`orchestrator sweep`: search the space (or the one ``--refine-from`` proposes), register
+    the champion."""
     from orchestrator import sweep
 
     cfg = config_mod.load(args.config, args.overrides)
@@ -53,6 +55,7 @@ def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """`orchestrator resume`: continue a sweep whose driver was stopped or killed."""
     from orchestrator import sweep
 
     runtime.ensure_env()
@@ -115,6 +118,8 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`orchestrator train`: one training run of the config (no search); 1 unless it ended
+    TERMINATED."""
     from orchestrator import sweep
     from orchestrator.analysis import progress
 
@@ -139,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`orchestrator serve`: a registered model over HTTP, or as a Ray Serve deployment."""
     from orchestrator.serving import serve
 
     cfg = config_mod.load(args.config, [*args.overrides, *_serve_flags(args)], only="serve")
@@ -182,6 +188,7 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """`orchestrator submit`: pre-flight checks, then a sweep or training run as a Ray job."""
     from orchestrator.launch import submit
 
     return submit.submit(
@@ -195,6 +202,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    """`orchestrator cluster up|down|status`: a multi-node Ray cluster on this machine."""
     from orchestrator.launch import cluster
 
     state_dir = Path(args.state_dir)
@@ -238,11 +246,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_tracking_serve(args: argparse.Namespace) -> int:
+    """`orchestrator tracking serve`: an MLflow server, which takes this process over."""
     server.run(args.backend, args.artifacts, args.host, args.port, args.workers, args.extra)
     return 0  # pragma: no cover (run replaces this process)
 
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    """`orchestrator tracking replay`: send a sweep's kept MLflow writes, register its champion."""
     import json
     from pathlib import Path
 
@@ -272,6 +282,7 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    """`orchestrator diagnose`: label a finished sweep's trials, propose the next search space."""
     from orchestrator.analysis import review
 
     view = review.load(args.experiment, args.storage)
@@ -282,6 +293,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """`orchestrator report`: one self-contained HTML report of a finished sweep."""
     from orchestrator.analysis import report, review
 
     path = report.write(review.load(args.experiment, args.storage))
@@ -290,13 +302,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """`orchestrator config schema|reference|check`: the JSON Schema, the reference, or a
+    config validated and shown redacted."""
     import json
 
-    if args.action == "schema":
-        text = json.dumps(config_mod.json_schema(), indent=2) + "\n"
+    if args.action in ("schema", "reference"):
+        text = (
+            json.dumps(config_mod.json_schema(), indent=2) + "\n"
+            if args.action == "schema"
+            else reference.markdown()
+        )
         if args.out:
             Path(args.out).write_text(text)
-            print(f"wrote {args.out} (point your editor's YAML schema setting at it)")
+            print(f"wrote {args.out}")
         else:
             sys.stdout.write(text)
         return 0
@@ -306,6 +324,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """`orchestrator data export`: a built-in data set as Parquet."""
     from orchestrator.core import data
 
     path = data.export(args.name, args.out or f"data/{args.name}.parquet")
@@ -314,6 +333,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, its flags and the ``cmd_*`` that runs it."""
     p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -483,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cs.add_argument("--out", default=None, help="write it to this file instead")
     cs.set_defaults(func=cmd_config)
+    cr = csub.add_parser("reference", help="print the configuration reference (Markdown)")
+    cr.add_argument("--out", default=None, help="write it to this file, e.g. docs/configuration.md")
+    cr.set_defaults(func=cmd_config)
     cc = csub.add_parser(
         "check", help="validate CONFIG with its overrides; print the result (secrets redacted)"
     )
@@ -505,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run its command; the exit code (``EXIT_CONFIG`` for a config error)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `CONFIG --address X key=value`: argparse takes positionals in one run, so overrides

@@ -391,3 +391,16 @@ def test_a_bad_flag_value_is_refused_under_its_key_with_exit_2(
 
     assert cli.main(["serve", "--model", "models:/m@champion", "--ray", "--replicas", "0"]) == 2
     assert "'serve.replicas'" in capsys.readouterr().err
+
+
+def test_the_configuration_reference_is_generated_from_the_schema() -> None:
+    from orchestrator.config import reference
+
+    page = (ROOT / "docs/configuration.md").read_text()
+    assert page == reference.markdown(), (
+        "docs/configuration.md is stale: orchestrator config reference --out docs/configuration.md"
+    )
+    for section in ("data", "model", "train", "train.early_stopping", "sweep", "serve"):
+        assert f"## `{section}`" in page
+    assert "| `train.weight_decay` | float | `0.0001` |" in page
+    assert "| `serve.api_key` | str \\| None | unset (secret) |" in page

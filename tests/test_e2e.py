@@ -129,7 +129,7 @@ def test_champion_alias_loads_with_pyfunc_and_scores_the_reported_accuracy(sweep
     acc = float((probs.argmax(1) == splits.y_test).mean())
     assert acc == pytest.approx(reported, abs=1e-9)
     assert f"test accuracy {reported:.4f}" in sweep["out"]
-    assert acc > 0.9  # a short 6-epoch sweep; the full demo's figure is in the README
+    assert acc > 0.9  # a short 6-epoch sweep; the full demo's figure is in docs/benchmarks.md
 
 
 def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: dict) -> None:

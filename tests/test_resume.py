@@ -54,7 +54,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
         f"scaling.cpus_per_worker={1 / workers}",
         "model.hidden=[512,512]",
         # keep every checkpoint: Tune's retention may otherwise delete the one its last
-        # saved state names before the next save (a known gap, see the README)
+        # saved state names before the next save (a known gap, see docs/searching.md)
         f"train.keep_checkpoints={EPOCHS}",
         f"sweep.num_samples={trials}",
         f"train.epochs={EPOCHS}",
