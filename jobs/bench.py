@@ -166,6 +166,7 @@ def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
 
 
 def bench_loop() -> dict[str, float]:
+    """Orchestrated loop vs bare PyTorch, one vs two DDP workers, bf16 and checkpointing vs fp32."""
     import ray
 
     with tempfile.TemporaryDirectory() as d:
@@ -227,18 +228,21 @@ def _cuda() -> bool:
 
 
 def bench_sweep() -> dict[str, float]:
+    """`python -m jobs.bench sweep` (``jobs.bench_sweep``)."""
     from jobs.bench_sweep import bench_sweep as run
 
     return run()
 
 
 def bench_tracking() -> dict[str, float]:
+    """`python -m jobs.bench tracking` (``jobs.bench_tracking``)."""
     from jobs.bench_tracking import bench_tracking as run
 
     return run()
 
 
 def bench_serve() -> dict[str, float]:
+    """`python -m jobs.bench serve` (``jobs.bench_serve``)."""
     from jobs.bench_serve import bench_serve as run
 
     return run()
@@ -253,6 +257,7 @@ BENCHMARKS = {
 
 
 def main(argv: list[str]) -> int:
+    """Run the benchmark ``argv`` names and print its figures as JSON; 2 for an unknown name."""
     if argv[:1] == ["_variant"]:
         _variant_main(*argv[1:4])
         return 0

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Request  # module level, as PredictRequest: annotations are resolved here
@@ -36,6 +37,8 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class PredictRequest(BaseModel):
+    """The naive servers' body: rows of finite floats, as the common FastAPI example takes it."""
+
     features: list[list[FiniteFloat]] = Field(..., min_length=1)
 
 
@@ -155,7 +158,7 @@ async def _load(port: int) -> tuple[float, float, float]:
                 start = time.perf_counter()
                 async with session.post(f"http://127.0.0.1:{port}/predict", json=body) as r:
                     await r.read()
-                    assert r.status == 200, r.status
+                    assert r.status == HTTPStatus.OK, r.status
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
@@ -198,6 +201,7 @@ KINDS = ("naive_sync", "naive_async", "ours", "ceiling")
 
 
 def bench_serve() -> dict[str, float]:
+    """Every server kind, both models, best of ``ROUNDS``: req/s, latencies and the ratios."""
     figures: dict[str, float] = {}
     client = "wrk" if shutil.which("wrk") else "aiohttp (no wrk on the PATH: figures understated)"
     print(

@@ -130,6 +130,7 @@ def epochs_to_reach(results: list[dict[str, float]], target: float) -> int:
 
 
 def bench_sweep() -> dict[str, float]:
+    """Fast path vs TorchTrainer trials, and ASHA vs FIFO epochs to the best, on digits."""
     from orchestrator.core import data
 
     runtime.ensure_env()

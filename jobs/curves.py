@@ -376,6 +376,8 @@ def run(recipe: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def generate(only: str | None = None) -> list[dict[str, Any]]:
+    """Train every recipe (with ``only``, those whose id holds it; the rest stay as they were);
+    a person's review stays with a curve only while the curve comes out the same."""
     old = {c["id"]: c for c in load()} if CORPUS.exists() else {}
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,6 +406,7 @@ def generate(only: str | None = None) -> list[dict[str, Any]]:
 
 
 def load(path: Path = CORPUS) -> list[dict[str, Any]]:
+    """Every curve in the corpus file."""
     return list(json.loads(path.read_text())["curves"])
 
 
@@ -422,6 +425,7 @@ def history(curve: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def save(curves: list[dict[str, Any]], path: Path = CORPUS) -> None:
+    """Write the corpus, one curve per line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # one curve per line: small, and a diff shows which curves changed
     lines = ",\n".join(json.dumps(c, separators=(",", ":")) for c in curves)
@@ -592,6 +596,7 @@ def confusion_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.curves generate|plot|tune|score`."""
     p = argparse.ArgumentParser(prog="python -m jobs.curves")
     p.add_argument("action", choices=["generate", "plot", "score", "tune"])
     p.add_argument("--only", default=None, help="regenerate the ids containing this text")

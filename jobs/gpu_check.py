@@ -25,6 +25,8 @@ from jobs import bench
 
 
 def amp_figures(path: str) -> dict[str, float]:
+    """Samples/s, peak memory and val accuracy on the GPU in fp32, bf16, fp16 and fp32 with
+    activation checkpointing, and each one's speedup and memory ratio over fp32."""
     from orchestrator.core import data, loop
 
     out: dict[str, float] = {}
@@ -62,6 +64,8 @@ def amp_figures(path: str) -> dict[str, float]:
 
 
 def end_to_end(tmp: Path) -> dict[str, float]:
+    """`orchestrator train` on the GPU (a TorchTrainer worker, NCCL, bf16) on digits: whether it
+    passed, and its time."""
     from orchestrator.core import data
 
     digits = data.export_digits(tmp / "digits.parquet")
@@ -90,6 +94,7 @@ def end_to_end(tmp: Path) -> dict[str, float]:
 
 
 def main() -> int:
+    """Both checks and their figures as JSON; 3 without a CUDA GPU, 1 when the run failed."""
     if not torch.cuda.is_available():
         print("no CUDA GPU here: nothing to check", file=sys.stderr)
         return 3

@@ -27,6 +27,9 @@ from orchestrator.tracking import champions, location, outbox, schema, writer
 
 @dataclass
 class SweepSummary:
+    """What a finished sweep reports: its MLflow runs and trials, the champion with its test
+    scores and registered version, and the MLflow writes still pending."""
+
     experiment_id: str
     parent_run_id: str
     records: list[TrialRecord]
@@ -160,10 +163,12 @@ class Context:
 
     @property
     def name(self) -> str:
+        """The sweep's Tune run name: the experiment and the sweep's start time."""
         return f"{self.cfg.experiment}-{self.stamp}"
 
     @property
     def path(self) -> Path:
+        """The sweep's folder under the storage path."""
         return Path(self.storage) / self.name
 
 
@@ -442,6 +447,9 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     )
 
 
+MAP_AXES = 2  # the regularization map puts one searched key on each axis
+
+
 def log_sweep_plots(
     client: outbox.Outbox,
     run_id: str,
@@ -466,7 +474,7 @@ def log_sweep_plots(
         else keys[:2]
     )
     star = next((i for i, r in enumerate(done) if r.trial_id == champion_id), None)
-    if len(pair) == 2:
+    if len(pair) == MAP_AXES:
         writer.log_png(
             client,
             run_id,
@@ -539,7 +547,8 @@ def _fit(
     return tuner.fit()
 
 
-def make_tuner(
+# the sweep's stages are to fold these into one context value (issue 16, sweep step)
+def make_tuner(  # noqa: PLR0913
     cfg: Config,
     trainable: Any,
     space: dict[str, Any],
@@ -551,6 +560,8 @@ def make_tuner(
     storage: str,
     name: str,
 ) -> Any:
+    """A Tune tuner of ``trainable`` over ``space``, ranked by the config's metric, with the
+    stall watchdog beside ``callback`` and checkpoints kept as the scheduler needs them."""
     from ray import tune
 
     key, mode = config_mod.rank_metric(cfg)
@@ -719,6 +730,9 @@ def _without_seed(values: dict[str, Any]) -> str:
 
 @dataclass
 class TrainSummary:
+    """What ``orchestrator train`` reports: its MLflow run, its trial record, and the
+    tracking server it went to."""
+
     run_id: str
     record: TrialRecord
     tracking_uri: str  # redacted (config.redact_uri): for showing
@@ -842,7 +856,8 @@ class _SweepCallback(_callback_base()):  # type: ignore[misc]
     knows every trial it had; a trial Tune re-runs finds its MLflow run again rather than
     opening a second one, and an epoch replayed from a checkpoint is logged once."""
 
-    def __init__(
+    # the sweep's stages are to fold these into one context value (issue 16, sweep step)
+    def __init__(  # noqa: PLR0913
         self,
         cfg: Config,
         client: outbox.Outbox,

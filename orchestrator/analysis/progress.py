@@ -7,14 +7,18 @@ from typing import Any
 
 from orchestrator.core.ledger import TrialRecord, best_trial
 
+FIXED_MIN = 1e-2  # smaller floats (but 0) show in 3 significant digits: 4 decimals lose them
+FIXED_MAX = 1e4  # larger floats too: 4 decimals would make the columns too wide
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.3g}" if (abs(v) < 1e-2 and v != 0) or abs(v) >= 1e4 else f"{v:.4f}"
+        return f"{v:.3g}" if (abs(v) < FIXED_MIN and v != 0) or abs(v) >= FIXED_MAX else f"{v:.4f}"
     return str(v)
 
 
 def epoch_line(result: dict[str, Any]) -> str:
+    """The ``[train]`` line of one reported epoch: its losses and scores, and how it ended."""
     keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1")
     flags = " ".join(k for k in ("early_stopped", "diverged") if result.get(k))
     return (
@@ -25,6 +29,7 @@ def epoch_line(result: dict[str, Any]) -> str:
 
 
 def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str) -> str:
+    """The ``[sweep]`` line: trials done and running, and the best trial so far with its values."""
     done = sum(r.status in ("TERMINATED", "ERROR") for r in records)
     running = sum(r.status == "RUNNING" for r in records)
     best = best_trial(records, metric, mode)
@@ -39,6 +44,8 @@ def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str
 
 
 def status_of(r: TrialRecord, planned_epochs: int) -> str:
+    """How a trial ended, in the table's words (diverged, early stopping, pruned, finished,
+    failed), or its Tune status in lower case while it has not."""
     last = r.history[-1] if r.history else {}
     if last.get("diverged"):
         return "diverged"
@@ -99,6 +106,7 @@ def stalled(last_seen: dict[str, float], now: float, timeout: float) -> tuple[st
 def stall_message(
     trial_id: str, values: dict[str, Any], epoch: int, planned: int, silent: float, timeout: float
 ) -> str:
+    """Why the sweep was stopped: which trial went silent, for how long, and where it was."""
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) or "no searched values"
     last = f"last result: epoch {epoch} of {planned}" if epoch else "no result yet"
     return (

@@ -24,6 +24,8 @@ NEXT_SPACE = "next_space.yaml"
 
 @dataclass
 class TrialView:
+    """One trial as read back from MLflow: its searched values, curves, fit label and best epoch."""
+
     trial_id: str
     run_id: str
     values: dict[str, Any]
@@ -36,6 +38,9 @@ class TrialView:
 
 @dataclass
 class SweepView:
+    """A sweep as read back for ``diagnose`` and ``report``: its trials, baseline and the
+    proposed next search space with the reasons for it."""
+
     folder: Path
     cfg: Config
     parent_run_id: str
@@ -130,6 +135,8 @@ def _fmt(v: Any) -> str:
 
 
 def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
+    """What ``diagnose`` prints: the label counts, the trial table, the fixes to try, the sweet
+    spot and the next search space with its reasons."""
     key, mode = config_mod.rank_metric(view.cfg)
     counts = {lab: sum(t.label == lab for t in view.trials) for lab in diagnosis.LABELS}
     out(

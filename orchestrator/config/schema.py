@@ -21,6 +21,10 @@ from pydantic import field_validator as _field_validator
 from orchestrator.config.errors import ConfigError, check
 
 SECRET, REDACTED = "secret", "***"
+IMAGE_DIMS = 3  # a shape is [channels, height, width]
+PORT_END = 65536  # TCP ports are 16-bit: 1 to 65535
+MAX_WINDOW_MS = 1000  # a batching wait past a second costs more latency than batches save
+MIN_HEADER_BYTES = 1024  # room for a request line and the headers every client sends
 
 
 def secret(kind: str = "value", env: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -122,7 +126,8 @@ class DataConfig(Section):
             "remove it or set e.g. 200",
         )
         check(
-            self.shape is None or (len(self.shape) == 3 and all(v > 0 for v in self.shape)),
+            self.shape is None
+            or (len(self.shape) == IMAGE_DIMS and all(v > 0 for v in self.shape)),
             "data.shape",
             f"must be [channels, height, width] of positive sizes, got {self.shape}",
             "use e.g. [1, 8, 8]",
@@ -731,10 +736,13 @@ class ServeConfig(Section):
             "use e.g. 1024",
         )
         check(
-            0 < self.port < 65536, "serve.port", f"must be a TCP port, got {self.port}", "use 8000"
+            0 < self.port < PORT_END,
+            "serve.port",
+            f"must be a TCP port, got {self.port}",
+            "use 8000",
         )
         check(
-            0 <= self.window_ms <= 1000,
+            0 <= self.window_ms <= MAX_WINDOW_MS,
             "serve.window_ms",
             f"must be in [0, 1000] ms, got {self.window_ms}",
             "use e.g. 2",
@@ -767,7 +775,7 @@ class ServeConfig(Section):
                 "use the default",
             )
         check(
-            self.max_header_bytes >= 1024,
+            self.max_header_bytes >= MIN_HEADER_BYTES,
             "serve.max_header_bytes",
             f"must be at least 1024, got {self.max_header_bytes}",
             "use e.g. 65536",

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.schema import REDACTED, SECRET, Config, get
 
+URI_VARIABLES = 2  # a URI secret's environment: the user's variable and the password's
+
 # scheme://USERINFO@: greedy up to the token's last '@', so a password holding an unencoded
 # '@' or '/' is hidden whole (an '@' later in a path hides the host too: safe side)
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>]+@")
@@ -100,7 +102,9 @@ def restore(cfg: Config, keys: Sequence[str] | None = None) -> Config:
             continue
         if meta[SECRET] == "uri":
             user, password = (
-                (os.environ.get(env[0]), os.environ.get(env[1])) if len(env) == 2 else (None, None)
+                (os.environ.get(env[0]), os.environ.get(env[1]))
+                if len(env) == URI_VARIABLES
+                else (None, None)
             )
             if not user:
                 raise ConfigError(

@@ -24,6 +24,8 @@ CONTINUE, PAUSE = "continue", "pause"
 
 @dataclass
 class Ladder:
+    """One sweep's rungs: each rung's scores, the trials it sent on and those paused at it."""
+
     rungs: list[int]  # epochs at which trials are compared, ascending, below the budget
     reduction_factor: int
     mode: str  # "min" or "max": of the ranked value
@@ -72,6 +74,7 @@ class Ladder:
         return out
 
     def promote(self, trial: str) -> None:
+        """Send a paused trial on past its rung."""
         self.promoted[self.waiting.pop(trial)].add(trial)
 
     def forget(self, trial: str) -> None:

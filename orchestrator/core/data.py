@@ -16,10 +16,13 @@ import pyarrow.parquet as pq
 from orchestrator.config import ConfigError, DataConfig
 
 MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test after a stratified split
+MIN_CLASSES = 2  # with one label value there is nothing to tell apart
 
 
 @dataclass
 class Dataset:
+    """A whole checked table in memory: float32 features, class indices and what they mean."""
+
     features: np.ndarray  # float32, (rows, features)
     labels: np.ndarray  # int64 class indices 0..C-1
     classes: list  # original label values, index -> value
@@ -29,6 +32,8 @@ class Dataset:
 
 @dataclass
 class Splits:
+    """The train, validation and test arrays of one data set, with its classes and columns."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
@@ -41,13 +46,16 @@ class Splits:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the model's output layer scores."""
         return len(self.classes)
 
     @property
     def num_features(self) -> int:
+        """How many feature columns the model's input takes."""
         return int(self.x_train.shape[1])
 
     def sizes(self) -> dict[str, int]:
+        """Rows in each split, by name."""
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
@@ -163,6 +171,7 @@ def _feature_names(schema: pa.Schema, cfg: DataConfig) -> list[str]:
 
 
 def features_of(table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
+    """The named columns of a table or batch as one float32 (rows, features) array."""
     return np.column_stack(
         [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
     )
@@ -242,7 +251,7 @@ def _label_values(
 
 
 def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> None:
-    if len(classes) < 2:
+    if len(classes) < MIN_CLASSES:
         raise ConfigError(
             "data.label",
             f"column {cfg.label!r} has only one class",
@@ -291,6 +300,7 @@ def choose_loader(cfg: DataConfig, nbytes: int) -> str:
 
 
 def size_bytes(cfg: DataConfig) -> int:
+    """Bytes of ``data.path`` on its file system (a folder: all its files), to choose a loader."""
     fs, inner = _exists(cfg)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.File:
@@ -328,6 +338,7 @@ class Summary:
     class_counts: list[int] = field(default_factory=list)  # all rows, in ``classes`` order
 
     def sizes(self) -> dict[str, int]:
+        """Rows in each split, by name (as ``Splits.sizes``)."""
         return dict(self.rows)
 
 
@@ -417,6 +428,7 @@ def split(ds: Dataset, cfg: DataConfig) -> Splits:
 
 
 def load_splits(cfg: DataConfig) -> Splits:
+    """Read, check and split ``data.path`` in memory."""
     return split(read(cfg), cfg)
 
 

@@ -48,15 +48,23 @@ from orchestrator.config import DiagnosisConfig
 
 LABELS = ("underfit", "good_fit", "overfit", "both", "diverged", "undetermined")
 STEERING = ("underfit", "good_fit", "overfit", "both")  # labels that may change the space
+SMOOTHED = 3  # the median of three (an epoch and its two neighbours): shorter curves stay raw
+WHOLE_PERCENT = 0.095  # shares that round to 10% or more print whole; smaller keep a decimal
+FITTED_ACCURACY = 0.999  # 100% training accuracy, give or take a row in a thousand: it fit
+VISIBLE_RISE = 0.1  # validation loss ended 10% above its best: the reason says it rose
+HIGH_ACCURACY = 0.95  # from 95% up, the overfit reason quotes training accuracy, not loss
 
 
 @dataclass(frozen=True)
 class Baseline:
+    """What a model that learned nothing from the features scores: losses are read against it."""
+
     loss: float  # cross-entropy of predicting the training split's class frequencies
     accuracy: float  # always predicting the most frequent class
 
 
 def baseline(class_counts: list[int] | Any) -> Baseline:
+    """The baseline of a training split from its rows per class (NaN when it has none)."""
     counts = [float(c) for c in class_counts if c > 0]
     total = sum(counts)
     if total <= 0:
@@ -67,6 +75,8 @@ def baseline(class_counts: list[int] | Any) -> Baseline:
 
 @dataclass
 class Diagnosis:
+    """A trial's label, why (in numbers) and what to change (as config keys)."""
+
     label: str
     reasons: str  # one or two sentences, with the numbers
     fixes: list[str]  # what to change, as config keys
@@ -75,7 +85,7 @@ class Diagnosis:
 
 def _smooth(values: list[float]) -> list[float]:
     """Median of each point and its neighbours: a one-epoch spike or dip disappears."""
-    if len(values) < 3:
+    if len(values) < SMOOTHED:
         return list(values)
     inner = [statistics.median(values[i - 1 : i + 2]) for i in range(1, len(values) - 1)]
     return [statistics.median(values[:3])] + inner + [statistics.median(values[-3:])]
@@ -97,7 +107,7 @@ def _fall(values: list[float]) -> float:
 
 
 def _pct(v: float) -> str:
-    return f"{v:.0%}" if abs(v) >= 0.095 or v == 0 else f"{v:.1%}"
+    return f"{v:.0%}" if abs(v) >= WHOLE_PERCENT or v == 0 else f"{v:.1%}"
 
 
 def diagnose(
@@ -227,7 +237,7 @@ def diagnose(
         )
 
     # ---- bias and variance, each read over the whole run
-    fitted = acc and top_acc >= 0.999
+    fitted = acc and top_acc >= FITTED_ACCURACY
     # A run stopped before its planned epochs (early stopping, the scheduler) whose training
     # loss was still falling fast enough to get under the line within as many epochs again
     # had not shown it cannot fit its rows: its training was cut short, not its capacity.
@@ -256,7 +266,7 @@ def diagnose(
         rel = (val[-1] - val_raw[best]) / val_raw[best] if val_raw[best] > 0 else 0.0
         seen = (
             f"{lowest} and rose {_pct(rel)} after it"
-            if rise > th.rise_ratio or rel > 0.1
+            if rise > th.rise_ratio or rel > VISIBLE_RISE
             else f"{lowest} and ended at {val[-1]:.3f}"
         )
         if bias:
@@ -269,7 +279,7 @@ def diagnose(
             return Diagnosis("both", why, _both_fixes(cfg), facts)
         fit = (
             f"training accuracy reached {_pct(top_acc)}"
-            if acc and top_acc >= 0.95
+            if acc and top_acc >= HIGH_ACCURACY
             else f"training loss fell to {train_min}"
         )
         why = (
@@ -427,6 +437,8 @@ def _undetermined_fixes(cfg: Any) -> list[str]:
 # ---------------------------------------------------------------- the sweep's next space
 
 EDGE = 0.1  # a best value in the outer tenth of its range sits on the boundary
+TREND_EDGE = 0.25  # the most extreme value drawn, in the outer quarter: the trend points past
+MIDDLE = 0.5  # a best value up to the middle of its range is on the lower edge
 
 
 def _scale(spec: dict[str, Any]) -> tuple[Any, Any]:
@@ -512,8 +524,13 @@ def propose(
         lowest, highest = to(best[key]) <= min(seen), to(best[key]) >= max(seen)
         # on an edge: in the range's outer tenth, or the most extreme value drawn that
         # way and in the outer quarter (the trend points past the edge)
-        if at <= EDGE or at >= 1 - EDGE or (lowest and at <= 0.25) or (highest and at >= 0.75):
-            down = at <= 0.5
+        if (
+            at <= EDGE
+            or at >= 1 - EDGE
+            or (lowest and at <= TREND_EDGE)
+            or (highest and at >= 1 - TREND_EDGE)
+        ):
+            down = at <= MIDDLE
             step = 1.0 if spec["type"] == "loguniform" else span / 2
             floor = -math.inf if spec["type"] == "loguniform" and limit_lo <= 0 else to(limit_lo)
             if down:

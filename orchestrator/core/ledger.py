@@ -52,6 +52,7 @@ def update(record: TrialRecord, result: dict[str, Any], metric: str, mode: str) 
 
 
 def best_trial(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The trial with the best ``metric`` among those with a checkpoint that did not fail."""
     done = [r for r in records if r.best is not None and r.checkpoint and r.status != "ERROR"]
     if not done:
         return None

@@ -26,8 +26,12 @@ from orchestrator.config import Config, Goal
 from orchestrator.core import checkpoint, metrics, model
 from orchestrator.core.data import Splits
 
+MATRIX_DIMS = 2  # weight matrices and conv kernels have at least 2 dims; biases have 1
+
 
 class Seam(Protocol):
+    """What the loop needs from where it runs: its rank, its device, DDP and reporting."""
+
     rank: int
     world_size: int
     device: torch.device
@@ -61,17 +65,21 @@ class LocalSeam:
     resume_from: str | None = None
 
     def wrap(self, net: nn.Module) -> nn.Module:
+        """Move to the device (one worker: no DDP)."""
         return net.to(self.device)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Identity: one worker's sum is its own."""
         return t
 
     def report(self, values: dict[str, float], checkpoint_dir: str | None) -> None:
+        """Keep the metrics; hand the checkpoint folder to ``on_checkpoint``."""
         self.reports.append(values)
         if checkpoint_dir and self.on_checkpoint:
             self.on_checkpoint(checkpoint_dir)
 
     def restore(self) -> dict[str, Any] | None:
+        """The checkpoint at ``resume_from``, or None."""
         return checkpoint.load_checkpoint(self.resume_from) if self.resume_from else None
 
 
@@ -338,13 +346,14 @@ def train_epoch(run: Run, feed: Feed, epoch: int, cfg: Config) -> dict[str, floa
 
 def weights(net: nn.Module) -> list[nn.Parameter]:
     """Parameters that are weight matrices (L1/L2 apply to these, not to biases)."""
-    return [p for p in net.parameters() if p.ndim >= 2]
+    return [p for p in net.parameters() if p.ndim >= MATRIX_DIMS]
 
 
 def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW or SGD (``train.optimizer``) with weight decay on the weight matrices only."""
     t = cfg.train
     decay = weights(net)
-    no_decay = [p for p in net.parameters() if p.ndim < 2]
+    no_decay = [p for p in net.parameters() if p.ndim < MATRIX_DIMS]
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": t.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -372,7 +381,8 @@ def set_hyperparameters(
 
 
 def make_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if num_classes == 2:  # one logit, sigmoid inside BCE-with-logits
+    """The loss for the head ``model.num_outputs`` builds: BCE on one logit, or cross-entropy."""
+    if num_classes == model.BINARY:  # one logit, sigmoid inside BCE-with-logits
         return lambda logits, y: F.binary_cross_entropy_with_logits(
             logits.squeeze(1), y.to(logits.dtype)
         )
@@ -405,6 +415,7 @@ def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager[An
 
 
 def predict(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted class indices: a one-logit head's sign, else the highest logit."""
     if logits.shape[1] == 1:
         return (logits.squeeze(1) > 0).to(torch.int64)
     return logits.argmax(dim=1)

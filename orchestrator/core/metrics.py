@@ -13,6 +13,7 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
 
 
 def accuracy(cm: torch.Tensor) -> float:
+    """Share of rows predicted right (0 when there are none)."""
     total = cm.sum().item()
     return cm.diagonal().sum().item() / total if total else 0.0
 

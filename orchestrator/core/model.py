@@ -9,6 +9,10 @@ from torch.utils.checkpoint import checkpoint
 
 from orchestrator.config import Config, ModelConfig
 
+BINARY = 2  # two classes: one logit and a sigmoid (BCE), not a softmax
+CONSTANT_STD = 1e-6  # a spread this small is a constant column: left unscaled, not divided by ~0
+POOL_FROM = 4  # an image is halved by max pooling only while at least this wide (never below 2)
+
 
 class Standardize(nn.Module):
     """(x - mean) / std with the training split's statistics, stored as buffers.
@@ -22,19 +26,20 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         # Constant columns (digits' blank corner pixels) would divide by zero.
         self.register_buffer(
-            "std", torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32)
+            "std", torch.as_tensor(np.where(std > CONSTANT_STD, std, 1.0), dtype=torch.float32)
         )
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features scaled with the training split's statistics."""
         return (x - self.mean) / self.std
 
 
 def num_outputs(num_classes: int) -> int:
     """Binary: one logit (sigmoid + BCE); multi-class: one logit per class (softmax + CE)."""
-    return 1 if num_classes == 2 else num_classes
+    return 1 if num_classes == BINARY else num_classes
 
 
 class CheckpointedBlock(nn.Sequential):
@@ -43,6 +48,7 @@ class CheckpointedBlock(nn.Sequential):
     names as a plain block, so checkpoints load either way."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output; while training with gradients, its activations are not kept."""
         if self.training and torch.is_grad_enabled():
             out: torch.Tensor = checkpoint(super().forward, x, use_reentrant=False)
             return out
@@ -89,7 +95,7 @@ def build(
         stem.append(nn.Unflatten(1, (channels, height, width)))
         for h in cfg.hidden:
             layers: list[nn.Module] = [nn.Conv2d(channels, h, 3, padding=1), nn.ReLU()]
-            if min(height, width) >= 4:
+            if min(height, width) >= POOL_FROM:
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             if cfg.dropout > 0:
@@ -115,11 +121,13 @@ def build(
 def from_config(
     cfg: Config, col_mean: np.ndarray, col_std: np.ndarray, num_classes: int
 ) -> nn.Sequential:
+    """The config's network, its stem scaled from the training split's per-column moments."""
     mean, std = feature_stats(cfg.model.kind, col_mean, col_std)
     return build(cfg.model, mean, std, num_classes, cfg.data.shape, cfg.train.grad_checkpointing)
 
 
 def from_data(cfg: Config, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
+    """The config's network, its stem scaled from the training rows in memory."""
     return from_config(cfg, x_train.mean(axis=0), x_train.std(axis=0), num_classes)
 
 
@@ -139,4 +147,5 @@ class WithProbabilities(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, (rows, classes), for raw features."""
         return probabilities(self.net(x))

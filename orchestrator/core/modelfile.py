@@ -16,6 +16,7 @@ from orchestrator.config import Config, ConfigError
 from orchestrator.core import model
 
 WEIGHTS_FILE, MODEL_FILE = "weights.pt", "model.json"  # the pickle-free form, in extra_files/
+MIN_CLASSES = 2  # a classifier tells at least two classes apart
 
 
 def write_weights(
@@ -118,7 +119,7 @@ def check_spec(spec: Any) -> tuple[config_mod.ModelConfig, list[int] | None, int
     d, num_classes, classes = spec["num_features"], spec["num_classes"], spec["classes"]
     if type(d) is not int or d < 1:
         raise bad("num_features", f"expected a positive integer, got {d!r}")
-    if type(num_classes) is not int or num_classes < 2:
+    if type(num_classes) is not int or num_classes < MIN_CLASSES:
         raise bad("num_classes", f"expected an integer of at least 2, got {num_classes!r}")
     if not isinstance(classes, list) or len(classes) != num_classes:
         raise bad("classes", f"expected a list of {num_classes} class names")
@@ -147,7 +148,7 @@ def state_elements(
         channels, height, width = shape
         for h in mcfg.hidden:
             n += channels * h * 9 + h
-            if min(height, width) >= 4:
+            if min(height, width) >= model.POOL_FROM:
                 height, width = height // 2, width // 2
             channels = h
         return n + channels * height * width * out + out

@@ -34,20 +34,22 @@ class RaySeam:
         self.device = ray.train.torch.get_device()
 
     def wrap(self, net: nn.Module) -> nn.Module:
-        # Moves to the device; wraps in DDP only when world size > 1.
+        """Move to the device; wrap in DDP only when world size > 1."""
         return ray.train.torch.prepare_model(net)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over the worker group, in place (identity for one worker)."""
         if self.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
     def report(self, values: dict[str, float], checkpoint_dir: str | None) -> None:
+        """Report the epoch's metrics to Ray Train, with the checkpoint folder when given."""
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(values, checkpoint=ckpt)
 
     def restore(self) -> dict[str, Any] | None:
-        # After a worker died and Train restarted the group: the latest reported checkpoint.
+        """After a worker died and Train restarted the group: the latest reported checkpoint."""
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
@@ -69,6 +71,7 @@ class ReportRelay(ray.train.UserCallback):
         metrics: list[dict[str, Any]],
         checkpoint: ray.train.Checkpoint | None,
     ) -> None:
+        """Put rank 0's metrics, with the checkpoint's path, on the trial's queue."""
         row = dict(metrics[0])
         if checkpoint:  # already in storage: Tune gets its path, not a second upload
             row[CHECKPOINT_PATH] = checkpoint.path
@@ -225,6 +228,8 @@ def stream_feed(
 
 
 def stream_info(summary: data.Summary, group: str) -> dict[str, Any]:
+    """What a streaming worker needs from the driver's scan: the classes and the feature
+    moments of the split group it trains on (``train``, or ``train+val`` for a refit)."""
     return {
         "classes": summary.classes,
         "col_mean": summary.col_mean[group].tolist(),

@@ -38,6 +38,7 @@ def values_of(trial_config: dict[str, Any], space_keys: Any = None) -> dict[str,
 
 
 def fast_path(cfg: Config) -> bool:
+    """Whether the loop runs inside the Tune trial's own process (one worker, fast path on)."""
     return cfg.scaling.num_workers == 1 and cfg.scaling.fast_path
 
 
@@ -50,18 +51,22 @@ class TuneSeam:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
     def wrap(self, net: nn.Module) -> nn.Module:
+        """Move to the device (one worker: no DDP)."""
         return net.to(self.device)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Identity: one worker's sum is its own."""
         return t
 
     def report(self, values: dict[str, float], checkpoint_dir: str | None) -> None:
+        """Report the epoch's metrics to Tune, with the checkpoint folder when given."""
         from ray import tune
 
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(values, checkpoint=ckpt)
 
     def restore(self) -> dict[str, Any] | None:
+        """The checkpoint Tune hands the trial to resume from, or None."""
         # A retried, resumed, unpaused (HyperBand) or exploited (PBT) trial starts here.
         from ray import tune
 
@@ -179,6 +184,8 @@ def max_failures(cfg: Config) -> int:
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
+    """``sweep.space`` as Tune's param_space: each range as its sampler, a grid (or a choice
+    under the grid searcher) as a grid search."""
     from ray import tune
 
     grid = cfg.sweep.searcher == "grid"
@@ -205,6 +212,7 @@ def num_samples(cfg: Config) -> int:
 
 
 def total_trials(cfg: Config) -> int:
+    """How many trials the sweep runs: ``num_samples`` times the size of every grid."""
     sizes = [
         len(s["values"])
         for s in cfg.sweep.space.values()
@@ -234,6 +242,8 @@ def searcher(cfg: Config, concurrency: int) -> Any:
 
 
 def scheduler(cfg: Config) -> Any:
+    """Tune's scheduler for ``sweep.scheduler`` (ASHA by promotion where it promotes); None
+    for fifo."""
     from ray.tune import schedulers
 
     sw, epochs = cfg.sweep, cfg.train.epochs
@@ -301,6 +311,7 @@ def hyperband_brackets(cfg: Config) -> int:
 
 
 def pbt_mutations(cfg: Config) -> dict[str, Any]:
+    """PBT's ``hyperparam_mutations``: each choice's or grid's values, each range's sampler."""
     from ray import tune
 
     out: dict[str, Any] = {}
@@ -321,6 +332,7 @@ def pbt_mutations(cfg: Config) -> dict[str, Any]:
 
 
 def alive_nodes() -> list[dict[str, float]]:
+    """The resources of each live Ray node, to fit the trials to the cluster."""
     import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]

@@ -18,6 +18,8 @@ from orchestrator.core.asha import PAUSE, Ladder
 
 
 class PromotionASHA(FIFOScheduler):
+    """Tune's side of a ``Ladder``: pauses trials at rungs and resumes the promoted ones."""
+
     def __init__(
         self,
         rungs: list[int],
@@ -42,6 +44,7 @@ class PromotionASHA(FIFOScheduler):
         self._regate()
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Accept Tune's metric and mode unchanged."""
         return True  # metric and mode came with the config
 
     def _regate(self) -> None:
@@ -49,9 +52,11 @@ class PromotionASHA(FIFOScheduler):
             self._gated.max_concurrent = self.ladder.gate(self._concurrency)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        """Count the trial as started (for when every configuration has been)."""
         self._seen.add(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        """CONTINUE or PAUSE, as the ladder decides for the epoch just reported."""
         epoch, value = result.get(self._time_attr), result.get(self._metric)
         if epoch is None or value is None:
             return TrialScheduler.CONTINUE
@@ -64,15 +69,20 @@ class PromotionASHA(FIFOScheduler):
         self._regate()
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        """A finished trial waits for nothing."""
         self._ended(trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        """A failed trial waits for nothing."""
         self._ended(trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        """A removed (stopped) trial waits for nothing."""
         self._ended(trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """A promoted paused trial first, then a new one; once all have started and none
+        runs, the paused ones are drained (the best promoted, the rest stopped)."""
         trials = tune_controller.get_trials()
         by_id = {t.trial_id: t for t in trials}
         # 1. a paused trial that has earned its next rung
@@ -107,5 +117,6 @@ class PromotionASHA(FIFOScheduler):
             self._regate()
 
     def debug_string(self) -> str:
+        """Tune's status line: trials per rung and how many are paused."""
         sizes = ", ".join(f"{r}: {len(self.ladder.scores[r])}" for r in self.ladder.rungs)
         return f"ASHA by promotion; trials per rung {{{sizes}}}; paused {len(self.ladder.waiting)}"

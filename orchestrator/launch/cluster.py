@@ -42,6 +42,8 @@ TEMP_NAME = re.compile(rf"{TEMP_PREFIX}[A-Za-z0-9_]{{8}}(-w\d+)?")
 
 @dataclass
 class State:
+    """What `up` started and where (ports, pids, token, temp folder), saved as cluster.json."""
+
     gcs_port: int
     dashboard_port: int
     temp_dir: str
@@ -77,6 +79,7 @@ def env(state: State) -> dict[str, str]:
 
 
 def load(state_dir: Path = STATE_DIR) -> State | None:
+    """The cluster recorded in ``state_dir``, or None when nothing was started there."""
     path = state_dir / "cluster.json"
     if not path.is_file():
         return None
@@ -107,6 +110,7 @@ def _dashboard_port() -> int:
 
 
 def is_up(state: State) -> bool:
+    """The head `up` started is still running (its pid not taken by another process)."""
     return _ours(state, state.head_pid)
 
 
@@ -404,6 +408,7 @@ def _wait(state: State, alive: int, timeout: float, state_dir: Path) -> None:
 
 
 def status_lines(state: State) -> list[str]:
+    """The cluster's address, token and nodes (each with its state and resources), for a person."""
     lines = [
         f"Ray cluster on 127.0.0.1: dashboard {state.address}, RAY_ADDRESS={state.gcs}, "
         f"token {state.token_path}"

@@ -32,6 +32,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -93,7 +94,7 @@ def _request(address: str, path: str, token: str | None) -> Any:
 def check_auth(address: str) -> str | None:
     """The token to send (None when the cluster does not want one)."""
     probe = "/api/v0/nodes?limit=1"
-    if _request(address, probe, None).status_code != 401:
+    if _request(address, probe, None).status_code != HTTPStatus.UNAUTHORIZED:
         return None
     token = find_token()
     if token is None:
@@ -105,7 +106,10 @@ def check_auth(address: str) -> str | None:
             "copy the cluster's token (`ray get-auth-token` "
             "on the head) to ~/.ray/auth_token, or set RAY_AUTH_TOKEN_PATH",
         )
-    if _request(address, probe, token).status_code in (401, 403):
+    if _request(address, probe, token).status_code in (
+        HTTPStatus.UNAUTHORIZED,
+        HTTPStatus.FORBIDDEN,
+    ):
         raise ConfigError(
             "auth",
             f"the cluster at {address} refused this machine's token",
@@ -117,7 +121,7 @@ def check_auth(address: str) -> str | None:
 def cluster_nodes(address: str, token: str | None) -> list[dict[str, Any]]:
     """Every node the dashboard knows (``state`` ALIVE or DEAD, ``resources_total``)."""
     r = _request(address, "/api/v0/nodes?detail=1&limit=10000", token)
-    if r.status_code != 200:
+    if r.status_code != HTTPStatus.OK:
         raise ConfigError(
             "--address",
             f"the dashboard at {address} answered "
@@ -139,6 +143,7 @@ def check_fits(cfg: Config, nodes: list[dict[str, Any]]) -> int:
 
 
 def is_local(address: str) -> bool:
+    """``address`` is on this machine (a loopback host): the cluster shares its disk."""
     return (urlparse(address).hostname or "") in LOOPBACK
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 INLINE_BELOW_S = float(os.environ.get("ORCHESTRATOR_INLINE_BELOW_S", "0.001"))
+SIZES_KEPT = 10_000  # batch sizes remembered; past it the oldest half goes, so memory stays bounded
 
 
 @dataclass
@@ -44,14 +45,18 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)  # rows per batch, the last 10,000
 
     def add(self, rows: int) -> None:
+        """Count one forward pass of ``rows`` rows."""
         self.batches += 1
         self.rows += rows
         self.sizes.append(rows)
-        if len(self.sizes) > 10_000:
+        if len(self.sizes) > SIZES_KEPT:
             del self.sizes[:5_000]
 
 
 class MicroBatcher:
+    """Gathers the rows of concurrent requests into one forward pass of ``fn``, one pass at
+    a time (the policy is in the module's docstring)."""
+
     def __init__(
         self,
         fn: Callable[[np.ndarray], np.ndarray],
@@ -139,4 +144,5 @@ class MicroBatcher:
         return out
 
     def close(self) -> None:
+        """Shut the forward thread down without waiting; passes not yet started are cancelled."""
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -31,6 +31,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 @dataclass(frozen=True)
 class Limits:
+    """What one HTTP client may hold of the server: head size, head and body deadlines,
+    connections at once, idle keep-alive."""
+
     max_header_bytes: int = 64 * 1024
     """The request line and headers together (nginx allows 4 x 8 KiB by default)."""
     header_timeout_s: float = 10.0

@@ -6,12 +6,15 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from http import HTTPStatus
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 class Histogram:
+    """A Prometheus histogram: counts per upper bound, their sum and their number."""
+
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
         self.counts = [0] * (len(buckets) + 1)  # the last: above every bucket
@@ -19,11 +22,13 @@ class Histogram:
         self.n = 0
 
     def observe(self, value: float) -> None:
+        """Count ``value`` in the first bucket it fits under."""
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
         self.n += 1
 
     def lines(self, name: str) -> list[str]:
+        """The exposition lines of this histogram as ``name``: cumulative buckets, sum, count."""
         out, running = [], 0
         for bound, count in zip(self.buckets, self.counts, strict=False):
             running += count
@@ -34,6 +39,9 @@ class Histogram:
 
 
 class ServerMetrics:
+    """What /metrics reports: requests by path and status, latency, batch sizes, model reloads
+    and refusals; safe to update from several threads."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()  # (path, status) -> count
@@ -53,16 +61,19 @@ class ServerMetrics:
             return True
 
     def request(self, path: str, status: int, seconds: float) -> None:
+        """Count one answered request; the latency is kept for /predict only."""
         with self.lock:
             self.requests[(path, status)] += 1
             if path == "/predict":
                 self.latency.observe(seconds)
 
     def batch(self, rows: int) -> None:
+        """Count one forward pass of ``rows`` rows."""
         with self.lock:
             self.batch_rows.observe(rows)
 
     def text(self, model_version: str) -> str:
+        """The /metrics page in Prometheus text format, with ``model_version`` as the one served."""
         with self.lock:
             lines = [
                 "# HELP orchestrator_requests_total HTTP requests by path and status.",
@@ -72,7 +83,7 @@ class ServerMetrics:
                 f'orchestrator_requests_total{{path="{p}",status="{s}"}} {n}'
                 for (p, s), n in sorted(self.requests.items())
             ]
-            errors = sum(n for (_, s), n in self.requests.items() if s >= 400)
+            errors = sum(n for (_, s), n in self.requests.items() if s >= HTTPStatus.BAD_REQUEST)
             lines += [
                 "# HELP orchestrator_errors_total Requests answered 4xx or 5xx.",
                 "# TYPE orchestrator_errors_total counter",

@@ -38,12 +38,18 @@ from orchestrator.tracking.registry import Refused
 
 
 class PredictResponse(BaseModel):
+    """The answer of /predict, for its OpenAPI schema: a class and the class probabilities
+    per row (the handler writes the JSON itself)."""
+
     predictions: list[Any]
     probabilities: list[list[float]]
 
 
 @dataclass
 class Served:
+    """A model ready to serve: the network, its classes and feature count, and the registry
+    version and run it came from."""
+
     net: torch.nn.Module  # raw features in, class probabilities out
     classes: list
     num_features: int
@@ -132,9 +138,14 @@ class State:
 class Batcher(Protocol):
     """Rows in, the model's rows out, computed together with other requests' rows."""
 
-    async def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for ``x`` (rows x features), once its batch has gone through."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the batcher's forward thread: the app calls it when the model is swapped out
+        or the server stops."""
+        ...
 
 
 # (forward, window_s, max_rows) -> a batcher; Ray Serve passes one built on @serve.batch
@@ -162,12 +173,16 @@ def _state(
 
 
 class BadInput(ValueError):
+    """A /predict body that is not the model's input: the status to answer and the message
+    naming the offending field."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+MATRIX = 2  # dimensions of a well-formed batch: rows x features
 
 
 def parse_features(body: bytes, num_features: int, max_rows: int) -> np.ndarray:
@@ -193,7 +208,7 @@ def parse_features(body: bytes, num_features: int, max_rows: int) -> np.ndarray:
         x = np.array(rows)
     except (ValueError, TypeError):  # ragged rows
         x = None
-    matrix = x is not None and x.ndim == 2 and x.dtype.kind in "fiu"
+    matrix = x is not None and x.ndim == MATRIX and x.dtype.kind in "fiu"
     if not matrix or b"true" in body or b"false" in body:  # numpy takes a boolean for 1 or 0
         _locate(rows, num_features)
     if x is None or not matrix:  # e.g. integers past int64
@@ -253,6 +268,8 @@ class Guard:
         self.app, self.key_digest, self.limit, self.metrics = app, key_digest, limit, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer here what is refused (401, 415, 413) or breaks (500), pass the rest on, and
+        count every HTTP request in the metrics."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -370,7 +387,7 @@ def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
     }
 
 
-def create_app(
+def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on their own
     served: Served,
     max_batch: int = 1024,
     window_ms: float = 2.0,

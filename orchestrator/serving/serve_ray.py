@@ -55,14 +55,19 @@ class RayBatcher:
         self._infer = infer
 
     async def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for ``x``, computed in a batch that ``@serve.batch`` gathered."""
         return await self._infer(x)
 
     def close(self) -> None:
+        """Shut the forward thread down without waiting; passes not yet started are cancelled."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @serve.ingress()  # late-bound: __serve_build_asgi_app__ builds the app on the replica
 class ModelServer:
+    """One Ray Serve replica: loads the model on its own node and serves it with the app of
+    ``serve.create_app``."""
+
     def __init__(
         self, model_uri: str, tracking_uri: str, opts: ServeConfig, api_key_sha256: str | None
     ) -> None:
@@ -140,7 +145,7 @@ def run(
     # now, not replicas failing to start over and over
     serve_mod.load(model_uri, uri, opts.max_model_mb)
     # Ray Serve's proxy is its own uvicorn: of our HTTP limits it takes only these two
-    # (no header cap, no read deadlines, no connection cap: see the README)
+    # (no header cap, no read deadlines, no connection cap: see docs/serving.md)
     serve.start(
         http_options={
             "host": opts.host,

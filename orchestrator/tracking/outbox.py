@@ -64,6 +64,10 @@ REFUSED = "mlflow-journal-refused.jsonl"
 FILES = "mlflow-journal-files"
 FIRST_PAUSE, MAX_PAUSE = 2.0, 30.0
 LINGER = 0.5  # seconds a write may wait for others to share its call
+MAX_BATCH_METRICS = 1000  # MLflow's per-call cap on metrics in log_batch
+MAX_BATCH_PARAMS = 100  # MLflow's per-call cap on params in log_batch
+MAX_BATCH_TAGS = 100  # MLflow's per-call cap on tags in log_batch
+CREATE_RUN_TAGS_ARG = 2  # create_run(experiment_id, start_time, tags, ...): tags' position
 PLACEHOLDER = "offline-"
 WRITES = (
     "create_run",
@@ -278,7 +282,7 @@ def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
 
 def _marked(args: tuple, kw: dict[str, Any], marker: str) -> tuple[tuple, dict[str, Any]]:
     """``create_run``'s arguments with the marker tag added (``tags`` is its third)."""
-    if len(args) > 2:
+    if len(args) > CREATE_RUN_TAGS_ARG:
         return (*args[:2], {**(args[2] or {}), schema.OUTBOX_ID: marker}, *args[3:]), kw
     return args, {**kw, "tags": {**(kw.get("tags") or {}), schema.OUTBOX_ID: marker}}
 
@@ -301,7 +305,12 @@ def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
             (e["args"][0] if e["args"] else e["kw"].get("run_id")) == run
         )
         sizes = {k: len(kw[k]) + len(e["kw"].get(k, [])) for k in ("metrics", "params", "tags")}
-        if not same or sizes["metrics"] > 1000 or sizes["params"] > 100 or sizes["tags"] > 100:
+        if (
+            not same
+            or sizes["metrics"] > MAX_BATCH_METRICS
+            or sizes["params"] > MAX_BATCH_PARAMS
+            or sizes["tags"] > MAX_BATCH_TAGS
+        ):
             break
         for k in ("metrics", "params", "tags"):
             kw[k] += e["kw"].get(k, [])
@@ -319,7 +328,8 @@ class RunHandle(Protocol):
     placeholder with only ``info.run_id``."""
 
     @property
-    def info(self) -> _RunInfo: ...
+    def info(self) -> _RunInfo:
+        """The run's id (``info.run_id``), as on MLflow's ``Run``."""
 
 
 class Outbox:
@@ -376,6 +386,7 @@ class Outbox:
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
     ) -> None:
+        """A run's metrics, params and tags in one write (queued ones for one run share a call)."""
         kw = {"metrics": list(metrics), "params": list(params), "tags": list(tags)}
         self._write("log_batch", (run_id,), kw)
 
@@ -386,38 +397,49 @@ class Outbox:
         self.log_batch(run_id, metrics=[Metric(key, float(value), int(time.time() * 1000), 0)])
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        """Kept like every write while the server is away."""
         self._write("set_tag", (run_id, key, value), {})
 
     def set_terminated(self, run_id: str, status: str | None = None) -> None:
+        """A run's end and its status; kept like every write while the server is away."""
         self._write("set_terminated", (run_id,), _given(status=status))
 
     def update_run(self, run_id: str, status: str | None = None) -> None:
+        """A run's status; kept like every write while the server is away."""
         self._write("update_run", (run_id,), _given(status=status))
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        """A file as a run artifact; kept, with a copy of the file, while the server is away."""
         self._write("log_artifact", (run_id, local_path), _given(artifact_path=artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Text as a run artifact; kept like every write while the server is away."""
         self._write("log_text", (run_id, text, artifact_file), {})
 
     def log_inputs(self, run_id: str, datasets: Sequence[DatasetInput] = ()) -> None:
+        """A run's dataset lineage; kept like every write while the server is away."""
         self._write("log_inputs", (run_id,), {"datasets": list(datasets)})
 
     def delete_run(self, run_id: str) -> None:
+        """Kept like every write while the server is away."""
         self._write("delete_run", (run_id,), {})
 
     # -- reads: after the queued writes, with real run ids
 
     def get_run(self, run_id: str) -> Run:
+        """The run, read after the queued writes (a placeholder id read as the real one)."""
         return self._read("get_run", run_id)
 
     def search_runs(self, experiment_ids: list[str], **kw: Any) -> PagedList[Run]:
+        """The runs found, read after the queued writes."""
         return self._read("search_runs", experiment_ids, **kw)
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every value of a run's metric, read after the queued writes."""
         return self._read("get_metric_history", run_id, key)
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
+        """The experiment of that name, if any, read after the queued writes."""
         return self._read("get_experiment_by_name", name)
 
     def _read(self, method: str, *args: Any, **kw: Any) -> Any:

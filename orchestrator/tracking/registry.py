@@ -84,7 +84,7 @@ def download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
 
 
 def raise_cap(name: str) -> str:
-
+    """The hint a cap error ends with: only the weights' cap is a setting."""
     return " (raise serve.max_model_mb)" if name == modelfile.WEIGHTS_FILE else ""
 
 
@@ -106,6 +106,7 @@ def resolve(model_uri: str) -> tuple[str, str]:
 
 
 def fixed(model_uri: str, version: str) -> str:
+    """``model_uri`` pinned to ``version`` when it names an alias (an alias may move on)."""
     if version and "@" in model_uri:
         return f"{model_uri.split('@', 1)[0]}/{version}"
     return model_uri

@@ -57,7 +57,7 @@ def run(
     if host not in LOOPBACK:
         print(
             f"orchestrator: MLflow will listen on {host}: anyone who reaches port "
-            f"{port} can read and write runs; see the README (basic auth)",
+            f"{port} can read and write runs; see docs/security.md (basic auth)",
             file=sys.stderr,
         )
     print(

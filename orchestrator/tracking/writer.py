@@ -64,6 +64,7 @@ def _git_commit() -> str:
 
 
 def common_tags(cfg: Config, fingerprint: str) -> dict[str, str]:
+    """The tags every run carries: code commit, config hash, data fingerprint, versions, host."""
     import ray
 
     return {
@@ -124,6 +125,7 @@ def dataset_inputs(
 def start_sweep_run(
     client: outbox.Outbox, exp_id: str, cfg: Config, fingerprint: str, sizes: dict[str, int]
 ) -> str:
+    """The sweep's parent run: tagged, its config as params, its data splits as inputs; its id."""
     tags = {
         schema.ROLE: "sweep",
         **common_tags(cfg, fingerprint),
@@ -216,10 +218,12 @@ def epochs_since(client: Reader, run_id: str, after: int) -> list[dict[str, floa
 
 
 def last_step(client: Reader, run_id: str) -> int:
+    """The last epoch a run logged (its latest ``val_loss`` step; 0 when none)."""
     return max((m.step for m in client.get_metric_history(run_id, "val_loss")), default=0)
 
 
 def child_runs(client: Reader, exp_id: str, parent_id: str) -> list[Any]:
+    """The runs under ``parent_id``: a sweep's trials and their seed reruns."""
     return list(
         client.search_runs(
             [exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=5000
@@ -228,6 +232,7 @@ def child_runs(client: Reader, exp_id: str, parent_id: str) -> list[Any]:
 
 
 def log_epoch(client: outbox.Outbox, run_id: str, values: dict[str, Any]) -> None:
+    """One epoch's metrics, stepped by epoch, in one write."""
     step, ms = int(values["epoch"]), int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -236,6 +241,7 @@ def log_epoch(client: outbox.Outbox, run_id: str, values: dict[str, Any]) -> Non
 
 
 def end_run(client: outbox.Outbox, run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Close a run: its final tags, then its status."""
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
     client.set_terminated(run_id, status=status)
