@@ -447,9 +447,6 @@ def _search_and_register(ctx: Context) -> SweepSummary:
     )
 
 
-MAP_AXES = 2  # the regularization map puts one searched key on each axis
-
-
 def log_sweep_plots(
     client: outbox.Outbox,
     run_id: str,
@@ -474,7 +471,7 @@ def log_sweep_plots(
         else keys[:2]
     )
     star = next((i for i, r in enumerate(done) if r.trial_id == champion_id), None)
-    if len(pair) == MAP_AXES:
+    if len(pair) == plots.MAP_AXES:
         writer.log_png(
             client,
             run_id,

@@ -83,6 +83,9 @@ def _axis(values: list[Any], log: bool) -> tuple[list[float], list[str] | None]:
     return [float(labels.index(str(v))) for v in values], labels
 
 
+MAP_AXES = 2  # the regularization map puts one searched key on each axis
+
+
 def regularization_map(
     points: list[dict[str, Any]],
     x: str,

@@ -23,7 +23,6 @@ from orchestrator.tracking import location, schema
 
 REPORT = "report.html"
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
-MAP_AXES = 2  # the regularization map puts one searched key on each axis
 COLORS = {
     "underfit": "#1f77b4",
     "good_fit": "#2ca02c",
@@ -167,7 +166,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
         else numeric[:2]
     )
     parts.append("<h2>Where the sweet spot lies</h2><div class='grid'>")
-    if len(pair) == MAP_AXES and points:
+    if len(pair) == plots.MAP_AXES and points:
         parts.append(
             _img(
                 plots.regularization_map(
