@@ -95,27 +95,24 @@ class _Tape:
 def _fit(cfg: Any, tmp: Path, name: str, samples: int) -> tuple[float, list[dict[str, float]]]:
     import ray
 
-    from orchestrator import sweep
     from orchestrator.execution import trials
+    from orchestrator.sweep import tuner
 
     concurrency = placement.trial_concurrency(cfg, ray.cluster_resources())
     tape = _Tape()
-    tuner = sweep.make_tuner(
-        cfg,
-        trials.make_trainable(cfg, name, str(tmp / "results"), None),
+    search = tuner.Search(
         trials.search_space(cfg),
         samples,
         trials.scheduler(cfg),
         trials.searcher(cfg, concurrency),
         concurrency,
-        tape,
-        str(tmp / "results"),
-        name,
     )
+    trainable = trials.make_trainable(cfg, name, str(tmp / "results"), None)
+    run = tuner.make_tuner(cfg, trainable, search, [tape], str(tmp / "results"), name)
     start = time.perf_counter()
-    grid = tuner.fit()
+    grid = run.fit()
     seconds = time.perf_counter() - start
-    errors = [r.error for r in grid if r.error is not None]
+    errors = [grid[i].error for i in range(len(grid)) if grid[i].error is not None]
     if errors:
         raise RuntimeError(f"{name}: {len(errors)} trial(s) failed: {errors[0]}")
     return seconds, tape.results

@@ -39,18 +39,19 @@ class NullClient:
 
 def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[float]:
     """Seconds between epoch reports, after the first, as the trial's clock saw them."""
-    from orchestrator import sweep
+    from orchestrator.core.prepare import prepare
     from orchestrator.execution import trials
+    from orchestrator.sweep import tuner
+    from orchestrator.sweep.book import Book
+    from orchestrator.sweep.context import Context
 
-    prep = sweep.prepare(cfg)
-    callback = sweep._SweepCallback(
-        cfg, client, exp_id, None, prep.fingerprint, lambda _: None, 1, sizes=prep.sizes
-    )
-    trainable = trials.make_trainable(cfg, name, str(tmp / "results"), prep.summary)
-    sweep.make_tuner(
-        cfg, trainable, {}, 1, None, None, 1, callback, str(tmp / "results"), name
-    ).fit()
-    rec = callback.records[0]
+    prep = prepare(cfg)
+    storage = str(tmp / "results")
+    ctx = Context(cfg, prep, client, exp_id, None, name, storage, 1, lambda _: None)
+    book = Book(ctx, "train")
+    trainable = trials.make_trainable(cfg, name, storage, prep.summary)
+    tuner.run_book(book, trainable, tuner.Search(), name)
+    rec = book.records[0]
     clock = [r["wall_time"] for r in sorted(rec.history, key=lambda r: r["epoch"])]
     steps = [b - a for a, b in zip(clock, clock[1:], strict=False)]
     return steps[1:] or steps

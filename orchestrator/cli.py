@@ -253,19 +253,15 @@ def cmd_tracking_serve(args: argparse.Namespace) -> int:
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
     """`orchestrator tracking replay`: send a sweep's kept MLflow writes, register its champion."""
-    import json
-    from pathlib import Path
-
-    from orchestrator import sweep
+    from orchestrator.core import state
 
     runtime.ensure_env()
     folder = Path(args.folder).absolute()
-    state = folder / sweep.STATE_FILE
     uri = args.tracking_uri
-    if uri is None and state.is_file():
-        cfg = config_mod.from_dict(json.loads(state.read_text())["config"])
+    if uri is None and (folder / state.STATE_FILE).is_file():
         # saved redacted: its credentials come from $MLFLOW_TRACKING_USERNAME/PASSWORD
-        uri = location.resolve_uri(config_mod.restore(cfg, keys=["tracking.uri"]))
+        cfg = state.saved_config(state.read(folder), keys=["tracking.uri"])
+        uri = location.resolve_uri(cfg)
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ConfigError(

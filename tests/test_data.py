@@ -151,6 +151,25 @@ def test_scan_checks_batch_by_batch_and_summarizes(digits_path: Path, tmp_path: 
     assert "'b'" in e.value.problem and "3 rows" in e.value.problem
 
 
+def test_a_streamed_split_reads_the_rows_the_scan_counted(digits_path: Path) -> None:
+    # the champion's test score on big data: the test rows, batch by batch, as the scan split them
+    cfg = DataConfig(path=str(digits_path))
+    summary = data.scan(cfg, batch_rows=100)
+    seen = 0
+    for code, name in ((data.TRAIN, "train"), (data.VAL, "val"), (data.TEST, "test")):
+        parts = list(data.split_batches(cfg, summary, code, batch_rows=100))
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        assert len(x) == len(y) == summary.rows[name]
+        assert (data.assign_split(x, cfg) == code).all()
+        assert y.dtype == np.int64 and set(y.tolist()) <= set(range(10))
+        seen += len(y)
+    assert seen == 1797
+    full = data.read(cfg)  # the labels are the rows' own, as class indexes
+    by_row = {r.tobytes(): int(c) for r, c in zip(full.features, full.labels, strict=True)}
+    assert all(by_row[r.tobytes()] == c for r, c in zip(x, y, strict=True))
+
+
 # ---------------------------------------------------------------- what a class label may be
 
 

@@ -4,9 +4,11 @@ in a second and are testable without either."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -82,3 +84,76 @@ def test_the_model_server_uses_the_registry_reader_not_the_tracking_writer() -> 
         loaded = set(_run(LOADED, server))  # type: ignore[call-overload]
         assert {"orchestrator.tracking.registry", "orchestrator.core.modelfile"} <= loaded
         assert not loaded & set(WRITER), f"{server} pulls in {sorted(loaded & set(WRITER))}"
+
+
+# What each layer may import of the others, as docs/architecture.md draws it: checked on
+# every import statement, at module level or inside a function, by reading the source.
+LAYERS = ("config", "core", "execution", "tracking", "sweep", "analysis", "serving", "launch")
+MAY_NOT = {
+    "config": set(LAYERS) - {"config"},
+    "core": set(LAYERS) - {"config", "core"},
+    "execution": {"tracking", "sweep", "analysis", "serving", "launch"},
+    "tracking": {"execution", "sweep", "analysis", "serving", "launch"},
+    "sweep": {"serving", "launch"},
+    "analysis": {"execution", "sweep", "launch"},
+    "serving": {"sweep", "launch", "analysis"},
+    "launch": {"sweep", "serving", "analysis"},
+}
+# the model server reads the registry; it never loads the writer or the champion code
+SERVING_NEVER = {"orchestrator.tracking.writer", "orchestrator.tracking.champions"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``orchestrator.*`` module a source file imports, wherever the import sits."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.startswith("orchestrator.")}
+
+
+def _broken_rules(root: Path) -> list[str]:
+    broken = []
+    for layer in LAYERS:
+        for path in sorted((root / "orchestrator" / layer).glob("*.py")):
+            for name in sorted(_imports(path)):
+                target = name.split(".")[1]
+                if target in MAY_NOT[layer] or (layer == "serving" and name in SERVING_NEVER):
+                    broken.append(f"{layer}/{path.name} imports {name}")
+    return broken
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    assert _broken_rules(ROOT) == []
+
+
+def test_only_the_sweep_joins_execution_and_tracking() -> None:
+    # Outside sweep/, a module that imports both takes nothing of execution but its start-up
+    # (runtime: Ray's environment, init_ray): cli.py wires the commands, serve_ray.py starts
+    # the Ray Serve application. Trials, seams and Tune stay the sweep's.
+    joined = {}
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        found = _imports(path)
+        if {m.split(".")[1] for m in found} >= {"execution", "tracking"}:
+            joined[path.relative_to(ROOT).as_posix()] = sorted(
+                m for m in found if m.startswith("orchestrator.execution.")
+            )
+    outside = {p: mods for p, mods in joined.items() if not p.startswith("orchestrator/sweep/")}
+    assert outside == {
+        "orchestrator/cli.py": ["orchestrator.execution.runtime"],
+        "orchestrator/serving/serve_ray.py": ["orchestrator.execution.runtime"],
+    }
+    assert "orchestrator/sweep/driver.py" in joined
+
+
+def test_the_rule_check_catches_a_function_level_import(tmp_path: Path) -> None:
+    bad = tmp_path / "orchestrator" / "core"
+    bad.mkdir(parents=True)
+    (bad / "sneaky.py").write_text("def f():\n    from orchestrator.tracking import writer\n")
+    assert _broken_rules(tmp_path) == [
+        "core/sneaky.py imports orchestrator.tracking",
+        "core/sneaky.py imports orchestrator.tracking.writer",
+    ]

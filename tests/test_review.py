@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 from mlflow.entities import Metric, Param
 
-from orchestrator import cli, config, sweep
+from orchestrator import cli, config
 from orchestrator.analysis import review
+from orchestrator.core import state
 from orchestrator.tracking import schema
 
 
@@ -63,7 +64,7 @@ def _sweep_on_disk(tmp: Path) -> Path:
         )
     folder = tmp / "results" / "rev-20260101-000000"
     folder.mkdir(parents=True)
-    (folder / sweep.STATE_FILE).write_text(
+    (folder / state.STATE_FILE).write_text(
         json.dumps(
             {
                 "config": config.to_dict(cfg),

@@ -15,10 +15,14 @@ import torch
 
 from conftest import make_cfg
 from jobs import bench_sweep
-from orchestrator import config, sweep
+from orchestrator import config
 from orchestrator.config import ConfigError
-from orchestrator.core import asha, checkpoint, loop, placement
+from orchestrator.core import asha, checkpoint, diagnosis, loop, placement, state
+from orchestrator.core.prepare import prepare
 from orchestrator.execution import trials
+from orchestrator.sweep import hooks
+from orchestrator.sweep.book import Book
+from orchestrator.sweep.context import Context
 
 
 def _cfg(**over: Any) -> config.Config:
@@ -363,7 +367,7 @@ def test_the_loop_reports_the_gap_and_the_penalized_objective(digits_path: Path)
         }
     )
     seam = loop.LocalSeam()
-    loop.train(cfg, sweep.prepare(cfg).splits, seam)  # type: ignore[arg-type]
+    loop.train(cfg, prepare(cfg).splits, seam)  # type: ignore[arg-type]
     for r in seam.reports:
         assert r["gap"] == pytest.approx(r["val_loss"] - r["train_loss"])
         assert r["objective"] == pytest.approx(r["val_loss"] + 2.0 * max(0.0, r["gap"]))
@@ -383,7 +387,7 @@ def test_a_run_that_had_ended_does_not_train_on_after_a_resume(
             "train.early_stopping.min_delta": 100.0,
         }
     )  # stops at epoch 2
-    splits = sweep.prepare(cfg).splits
+    splits = prepare(cfg).splits
     kept: list[str] = []
 
     def keep(d: str) -> None:
@@ -503,10 +507,11 @@ def _result(epoch: int, val_loss: float) -> dict[str, float]:
     }
 
 
-def _callback(client: FakeClient, out: list[str], resumed: bool = False) -> Any:
-    return sweep._SweepCallback(
-        _cfg(), client, "exp", "parent", "fp", out.append, 4, resumed=resumed
-    )
+def _callback(client: FakeClient, out: list[str], resumed: bool = False) -> hooks.BookHooks:
+    """Tune's hooks over a trial book of a 4-trial sweep, as Tune calls them."""
+    prep = SimpleNamespace(fingerprint="fp", sizes=None, baseline=diagnosis.baseline([50, 50]))
+    ctx = Context(_cfg(), prep, client, "exp", "parent", "s", "/results", 1, out.append, resumed)  # type: ignore[arg-type]
+    return hooks.BookHooks(Book(ctx, "trial", 4), "x")
 
 
 def test_replayed_epochs_are_logged_once_and_restarts_say_where_they_continue() -> None:
@@ -522,7 +527,7 @@ def test_replayed_epochs_are_logged_once_and_restarts_say_where_they_continue() 
     steps = [s for r, k, s in client.metrics if k == "val_loss"]
     assert steps == [1, 2, 3, 4]
     assert "[sweep] trial t1 continues from epoch 2" in out
-    assert cb.by_id["t1"].best["epoch"] == 4
+    assert cb.book.by_id["t1"].best["epoch"] == 4
     cb.on_trial_complete(0, [], t)  # the finished trial's curves, as a picture on its run
     assert client.runs["run0"]["artifacts"] == ["plots/learning_curves.png"]
 
@@ -532,19 +537,17 @@ def test_a_pbt_move_updates_the_values_and_tags_the_run() -> None:
     cb = _callback(client, out)
     cb.on_trial_result(0, [], _trial("t1", **{"model.dropout": 0.1}), _result(1, 1.0))
     cb.on_trial_result(0, [], _trial("t1", **{"model.dropout": 0.3}), _result(2, 0.5))
-    assert cb.by_id["t1"].values == {"model.dropout": 0.3}
+    assert cb.book.by_id["t1"].values == {"model.dropout": 0.3}
     assert "model.dropout=0.3" in client.runs["run0"]["tags"]["orchestrator.values.epoch2"]
 
 
 def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> None:
     client, out = FakeClient(), []
-    cb = _callback(client, out)
-    cb.key = "/results/x"
-    sweep._LIVE["/results/x"] = cb
+    cb = hooks.attach(_callback(client, out).book, "/results/x")
     try:
         assert pickle.loads(pickle.dumps(cb)) is cb  # Tune's tuner.pkl gets the live one back
     finally:
-        del sweep._LIVE["/results/x"]
+        hooks.detach("/results/x")
     with pytest.raises(RuntimeError, match="orchestrator resume"):
         pickle.loads(pickle.dumps(cb))  # never a silent no-op callback
     t1, t2 = _trial("t1", **{"model.dropout": 0.1}), _trial("t2", **{"model.dropout": 0.2})
@@ -563,9 +566,9 @@ def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> No
     again.on_trial_result(0, [], t2, _result(3, 0.8))
     t2_steps = [s for r, k, s in client.metrics if r == "run1" and k == "val_loss"]
     assert t2_steps == [1, 2, 3]
-    again.forget_orphans()  # t3's run: Tune reruns that trial under a new id
+    again.book.forget_orphans()  # t3's run: Tune reruns that trial under a new id
     assert set(client.runs) == {"run0", "run1"}
-    assert again.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
+    assert again.book.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
 
 
 def test_a_resume_keeps_runs_its_ledger_knows_by_a_placeholder_id() -> None:
@@ -575,22 +578,22 @@ def test_a_resume_keeps_runs_its_ledger_knows_by_a_placeholder_id() -> None:
     cb = _callback(client, out)
     t1 = _trial("t1", **{"model.dropout": 0.1})
     cb.on_trial_result(0, [], t1, _result(1, 1.0))
-    client.ids["offline-1"] = cb.by_id["t1"].run_id
-    cb.by_id["t1"].run_id = "offline-1"
-    cb.forget_orphans()
+    client.ids["offline-1"] = cb.book.by_id["t1"].run_id
+    cb.book.by_id["t1"].run_id = "offline-1"
+    cb.book.forget_orphans()
     assert set(client.runs) == {"run0"}
 
 
 def test_resume_finds_the_newest_sweep_or_says_what_to_pass(tmp_path: Path) -> None:
     for stamp in ("20260101-000000", "20260102-000000"):
         (tmp_path / f"exp-{stamp}").mkdir()
-        (tmp_path / f"exp-{stamp}" / sweep.STATE_FILE).write_text("{}")
+        (tmp_path / f"exp-{stamp}" / state.STATE_FILE).write_text("{}")
     (tmp_path / "exp-20260103-000000-confirm").mkdir()
-    assert sweep.find_sweep("exp", str(tmp_path)).name == "exp-20260102-000000"
-    given = sweep.find_sweep(str(tmp_path / "exp-20260101-000000"), "nowhere")
+    assert state.find_sweep("exp", str(tmp_path)).name == "exp-20260102-000000"
+    given = state.find_sweep(str(tmp_path / "exp-20260101-000000"), "nowhere")
     assert given.name == "exp-20260101-000000"
     with pytest.raises(ConfigError) as e:
-        sweep.find_sweep("other", str(tmp_path))
+        state.find_sweep("other", str(tmp_path))
     assert e.value.key == "EXPERIMENT" and "--storage" in e.value.fix
 
 
@@ -612,7 +615,7 @@ def test_epochs_that_only_mlflow_saw_before_the_kill_rejoin_the_ledger() -> None
         cb.on_trial_result(0, [], t, {**_result(e, 1.0 / e), "checkpoint_path": f"/ckpt/{e}"})
     again = _callback(client, out, resumed=True)
     again.set_state(state)
-    rec = again.by_id["t1"]
+    rec = again.book.by_id["t1"]
     assert rec.epochs == 3 and rec.best["epoch"] == 3 and rec.checkpoint == "/ckpt/3"
     assert rec.logged == 3
 
@@ -626,14 +629,14 @@ def test_epochs_still_in_the_dead_drivers_outbox_reach_mlflow_on_resume() -> Non
     for e in (1, 2, 3):
         cb.on_trial_result(0, [], t1, _result(e, 1.0 / e))
     cb.on_trial_result(0, [], t2, _result(1, 0.5))
-    cb.by_id["t2"].status = "TERMINATED"  # the ledger knew; MLflow never heard
+    cb.book.by_id["t2"].status = "TERMINATED"  # the ledger knew; MLflow never heard
     state = pickle.loads(pickle.dumps(cb.get_state()))
     client.metrics = [m for m in client.metrics if not (m[0] == "run0" and m[2] == 3)]
     assert client.runs["run1"]["status"] == "RUNNING"
     again = _callback(client, out, resumed=True)
     again.set_state(state)
     steps = sorted(s for r, k, s in client.metrics if r == "run0" and k == "val_loss")
-    assert steps == [1, 2, 3] and again.by_id["t1"].logged == 3
+    assert steps == [1, 2, 3] and again.book.by_id["t1"].logged == 3
     assert client.runs["run1"]["status"] == "FINISHED"
     assert client.runs["run1"]["tags"]["orchestrator.status"] == "pruned"  # 1 of 30 epochs
 
@@ -657,5 +660,5 @@ def test_epochs_a_killed_driver_never_received_are_filled_in_from_the_checkpoint
     cb.on_trial_result(0, [], t, {**_result(5, 0.2), "checkpoint_path": str(ckpt)})
     steps = sorted(s for r, k, s in client.metrics if k == "val_loss")
     assert steps == [1, 2, 3, 4, 5]
-    assert [h["epoch"] for h in cb.by_id["t1"].history] == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in cb.book.by_id["t1"].history] == [1, 2, 3, 4, 5]
     assert "epochs 3-4 recovered" in out[-1]

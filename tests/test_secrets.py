@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,9 @@ import pydantic
 import pytest
 
 from conftest import ROOT, make_cfg
-from orchestrator import cli, config, sweep
+from orchestrator import cli, config
 from orchestrator.config import ConfigError
+from orchestrator.core import state
 from orchestrator.launch import submit
 from orchestrator.tracking import champions, location, writer
 
@@ -110,25 +110,25 @@ def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path)
     from orchestrator.core import model
 
     cfg = _cfg(**{"model.hidden": [4]})
-    ctx = SimpleNamespace(
-        cfg=cfg,
+    state.write(
+        tmp_path,
+        cfg,
+        state.RUNNING,
         stamp="s",
-        parent_id="p",
-        exp_id="1",
-        path=tmp_path,
-        prep=SimpleNamespace(fingerprint="f"),
+        parent_run_id="p",
+        experiment_id="1",
+        fingerprint="f",
     )
-    sweep._write_state(ctx, "running")  # type: ignore[arg-type]
     net = model.from_config(cfg, np.zeros(3), np.ones(3), 2)
     champions.keep_champion(
         tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1], {"test_accuracy": 1.0}, "t"
     )
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {sweep.STATE_FILE, "champion.json"}
+    assert {p.name for p in files} >= {state.STATE_FILE, "champion.json"}
     for p in files:
         assert not _leaks(p.read_bytes().decode("latin-1")), p
-    state = json.loads((tmp_path / sweep.STATE_FILE).read_text())
-    assert state["config"]["serve"]["api_key"] == config.REDACTED
+    saved = json.loads((tmp_path / state.STATE_FILE).read_text())
+    assert saved["config"]["serve"]["api_key"] == config.REDACTED
 
 
 def test_a_saved_config_gets_its_secrets_back_from_the_environment(
@@ -286,15 +286,15 @@ def test_the_cluster_configs_give_the_job_its_secrets_from_the_cluster() -> None
 def test_replay_takes_the_saved_uri_with_the_credentials_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ctx = SimpleNamespace(
-        cfg=_cfg(),
+    state.write(
+        tmp_path,
+        _cfg(),
+        state.DONE,
         stamp="s",
-        parent_id="p",
-        exp_id="1",
-        path=tmp_path,
-        prep=SimpleNamespace(fingerprint="f"),
+        parent_run_id="p",
+        experiment_id="1",
+        fingerprint="f",
     )
-    sweep._write_state(ctx, "done")  # type: ignore[arg-type]
     sent: list[str] = []
     monkeypatch.setattr(champions, "replay", lambda folder, uri, **kw: sent.append(uri))
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

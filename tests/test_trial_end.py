@@ -103,29 +103,25 @@ def test_a_silent_trial_stops_the_sweep_with_an_error_naming_it(
 ) -> None:
     from ray import tune
 
-    from orchestrator import sweep
     from orchestrator.analysis import progress
+    from orchestrator.sweep import tuner
 
     def stuck(trial_config: dict[str, Any]) -> None:
         tune.report({"epoch": 1, "val_loss": 1.0})
         time.sleep(3600)  # a trial that never reports again nor ends
 
     cfg = make_cfg(**{"sweep.stall_timeout": 4, "train.epochs": 12})
-    tuner = sweep.make_tuner(
+    run = tuner.make_tuner(
         cfg,
         tune.with_resources(stuck, {"cpu": 0, "memory": 2**20}),
-        {"model.dropout": 0.25},
-        1,
-        None,
-        None,
-        1,
-        None,
+        tuner.Search({"model.dropout": 0.25}),
+        [],
         str(tmp_path),
         "stuck",
     )
     started = time.monotonic()
     with pytest.raises(progress.SweepStalled) as err:
-        _fit_with_deadline(tuner, 120)
+        _fit_with_deadline(run, 120)
     text = str(err.value)
     assert re.search(r"^trial \w+_00000 \(", text), text
     assert "model.dropout=0.2500" in text and "epoch 1 of 12" in text, text

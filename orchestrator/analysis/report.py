@@ -19,6 +19,7 @@ from orchestrator import config as config_mod
 from orchestrator.analysis import plots, review
 from orchestrator.analysis.review import SweepView
 from orchestrator.core import diagnosis
+from orchestrator.core.prepare import prepare
 from orchestrator.tracking import location, schema
 
 REPORT = "report.html"
@@ -68,7 +69,6 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     the test split), or a note saying why there is none."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import sweep
     from orchestrator.serving import serve
 
     uri = location.resolve_uri(view.cfg)
@@ -93,7 +93,7 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     )
     try:
         served = serve.load(f"models:/{name}/{version}", uri)
-        prep = sweep.prepare(view.cfg)
+        prep = prepare(view.cfg)
     except Exception as e:  # noqa: BLE001 - the data or model moved: say so, keep the rest
         out.append(f'<p class="muted">Confusion matrix unavailable: {html.escape(str(e))}</p>')
         return "\n".join(out), trial

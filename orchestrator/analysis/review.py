@@ -4,7 +4,6 @@ search space, which is also written next to the sweep as ``next_space.yaml``."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from orchestrator import config as config_mod
 from orchestrator.analysis import plots
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import diagnosis
+from orchestrator.core import state as state_file
+from orchestrator.core.prepare import prepare
 from orchestrator.tracking import location, schema, writer
 
 NEXT_SPACE = "next_space.yaml"
@@ -57,19 +58,16 @@ def load(experiment: str, storage: str = "results") -> SweepView:
     """A finished (or stopped) sweep, from its folder's state and MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import sweep
-
-    folder = sweep.find_sweep(experiment, storage)
-    state = json.loads((folder / sweep.STATE_FILE).read_text())
-    cfg = config_mod.from_dict(state["config"])
+    folder = state_file.find_sweep(experiment, storage)
+    state = state_file.read(folder)
     # saved redacted: the tracking URI's credentials come back from the environment
-    cfg = config_mod.restore(cfg, keys=["tracking.uri"])
+    cfg = state_file.saved_config(state, keys=["tracking.uri"])
     client = MlflowClient(location.resolve_uri(cfg))
     parent = client.get_run(state["parent_run_id"])
     base = diagnosis.Baseline(*schema.read_baseline(parent.data.tags))
     if not math.isfinite(base.loss):  # a sweep from before the baseline was logged
         try:
-            base = sweep.prepare(cfg).baseline
+            base = prepare(cfg).baseline
         except (ConfigError, OSError):
             pass  # the data moved: the trials stay unlabelled
     key, mode = config_mod.rank_metric(cfg)

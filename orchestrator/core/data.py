@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,24 @@ def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
         stds,
         [int(label_counts[c]) for c in classes.tolist()],
     )
+
+
+def split_batches(
+    cfg: DataConfig, summary: Summary, code: int, batch_rows: int = 65_536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of one split (``TRAIN``, ``VAL`` or ``TEST``) as (features, class index)
+    batches, read batch by batch as ``scan`` read them (the data checks already passed)."""
+    import pyarrow.dataset as pads
+
+    fs, inner = _exists(cfg)
+    classes = np.asarray(summary.classes)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
+    for batch in dataset.to_batches(batch_size=batch_rows):
+        x = features_of(batch, summary.feature_names)
+        keep = assign_split(x, cfg) == code
+        if keep.any():
+            labels = batch.column(cfg.label).to_numpy(zero_copy_only=False)
+            yield x[keep], np.searchsorted(classes, labels[keep]).astype(np.int64)
 
 
 def split(ds: Dataset, cfg: DataConfig) -> Splits:

@@ -1,0 +1,15 @@
+"""The sweep: the only layer that joins Ray (``execution``) and MLflow (``tracking``).
+
+The driver (``driver.run`` / ``driver.resume``) runs three stages over one ``Context``:
+``search`` (the Tune run over ``sweep.space``), ``confirm`` (the top configurations with
+fresh seeds) and ``champion`` (refit, test once, register). Each Tune run writes into a
+trial ``Book`` (the ledger and the MLflow runs, plain Python), which Tune reaches through
+the thin callbacks in ``hooks``; ``tuner`` builds the Tune runs; ``train`` is
+``orchestrator train``. The state file that makes a resume possible is
+``orchestrator.core.state``.
+"""
+
+from orchestrator.sweep.driver import SweepSummary, resume, run
+from orchestrator.sweep.train import TrainSummary, train_run
+
+__all__ = ["SweepSummary", "TrainSummary", "resume", "run", "train_run"]

@@ -1,0 +1,114 @@
+"""Stage 3, the champion: refit on train + validation (or the trial's own weights), the one
+look at the test split, then registered in MLflow's model registry, or kept beside the
+sweep for ``tracking replay`` when MLflow is away."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator import config as config_mod
+from orchestrator.config import Config
+from orchestrator.core import checkpoint, loop, model
+from orchestrator.core.ledger import TrialRecord
+from orchestrator.core.prepare import Prepared
+from orchestrator.execution import trials
+from orchestrator.sweep import tuner
+from orchestrator.sweep.context import Context
+from orchestrator.tracking import champions
+
+EXAMPLE_ROWS = 5  # test rows logged as the model's input example
+
+
+@dataclass
+class Champion:
+    """The sweep's winner: its values, its test scores, and its registered version (None
+    when MLflow was away at the end: kept for the replay)."""
+
+    record: TrialRecord
+    values: dict[str, Any]
+    test_metrics: dict[str, float]
+    version: str | None
+
+
+def crown(ctx: Context, best: TrialRecord) -> Champion:
+    """Train the champion's weights, score them once on the test split, register them."""
+    # the values that produced the best epoch (a PBT trial's may have moved since)
+    values = best.best_values or best.values
+    cfg = config_mod.with_values(ctx.cfg, values)
+    weights = _weights(ctx, cfg, best)
+    # the stem's statistics are buffers: load_state_dict brings the trained ones
+    d = ctx.prep.num_features
+    net = model.from_config(cfg, np.zeros(d), np.ones(d), len(ctx.prep.classes))
+    net.load_state_dict(weights)
+    test_metrics, example = evaluate_test(net, ctx.prep)
+    assert ctx.parent_id is not None
+    version: str | None = None
+    if ctx.client.drain(block=True, patience=ctx.cfg.tracking.drain_timeout):
+        version = champions.register_champion(
+            cfg,
+            ctx.parent_id,
+            net,
+            example,
+            ctx.prep.classes,
+            test_metrics,
+            ctx.client.run_id(best.run_id) or "",
+        )
+    else:  # MLflow is still away: keep what registering needs, for the replay
+        champions.keep_champion(
+            ctx.path,
+            cfg,
+            ctx.parent_id,
+            net,
+            example,
+            ctx.prep.classes,
+            test_metrics,
+            best.run_id or "",
+        )
+    return Champion(best, values, test_metrics, version)
+
+
+def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:
+    """Refit on train + validation for the best epoch count (as scikit-learn's refit does),
+    so the champion learns from every row but the test split; or take the trial's weights."""
+    assert best.best is not None and best.checkpoint is not None
+    if not cfg.sweep.refit:
+        return checkpoint.load_checkpoint(best.checkpoint)["model"]
+    epochs = int(best.best["epoch"])
+    refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+    ctx.out(
+        f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs"
+    )
+    trainable = trials.make_trainable(
+        refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary, refit=True
+    )
+    name = f"{ctx.name}-refit-{time.strftime('%H%M%S')}"
+    grid = tuner.make_tuner(refit_cfg, trainable, tuner.Search(), [], ctx.storage, name).fit()
+    result = grid[0]
+    if result.error is not None:
+        raise RuntimeError(f"the champion's refit failed: {result.error}")
+    return checkpoint.load_checkpoint(trials.final_checkpoint(result))["model"]
+
+
+@torch.no_grad()
+def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float], np.ndarray]:
+    """The one and only look at the test split. Also returns its first rows, the logged
+    model's input example, so a streamed test split is read once."""
+    num_classes = len(prep.classes)
+    first: list[np.ndarray] = []
+
+    def batches() -> Iterator[loop.Batch]:
+        for x, y in prep.test_batches():
+            if not first:
+                first.append(x[:EXAMPLE_ROWS].numpy())
+            yield x, y
+
+    scores = loop.evaluate(
+        net.cpu(), batches(), num_classes, loop.make_loss(num_classes), loop.LocalSeam(), "test"
+    )
+    return scores, first[0]

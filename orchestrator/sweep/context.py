@@ -1,0 +1,38 @@
+"""One sweep's handles, built once by the driver and shared by its stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import Config
+from orchestrator.core.prepare import Prepared
+from orchestrator.tracking import outbox
+
+
+@dataclass
+class Context:
+    """One sweep's (or one training run's) handles, shared by its stages (search, confirm,
+    champion) and the trial book of each: the config, the data, MLflow, and where it lives."""
+
+    cfg: Config
+    prep: Prepared
+    client: outbox.Outbox
+    exp_id: str
+    parent_id: str | None  # the sweep's MLflow run; None for `orchestrator train`
+    stamp: str  # the sweep's start time, part of its name
+    storage: str  # sweep.storage_path, absolute
+    concurrency: int
+    out: Callable[[str], None]
+    resume: bool = False
+
+    @property
+    def name(self) -> str:
+        """The sweep's Tune run name: the experiment and the sweep's start time."""
+        return f"{self.cfg.experiment}-{self.stamp}"
+
+    @property
+    def path(self) -> Path:
+        """The sweep's folder under the storage path."""
+        return Path(self.storage) / self.name

@@ -1,0 +1,228 @@
+"""The sweep's driver: ``run`` starts a sweep, ``resume`` continues one whose driver died;
+both then run the stages in order (search, confirm, champion), keep the state file that
+makes a resume possible, and end the sweep's MLflow run however the stages end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from orchestrator import config as config_mod
+from orchestrator.analysis import progress
+from orchestrator.config import Config, ConfigError
+from orchestrator.core import ledger, placement, state
+from orchestrator.core.ledger import TrialRecord
+from orchestrator.core.prepare import Prepared, prepare
+from orchestrator.execution import runtime, trials
+from orchestrator.sweep import champion, confirm, search
+from orchestrator.sweep.context import Context
+from orchestrator.tracking import location, schema, writer
+
+END_DRAIN_S = 60.0  # how long the end of a sweep waits for MLflow to take its last writes
+
+
+@dataclass
+class SweepSummary:
+    """What a finished sweep reports: its MLflow runs and trials, the champion with its test
+    scores and registered version, and the MLflow writes still pending."""
+
+    experiment_id: str
+    parent_run_id: str
+    records: list[TrialRecord]
+    champion: TrialRecord
+    champion_values: dict[str, Any]
+    test_metrics: dict[str, float]
+    model_version: str | None  # None: MLflow was away at the end (see ``pending``)
+    tracking_uri: str  # redacted (config.redact_uri): for showing
+    register_as: str
+    sizes: dict[str, int]
+    confirmed: list[dict[str, Any]]
+    config: dict[str, Any]
+    pending: int = 0  # MLflow writes kept for `orchestrator tracking replay`
+    sweep_dir: str = ""
+
+
+def run(
+    cfg: Config,
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+    tags: dict[str, str] | None = None,
+) -> SweepSummary:
+    """The whole sweep. Config and data are checked before Ray or MLflow start. ``tags`` go
+    on the sweep's MLflow run (a refined sweep names the one it came from)."""
+    prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
+    cfg = prep.cfg
+    trials.search_space(cfg)  # a bad space fails here, before Ray starts
+    state.check_storage(cfg)  # and storage we cannot write, before the parent run exists
+    client, exp_id = writer.connect(cfg, out)  # so does a tracking server that is not up
+    runtime.init_ray(verbose)
+    concurrency = concurrency_for(cfg, prep)
+    parent_id = writer.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    storage = str(Path(cfg.sweep.storage_path).absolute())
+    ctx = Context(cfg, prep, client, exp_id, parent_id, stamp, storage, concurrency, out)
+    ctx.path.mkdir(parents=True, exist_ok=True)
+    client.use_journal(ctx.path)
+    _save(ctx, state.RUNNING)
+    client.set_tag(parent_id, schema.SWEEP_DIR, str(ctx.path))
+    for k, v in (tags or {}).items():
+        client.set_tag(parent_id, k, v)
+    base = prep.baseline
+    for key, value in schema.baseline_tags(base.loss, base.accuracy).items():
+        client.set_tag(parent_id, key, value)
+    path_kind = "in the trial (fast path)" if trials.fast_path(cfg) else "DDP workers"
+    out(
+        f"[sweep] {cfg.experiment}: {trials.total_trials(cfg)} trials x "
+        f"{cfg.scaling.num_workers} worker(s) {path_kind}, {concurrency} at a time; "
+        f"{cfg.sweep.searcher} search, {cfg.sweep.scheduler} scheduler"
+        f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
+        f"({prep.loader}); MLflow {config_mod.redact_uri(location.resolve_uri(cfg))}"
+    )
+    out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
+    return _stages(ctx)
+
+
+def resume(
+    experiment: str,
+    storage_path: str = "results",
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> SweepSummary:
+    """Continue a sweep whose driver died: finished trials stay finished, unfinished ones
+    go on from their last checkpoint, the searcher keeps its state, and MLflow keeps one
+    run per trial."""
+    path = state.find_sweep(experiment, storage_path)
+    saved = state.read(path)
+    if saved["phase"] == state.DONE:
+        raise ConfigError(
+            "EXPERIMENT",
+            f"the sweep in {path} already finished",
+            "start a new one with `orchestrator sweep CONFIG`",
+        )
+    # the state holds secrets redacted: they come back from the environment (or fail here,
+    # naming the variable, before Ray or MLflow start)
+    prep = prepare(state.saved_config(saved))
+    if prep.fingerprint != saved["fingerprint"]:
+        raise ConfigError(
+            "data.path",
+            f"the data changed since the sweep started "
+            f"({prep.fingerprint} != {saved['fingerprint']})",
+            "resume against the same data, or start a new sweep",
+        )
+    cfg = prep.cfg
+    client, exp_id = writer.connect(cfg, out)
+    client.use_journal(path)
+    runtime.init_ray(verbose)
+    concurrency = concurrency_for(cfg, prep)
+    parent_id = saved["parent_run_id"]
+    client.update_run(parent_id, status="RUNNING")
+    client.set_tag(parent_id, schema.RESUMED, time.strftime("%Y-%m-%d %H:%M:%S"))
+    ctx = Context(
+        cfg,
+        prep,
+        client,
+        exp_id,
+        parent_id,
+        saved["stamp"],
+        str(path.parent),
+        concurrency,
+        out,
+        resume=True,
+    )
+    out(f"[sweep] resuming {path.name} (MLflow parent run {parent_id})")
+    return _stages(ctx)
+
+
+def concurrency_for(cfg: Config, prep: Prepared) -> int:
+    """How many trials run at once on this cluster (ConfigError when one cannot fit)."""
+    return placement.trial_concurrency(
+        cfg, ray.cluster_resources(), prep.loader, trials.alive_nodes()
+    )
+
+
+def _save(ctx: Context, phase: str) -> None:
+    state.write(
+        ctx.path,
+        ctx.cfg,
+        phase,
+        stamp=ctx.stamp,
+        parent_run_id=ctx.parent_id,
+        experiment_id=ctx.exp_id,
+        fingerprint=ctx.prep.fingerprint,
+    )
+
+
+def _stages(ctx: Context) -> SweepSummary:
+    """Search, confirm, crown the champion; the sweep's run ends FINISHED or FAILED."""
+    assert ctx.parent_id is not None
+    monitor = writer.system_monitor(ctx.cfg, ctx.parent_id)
+    key, mode = config_mod.rank_metric(ctx.cfg)
+    try:
+        records = search.search(ctx)
+        best = ledger.best_trial(records, key, mode)
+        if best is None:
+            raise RuntimeError("no trial finished an epoch; see the errors above")
+        search.log_sweep_plots(ctx.client, ctx.parent_id, ctx.cfg, records, best.trial_id)
+        confirmed: list[dict[str, Any]] = []
+        if ctx.cfg.sweep.confirm_seeds:
+            best, confirmed = confirm.confirm(ctx, records)
+        won = champion.crown(ctx, best)
+    except progress.SweepStalled as e:
+        message = f"{e}; its state is saved: orchestrator resume {ctx.path}"
+        writer.end_run(ctx.client, ctx.parent_id, "FAILED", {schema.ERROR: message})
+        raise progress.SweepStalled(message) from None
+    except BaseException:
+        writer.end_run(ctx.client, ctx.parent_id, "FAILED", {})
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+    _save(ctx, state.DONE)
+    return _finish(ctx, records, won, confirmed)
+
+
+def _finish(
+    ctx: Context, records: list[TrialRecord], won: champion.Champion, confirmed: list[dict]
+) -> SweepSummary:
+    """End the sweep's run with its champion, wait for MLflow, and sum the sweep up."""
+    assert ctx.parent_id is not None
+    cfg = ctx.cfg
+    writer.end_run(
+        ctx.client,
+        ctx.parent_id,
+        "FINISHED",
+        {
+            schema.CHAMPION_TRIAL: won.record.trial_id,
+            **{f"{schema.CHAMPION_VALUE}{k}": str(v) for k, v in won.values.items()},
+        },
+    )
+    # what the end of the sweep wrote (already waited for, if the server is away)
+    ctx.client.drain(block=True, patience=0.0 if ctx.client.down else END_DRAIN_S)
+    shown = config_mod.redact_uri(location.resolve_uri(cfg))
+    if ctx.client.queue:
+        ctx.out(
+            f"[tracking] MLflow at {shown} still does not answer: "
+            f"{len(ctx.client.queue)} write(s) kept in {ctx.path}; training is complete. "
+            f"When it is back: orchestrator tracking replay {ctx.path}"
+        )
+    return SweepSummary(
+        ctx.exp_id,
+        ctx.parent_id,
+        records,
+        won.record,
+        won.values,
+        won.test_metrics,
+        won.version,
+        shown,
+        cfg.tracking.register_as,
+        ctx.prep.sizes,
+        confirmed,
+        config_mod.to_dict(config_mod.redact(cfg)),
+        len(ctx.client.queue),
+        str(ctx.path),
+    )
