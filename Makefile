@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest tests/unit -q
 
 # Debian's Chromium: the report test opens the HTML report in a real headless browser.
 browser:

@@ -1,9 +1,14 @@
-"""Shared fixtures. Fast tier: no Ray, no servers. Slow tier (marked `slow`): the real things."""
+"""Shared fixtures, and the tiers: ``tests/unit`` (no Ray, no servers: seconds),
+``tests/integration`` (one part with the real things: a local Ray, an MLflow store or
+server, HTTP on loopback) and ``tests/e2e`` (the real CLI end to end). Each test gets its
+folder's marker; integration and e2e are also ``slow``, the multi-node cluster ``cluster``."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,11 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from orchestrator import config
 from orchestrator.core import data
 
 ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, from the folder it lives in (``-m unit`` etc.)."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        tier = parts[0] if parts[0] in TIERS else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(tier)
+        if tier != "unit":
+            item.add_marker("slow")
+
+
 # Ray >= 2.59 enables token auth for local clusters; be explicit, like the Makefile.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 # The secrets the local cluster's nodes hold in their environment (as a Kubernetes Secret
@@ -228,3 +249,123 @@ def served_model(seed: int, version: str) -> Any:
         version,
         f"run{version}",
     )
+
+
+def sweep_on_disk(tmp: Path) -> Path:
+    """A finished sweep of three trials (overfit, the sweet spot, underfit) written by hand
+    into a real MLflow SQLite store under ``tmp``, with its folder and state file: what
+    ``diagnose`` and ``report`` read, without training anything."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.core import state
+    from orchestrator.tracking import schema
+
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    cfg = config.from_dict(
+        {
+            "experiment": "rev",
+            "data": {"path": str(tmp / "x.parquet")},
+            "tracking": {"uri": uri},
+            "train": {"epochs": 6},
+            "sweep": {
+                "space": {"train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
+            },
+        }
+    )
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rev")
+    parent = client.create_run(
+        exp,
+        tags={schema.ROLE: "sweep", "orchestrator.baseline": "loss=2.3026 accuracy=0.1000 (...)"},
+    ).info.run_id
+    curves = {  # weight decay -> (train, val) per epoch
+        # overfit: validation turns up at epoch 3 while training goes to zero
+        1.2e-4: ([1.0, 0.3, 0.05, 0.01, 0.005, 0.003], [1.0, 0.4, 0.35, 0.5, 0.6, 0.7]),
+        # the sweet spot
+        3e-3: ([1.0, 0.3, 0.15, 0.10, 0.08, 0.07], [1.0, 0.35, 0.2, 0.18, 0.17, 0.16]),
+        # underfit: training loss stays at 82% of the baseline's
+        8e-2: ([2.2, 2.0, 1.9, 1.9, 1.9, 1.9], [2.2, 2.0, 1.95, 1.9, 1.9, 1.9]),
+    }
+    for i, (wd, (train, val)) in enumerate(curves.items()):
+        run = client.create_run(
+            exp,
+            tags={
+                schema.ROLE: "trial",
+                "mlflow.parentRunId": parent,
+                "orchestrator.trial_id": f"t{i}",
+            },
+        ).info.run_id
+        client.log_batch(
+            run,
+            params=[Param("train.weight_decay", str(wd))],
+            metrics=[
+                Metric(k, v, 0, e)
+                for e, (t, v_) in enumerate(zip(train, val, strict=True), 1)
+                for k, v in (("train_loss", t), ("val_loss", v_))
+            ],
+        )
+    folder = tmp / "results" / "rev-20260101-000000"
+    folder.mkdir(parents=True)
+    state.write(
+        folder,
+        cfg,
+        state.DONE,
+        stamp="20260101-000000",
+        parent_run_id=parent,
+        experiment_id=exp,
+        fingerprint="f",
+    )
+    return folder
+
+
+# Counts, once the page has loaded, its images and those the browser decoded and laid out.
+PROBE = """<script>window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-rendered',
+    imgs.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0)
+        .length);
+});</script></body>"""
+
+
+def rendered_in_browser(page: Path, tmp: Path) -> tuple[int, int]:
+    """(images, images rendered) as headless Chromium sees the page."""
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make browser` installs it"
+    probed = tmp / f"probed-{page.name}"
+    probed.write_text(page.read_text().replace("</body>", PROBE))
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    found = re.search(r'<body data-images="(\d+)" data-rendered="(\d+)"', dom)
+    assert found, dom[:2000]
+    return int(found[1]), int(found[2])
+
+
+class Payload(torch.nn.Module):
+    """A model whose unpickling runs a shell command (creates ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))

@@ -18,7 +18,9 @@ from orchestrator.core import diagnosis
 
 BASE = diagnosis.baseline([100] * 10)  # ten balanced classes: loss ln 10, accuracy 0.1
 CORPUS = curves.load()
-FIXTURE = json.loads((Path(__file__).parent / "curves" / "early-minimum-overfit.json").read_text())
+FIXTURE = json.loads(
+    (Path(__file__).parents[2] / "curves" / "early-minimum-overfit.json").read_text()
+)
 
 
 def _cfg(**over: Any) -> config.Config:

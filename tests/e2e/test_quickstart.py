@@ -16,7 +16,7 @@ import pytest
 import requests
 import torch
 
-from conftest import ROOT, free_port, wait_until_up
+from conftest import ROOT, free_port, rendered_in_browser, wait_until_up
 from orchestrator import config
 from orchestrator.core import data, diagnosis, modelfile
 
@@ -217,8 +217,6 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
 
 
 def test_report_shows_the_champions_confusion_matrix_and_renders(sweep: dict) -> None:
-    from test_report import _rendered
-
     proc = subprocess.run(
         [
             sys.executable,
@@ -241,4 +239,4 @@ def test_report_shows_the_champions_confusion_matrix_and_renders(sweep: dict) ->
     assert 'alt="confusion matrix"' in text and "test_accuracy" in text
     assert 'alt="regularization map"' in text and 'alt="fit map"' in text
     images = text.count("<img ")
-    assert _rendered(page, sweep["tmp"]) == (images, images)
+    assert rendered_in_browser(page, sweep["tmp"]) == (images, images)

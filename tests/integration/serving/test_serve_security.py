@@ -21,24 +21,13 @@ import pytest
 import requests
 import torch
 
-from conftest import free_port, make_cfg, wait_until_up
+from conftest import Payload, free_port, make_cfg, wait_until_up
 from orchestrator.core import model, modelfile
 from orchestrator.serving import serve
 
 pytestmark = pytest.mark.slow
 
 NAME = "guarded"
-
-
-class Payload(torch.nn.Module):
-    """A model whose unpickling runs a shell command (creates ``marker``)."""
-
-    def __init__(self, marker: Path) -> None:
-        super().__init__()
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _log(store: dict, net: torch.nn.Module, extra: list[Path]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from jobs import bench
+from jobs import bench, bench_sweep
 
 
 def test_steady_rate_leaves_out_the_warm_up_epoch() -> None:
@@ -36,3 +36,9 @@ def test_gpu_check_runs_on_a_gpu_and_says_so_without_one() -> None:
         assert '"e2e_train_ok": 1.0' in proc.stdout
     else:
         assert proc.returncode == 3 and "no CUDA GPU" in proc.stderr
+
+
+def test_epochs_to_reach_counts_in_arrival_order() -> None:
+    results = [{"val_accuracy": a} for a in (0.5, 0.9, 0.8, 0.97, 0.99)]
+    assert bench_sweep.epochs_to_reach(results, 0.97) == 4
+    assert bench_sweep.epochs_to_reach(results, 1.0) == 5  # never: charged every epoch

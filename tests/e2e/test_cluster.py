@@ -20,7 +20,7 @@ import requests
 from conftest import CLUSTER_SECRETS, ROOT, files_holding, running
 from orchestrator.launch import cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 BIN = Path(sys.executable).parent
 
 

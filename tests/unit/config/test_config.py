@@ -6,7 +6,7 @@ import pytest
 from orchestrator import config
 from orchestrator.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 

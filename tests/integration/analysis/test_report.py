@@ -6,61 +6,19 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_review import _sweep_on_disk
 
+from conftest import rendered_in_browser, sweep_on_disk
 from orchestrator import cli
 from orchestrator.analysis import report, review
 
 pytestmark = pytest.mark.slow
 
-# Counts, once the page has loaded, its images and those the browser decoded and laid out.
-PROBE = """<script>window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  document.body.setAttribute('data-images', imgs.length);
-  document.body.setAttribute('data-rendered',
-    imgs.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0)
-        .length);
-});</script></body>"""
-
-
-def _rendered(page: Path, tmp: Path) -> tuple[int, int]:
-    """(images, images rendered) as headless Chromium sees the page."""
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is missing: `make browser` installs it"
-    probed = tmp / f"probed-{page.name}"
-    probed.write_text(page.read_text().replace("</body>", PROBE))
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp / 'chromium-profile'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probed.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    found = re.search(r'<body data-images="(\d+)" data-rendered="(\d+)"', dom)
-    assert found, dom[:2000]
-    return int(found[1]), int(found[2])
-
 
 def test_the_report_is_one_file_whose_pictures_render_in_a_browser(tmp_path: Path) -> None:
-    folder = _sweep_on_disk(tmp_path)
+    folder = sweep_on_disk(tmp_path)
     assert cli.main(["report", "rev", "--storage", str(tmp_path / "results")]) == 0
     page = folder / report.REPORT
     text = page.read_text()
@@ -78,17 +36,17 @@ def test_the_report_is_one_file_whose_pictures_render_in_a_browser(tmp_path: Pat
         "No champion was registered",
     ):
         assert expected in text
-    assert _rendered(page, tmp_path) == (5, 5)
+    assert rendered_in_browser(page, tmp_path) == (5, 5)
     # and the same check catches a picture that does not render
     broken = tmp_path / "broken.html"
     broken.write_text(text.replace(sources[0], "bm90IGEgcGljdHVyZQ=="))
-    assert _rendered(broken, tmp_path) == (5, 4)
+    assert rendered_in_browser(broken, tmp_path) == (5, 4)
 
 
 def test_the_report_lands_on_the_sweeps_mlflow_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    _sweep_on_disk(tmp_path)
+    sweep_on_disk(tmp_path)
     view = review.load("rev", str(tmp_path / "results"))
     report.write(view)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -11,7 +11,7 @@ import pytest
 from orchestrator import cli
 from orchestrator.execution import runtime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(ROOT / "jobs/configs/quickstart.yaml")
 
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 import torch
 
-from conftest import files_holding, free_port, make_cfg
+from conftest import Payload, files_holding, free_port, make_cfg
 from orchestrator.core import model
 from orchestrator.serving import serve
 from orchestrator.tracking import champions
@@ -233,7 +233,6 @@ def test_zero_replicas_or_more_than_fit_are_refused_before_deploying(tmp_path: P
 
 def test_a_version_without_the_pickle_free_form_is_refused_before_deploying(deployed: dict) -> None:
     import mlflow
-    from test_serve_security import Payload
 
     marker = deployed["tmp"] / "payload-ran"
     mlflow.set_tracking_uri(deployed["uri"])
