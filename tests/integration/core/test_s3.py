@@ -47,12 +47,14 @@ def s3(digits_path: Path) -> Iterator[str]:
         AWS_ENDPOINT_URL=endpoint,
     )
     try:
-        deadline = time.time() + 30
+        # any answer means up; its first one can take seconds on a loaded machine (a read
+        # timeout is "not yet", as a refused connection is)
+        deadline = time.time() + 120
         while True:
             try:
-                requests.get(endpoint, timeout=1)
+                requests.get(endpoint, timeout=5)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 assert time.time() < deadline and server.poll() is None, "moto did not start"
                 time.sleep(0.2)
         client = boto3.client("s3", endpoint_url=endpoint)
