@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
 
 from orchestrator import config as config_mod
@@ -20,9 +21,10 @@ from orchestrator.analysis import plots, review
 from orchestrator.analysis.review import SweepView
 from orchestrator.core import diagnosis
 from orchestrator.core.prepare import prepare
-from orchestrator.tracking import location, schema
+from orchestrator.tracking import location, registry, schema
 
 REPORT = "report.html"
+MAX_WEIGHTS = 1 << 30  # the champion's weights.pt read back for the confusion matrix: 1 GiB
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
 COLORS = {
     "underfit": "#1f77b4",
@@ -69,8 +71,6 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     the test split), or a note saying why there is none."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.serving import serve
-
     uri = location.resolve_uri(view.cfg)
     client = MlflowClient(uri)
     parent = client.get_run(view.parent_run_id)
@@ -92,18 +92,20 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
         + "</tr></table>"
     )
     try:
-        served = serve.load(f"models:/{name}/{version}", uri)
+        mlflow.set_tracking_uri(location.bare_uri(uri))
+        net, spec, _, _ = registry.load(f"models:/{name}/{version}", MAX_WEIGHTS)
+        net.eval()
         prep = prepare(view.cfg)
     except Exception as e:  # noqa: BLE001 - the data or model moved: say so, keep the rest
         out.append(f'<p class="muted">Confusion matrix unavailable: {html.escape(str(e))}</p>')
         return "\n".join(out), trial
     import torch
 
-    classes = list(served.classes)
+    classes = list(spec["classes"])
     cm = [[0.0] * len(classes) for _ in classes]
     with torch.inference_mode():
         for x, y in prep.test_batches():
-            pred = served.net(x).argmax(dim=1)
+            pred = net(x).argmax(dim=1)
             for t, p in zip(y.tolist(), pred.tolist(), strict=True):
                 cm[int(t)][int(p)] += 1
     out.append(

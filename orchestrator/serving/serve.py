@@ -10,11 +10,9 @@ import hmac
 import math
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import mlflow
@@ -29,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import ConfigError, ServeConfig
-from orchestrator.core import model, modelfile
+from orchestrator.core import model
 from orchestrator.serving.batching import MicroBatcher
 from orchestrator.serving.http_limits import Limits
 from orchestrator.serving.metrics_text import ServerMetrics
@@ -77,18 +75,7 @@ def load(
     form, with a bad spec or over the size caps is ``Refused``."""
     if tracking_uri:
         mlflow.set_tracking_uri(location.bare_uri(tracking_uri))
-    version, run_id = registry.resolve(model_uri)
-    # a fixed version, so the weights and the version reported are the same model even if
-    # the alias moves meanwhile
-    fixed = registry.fixed(model_uri, version)
-    with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as d:
-        registry.download(fixed, version, Path(d), int(max_model_mb * (1 << 20)))
-        try:
-            net, spec = modelfile.load_weights(d)
-        except OSError:
-            raise  # the disk, not the version: tried again at the next reload
-        except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
-            raise Refused(version, f"{fixed}: {e}") from None
+    net, spec, version, run_id = registry.load(model_uri, int(max_model_mb * (1 << 20)))
     return Served(
         model.WithProbabilities(net).eval(),
         list(spec["classes"]),

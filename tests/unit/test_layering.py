@@ -95,7 +95,7 @@ MAY_NOT = {
     "execution": {"tracking", "sweep", "analysis", "serving", "launch"},
     "tracking": {"execution", "sweep", "analysis", "serving", "launch"},
     "sweep": {"serving", "launch"},
-    "analysis": {"execution", "sweep", "launch"},
+    "analysis": {"execution", "sweep", "serving", "launch"},
     "serving": {"sweep", "launch", "analysis"},
     "launch": {"sweep", "serving", "analysis"},
 }
