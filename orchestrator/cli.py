@@ -332,7 +332,27 @@ def build_parser() -> argparse.ArgumentParser:
     """Every subcommand, its flags and the ``cmd_*`` that runs it."""
     p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_run_commands, _serve_command, _analysis_commands, _tracking_commands):
+        add(sub)
+    for add in (_launch_commands, _config_and_data_commands):
+        add(sub)
+    return p
 
+
+def _sweep_folder_args(parser: argparse.ArgumentParser) -> None:
+    """EXPERIMENT and --storage: how the commands that read a sweep find its folder."""
+    parser.add_argument(
+        "experiment", help="the experiment name (its newest sweep) or a sweep folder"
+    )
+    parser.add_argument(
+        "--storage",
+        default="results",
+        help="short for sweep.storage_path: where the sweep ran (default: results)",
+    )
+
+
+def _run_commands(sub: Any) -> None:
+    """sweep, resume, train: the commands that train."""
     s = sub.add_parser("sweep", help="search regularization with Ray Tune; register the champion")
     s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
@@ -347,12 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
-    r.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    r.add_argument(
-        "--storage",
-        default="results",
-        help="short for sweep.storage_path: where the sweep ran (default: results)",
-    )
+    _sweep_folder_args(r)
     r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     r.set_defaults(func=cmd_resume)
 
@@ -362,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     t.set_defaults(func=cmd_train)
 
+
+def _serve_command(sub: Any) -> None:
+    """serve: the model server."""
     v = sub.add_parser("serve", help="serve a registered model over HTTP (FastAPI)")
     v.add_argument("--model", required=True, help="e.g. models:/digits-mlp@champion")
     v.add_argument("--config", default=None, help="optional YAML for the serve.* section")
@@ -393,29 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*", help="dotted key=value, e.g. serve.max_batch=256")
     v.set_defaults(func=cmd_serve)
 
+
+def _analysis_commands(sub: Any) -> None:
+    """diagnose, report: reading a finished sweep."""
     dg = sub.add_parser(
         "diagnose",
         help="label a finished sweep's trials underfit / good_fit "
         "/ overfit / both (or diverged / undetermined) and propose the next "
         "search space",
     )
-    dg.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    dg.add_argument(
-        "--storage",
-        default="results",
-        help="short for sweep.storage_path: where the sweep ran (default: results)",
-    )
+    _sweep_folder_args(dg)
     dg.set_defaults(func=cmd_diagnose)
 
     rp = sub.add_parser("report", help="one self-contained HTML report of a finished sweep")
-    rp.add_argument("experiment", help="the experiment name (its newest sweep) or a sweep folder")
-    rp.add_argument(
-        "--storage",
-        default="results",
-        help="short for sweep.storage_path: where the sweep ran (default: results)",
-    )
+    _sweep_folder_args(rp)
     rp.set_defaults(func=cmd_report)
 
+
+def _tracking_commands(sub: Any) -> None:
+    """tracking serve, tracking replay: the MLflow side."""
     tr = sub.add_parser("tracking", help="run an MLflow tracking server; replay kept writes")
     tsub = tr.add_subparsers(dest="action", required=True)
     ts = tsub.add_parser("serve", help="mlflow server: database backend, proxied artifacts")
@@ -455,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.set_defaults(func=cmd_tracking_replay)
 
+
+def _launch_commands(sub: Any) -> None:
+    """submit, cluster: clusters and jobs."""
     sb = sub.add_parser(
         "submit",
         help="ray job submit a sweep (or --train) to a cluster, "
@@ -492,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.set_defaults(func=cmd_cluster)
 
+
+def _config_and_data_commands(sub: Any) -> None:
+    """config schema/reference/check, data export."""
     c = sub.add_parser("config", help="the config's JSON Schema; check a config and show it")
     csub = c.add_subparsers(dest="action", required=True)
     cs = csub.add_parser(
@@ -520,7 +540,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", default=None, help="default: data/NAME.parquet")
     e.set_defaults(func=cmd_data)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
