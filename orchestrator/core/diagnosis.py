@@ -124,7 +124,73 @@ def diagnose(
     thresholds (``diagnosis.*`` of the config). A run shorter than planned that carries no
     flag was stopped by the scheduler (pruned). None when there is nothing to judge."""
     th = th or DiagnosisConfig()
-    rows = [
+    rows = _clean_rows(history)
+    if not rows or not math.isfinite(base.loss) or base.loss <= 0:
+        return None
+    c = _curves(rows, base.loss, planned_epochs or _v(cfg, "train.epochs"))
+
+    # ---- diverged: nothing else can be read from a blown-up run
+    diverged = _diverged(c, th, cfg)
+    if diverged is not None:
+        return diverged
+    facts = _facts(c)
+
+    # ---- undetermined: too short, or pruned before it had settled
+    unsettled = _unsettled(c, th, facts)
+    if unsettled is not None:
+        return Diagnosis("undetermined", unsettled, _undetermined_fixes(cfg), facts)
+
+    # ---- bias and variance, each read over the whole run
+    bias, variance, cut_short = _bias_variance(c, th, facts)
+    kept = _kept_weights(c, cfg)
+    if variance and bias:
+        return Diagnosis("both", _both_reason(c, th, facts, kept), _both_fixes(cfg), facts)
+    if variance:
+        return Diagnosis("overfit", _overfit_reason(c, th, facts, kept), _overfit_fixes(cfg), facts)
+    if cut_short:
+        return Diagnosis(
+            "undetermined", _cut_short_reason(c, facts), _undetermined_fixes(cfg), facts
+        )
+    still_falling = _still_falling(c, th)
+    if bias:
+        why = _underfit_reason(c, th, facts, still_falling)
+        return Diagnosis("underfit", why, _underfit_fixes(cfg, still_falling), facts)
+    return Diagnosis("good_fit", _good_fit_reason(c, facts, cfg, still_falling), [], facts)
+
+
+@dataclass(frozen=True)
+class _Curves:
+    """One run's curves as ``diagnose`` reads them: raw, smoothed, and where they bottom out."""
+
+    rows: list[dict[str, float]]
+    b: float  # the baseline's loss: every loss is read as a fraction of it
+    planned: Any  # the epochs the run was planned for
+    epochs: list[int]
+    early_stopped: bool
+    train_raw: list[float]
+    val_raw: list[float]
+    train: list[float]  # smoothed
+    val: list[float]  # smoothed
+    tacc: list[float]
+    vacc: list[float]
+    acc: bool  # both accuracies, finite at every epoch
+    top_acc: float  # the highest training accuracy (NaN without accuracies)
+    low: int  # the index of the smoothed validation minimum
+    best: int  # the index of the raw validation minimum
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def window(self) -> int:
+        """The epochs a trend is read over: the last quarter, at least 6 (all of a shorter run)."""
+        return min(self.n, max(6, self.n // 4))
+
+
+def _clean_rows(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The rows with an epoch and both losses, one per epoch (the last wins), in epoch order."""
+    return [
         r
         for _, r in sorted(
             {
@@ -134,39 +200,59 @@ def diagnose(
             }.items()
         )
     ]
-    if not rows or not math.isfinite(base.loss) or base.loss <= 0:
-        return None
-    b = base.loss
-    n = len(rows)
+
+
+def _curves(rows: list[dict[str, float]], b: float, planned: Any) -> _Curves:
     epochs = [int(r["epoch"]) for r in rows]
-    planned = planned_epochs or _v(cfg, "train.epochs") or epochs[-1]
-    early_stopped = any(r.get("early_stopped") for r in rows)
     train_raw = [float(r["train_loss"]) for r in rows]
     val_raw = [float(r["val_loss"]) for r in rows]
     # accuracies are read only when every epoch has them (a classifier's, all finite)
     tacc = [float(r.get("train_accuracy", math.nan)) for r in rows]
     vacc = [float(r.get("val_accuracy", math.nan)) for r in rows]
     acc = all(math.isfinite(v) for v in tacc + vacc)
+    train, val = _smooth(train_raw), _smooth(val_raw)
+    # how far validation rose is read on the smoothed curve (one lucky epoch is not a
+    # minimum); the epoch named is the raw minimum, whose weights the sweep keeps
+    low = min(range(len(rows)), key=lambda i: val[i])
+    best = min(range(len(rows)), key=lambda i: val_raw[i])
+    return _Curves(
+        rows=rows,
+        b=b,
+        planned=planned or epochs[-1],
+        epochs=epochs,
+        early_stopped=any(r.get("early_stopped") for r in rows),
+        train_raw=train_raw,
+        val_raw=val_raw,
+        train=train,
+        val=val,
+        tacc=tacc,
+        vacc=vacc,
+        acc=acc,
+        top_acc=max(tacc) if acc else math.nan,
+        low=low,
+        best=best,
+    )
 
-    # ---- diverged: nothing else can be read from a blown-up run
+
+def _diverged(c: _Curves, th: DiagnosisConfig, cfg: Any) -> Diagnosis | None:
+    """The run's ``diverged`` label; None when it did not diverge."""
     bad = next(
         (
             i
-            for i in range(n)
-            if rows[i].get("diverged")
-            or not (math.isfinite(train_raw[i]) and math.isfinite(val_raw[i]))
+            for i in range(c.n)
+            if c.rows[i].get("diverged")
+            or not (math.isfinite(c.train_raw[i]) and math.isfinite(c.val_raw[i]))
         ),
         None,
     )
     if bad is not None:
         return Diagnosis(
             "diverged",
-            f"training diverged at epoch {epochs[bad]}: a loss became NaN or infinite",
+            f"training diverged at epoch {c.epochs[bad]}: a loss became NaN or infinite",
             _diverged_fixes(cfg),
-            {"epoch": epochs[bad]},
+            {"epoch": c.epochs[bad]},
         )
-    train, val = _smooth(train_raw), _smooth(val_raw)
-    top_acc = max(tacc) if acc else math.nan
+    b, train, val = c.b, c.train, c.val
     # Blown up, though finite: training loss ended above diverge_ratio x the baseline, or
     # worse than the baseline and diverge_ratio x its own minimum (it learned, then lost
     # it); or validation loss ended above diverge_ratio x the baseline while training loss
@@ -176,73 +262,81 @@ def diagnose(
         train[-1] > b and train[-1] > th.diverge_ratio * min(train)
     )
     val_blown = val[-1] > th.diverge_ratio * b and train[-1] > 0.5 * b
-    if train_blown or val_blown:
-        which, end = ("training", train[-1]) if train_blown else ("validation", val[-1])
-        return Diagnosis(
-            "diverged",
-            f"{which} loss ended at {end / b:.3g}x the baseline's {b:.3f} "
-            f"(training loss {train[-1]:.4g} at the end, {min(train):.4g} at its lowest; "
-            f"diagnosis.diverge_ratio = {th.diverge_ratio:g}): the optimization blew up",
-            _diverged_fixes(cfg),
-            {"end_loss_ratio": end / b},
-        )
+    if not (train_blown or val_blown):
+        return None
+    which, end = ("training", train[-1]) if train_blown else ("validation", val[-1])
+    return Diagnosis(
+        "diverged",
+        f"{which} loss ended at {end / b:.3g}x the baseline's {b:.3f} "
+        f"(training loss {train[-1]:.4g} at the end, {min(train):.4g} at its lowest; "
+        f"diagnosis.diverge_ratio = {th.diverge_ratio:g}): the optimization blew up",
+        _diverged_fixes(cfg),
+        {"end_loss_ratio": end / b},
+    )
 
-    # how far validation rose is read on the smoothed curve (one lucky epoch is not a
-    # minimum); the epoch named is the raw minimum, whose weights the sweep keeps
-    low = min(range(n), key=lambda i: val[i])
-    best = min(range(n), key=lambda i: val_raw[i])
+
+def _facts(c: _Curves) -> dict[str, float]:
+    b, train, val, val_raw, low, best = c.b, c.train, c.val, c.val_raw, c.low, c.best
     facts = {
-        "epochs": float(epochs[-1]),
-        "planned_epochs": float(planned),
-        "best_epoch": float(epochs[best]),
+        "epochs": float(c.epochs[-1]),
+        "planned_epochs": float(c.planned),
+        "best_epoch": float(c.epochs[best]),
         "baseline_loss": b,
         "train_min_ratio": min(train) / b,
         "val_min_ratio": val[low] / b,
         "val_end_ratio": val[-1] / b,
         "rise_ratio": (val[-1] - val[low]) / b,
         "gap_end_ratio": (val[-1] - train[-1]) / b,
-        "gap_best_ratio": (val_raw[best] - train_raw[best]) / b,
+        "gap_best_ratio": (val_raw[best] - c.train_raw[best]) / b,
     }
-    if acc:
+    if c.acc:
         facts.update(
             {
-                "train_accuracy_max": top_acc,
-                "accuracy_gap_end": tacc[-1] - vacc[-1],
-                "accuracy_gap_best": tacc[best] - vacc[best],
+                "train_accuracy_max": c.top_acc,
+                "accuracy_gap_end": c.tacc[-1] - c.vacc[-1],
+                "accuracy_gap_best": c.tacc[best] - c.vacc[best],
             }
         )
+    return facts
 
-    # ---- undetermined: too short, or pruned before it had settled
+
+def _unsettled(c: _Curves, th: DiagnosisConfig, facts: dict[str, float]) -> str | None:
+    """Why the run is too short or was pruned before it settled (adding ``fall_ratio`` to
+    ``facts`` once it is long enough to read); None when it can be judged."""
+    n = c.n
     if n < th.min_epochs:
-        return Diagnosis(
-            "undetermined",
+        return (
             f"only {n} epoch{'s' * (n != 1)} (fewer than "
-            f"diagnosis.min_epochs = {th.min_epochs}): too few to tell",
-            _undetermined_fixes(cfg),
-            facts,
+            f"diagnosis.min_epochs = {th.min_epochs}): too few to tell"
         )
-    pruned = epochs[-1] < planned and not early_stopped
-    window = min(n, max(6, n // 4))
-    fall = _fall(val_raw[-window:]) / b
+    pruned = c.epochs[-1] < c.planned and not c.early_stopped
+    window = c.window
+    fall = _fall(c.val_raw[-window:]) / c.b
     facts["fall_ratio"] = fall
     if pruned and fall > th.falling_ratio:
-        return Diagnosis(
-            "undetermined",
-            f"stopped by the scheduler at epoch {epochs[-1]} of {planned} while "
-            f"validation loss was still falling ({fall:.0%} of the baseline's {b:.3f} over its "
+        return (
+            f"stopped by the scheduler at epoch {c.epochs[-1]} of {c.planned} while "
+            f"validation loss was still falling ({fall:.0%} of the baseline's {c.b:.3f} over its "
             f"last {window - 1} epochs, above diagnosis.falling_ratio = {th.falling_ratio:.0%}): "
-            "not a finished run",
-            _undetermined_fixes(cfg),
-            facts,
+            "not a finished run"
         )
+    return None
 
-    # ---- bias and variance, each read over the whole run
-    fitted = acc and top_acc >= FITTED_ACCURACY
+
+def _bias_variance(
+    c: _Curves, th: DiagnosisConfig, facts: dict[str, float]
+) -> tuple[bool, bool, bool]:
+    """High bias, high variance, and whether a run that reads as high bias was cut short
+    while it could still fit (adding ``train_pace_ratio`` to ``facts``)."""
+    fitted = c.acc and c.top_acc >= FITTED_ACCURACY
     # A run stopped before its planned epochs (early stopping, the scheduler) whose training
     # loss was still falling fast enough to get under the line within as many epochs again
     # had not shown it cannot fit its rows: its training was cut short, not its capacity.
-    pace = _fall(train_raw[-window:]) / (window - 1) / b if window > 1 else 0.0
-    reachable = epochs[-1] < planned and train[-1] / b - pace * window <= th.underfit_loss_ratio
+    window, b = c.window, c.b
+    pace = _fall(c.train_raw[-window:]) / (window - 1) / b if window > 1 else 0.0
+    reachable = (
+        c.epochs[-1] < c.planned and c.train[-1] / b - pace * window <= th.underfit_loss_ratio
+    )
     facts["train_pace_ratio"] = pace
     bias = facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted and not reachable
     rise, gap = facts["rise_ratio"], facts["gap_end_ratio"]
@@ -252,68 +346,104 @@ def diagnose(
         or gap > th.gap_ratio
         or (acc_gap > th.accuracy_gap and gap > th.gap_ratio / 2)
     )
-    kept_epoch, restored = _kept(rows, cfg, early_stopped)
-    kept = (
+    cut_short = reachable and facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted
+    return bias, variance, cut_short
+
+
+def _still_falling(c: _Curves, th: DiagnosisConfig) -> bool:
+    k = min(3, c.n - 1)
+    return c.val[-1] <= c.val[c.low] and (c.val[-1 - k] - c.val[-1]) / c.b > th.falling_ratio
+
+
+# ---- the reasons' wording
+
+
+def _kept_weights(c: _Curves, cfg: Any) -> str:
+    kept_epoch, restored = _kept(c.rows, cfg, c.early_stopped)
+    return (
         f"the restored epoch-{kept_epoch} weights"
         if restored
         else f"the epoch-{kept_epoch} weights the sweep keeps"
     )
-    acc_text = f"; accuracy {_pct(tacc[-1])} training vs {_pct(vacc[-1])} validation" if acc else ""
-    gap_text = f"a gap of {_pct(gap)} of the baseline's loss at the end{acc_text}"
-    lowest = f"validation loss was lowest at epoch {epochs[best]} ({val_raw[best]:.3f})"
-    train_min = f"{_pct(facts['train_min_ratio'])} of the baseline's {b:.3f}"
-    if variance:
-        rel = (val[-1] - val_raw[best]) / val_raw[best] if val_raw[best] > 0 else 0.0
-        seen = (
-            f"{lowest} and rose {_pct(rel)} after it"
-            if rise > th.rise_ratio or rel > VISIBLE_RISE
-            else f"{lowest} and ended at {val[-1]:.3f}"
-        )
-        if bias:
-            why = (
-                f"training loss never fell below {train_min} (above "
-                f"{_pct(th.underfit_loss_ratio)}: high bias) and {seen} ({gap_text}: high "
-                f"variance); {kept} are the best this configuration can do: raise capacity "
-                "together with regularization or data"
-            )
-            return Diagnosis("both", why, _both_fixes(cfg), facts)
-        fit = (
-            f"training accuracy reached {_pct(top_acc)}"
-            if acc and top_acc >= HIGH_ACCURACY
-            else f"training loss fell to {train_min}"
-        )
-        why = (
-            f"{seen} while {fit} ({gap_text}); {kept} are the best this configuration "
-            "can do; add weight decay, dropout, augmentation or data so training can go on "
-            "without losing validation"
-        )
-        return Diagnosis("overfit", why, _overfit_fixes(cfg), facts)
-    if reachable and facts["train_min_ratio"] > th.underfit_loss_ratio and not fitted:
-        return Diagnosis(
-            "undetermined",
-            f"stopped at epoch {epochs[-1]} of {planned} while training loss "
-            f"({train_min}) was still falling fast enough to fit its rows within "
-            f"{window} more epochs: not a finished run",
-            _undetermined_fixes(cfg),
-            facts,
-        )
-    k = min(3, n - 1)
-    still_falling = val[-1] <= val[low] and (val[-1 - k] - val[-1]) / b > th.falling_ratio
-    if bias:
-        why = (
-            f"training loss never fell below {train_min} (above "
-            f"{_pct(th.underfit_loss_ratio)}) and validation follows it ({gap_text}): the "
-            "model cannot fit even its training rows"
-            + ("; validation loss was still falling at the end" if still_falling else "")
-        )
-        return Diagnosis("underfit", why, _underfit_fixes(cfg, still_falling), facts)
-    why = f"training loss reached {train_min}, {lowest} ({gap_text}): the sweet spot" + (
+
+
+def _gap_text(c: _Curves, facts: dict[str, float]) -> str:
+    acc_text = (
+        f"; accuracy {_pct(c.tacc[-1])} training vs {_pct(c.vacc[-1])} validation" if c.acc else ""
+    )
+    return f"a gap of {_pct(facts['gap_end_ratio'])} of the baseline's loss at the end{acc_text}"
+
+
+def _lowest(c: _Curves) -> str:
+    return f"validation loss was lowest at epoch {c.epochs[c.best]} ({c.val_raw[c.best]:.3f})"
+
+
+def _train_min(c: _Curves, facts: dict[str, float]) -> str:
+    return f"{_pct(facts['train_min_ratio'])} of the baseline's {c.b:.3f}"
+
+
+def _seen(c: _Curves, th: DiagnosisConfig, facts: dict[str, float]) -> str:
+    """What validation loss did after its minimum."""
+    lowest, at_best = _lowest(c), c.val_raw[c.best]
+    rel = (c.val[-1] - at_best) / at_best if at_best > 0 else 0.0
+    return (
+        f"{lowest} and rose {_pct(rel)} after it"
+        if facts["rise_ratio"] > th.rise_ratio or rel > VISIBLE_RISE
+        else f"{lowest} and ended at {c.val[-1]:.3f}"
+    )
+
+
+def _both_reason(c: _Curves, th: DiagnosisConfig, facts: dict[str, float], kept: str) -> str:
+    return (
+        f"training loss never fell below {_train_min(c, facts)} (above "
+        f"{_pct(th.underfit_loss_ratio)}: high bias) and {_seen(c, th, facts)} "
+        f"({_gap_text(c, facts)}: high variance); {kept} are the best this configuration can "
+        "do: raise capacity together with regularization or data"
+    )
+
+
+def _overfit_reason(c: _Curves, th: DiagnosisConfig, facts: dict[str, float], kept: str) -> str:
+    fit = (
+        f"training accuracy reached {_pct(c.top_acc)}"
+        if c.acc and c.top_acc >= HIGH_ACCURACY
+        else f"training loss fell to {_train_min(c, facts)}"
+    )
+    return (
+        f"{_seen(c, th, facts)} while {fit} ({_gap_text(c, facts)}); {kept} are the best this "
+        "configuration can do; add weight decay, dropout, augmentation or data so training "
+        "can go on without losing validation"
+    )
+
+
+def _cut_short_reason(c: _Curves, facts: dict[str, float]) -> str:
+    return (
+        f"stopped at epoch {c.epochs[-1]} of {c.planned} while training loss "
+        f"({_train_min(c, facts)}) was still falling fast enough to fit its rows within "
+        f"{c.window} more epochs: not a finished run"
+    )
+
+
+def _underfit_reason(
+    c: _Curves, th: DiagnosisConfig, facts: dict[str, float], still_falling: bool
+) -> str:
+    return (
+        f"training loss never fell below {_train_min(c, facts)} (above "
+        f"{_pct(th.underfit_loss_ratio)}) and validation follows it ({_gap_text(c, facts)}): "
+        "the model cannot fit even its training rows"
+        + ("; validation loss was still falling at the end" if still_falling else "")
+    )
+
+
+def _good_fit_reason(c: _Curves, facts: dict[str, float], cfg: Any, still_falling: bool) -> str:
+    return (
+        f"training loss reached {_train_min(c, facts)}, {_lowest(c)} ({_gap_text(c, facts)}): "
+        "the sweet spot"
+    ) + (
         f"; validation loss was still falling: more epochs (train.epochs, now "
         f"{_v(cfg, 'train.epochs')}) may gain a little"
         if still_falling
         else ""
     )
-    return Diagnosis("good_fit", why, [], facts)
 
 
 def failed(epochs: int) -> Diagnosis:
