@@ -50,8 +50,17 @@ class Prepared:
             return
         assert self.summary is not None
         rows = data.split_batches(self.cfg.data, self.summary, data.TEST, TEST_BATCH_ROWS)
-        for features, labels in rows:
-            yield torch.from_numpy(features), torch.from_numpy(labels)
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        for features, labels in rows:  # filtered batches, gathered back to full ones
+            xs.append(features)
+            ys.append(labels)
+            if sum(len(y) for y in ys) >= TEST_BATCH_ROWS:
+                fx, fy = np.concatenate(xs), np.concatenate(ys)
+                yield torch.from_numpy(fx[:TEST_BATCH_ROWS]), torch.from_numpy(fy[:TEST_BATCH_ROWS])
+                xs, ys = [fx[TEST_BATCH_ROWS:]], [fy[TEST_BATCH_ROWS:]]
+        if sum(len(y) for y in ys):
+            yield torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
 def prepare(cfg: Config) -> Prepared:

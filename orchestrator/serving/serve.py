@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hashlib
 import hmac
@@ -11,7 +12,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -374,6 +375,10 @@ def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
     }
 
 
+_Box = dict[str, State]  # {"state": the State served now}, swapped whole by a reload
+_Swap = Callable[[], Awaitable[bool]]
+
+
 def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on their own
     served: Served,
     max_batch: int = 1024,
@@ -390,19 +395,51 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
     background. ``api_key`` guards everything but ``/health``; ``api_key_sha256`` (its
     ``key_sha256``) does the same without the key itself (Ray Serve replicas get only
     that). ``make_batcher`` replaces the micro-batcher (Ray Serve brings its own)."""
+    digest = _key_digest(api_key, api_key_sha256)
+    metrics = ServerMetrics()
+    # a row of digits' 64 features is ~600 bytes of JSON; be generous, but bounded
+    limit = max_body_bytes or max(1 << 20, max_batch * served.num_features * 32)
+    new_state = functools.partial(
+        _state,
+        window_s=window_ms / 1000,
+        max_rows=max_batch * 4,
+        metrics=metrics,
+        make_batcher=make_batcher or MicroBatcher,
+    )
+    box: _Box = {"state": new_state(served)}
+    swap = _swapper(box, reload, new_state, metrics)
+    poll = poll_s if reload is not None else 0.0
+    app = FastAPI(
+        title="orchestrator model server", version="1", lifespan=_lifespan(box, swap, poll)
+    )
+    app.add_middleware(Guard, key_digest=digest, limit=limit, metrics=metrics)
+    # first: the router tries routes in order, and this is the hot one
+    _add_predict(app, box, served.num_features, max_batch)
+    _add_validation_handler(app)
+    _add_health(app, box)
+    _add_metadata(app, box, max_batch, window_ms)
+    _add_metrics(app, box, metrics)
+    _add_reload(app, box, swap)
+    return app
+
+
+def _key_digest(api_key: str | None, api_key_sha256: str | None) -> bytes | None:
+    """The SHA-256 of the API key to require, or None when none is."""
     if api_key is not None and not api_key.strip():
         raise ValueError(
             "api_key: empty; an empty key is not a way to turn authentication off (pass None)"
         )
     if api_key is not None:
         api_key_sha256 = key_sha256(api_key)
-    digest = bytes.fromhex(api_key_sha256) if api_key_sha256 else None
-    metrics = ServerMetrics()
-    # a row of digits' 64 features is ~600 bytes of JSON; be generous, but bounded
-    limit = max_body_bytes or max(1 << 20, max_batch * served.num_features * 32)
-    factory: BatcherFactory = make_batcher or MicroBatcher
-    box = {"state": _state(served, window_ms / 1000, max_batch * 4, metrics, factory)}
+    return bytes.fromhex(api_key_sha256) if api_key_sha256 else None
 
+
+def _swapper(
+    box: _Box,
+    reload: Callable[[], Served | None] | None,
+    new_state: Callable[[Served], State],
+    metrics: ServerMetrics,
+) -> _Swap:
     async def swap() -> bool:
         """Whether a newer version was swapped in; ``Refused`` (logged once per version, and
         shown in /metrics) when the alias names one that is not served."""
@@ -421,45 +458,47 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
         if newer is None:
             return False
         old = box["state"]
-        box["state"] = _state(newer, window_ms / 1000, max_batch * 4, metrics, factory)
+        box["state"] = new_state(newer)
         metrics.reloads += 1
         old.batcher.close()
         return True
 
+    return swap
+
+
+def _lifespan(
+    box: _Box, swap: _Swap, poll_s: float
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Everything alive now (torch, the model, FastAPI) lives as long as the server: out
         # of the collector's sight, a full collection no longer walks it. Without this, the
         # cyclic GC took a quarter of the event loop's time under load (requests in flight
         # survive into older generations and trigger full collections).
         gc.collect()
         gc.freeze()
-        task = None
-        if poll_s > 0 and reload is not None:
-
-            async def poll() -> None:
-                while True:
-                    await asyncio.sleep(poll_s)
-                    try:
-                        await swap()
-                    except Refused:
-                        pass  # logged and counted by swap
-                    except Exception as e:  # noqa: BLE001 - keep serving the model we have
-                        print(f"serve: reload failed, still serving the old model: {e}", flush=True)
-
-            task = asyncio.create_task(poll())
+        task = asyncio.create_task(_poll(swap, poll_s)) if poll_s > 0 else None
         yield
         if task is not None:
             task.cancel()
         box["state"].batcher.close()
 
-    app = FastAPI(title="orchestrator model server", version="1", lifespan=lifespan)
-    app.add_middleware(Guard, key_digest=digest, limit=limit, metrics=metrics)
+    return lifespan
 
-    # first: the router tries routes in order, and this is the hot one
-    @app.post(
-        "/predict", response_model=PredictResponse, **_schemas(served.num_features, max_batch)
-    )
+
+async def _poll(swap: _Swap, poll_s: float) -> None:
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            await swap()
+        except Refused:
+            pass  # logged and counted by swap
+        except Exception as e:  # noqa: BLE001 - keep serving the model we have
+            print(f"serve: reload failed, still serving the old model: {e}", flush=True)
+
+
+def _add_predict(app: FastAPI, box: _Box, num_features: int, max_batch: int) -> None:
+    @app.post("/predict", response_model=PredictResponse, **_schemas(num_features, max_batch))
     async def predict(request: Request) -> Response:
         st = box["state"]
         try:
@@ -482,6 +521,8 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
             {"predictions": [classes[i] for i in probs.argmax(1).tolist()], "probabilities": probs}
         )
 
+
+def _add_validation_handler(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI echoes the bad input back; NaN/Infinity there cannot be JSON-encoded and
@@ -496,6 +537,8 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
             status_code=422,
         )
 
+
+def _add_health(app: FastAPI, box: _Box) -> None:
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -508,6 +551,8 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
             "version": box["state"].version,
         }
 
+
+def _add_metadata(app: FastAPI, box: _Box, max_batch: int, window_ms: float) -> None:
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
         st = box["state"]
@@ -527,10 +572,14 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
             "server": {"host": socket.gethostname(), "pid": os.getpid()},
         }
 
+
+def _add_metrics(app: FastAPI, box: _Box, metrics: ServerMetrics) -> None:
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
         return metrics.text(box["state"].version)
 
+
+def _add_reload(app: FastAPI, box: _Box, swap: _Swap) -> None:
     @app.post(
         "/reload",
         responses={
@@ -552,8 +601,6 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
                 409,
             )
         return _json({"reloaded": moved, "version": box["state"].version})
-
-    return app
 
 
 KNOWN = {"/predict", "/health", "/ready", "/metadata", "/metrics", "/reload"}

@@ -9,7 +9,13 @@ the thin callbacks in ``hooks``; ``tuner`` builds the Tune runs; ``train`` is
 ``orchestrator.core.state``.
 """
 
+from orchestrator.sweep import hooks
 from orchestrator.sweep.driver import SweepSummary, resume, run
 from orchestrator.sweep.train import TrainSummary, train_run
+
+# The names a sweep started by 0.1 pickled its Tune callbacks under (in tuner.pkl): kept, so
+# `orchestrator resume` still restores such a sweep with this driver's live trial book.
+_live_callback = hooks.live
+_Watchdog = hooks.Watchdog
 
 __all__ = ["SweepSummary", "TrainSummary", "resume", "run", "train_run"]

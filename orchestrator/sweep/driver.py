@@ -158,9 +158,20 @@ def _save(ctx: Context, phase: str) -> None:
 
 
 def _stages(ctx: Context) -> SweepSummary:
-    """Search, confirm, crown the champion; the sweep's run ends FINISHED or FAILED."""
+    """Search, confirm, crown the champion, with MLflow's system metrics sampled on the
+    sweep's run until the very end (its last writes included)."""
     assert ctx.parent_id is not None
     monitor = writer.system_monitor(ctx.cfg, ctx.parent_id)
+    try:
+        return _search_confirm_crown(ctx)
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _search_confirm_crown(ctx: Context) -> SweepSummary:
+    """The stages in order; the sweep's run ends FINISHED, or FAILED however they fail."""
+    assert ctx.parent_id is not None
     key, mode = config_mod.rank_metric(ctx.cfg)
     try:
         records = search.search(ctx)
@@ -179,9 +190,6 @@ def _stages(ctx: Context) -> SweepSummary:
     except BaseException:
         writer.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
-    finally:
-        if monitor is not None:
-            monitor.finish()
     _save(ctx, state.DONE)
     return _finish(ctx, records, won, confirmed)
 

@@ -35,7 +35,8 @@ def detach(name: str) -> None:
     _LIVE.pop(name, None)
 
 
-def _live(name: str) -> BookHooks:
+def live(name: str) -> BookHooks:
+    """The hooks attached under ``name`` (what an unpickled callback becomes)."""
     if name not in _LIVE:
         raise RuntimeError(
             f"no live sweep callback for {name!r}: restore a sweep through "
@@ -51,7 +52,7 @@ class BookHooks(tune.Callback):
         self.book, self.name = book, name
 
     def __reduce__(self) -> tuple:
-        return (_live, (self.name,))
+        return (live, (self.name,))
 
     def get_state(self) -> dict[str, Any]:
         """The book's ledger, saved with Tune's experiment state."""

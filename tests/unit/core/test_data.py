@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_cfg
 from orchestrator.config import ConfigError, DataConfig
 from orchestrator.core import data
 
@@ -168,6 +168,22 @@ def test_a_streamed_split_reads_the_rows_the_scan_counted(digits_path: Path) -> 
     full = data.read(cfg)  # the labels are the rows' own, as class indexes
     by_row = {r.tobytes(): int(c) for r, c in zip(full.features, full.labels, strict=True)}
     assert all(by_row[r.tobytes()] == c for r, c in zip(x, y, strict=True))
+
+
+def test_the_streamed_test_split_comes_in_full_batches(
+    digits_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.core import prepare
+
+    monkeypatch.setattr(prepare, "TEST_BATCH_ROWS", 64)
+    cfg = make_cfg(str(digits_path), **{"data.loader": "stream"})
+    prep = prepare.prepare(cfg)
+    assert prep.loader == "stream" and prep.splits is None
+    sizes = [len(y) for _, y in prep.test_batches()]
+    assert sum(sizes) == prep.sizes["test"] and all(n == 64 for n in sizes[:-1])
+    assert 0 < sizes[-1] <= 64
+    whole = prepare.prepare(make_cfg(str(digits_path), **{"data.loader": "memory"}))
+    assert prep.baseline.loss == pytest.approx(whole.baseline.loss, rel=0.05)
 
 
 # ---------------------------------------------------------------- what a class label may be

@@ -174,6 +174,23 @@ def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> No
     assert again.book.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
 
 
+def test_a_sweep_started_by_0_1_restores_its_callbacks_under_their_old_names() -> None:
+    # what 0.1 wrote into tuner.pkl: its callback as orchestrator.sweep._live_callback(name),
+    # its watchdog as an orchestrator.sweep._Watchdog with its state
+    old_callback = b"corchestrator.sweep\n_live_callback\n(V/results/old\ntR."
+    old_watchdog = pickle.dumps(hooks.Watchdog(30.0, 12), protocol=0).replace(
+        b"orchestrator.sweep.hooks\nWatchdog", b"orchestrator.sweep\n_Watchdog"
+    )
+    assert b"orchestrator.sweep\n_Watchdog" in old_watchdog
+    cb = hooks.attach(_callback(FakeClient(), []).book, "/results/old")
+    try:
+        assert pickle.loads(old_callback) is cb
+    finally:
+        hooks.detach("/results/old")
+    dog = pickle.loads(old_watchdog)
+    assert isinstance(dog, hooks.Watchdog) and (dog.timeout, dog.planned) == (30.0, 12)
+
+
 def test_a_resume_keeps_runs_its_ledger_knows_by_a_placeholder_id() -> None:
     # created while MLflow was away: the ledger holds the outbox's placeholder, MLflow the
     # real id; the run is the trial's own, not an orphan to delete
