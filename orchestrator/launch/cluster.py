@@ -33,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 STATE_DIR = Path(".ray-local")
+# How long a node gets to stop on SIGTERM before its process group is SIGKILLed: what
+# `ray stop --grace-period` defaults to. `ray start --block` winds its node down slowly
+# (a head with a dashboard and job drivers took 35-100 s here), and nothing on a local
+# cluster's nodes outlives it anyway.
+GRACE_S = 16.0
 RAY = str(Path(sys.executable).parent / "ray")
 # Ray's socket paths must stay short (108 bytes): the nodes' temp folders go directly under
 # /tmp, named rayc-XXXXXXXX (mkdtemp) and rayc-XXXXXXXX-wN for worker N
@@ -331,7 +336,7 @@ def _warn(line: str) -> None:
 
 
 def down(
-    state_dir: Path = STATE_DIR, timeout: float = 60, warn: Callable[[str], None] = _warn
+    state_dir: Path = STATE_DIR, timeout: float = GRACE_S, warn: Callable[[str], None] = _warn
 ) -> bool:
     """Stop what `up` started (by the pids it recorded, each only while it is still the
     process started) and delete its temp folders (only ones `up` made); False when nothing

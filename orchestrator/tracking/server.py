@@ -12,6 +12,7 @@ from orchestrator import config as config_mod
 from orchestrator.config import ConfigError
 
 BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s envvar
+JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"  # set it to true to have them back
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -46,7 +47,10 @@ def command(
         str(workers),
         *extra,
     ]
-    return argv, {**os.environ, BACKEND_ENV: backend}, shown
+    # MLflow's job runner (huey consumers for GenAI evaluation jobs and trace roll-ups) is
+    # four more processes on the tracking host that the orchestrator never gives work to
+    jobs = os.environ.get(JOBS_ENV, "false")
+    return argv, {**os.environ, BACKEND_ENV: backend, JOBS_ENV: jobs}, shown
 
 
 def run(

@@ -216,6 +216,17 @@ def test_tracking_serve_passes_the_backend_in_the_environment_and_prints_it_reda
     assert PASSWORD not in printed
 
 
+def test_tracking_serve_leaves_mlflows_job_runner_off_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    _, env, _ = _serve(monkeypatch, capsys, "--backend", "sqlite:///x.db")
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    _, env, _ = _serve(monkeypatch, capsys, "--backend", "sqlite:///x.db")
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+
+
 def test_a_bad_backend_is_refused_without_quoting_its_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
