@@ -1,21 +1,21 @@
 """The trial book: the driver's record of every trial of one Tune run (the ledger) and the
 MLflow runs it writes for them (the driver is MLflow's only writer), with the bias/variance
-label and the learning curves of each trial that ends, and a line for the terminal.
+label and the learning curves of each trial that ends, and a line for the terminal. What a
+resumed driver has to reconcile lives in ``recovery``.
 
 Plain Python, no Tune: ``hooks`` turns Tune's callbacks into these calls, and the unit tests
 drive it with fake trials and a fake client."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.analysis import plots, progress
-from orchestrator.core import checkpoint, diagnosis, ledger
+from orchestrator.core import diagnosis, ledger
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.execution import trials
+from orchestrator.sweep import recovery
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import schema, writer
 
@@ -52,7 +52,7 @@ class Book:
 
     def started(self, trial_id: str, trial_config: dict[str, Any]) -> None:
         """A trial (re)started: its run opened (or found again), a line when it is new."""
-        rec = self._record(trial_id, trial_config)
+        rec = self.record(trial_id, trial_config)
         self._started.add(trial_id)
         if self.ctx.parent_id is not None and rec.epochs == 0:
             self.ctx.out(f"[{self.tag}] trial {trial_id} started ({_show(rec.values)})")
@@ -63,7 +63,7 @@ class Book:
 
     def result(self, trial_id: str, trial_config: dict[str, Any], result: dict) -> None:
         """One epoch's result: into the ledger and MLflow, each epoch exactly once."""
-        rec = self._record(trial_id, trial_config)
+        rec = self.record(trial_id, trial_config)
         epoch = int(result.get("epoch", 0))
         if trial_id in self._started:
             self._started.discard(trial_id)
@@ -89,7 +89,7 @@ class Book:
             writer.log_epoch(self.client, rec.run_id, result)
             rec.logged = epoch
         if rec.gap and result.get("checkpoint_path"):
-            self._fill_gap(rec, str(result["checkpoint_path"]))
+            recovery.fill_gap(self, rec, str(result["checkpoint_path"]))
         if self.ctx.parent_id is None:
             self.ctx.out(progress.epoch_line(result))
 
@@ -97,20 +97,20 @@ class Book:
         self, trial_id: str, trial_config: dict[str, Any], path: str, epoch: Any
     ) -> None:
         """A fast-path trial's checkpoint (through Tune: it arrives after its result)."""
-        rec = self._record(trial_id, trial_config)
+        rec = self.record(trial_id, trial_config)
         if rec.best is not None and rec.best.get("epoch") == epoch:
             rec.checkpoint = path
             self._note_checkpoint(rec)
         if rec.gap:
-            self._fill_gap(rec, path)
+            recovery.fill_gap(self, rec, path)
 
     def ended(
         self, trial_id: str, trial_config: dict[str, Any], status: str, error: str | None = None
     ) -> None:
         """A trial finished (``TERMINATED``) or failed (``ERROR``, with its error text)."""
-        rec = self._record(trial_id, trial_config)
+        rec = self.record(trial_id, trial_config)
         rec.status, rec.error = status, error
-        self._close(rec)
+        self.close(rec)
         if error is not None:
             lines = error.strip().splitlines() or ["?"]
             self.ctx.out(f"[{self.tag}] trial {trial_id} failed: {lines[-1]}")
@@ -122,55 +122,14 @@ class Book:
         return {"by_id": self.by_id}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take the ledger Tune saved back, and make MLflow and it agree again: epochs either
-        side had that the other missed, and trials that ended without their run ending."""
-        self.by_id = state["by_id"]
-        for rec in self.by_id.values():
-            if not rec.run_id:
-                continue
-            run = self.client.get_run(rec.run_id)
-            logged = writer.last_step(self.client, rec.run_id)
-            if rec.status == "RUNNING":
-                # MLflow may hold epochs that Tune's last save missed; a trial that then
-                # finished reports nothing more, so the ledger takes them from MLflow
-                for row in writer.epochs_since(self.client, rec.run_id, rec.epochs):
-                    ledger.update(rec, row, self.key, self.mode)
-                best_ckpt = run.data.tags.get(schema.BEST_CHECKPOINT)
-                if rec.best is not None and best_ckpt:
-                    rec.checkpoint = best_ckpt
-            # and the other way round: epochs the ledger holds that were still in the dead
-            # driver's outbox (writes are sent from a thread, up to half a second later)
-            for row in plots.by_epoch(rec.history):
-                if int(row["epoch"]) > logged:
-                    writer.log_epoch(self.client, rec.run_id, row)
-            rec.logged = max(logged, rec.epochs)
-            if rec.status != "RUNNING" and run.info.status == "RUNNING":
-                self._close(rec)  # it ended, but its end had not reached MLflow
-        done = sum(r.status != "RUNNING" for r in self.by_id.values())
-        self.ctx.out(
-            f"[{self.tag}] restored {len(self.by_id)} trial(s): {done} finished (not "
-            f"rerun), {len(self.by_id) - done} to continue from their last checkpoint"
-        )
-
-    def forget_orphans(self) -> None:
-        """Runs opened for trials Tune no longer knows (started after its last save before
-        the driver died; Tune runs them again under new ids): deleted, so every trial has
-        exactly one run."""
-        if self.ctx.parent_id is None:
-            return
-        # a record may still hold a placeholder id from an outage: compare real ids
-        known = {self.client.run_id(r.run_id) for r in self.records}
-        for run in writer.child_runs(self.client, self.ctx.exp_id, self.ctx.parent_id):
-            if (
-                run.info.run_id not in known
-                and run.info.status == "RUNNING"
-                and run.data.tags.get(schema.ROLE) == self.role
-            ):
-                self.client.delete_run(run.info.run_id)
+        """The ledger Tune saved, back in a resumed sweep (see ``recovery.reconcile``)."""
+        recovery.reconcile(self, state["by_id"])
 
     # ------------------------------------------------------------ the work behind the calls
 
-    def _record(self, trial_id: str, trial_config: dict[str, Any]) -> TrialRecord:
+    def record(self, trial_id: str, trial_config: dict[str, Any]) -> TrialRecord:
+        """The trial's record, made (with its MLflow run, or the one a resumed sweep finds
+        again) the first time the trial is heard of."""
         rec = self.by_id.get(trial_id)
         if rec is not None:
             return rec
@@ -201,30 +160,12 @@ class Book:
         self.by_id[trial_id] = rec
         return rec
 
-    def _fill_gap(self, rec: TrialRecord, checkpoint_dir: str) -> None:
-        assert rec.gap is not None and rec.run_id is not None
-        lo, hi = rec.gap
-        path = Path(checkpoint_dir) / checkpoint.HISTORY_FILE
-        if not path.is_file():
-            return
-        rows = [r for r in json.loads(path.read_text()) if lo < int(r["epoch"]) < hi]
-        for row in rows:
-            writer.log_epoch(self.client, rec.run_id, row)
-        # In the history, not a candidate for the best epoch: their checkpoints are gone.
-        rec.history = sorted(rec.history + rows, key=lambda r: r["epoch"])
-        rec.gap = None
-        if rows:
-            self.ctx.out(
-                f"[{self.tag}] trial {rec.trial_id}: epochs {lo + 1}-{hi - 1} "
-                "recovered from its checkpoint"
-            )
-
     def _note_checkpoint(self, rec: TrialRecord) -> None:
         # in MLflow too: a resumed sweep whose Tune state missed this epoch finds it there
         assert rec.run_id is not None and rec.checkpoint is not None
         self.client.set_tag(rec.run_id, schema.BEST_CHECKPOINT, rec.checkpoint)
 
-    def _close(self, rec: TrialRecord) -> None:
+    def close(self, rec: TrialRecord) -> None:
         """End a finished trial's run: its label, its learning curves, its status, a line."""
         assert rec.run_id is not None
         tags = {

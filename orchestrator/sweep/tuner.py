@@ -12,7 +12,7 @@ from ray import tune
 from orchestrator import config as config_mod
 from orchestrator.config import Config
 from orchestrator.execution import trials
-from orchestrator.sweep import hooks
+from orchestrator.sweep import hooks, recovery
 from orchestrator.sweep.book import Book
 
 
@@ -104,4 +104,4 @@ def run_book(book: Book, trainable: Any, search: Search, name: str) -> None:
     finally:
         hooks.detach(name)
     if ctx.resume:
-        book.forget_orphans()
+        recovery.forget_orphans(book)

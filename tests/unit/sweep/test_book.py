@@ -15,7 +15,7 @@ import pytest
 from conftest import make_cfg
 from orchestrator import config
 from orchestrator.core import checkpoint, diagnosis
-from orchestrator.sweep import hooks
+from orchestrator.sweep import hooks, recovery
 from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 
@@ -169,7 +169,7 @@ def test_the_ledger_survives_a_pickle_and_a_resume_finds_the_trials_runs() -> No
     again.on_trial_result(0, [], t2, _result(3, 0.8))
     t2_steps = [s for r, k, s in client.metrics if r == "run1" and k == "val_loss"]
     assert t2_steps == [1, 2, 3]
-    again.book.forget_orphans()  # t3's run: Tune reruns that trial under a new id
+    recovery.forget_orphans(again.book)  # t3's run: Tune reruns that trial under a new id
     assert set(client.runs) == {"run0", "run1"}
     assert again.book.by_id["t2"].best["epoch"] == 3  # the replayed epoch is in the ledger too
 
@@ -200,7 +200,7 @@ def test_a_resume_keeps_runs_its_ledger_knows_by_a_placeholder_id() -> None:
     cb.on_trial_result(0, [], t1, _result(1, 1.0))
     client.ids["offline-1"] = cb.book.by_id["t1"].run_id
     cb.book.by_id["t1"].run_id = "offline-1"
-    cb.book.forget_orphans()
+    recovery.forget_orphans(cb.book)
     assert set(client.runs) == {"run0"}
 
 
