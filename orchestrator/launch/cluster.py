@@ -328,7 +328,7 @@ def add_worker(state: State, state_dir: Path = STATE_DIR, timeout: float = 180) 
 
 def stop_worker(state: State, pid: int, timeout: float = 60) -> None:
     """Stop one worker node (the node goes away, as when a machine is lost)."""
-    _stop(state, pid, timeout)
+    _stop(state, [pid], timeout)
 
 
 def _warn(line: str) -> None:
@@ -344,14 +344,18 @@ def down(
     state = load(state_dir)
     if state is None:
         return False
-    for pid in [*state.workers, state.head_pid]:  # workers first: the head outlives them
-        if _alive(pid) and not _ours(state, pid):
-            warn(
-                f"left pid {pid} alone: it is no longer the process `cluster up` started "
-                "(the pid was reused, e.g. after a reboot)"
-            )
-            continue
-        _stop(state, pid, timeout)
+    # the workers together, then the head (it outlives them): each group within one grace
+    for group in (state.workers, [state.head_pid]):
+        mine = []
+        for pid in group:
+            if _alive(pid) and not _ours(state, pid):
+                warn(
+                    f"left pid {pid} alone: it is no longer the process `cluster up` started "
+                    "(the pid was reused, e.g. after a reboot)"
+                )
+                continue
+            mine.append(pid)
+        _stop(state, mine, timeout)
     for folder in [*(f"{state.temp_dir}-w{i}" for i in range(len(state.workers))), state.temp_dir]:
         if _our_temp_dir(folder):
             shutil.rmtree(folder, ignore_errors=True)
@@ -364,28 +368,34 @@ def down(
     return True
 
 
-def _stop(state: State, pid: int, timeout: float) -> None:
-    """SIGTERM the process group `ray start --block` leads (it stops its node's processes);
-    SIGKILL what is left after ``timeout``. Each signal only while ``pid`` is still ours."""
-    if not _ours(state, pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        except ChildProcessError:
-            pass
+def _stop(state: State, pids: list[int], timeout: float) -> None:
+    """SIGTERM the process groups `ray start --block` leads (each stops its node's
+    processes); SIGKILL what is left after ``timeout``. Each signal only while a pid is
+    still the process `up` started."""
+    left = []
+    for pid in pids:
         if not _ours(state, pid):
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            left.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + timeout
+    while left and time.time() < deadline:
+        for pid in left:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+            except ChildProcessError:
+                pass
+        left = [pid for pid in left if _ours(state, pid)]
+        if left:
+            time.sleep(0.2)
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def nodes(state: State) -> list[dict[str, Any]]:
