@@ -310,6 +310,7 @@ def test_ray_job_submit_runs_the_quickstart_sweep(
             "sweep.num_samples=2",
             "train.epochs=3",
             "sweep.grace_period=1",
+            "sweep.refit=false",  # the cluster's refit is the submit test's: not twice
         ],
     )
     print(proc.stdout[-4000:], proc.stderr[-4000:])
