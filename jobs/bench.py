@@ -60,7 +60,7 @@ def _config(path: str, **over: Any) -> Any:
     return config.from_dict(raw)
 
 
-def _steady_rate(rows: int, seconds: list[float]) -> float:
+def steady_rate(rows: int, seconds: list[float]) -> float:
     """Training rows per second over the epochs after the first."""
     steady = seconds[1:] or seconds
     return rows / statistics.median(steady)
@@ -98,7 +98,7 @@ def bare_loop(path: str) -> float:
         with torch.no_grad():
             nn.functional.cross_entropy(net(xv), yv)
         times.append(time.perf_counter() - start)
-    return _steady_rate(len(y), times)
+    return steady_rate(len(y), times)
 
 
 def orchestrated(path: str, tmp: Path, workers: int) -> float:
@@ -119,7 +119,7 @@ def orchestrated(path: str, tmp: Path, workers: int) -> float:
     runtime.ensure_env()
     summary = sweep.train_run(cfg, out=lambda _: None)
     walls = [h["wall_time"] for h in summary.record.history]
-    return _steady_rate(rows, list(np.diff(walls)))
+    return steady_rate(rows, list(np.diff(walls)))
 
 
 def variant(path: str, precision: str, grad_checkpointing: bool) -> dict[str, float]:
@@ -157,7 +157,7 @@ def _variant_main(path: str, precision: str, grad_checkpointing: str) -> None:
     splits = data.load_splits(cfg.data)
     seam = loop.LocalSeam(device=torch.device("cuda" if cuda else "cpu"))
     loop.train(cfg, splits, seam)
-    rate = _steady_rate(len(splits.y_train), [r["epoch_seconds"] for r in seam.reports])
+    rate = steady_rate(len(splits.y_train), [r["epoch_seconds"] for r in seam.reports])
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

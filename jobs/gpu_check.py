@@ -46,7 +46,7 @@ def amp_figures(path: str) -> dict[str, float]:
         seam = loop.LocalSeam(device=torch.device("cuda"))
         outcome = loop.train(cfg, splits, seam)
         assert outcome == "completed", (name, outcome)
-        out[f"{name}_samples_per_s"] = bench._steady_rate(
+        out[f"{name}_samples_per_s"] = bench.steady_rate(
             len(splits.y_train), [r["epoch_seconds"] for r in seam.reports]
         )
         out[f"{name}_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

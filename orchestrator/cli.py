@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """`orchestrator serve`: a registered model over HTTP, or as a Ray Serve deployment."""
     from orchestrator.serving import serve
 
-    cfg = config_mod.load(args.config, [*args.overrides, *_serve_flags(args)], only="serve")
+    cfg = config_mod.load(args.config, [*args.overrides, *serve_flags(args)], only="serve")
     opts = cfg.serve
     key = serve.required_key(opts.api_key, os.environ, opts.host, opts.allow_unauthenticated)
     try:
@@ -175,7 +175,7 @@ SERVE_FLAGS = {
 """`serve`'s flags, each short for a config key (given both, the flag wins)."""
 
 
-def _serve_flags(args: argparse.Namespace) -> list[str]:
+def serve_flags(args: argparse.Namespace) -> list[str]:
     """The serve flags given, as the ``key=value`` overrides they are short for."""
     out = [
         f"{key}={getattr(args, flag)}"

@@ -249,7 +249,7 @@ def _check_record(record: Any, entries: int) -> str:
 # ---------------------------------------------------------------- encoding writes as JSON
 
 
-def _encode(method: str, args: tuple, kw: dict[str, Any]) -> dict[str, Any]:
+def encode(method: str, args: tuple, kw: dict[str, Any]) -> dict[str, Any]:
     """A write as JSON: MLflow entities become plain fields."""
     kw = dict(kw)
     if method == "log_batch":
@@ -264,7 +264,8 @@ def _encode(method: str, args: tuple, kw: dict[str, Any]) -> dict[str, Any]:
     return {"method": method, "args": list(args), "kw": kw}
 
 
-def _decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
+def decode(entry: dict[str, Any]) -> tuple[str, tuple, dict[str, Any]]:
+    """A journalled write back as (method, args, kwargs), MLflow entities rebuilt."""
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
     method, args, kw = entry["method"], tuple(entry["args"]), dict(entry["kw"])
@@ -287,7 +288,7 @@ def _marked(args: tuple, kw: dict[str, Any], marker: str) -> tuple[tuple, dict[s
     return args, {**kw, "tags": {**(kw.get("tags") or {}), schema.OUTBOX_ID: marker}}
 
 
-def _coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+def coalesce(queue: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
     """The queue's head, merged with the ``log_batch`` writes right behind it for the same
     run (within MLflow's per-call limits): (the write to send, how many entries it covers).
     Order is kept: only consecutive entries are merged."""
@@ -527,7 +528,7 @@ class Outbox:
         self._next_try = time.monotonic() + self._pause
 
     def _keep(self, method: str, args: tuple, kw: dict[str, Any], placeholder: str) -> None:
-        entry = _encode(method, args, kw)
+        entry = encode(method, args, kw)
         entry["at"] = time.time()
         if placeholder:
             entry["placeholder"] = placeholder
@@ -584,10 +585,10 @@ class Outbox:
         """Send the oldest queued write (called with the lock released); False if the server
         did not answer."""
         with self._cv:
-            entry, taken = _coalesce(self.queue)
+            entry, taken = coalesce(self.queue)
             self._busy = True
         try:
-            method, args, kw = _decode(entry)
+            method, args, kw = decode(entry)
             args, kw = self._real_ids(args, kw)
             placeholder, real = entry.get("placeholder", ""), ""
             try:

@@ -13,7 +13,7 @@ from jobs import bench, bench_sweep
 
 
 def test_steady_rate_leaves_out_the_warm_up_epoch() -> None:
-    assert bench._steady_rate(1000, [10.0, 1.0, 2.0, 1.0]) == pytest.approx(1000.0)
+    assert bench.steady_rate(1000, [10.0, 1.0, 2.0, 1.0]) == pytest.approx(1000.0)
 
 
 def test_unknown_benchmark_is_a_usage_error() -> None:

@@ -371,7 +371,7 @@ def test_serve_flags_are_short_for_config_keys() -> None:
         ["serve", "--model", "m", "--host", "0.0.0.0", "--port", "9", "--replicas", "3"]
         + ["--tracking-uri", "http://h:5000", "--allow-unauthenticated"]
     )
-    flags = cli._serve_flags(args)
+    flags = cli.serve_flags(args)
     assert flags == [
         "serve.host=0.0.0.0",
         "serve.port=9",

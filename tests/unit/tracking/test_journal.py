@@ -84,7 +84,7 @@ def test_a_refused_write_is_set_aside_and_the_replay_goes_on(tmp_path: Path) -> 
 
 
 def _journal(folder: Path, n: int) -> list[str]:
-    lines = [json.dumps(outbox._encode("set_tag", ("real1", f"k{i}", "v"), {})) for i in range(n)]
+    lines = [json.dumps(outbox.encode("set_tag", ("real1", f"k{i}", "v"), {})) for i in range(n)]
     (folder / outbox.JOURNAL).write_text("".join(x + "\n" for x in lines))
     return lines
 

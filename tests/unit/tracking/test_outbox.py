@@ -171,27 +171,27 @@ def test_unreachable_is_about_the_server_not_the_request() -> None:
 
 def test_consecutive_metric_writes_of_a_run_share_one_call() -> None:
     def batch(run: str, step: int) -> dict:
-        return outbox._encode("log_batch", (run,), {"metrics": _metric(step)})
+        return outbox.encode("log_batch", (run,), {"metrics": _metric(step)})
 
     queue = [batch("a", 1), batch("a", 2), batch("b", 1), batch("a", 3)]
-    merged, taken = outbox._coalesce(queue)
+    merged, taken = outbox.coalesce(queue)
     assert taken == 2 and [m[3] for m in merged["kw"]["metrics"]] == [1, 2]
-    assert outbox._coalesce(queue[2:])[1] == 1  # b's write does not jump over a's
+    assert outbox.coalesce(queue[2:])[1] == 1  # b's write does not jump over a's
     big = [
-        outbox._encode(
+        outbox.encode(
             "log_batch", ("a",), {"metrics": [Metric("m", 0.0, 0, s) for s in range(600)]}
         )
     ] * 2
-    assert outbox._coalesce(big)[1] == 1  # MLflow takes at most 1000 metrics a call
+    assert outbox.coalesce(big)[1] == 1  # MLflow takes at most 1000 metrics a call
 
 
 def test_dataset_inputs_survive_the_journal() -> None:
     cfg = config.from_dict({"data": {"path": "data/digits.parquet"}})
     inputs = writer.dataset_inputs(cfg, "f" * 64, {"train": 10, "val": 2, "test": 3})
-    entry = outbox._encode("log_inputs", ("run1",), {"datasets": inputs})
+    entry = outbox.encode("log_inputs", ("run1",), {"datasets": inputs})
     import json
 
-    method, args, kw = outbox._decode(json.loads(json.dumps(entry)))
+    method, args, kw = outbox.decode(json.loads(json.dumps(entry)))
     assert method == "log_inputs" and args == ("run1",)
     assert [d.dataset.name for d in kw["datasets"]] == [d.dataset.name for d in inputs]
     assert kw["datasets"][0].tags[0].value == "training"
