@@ -50,7 +50,7 @@ def _periods(cfg: Any, client: Any, exp_id: str, tmp: Path, name: str) -> list[f
     ctx = Context(cfg, prep, client, exp_id, None, name, storage, 1, lambda _: None)
     book = Book(ctx, "train")
     trainable = trials.make_trainable(cfg, name, storage, prep.summary)
-    tuner.run_book(book, trainable, tuner.Search(), name)
+    tuner.run_book(book, trainable, tuner.Search, name)
     rec = book.records[0]
     clock = [r["wall_time"] for r in sorted(rec.history, key=lambda r: r["epoch"])]
     steps = [b - a for a, b in zip(clock, clock[1:], strict=False)]

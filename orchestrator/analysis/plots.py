@@ -13,6 +13,8 @@ from typing import Any
 
 import matplotlib
 
+from orchestrator.core import diagnosis
+
 matplotlib.use("Agg")  # no display on cluster nodes; set before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -180,6 +182,28 @@ LABEL_COLORS = {
     "undetermined": "darkgrey",
     None: "lightgrey",
 }
+
+
+def sweep_fit_map(
+    space: dict[str, dict[str, Any]],
+    keys: list[str],
+    trials: list[tuple[dict[str, Any], dict[str, float], str | None]],
+) -> bytes | None:
+    """``fit_map`` of a sweep's trials, each given as (searched values, best epoch, label),
+    over the regularizers among ``keys`` searched as a range; None when there is none, or no
+    trial with both losses."""
+    logs = {k for k, spec in space.items() if spec["type"] == "loguniform"}
+    regs = [
+        k
+        for k in diagnosis.REGULARIZERS
+        if k in keys and space[k]["type"] in ("uniform", "loguniform")
+    ]
+    fits = [
+        {**values, "train_loss": best["train_loss"], "val_loss": best["val_loss"], "label": label}
+        for values, best, label in trials
+        if "train_loss" in best and "val_loss" in best
+    ]
+    return fit_map(fits, regs, logs) if regs and fits else None
 
 
 def fit_map(

@@ -24,7 +24,6 @@ from orchestrator.core.prepare import prepare
 from orchestrator.tracking import location, registry, schema
 
 REPORT = "report.html"
-MAX_WEIGHTS = 1 << 30  # the champion's weights.pt read back for the confusion matrix: 1 GiB
 CURVES_SHOWN = 12  # learning curves of the best trials; the table lists them all
 COLORS = {
     "underfit": "#1f77b4",
@@ -93,7 +92,8 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     )
     try:
         mlflow.set_tracking_uri(location.bare_uri(uri))
-        net, spec, _, _ = registry.load(f"models:/{name}/{version}", MAX_WEIGHTS)
+        cap = int(view.cfg.serve.max_model_mb * (1 << 20))  # what a server would accept
+        net, spec, _, _ = registry.load(f"models:/{name}/{version}", cap)
         net.eval()
         prep = prepare(view.cfg)
     except Exception as e:  # noqa: BLE001 - the data or model moved: say so, keep the rest

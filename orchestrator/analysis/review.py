@@ -204,20 +204,4 @@ def fit_map(view: SweepView, trials: list[TrialView]) -> bytes | None:
     """The fit chart of these trials over the searched regularizers; None when the sweep
     searched none of them."""
     space = view.cfg.sweep.space
-    logs = {k for k, s in space.items() if s["type"] == "loguniform"}
-    regs = [
-        k
-        for k in diagnosis.REGULARIZERS
-        if k in space and space[k]["type"] in ("uniform", "loguniform")
-    ]
-    fits = [
-        {
-            **t.values,
-            "train_loss": t.best["train_loss"],
-            "val_loss": t.best["val_loss"],
-            "label": t.label,
-        }
-        for t in trials
-        if "train_loss" in t.best and "val_loss" in t.best
-    ]
-    return plots.fit_map(fits, regs, logs) if regs and fits else None
+    return plots.sweep_fit_map(space, list(space), [(t.values, t.best, t.label) for t in trials])

@@ -50,17 +50,27 @@ class Prepared:
             return
         assert self.summary is not None
         rows = data.split_batches(self.cfg.data, self.summary, data.TEST, TEST_BATCH_ROWS)
-        xs: list[np.ndarray] = []
-        ys: list[np.ndarray] = []
-        for features, labels in rows:  # filtered batches, gathered back to full ones
-            xs.append(features)
-            ys.append(labels)
-            if sum(len(y) for y in ys) >= TEST_BATCH_ROWS:
-                fx, fy = np.concatenate(xs), np.concatenate(ys)
-                yield torch.from_numpy(fx[:TEST_BATCH_ROWS]), torch.from_numpy(fy[:TEST_BATCH_ROWS])
-                xs, ys = [fx[TEST_BATCH_ROWS:]], [fy[TEST_BATCH_ROWS:]]
-        if sum(len(y) for y in ys):
-            yield torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+        for features, labels in _rebatch(rows, TEST_BATCH_ROWS):
+            yield torch.from_numpy(features), torch.from_numpy(labels)
+
+
+def _rebatch(
+    parts: Iterator[tuple[np.ndarray, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(x, y) pieces of any size, gathered into batches of ``size`` rows (the last smaller)."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    held = 0
+    for x, y in parts:
+        xs.append(x)
+        ys.append(y)
+        held += len(y)
+        while held >= size:
+            fx, fy = np.concatenate(xs), np.concatenate(ys)
+            yield fx[:size], fy[:size]
+            xs, ys, held = [fx[size:]], [fy[size:]], held - size
+    if held:
+        yield np.concatenate(xs), np.concatenate(ys)
 
 
 def prepare(cfg: Config) -> Prepared:

@@ -37,11 +37,14 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
     )
     book = Book(ctx, "confirm", len(sets))
     trainable = trials.make_trainable(cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
-    search = tuner.Search(
-        {trials.SET_KEY: tune.grid_search(sets)},
-        searcher=tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency),
-        concurrency=ctx.concurrency,
-    )
+
+    def search() -> tuner.Search:
+        return tuner.Search(
+            {trials.SET_KEY: tune.grid_search(sets)},
+            searcher=tune.search.BasicVariantGenerator(max_concurrent=ctx.concurrency),
+            concurrency=ctx.concurrency,
+        )
+
     tuner.run_book(book, trainable, search, f"{ctx.name}-confirm")
     rows = _rows(top, book.records, key)
     if not rows:

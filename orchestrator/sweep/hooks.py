@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator.analysis import progress
-from orchestrator.execution import trials
+from orchestrator.execution.trials import values_of
 from orchestrator.sweep.book import ERROR_TAIL, Book
 
 _LIVE: dict[str, BookHooks] = {}  # run name -> the hooks this driver attached to it
@@ -138,13 +138,10 @@ class Watchdog(tune.Callback):
         raise progress.SweepStalled(
             progress.stall_message(
                 found[0],
-                trials_mod.values_of(trial.config),
+                values_of(trial.config),
                 epoch,
                 self.planned,
                 found[1],
                 self.timeout,
             )
         )
-
-
-trials_mod = trials  # the hooks' parameter named ``trials`` (Tune's) shadows the module

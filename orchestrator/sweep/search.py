@@ -6,7 +6,6 @@ from __future__ import annotations
 from orchestrator import config as config_mod
 from orchestrator.analysis import plots
 from orchestrator.config import Config
-from orchestrator.core import diagnosis
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.execution import trials
 from orchestrator.sweep import tuner
@@ -19,7 +18,7 @@ def search(ctx: Context) -> list[TrialRecord]:
     """Search the space (or go on with a resumed search): every trial's record."""
     book = Book(ctx, "trial", trials.total_trials(ctx.cfg))
     trainable = trials.make_trainable(ctx.cfg, ctx.stamp, ctx.storage, ctx.prep.summary)
-    tuner.run_book(book, trainable, tuner.search_of(ctx.cfg, ctx.concurrency), ctx.name)
+    tuner.run_book(book, trainable, lambda: tuner.search_of(ctx.cfg, ctx.concurrency), ctx.name)
     return book.records
 
 
@@ -60,20 +59,7 @@ def log_sweep_plots(
         writer.log_png(client, run_id, png, "regularization_map.png")
     png = plots.parallel_coordinates(points, keys, key, logs)
     writer.log_png(client, run_id, png, "parallel_coordinates.png")
-    regs = [
-        k
-        for k in diagnosis.REGULARIZERS
-        if k in keys and space[k]["type"] in ("uniform", "loguniform")
-    ]
-    fits = [
-        {
-            **r.values,
-            "train_loss": r.best["train_loss"],
-            "val_loss": r.best["val_loss"],
-            "label": r.diagnosis,
-        }
-        for r in done
-        if r.best is not None and "train_loss" in r.best and "val_loss" in r.best
-    ]
-    if regs and fits:
-        writer.log_png(client, run_id, plots.fit_map(fits, regs, logs), "fit_map.png")
+    fits = [(r.values, r.best or {}, r.diagnosis) for r in done]
+    fit_png = plots.sweep_fit_map(space, keys, fits)
+    if fit_png is not None:
+        writer.log_png(client, run_id, fit_png, "fit_map.png")

@@ -57,7 +57,7 @@ def train_run(
     book = Book(ctx, "train")
     trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
     search = tuner.Search(retries=trials.max_failures(no_search))
-    tuner.run_book(book, trainable, search, name)
+    tuner.run_book(book, trainable, lambda: search, name)
     rec = book.records[0]
     assert rec.run_id is not None
     shown = config_mod.redact_uri(location.resolve_uri(cfg))

@@ -3,6 +3,7 @@ the stall watchdog and the checkpoint policy the scheduler needs, started or res
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,12 @@ def make_tuner(
     )
 
 
-def run_book(book: Book, trainable: Any, search: Search, name: str) -> None:
-    """Run ``search`` into ``book`` as the Tune run ``name`` under the sweep's storage, or,
+def run_book(book: Book, trainable: Any, search: Callable[[], Search], name: str) -> None:
+    """Run ``search()`` into ``book`` as the Tune run ``name`` under the sweep's storage, or,
     when the sweep resumes, restore that run from its folder: finished trials are kept as
     they are, unfinished ones continue from their last checkpoint, errored ones stay
-    failed; then the runs of trials Tune forgot are deleted."""
+    failed; then the runs of trials Tune forgot are deleted. ``search`` is only called for a
+    new run (a restored one keeps its own searcher and scheduler state)."""
     ctx = book.ctx
     path = Path(ctx.storage) / name
     callback = hooks.attach(book, name)
@@ -99,7 +101,7 @@ def run_book(book: Book, trainable: Any, search: Search, name: str) -> None:
                 str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
             )
         else:
-            tuner = make_tuner(ctx.cfg, trainable, search, [callback], ctx.storage, name)
+            tuner = make_tuner(ctx.cfg, trainable, search(), [callback], ctx.storage, name)
         tuner.fit()
     finally:
         hooks.detach(name)
