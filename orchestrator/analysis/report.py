@@ -93,7 +93,10 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     try:
         mlflow.set_tracking_uri(location.bare_uri(uri))
         cap = int(view.cfg.serve.max_model_mb * (1 << 20))  # what a server would accept
-        net, spec, _, _ = registry.load(f"models:/{name}/{version}", cap)
+        # the report's reader owns the config: its own factory is trusted
+        net, spec, _, _ = registry.load(
+            f"models:/{name}/{version}", cap, factories=(view.cfg.model.kind,)
+        )
         net.eval()
         prep = prepare(view.cfg)
     except Exception as e:  # noqa: BLE001 - the data or model moved: say so, keep the rest
@@ -101,11 +104,15 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
         return "\n".join(out), trial
     import torch
 
-    classes = list(spec["classes"])
+    from orchestrator.core import task as task_mod
+
+    classes = list(spec.classes)
+    if not classes:  # regression and multilabel have no confusion matrix
+        return "\n".join(out), trial
     cm = [[0.0] * len(classes) for _ in classes]
     with torch.inference_mode():
         for x, y in prep.test_batches():
-            pred = net(x).argmax(dim=1)
+            pred = task_mod.predict(spec.task, net(x))
             for t, p in zip(y.tolist(), pred.tolist(), strict=True):
                 cm[int(t)][int(p)] += 1
     out.append(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
@@ -86,7 +87,34 @@ class DataConfig(Section):
     path: str = ""
     """Parquet file or directory: local path, ``s3://`` or ``gs://``."""
     label: str = "label"
-    """Name of the label column; every other column is a numeric feature."""
+    """Name of the label column (class labels, a regression target, or a fixed-size list of
+    0/1 for multilabel or of numbers for several regression targets)."""
+    features: list[str] | None = None
+    """The feature columns; default: every column but the label and ``exclude``. A column
+    may be numeric, boolean, text or dictionary-encoded (a category), or a fixed-size list of
+    numbers (a signal, or an image with ``shape``)."""
+    exclude: list[str] = Field(default_factory=list)
+    """Columns that are not features (ids, timestamps, leaks of the label)."""
+    categorical: list[str] = Field(default_factory=list)
+    """Integer columns to encode as categories rather than numbers (text and dictionary
+    columns always are)."""
+    missing: Literal["error", "impute"] = "error"
+    """``error``: a null or NaN in a feature stops the run before it starts, naming the
+    column and count. ``impute``: numbers get the training split's median and a
+    was-missing indicator, categories a missing category of their own."""
+    unknown_category: Literal["unknown", "error"] = "unknown"
+    """A category never seen in training (validation, test or a request): ``unknown`` maps
+    it to the column's unknown slot, ``error`` refuses it, naming the column and value."""
+    one_hot_max: int = 16
+    """A category column with at most this many training values is one-hot encoded; one
+    with more gets a learned embedding (its L2/L1 apply like any weight matrix)."""
+    max_categories: int = 100_000
+    """Most distinct training values a category column may have (each is a row of its
+    embedding); more is refused, naming the column."""
+    stratify: Literal["auto", "none", "target_quantiles"] = "auto"
+    """How the in-memory splits are drawn: ``auto`` stratifies classes (classification)
+    and is random otherwise; ``target_quantiles`` stratifies a regression target on five
+    quantile bins; ``none`` is random. Streamed data is split by row hash."""
     test_fraction: Number = 0.2
     """Held-out test split (stratified); only the champion ever sees it."""
     val_fraction: Number = 0.15
@@ -132,14 +160,60 @@ class DataConfig(Section):
             f"must be [channels, height, width] of positive sizes, got {self.shape}",
             "use e.g. [1, 8, 8]",
         )
+        check(
+            self.one_hot_max >= 1,
+            "data.one_hot_max",
+            f"must be at least 1, got {self.one_hot_max}",
+            "use e.g. 16",
+        )
+        check(
+            self.max_categories >= 1,
+            "data.max_categories",
+            f"must be at least 1, got {self.max_categories}",
+            "use e.g. 100000",
+        )
+        named = (self.features or []) + self.exclude + self.categorical
+        check(
+            self.label not in named,
+            "data.features",
+            f"the label {self.label!r} cannot also be a feature, excluded or categorical",
+            f"remove {self.label!r} from data.features, data.exclude and data.categorical",
+        )
+        check(
+            self.features is None or len(self.features) > 0,
+            "data.features",
+            "is an empty list",
+            "remove it to use every column but the label, or name the columns",
+        )
         return self
+
+
+FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+"""``package.module:function``: the import path of a model factory."""
+BUILT_IN = ("mlp", "cnn")
+
+
+def _plain_value(value: Any) -> bool:
+    """JSON-like: what a factory argument may be (it is logged, saved and searched)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_value(v) for k, v in value.items())
+    return False
 
 
 class ModelConfig(Section):
     """The network: its kind, its capacity and its dropout."""
 
-    kind: Literal["mlp", "cnn"] = "mlp"
-    """``mlp`` for tabular features, ``cnn`` for image-shaped ones (needs ``data.shape``)."""
+    kind: str = "mlp"
+    """``mlp`` for tabular features, ``cnn`` for image-shaped ones (needs ``data.shape``), or
+    ``package.module:function``, a factory that returns your own ``nn.Module`` (see
+    docs/models.md)."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of a factory (``model.kind: package.module:function``); each is
+    searchable as ``model.args.NAME``. Built-in kinds take none."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     """Width of each hidden layer (mlp) or channels of each conv block (cnn): capacity,
     the underfit <-> overfit knob."""
@@ -150,6 +224,25 @@ class ModelConfig(Section):
     def _rules(self, info: ValidationInfo) -> Self:
         if _serve_only(info):
             return self
+        check(
+            self.kind in BUILT_IN or bool(FACTORY.match(self.kind)),
+            "model.kind",
+            f"{self.kind!r} is neither a built-in kind (mlp, cnn) nor an import path",
+            "use mlp, cnn, or package.module:function (a factory returning an nn.Module)",
+        )
+        check(
+            self.kind not in BUILT_IN or not self.args,
+            "model.args",
+            f"the built-in kind {self.kind} takes no args, got {sorted(self.args)}",
+            "set capacity with model.hidden, or use a factory (model.kind: package.module:fn)",
+        )
+        bad = [k for k, v in self.args.items() if not k.isidentifier() or not _plain_value(v)]
+        check(
+            not bad,
+            f"model.args.{bad[0]}" if bad else "model.args",
+            "must be a Python identifier holding text, a number, true/false, null or a list",
+            "give factory arguments plain values",
+        )
         check(
             all(h > 0 for h in self.hidden),
             "model.hidden",
@@ -225,6 +318,10 @@ class TrainConfig(Section):
     """Micro-batches per optimizer step; DDP syncs gradients only on the last one."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, more time."""
+    loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
+    """``auto``: cross-entropy for classes (softmax; one sigmoid per output for binary and
+    multilabel), mean squared error for regression. ``huber`` (regression): quadratic
+    within one standard deviation of the target, linear beyond (robust to outliers)."""
     checkpoint_every: int = 1
     """Save a checkpoint every N epochs (and always the last one)."""
     keep_checkpoints: int = 2
@@ -318,8 +415,21 @@ class ScalingConfig(Section):
         return self
 
 
-METRICS = ("val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy")
-"""What trials can be ranked by (each reported every epoch)."""
+METRICS = (
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "val_rmse",
+    "val_mae",
+    "val_r2",
+    "val_macro_f1",
+    "val_subset_accuracy",
+    "train_loss",
+    "train_accuracy",
+)
+"""What trials can be ranked by (each reported every epoch by the tasks that have it:
+accuracy and F1 for classes, RMSE, MAE and R² for regression, micro F1 (``f1``), macro F1
+and subset accuracy for multilabel)."""
 
 SPACE_TYPES = {
     "uniform": ("low", "high"),
@@ -373,9 +483,18 @@ class SweepConfig(Section):
 
     num_samples: int = 8
     """Trials to sample (with ``searcher: grid``: repeats of the whole grid)."""
-    metric: Literal["val_loss", "val_accuracy", "val_f1", "train_loss", "train_accuracy"] = (
-        "val_loss"
-    )
+    metric: Literal[
+        "val_loss",
+        "val_accuracy",
+        "val_f1",
+        "val_rmse",
+        "val_mae",
+        "val_r2",
+        "val_macro_f1",
+        "val_subset_accuracy",
+        "train_loss",
+        "train_accuracy",
+    ] = "val_loss"
     """What trials are ranked by (and early stopping watches)."""
     mode: Literal["min", "max"] = "min"
     """``min`` for losses, ``max`` for accuracy and F1."""
@@ -713,6 +832,11 @@ class ServeConfig(Section):
     """With `serve --ray`: GPUs for each replica (e.g. 1, or 0.5 to pack two on one GPU)."""
     max_model_mb: Number = 1024.0
     """Largest ``weights.pt`` a model version may have; a bigger one is refused unread."""
+    factories: list[str] = Field(default_factory=list)
+    """Model factories (``package.module:function``) this server may import to rebuild a
+    model: the registry's spec names the import path, so only those listed here are ever
+    imported (from this server's own Python environment; nothing is downloaded). The
+    built-in kinds are always allowed."""
     allow_unauthenticated: bool = False
     """Serve without an API key on an address beyond loopback (refused otherwise);
     ``--allow-unauthenticated`` is short for it."""
@@ -796,6 +920,10 @@ class Config(Section):
 
     experiment: str = "default"
     """MLflow experiment the sweep's runs go in (and the name `diagnose` and `report` take)."""
+    task: Literal["auto", "multiclass", "binary", "multilabel", "regression"] = "auto"
+    """What the label is: ``auto`` decides from the label column (integers, text, booleans:
+    classes, binary for two; floats: regression, unless at most 20 distinct whole numbers;
+    a fixed-size list of 0/1: multilabel) and says what it decided."""
     data: DataConfig = Field(default_factory=DataConfig.model_construct)
     """The data: a Parquet table and its splits."""
     model: ModelConfig = Field(default_factory=ModelConfig.model_construct)
@@ -828,9 +956,14 @@ class Config(Section):
 
 
 def get(cfg: BaseModel, dotted: str) -> Any:
-    """The value at a dotted key (``KeyError`` when the schema has no such key)."""
+    """The value at a dotted key (``KeyError`` when the schema has no such key). Under
+    ``model.args`` any name is a key (a factory's arguments are its own; an unset one
+    reads as None, and building the model says whether the factory takes it)."""
     node: Any = cfg
-    for part in dotted.split("."):
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and parts[:i] == ["model", "args"] and i == len(parts) - 1:
+            return node.get(part)
         if not isinstance(node, BaseModel) or part not in type(node).model_fields:
             raise KeyError(dotted)
         node = getattr(node, part)

@@ -14,26 +14,35 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from orchestrator.config import ConfigError, DataConfig
+from orchestrator.config import Config, ConfigError, DataConfig
+from orchestrator.core import features
+from orchestrator.core import task as task_mod
 
-MIN_ROWS_PER_CLASS = 3  # one each for train, validation and test after a stratified split
-MIN_CLASSES = 2  # with one label value there is nothing to tell apart
+Source = Config | DataConfig  # a whole config says the task; a data section alone: auto
 
 
 @dataclass
 class Dataset:
-    """A whole checked table in memory: float32 features, class indices and what they mean."""
+    """A whole checked table in memory: its feature columns and label, typed, and the task."""
 
-    features: np.ndarray  # float32, (rows, features)
-    labels: np.ndarray  # int64 class indices 0..C-1
-    classes: list  # original label values, index -> value
-    feature_names: list[str]
+    table: pa.Table  # the feature columns and the label, checked
+    kinds: dict[str, str]  # feature column -> features.NUMBER / BOOLEAN / CATEGORY / LIST
+    kind: str  # the task
+    classes: list  # class values (classification), index -> value
     fingerprint: str  # sha256 of the table's content: same data, same fingerprint
+    words: np.ndarray  # each row's hash words (features.row_words)
+    class_counts: list[int] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature columns, in input order."""
+        return list(self.kinds)
 
 
 @dataclass
 class Splits:
-    """The train, validation and test arrays of one data set, with its classes and columns."""
+    """The train, validation and test arrays of one data set (encoded features, targets),
+    with the fitted encoders and the task."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -41,18 +50,28 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    classes: list
-    feature_names: list[str]
+    encoding: features.Encoding
+    task: task_mod.Task
     fingerprint: str
 
     @property
+    def classes(self) -> list:
+        """Class values of a classification task (empty otherwise)."""
+        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+
+    @property
     def num_classes(self) -> int:
-        """How many classes the model's output layer scores."""
-        return len(self.classes)
+        """How many classes the model's output layer scores (0: not classes)."""
+        return self.task.num_classes
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature columns, in input order."""
+        return self.encoding.names
 
     @property
     def num_features(self) -> int:
-        """How many feature columns the model's input takes."""
+        """Numbers per row of the encoded input."""
         return int(self.x_train.shape[1])
 
     def sizes(self) -> dict[str, int]:
@@ -150,144 +169,6 @@ def _exists(cfg: DataConfig) -> tuple[pafs.FileSystem, str]:
     return fs, inner
 
 
-def _feature_names(schema: pa.Schema, cfg: DataConfig) -> list[str]:
-    if cfg.label not in schema.names:
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} is not in {cfg.path}",
-            f"use one of: {', '.join(schema.names[:12])}",
-        )
-    names = [c for c in schema.names if c != cfg.label]
-    if not names:
-        raise ConfigError("data.path", "the table has no feature columns", "add numeric columns")
-    for name in names:
-        t = schema.field(name).type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise ConfigError(
-                "data.path",
-                f"feature column {name!r} is {t}, not numeric",
-                "drop or encode it as numbers before training",
-            )
-    return names
-
-
-def features_of(table: pa.Table | pa.RecordBatch, names: list[str]) -> np.ndarray:
-    """The named columns of a table or batch as one float32 (rows, features) array."""
-    return np.column_stack(
-        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
-    )
-
-
-def _bad_values(names: list[str], bad_per_column: np.ndarray) -> None:
-    if bad_per_column.any():
-        col = int(np.argmax(bad_per_column > 0))
-        raise ConfigError(
-            "data.path",
-            f"column {names[col]!r} has {int(bad_per_column[col])} rows with NaN, null or infinity",
-            "clean or impute them first",
-        )
-
-
-def _label_type(schema: pa.Schema, cfg: DataConfig) -> pa.DataType:
-    """The label column's value type when a classifier can take its values as classes:
-    integers, text, booleans, or floats (whose values ``_label_counts`` checks are whole).
-    Anything else (dates, bytes, decimals, lists) would pass training and fail only when the
-    champion's classes are written out, after the whole sweep."""
-    t = schema.field(cfg.label).type
-    inner = t.value_type if pa.types.is_dictionary(t) else t  # pandas categoricals
-    if not any(check(inner) for check in LABEL_TYPES):
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} is {t}, which cannot be "
-            "class labels (integers, text, booleans or whole-number floats)",
-            "cast it to integers or text before training (a date: its ISO text)",
-        )
-    return inner
-
-
-LABEL_TYPES = (
-    pa.types.is_integer,
-    pa.types.is_string,
-    pa.types.is_large_string,
-    pa.types.is_boolean,
-    pa.types.is_floating,
-)
-
-
-def _label_counts(labels: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> tuple[int, int, Any]:
-    """Rows of a float label column that are NaN or infinite, rows that are not whole
-    numbers, and one such value: a NaN would be a class of its own (NaN != NaN) and 0.5
-    is a regression target, not a class."""
-    if not pa.types.is_floating(kind):
-        return 0, 0, None
-    values = labels.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
-    finite = np.isfinite(values)
-    fractional = finite & (values != np.floor(values))
-    example = values[fractional][0].item() if fractional.any() else None
-    return int((~finite).sum()), int(fractional.sum()), example
-
-
-def _label_values(
-    cfg: DataConfig, nulls: int, not_finite: int, fractional: int, example: Any
-) -> None:
-    if nulls:
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} has {nulls} empty rows",
-            "drop the rows without a label",
-        )
-    if not_finite:
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} has {not_finite} rows with NaN or infinity",
-            "drop those rows, or give each its class",
-        )
-    if fractional:
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} has {fractional} rows that are "
-            f"not whole numbers (e.g. {example!r}): a class label must be",
-            "map the values to classes (regression labels are not supported)",
-        )
-
-
-def _class_counts(cfg: DataConfig, classes: np.ndarray, counts: np.ndarray) -> None:
-    if len(classes) < MIN_CLASSES:
-        raise ConfigError(
-            "data.label",
-            f"column {cfg.label!r} has only one class",
-            "a classifier needs at least two label values",
-        )
-    if counts.min() < MIN_ROWS_PER_CLASS:
-        rare = classes[int(np.argmin(counts))]
-        raise ConfigError(
-            "data.label",
-            f"class {rare!r} has only {counts.min()} rows",
-            f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits",
-        )
-
-
-def _plain(classes: np.ndarray) -> list:
-    """Python values for JSON (the champion's spec): NumPy scalars unwrapped, text as is."""
-    return [c.item() if isinstance(c, np.generic) else c for c in classes]
-
-
-def read(cfg: DataConfig) -> Dataset:
-    """Read and check the table; every problem names the column and the count of bad rows."""
-    fs, inner = _exists(cfg)
-    table = pq.read_table(inner, filesystem=fs)
-    names = _feature_names(table.schema, cfg)
-    kind = _label_type(table.schema, cfg)
-    x = features_of(table, names)
-    _bad_values(names, (~np.isfinite(x)).sum(axis=0))
-    label_col = table.column(cfg.label)
-    _label_values(cfg, label_col.null_count, *_label_counts(label_col, kind))
-    classes, y = np.unique(label_col.to_numpy(zero_copy_only=False), return_inverse=True)
-    _class_counts(cfg, classes, np.bincount(y))
-    digest = hashlib.sha256(x.tobytes() + y.astype(np.int64).tobytes()).hexdigest()[:16]
-    return Dataset(x, y.astype(np.int64), _plain(classes), names, digest)
-
-
 # ---------------------------------------------------------------- data too big for memory
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -313,8 +194,10 @@ def size_bytes(cfg: DataConfig) -> int:
 def assign_split(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """TRAIN / VAL / TEST for each row from a hash of its values and ``cfg.seed``: the same
     row lands in the same split in every batch, worker and run, with no global shuffle, and
-    duplicate rows never straddle train and test."""
-    words = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    duplicate rows never straddle train and test. ``x``: a row's words
+    (``features.row_words``, uint32), or numbers (hashed by their float32 bits)."""
+    raw = x if x.dtype == np.uint32 else np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    words = raw.astype(np.uint64)
     h = np.full(len(x), (2166136261 ^ (cfg.seed * 2654435761)) & 0xFFFFFFFF, dtype=np.uint64)
     for j in range(words.shape[1]):  # FNV-1a over the row's 32-bit words
         h = ((h ^ words[:, j]) * np.uint64(16777619)) & np.uint64(0xFFFFFFFF)
@@ -326,133 +209,196 @@ def assign_split(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return np.where(u < cfg.test_fraction, TEST, np.where(u < val_edge, VAL, TRAIN)).astype(np.int8)
 
 
+# ---------------------------------------------------------------- checking every row
+
+
+def _parts(cfg: Source) -> tuple[DataConfig, str, str]:
+    if isinstance(cfg, Config):
+        return cfg.data, cfg.task, cfg.train.loss
+    return cfg, "auto", "auto"
+
+
+def _columns(schema: pa.Schema, cfg: DataConfig) -> dict[str, str]:
+    kinds = features.kinds(schema, cfg)
+    task_mod.check_label_type(schema.field(cfg.label).type, cfg.label)
+    return kinds
+
+
 @dataclass
-class Summary:
-    """What one streaming pass over the data tells the driver, in O(batch) memory."""
+class _Check:
+    """The checks of every row, batch by batch: each feature column's bad rows (missing
+    values under ``missing: error``, infinities always) and the label's facts."""
 
-    classes: list
-    feature_names: list[str]
-    fingerprint: str
-    rows: dict[str, int]
-    col_mean: dict[str, np.ndarray]  # per split group: "train", "train+val"
-    col_std: dict[str, np.ndarray]
-    class_counts: list[int] = field(default_factory=list)  # all rows, in ``classes`` order
+    cfg: DataConfig
+    kinds: dict[str, str]
+    label: task_mod.LabelFacts
+    bad: dict[str, int] = field(default_factory=dict)
 
-    def sizes(self) -> dict[str, int]:
-        """Rows in each split, by name (as ``Splits.sizes``)."""
-        return dict(self.rows)
+    def add(self, batch: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """Count one batch; returns its rows' hash words."""
+        error = self.cfg.missing == "error"
+        for name, kind in self.kinds.items():
+            col = batch.column(name)
+            if kind == features.CATEGORY:
+                n = col.null_count if error else 0
+            else:
+                x = (
+                    features.list_numbers(name, col, None)
+                    if kind == features.LIST
+                    else features.numbers(col)[:, None]
+                )
+                rows_bad = np.isinf(x).any(axis=1)
+                if error:
+                    rows_bad |= np.isnan(x).any(axis=1)
+                n = int(rows_bad.sum())
+            self.bad[name] = self.bad.get(name, 0) + n
+        self.label.add(batch.column(self.cfg.label))
+        return features.row_words(batch, self.kinds)
+
+    def finish(self) -> None:
+        """A ``ConfigError`` for the first column with bad rows."""
+        for name, n in self.bad.items():
+            if n:
+                impute = self.cfg.missing == "impute"
+                raise ConfigError(
+                    "data.path",
+                    f"column {name!r} has {n} rows with "
+                    + ("infinity" if impute else "NaN, null or infinity"),
+                    "clean them first"
+                    if impute
+                    else "clean them, or set data.missing: impute (the training median and "
+                    "a was-missing indicator; categories get a missing category)",
+                )
 
 
-def scan(cfg: DataConfig, batch_rows: int = 65_536) -> Summary:
-    """Check every row batch by batch (the same checks as ``read``) and gather the split
-    sizes, the classes and the training split's feature moments for the model's stem."""
-    import pyarrow.dataset as pads
+def _label_words(batch: pa.Table | pa.RecordBatch, label: str) -> bytes:
+    col = features.category_values(batch.column(label))
+    kind = features.LIST if features.is_list(col.type) else features.CATEGORY
+    if kind == features.CATEGORY and (
+        pa.types.is_integer(col.type)
+        or pa.types.is_floating(col.type)
+        or pa.types.is_boolean(col.type)
+    ):
+        kind = features.NUMBER
+    return features.row_words(pa.table({label: col}), {label: kind}).tobytes()
 
-    fs, inner = _exists(cfg)
-    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
-    names = _feature_names(dataset.schema, cfg)
-    kind = _label_type(dataset.schema, cfg)  # the same label checks as ``read``
-    d = len(names)
-    bad = np.zeros(d, dtype=np.int64)
-    nulls = not_finite = fractional = 0
-    example = None
-    label_counts: dict[Any, int] = {}
-    sums = {g: np.zeros(d) for g in ("train", "train+val")}
-    squares = {g: np.zeros(d) for g in ("train", "train+val")}
-    rows = {"train": 0, "val": 0, "test": 0}
-    digest = hashlib.sha256()
-    for batch in dataset.to_batches(batch_size=batch_rows):
-        x = features_of(batch, names)
-        finite = np.isfinite(x)
-        bad += (~finite).sum(axis=0)
-        labels = batch.column(cfg.label)
-        nulls += labels.null_count
-        n_bad, n_frac, ex = _label_counts(labels, kind)
-        not_finite, fractional = not_finite + n_bad, fractional + n_frac
-        example = example if example is not None else ex
-        if bad.any() or nulls or not_finite or fractional:
-            continue  # keep counting; report once the pass is over
-        values, counts = np.unique(labels.to_numpy(zero_copy_only=False), return_counts=True)
-        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
-            label_counts[v] = label_counts.get(v, 0) + c
-        split = assign_split(x, cfg)
-        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST)):
-            rows[name] += int((split == code).sum())
-        for group, mask in (("train", split == TRAIN), ("train+val", split != TEST)):
-            sums[group] += x[mask].sum(axis=0, dtype=np.float64)
-            squares[group] += np.square(x[mask], dtype=np.float64).sum(axis=0)
-        digest.update(x.tobytes())
-    _bad_values(names, bad)
-    _label_values(cfg, nulls, not_finite, fractional, example)
-    classes = np.array(sorted(label_counts))
-    _class_counts(cfg, classes, np.array([label_counts[c] for c in classes.tolist()]))
-    if min(rows.values()) == 0:
-        raise ConfigError(
-            "data.path",
-            f"too few rows for the splits: {rows}",
-            "add rows or lower data.test_fraction / data.val_fraction",
+
+def read(cfg: Source, say: Any = None) -> Dataset:
+    """Read and check the table; every problem names the column and the count of bad rows."""
+    dcfg, asked, _ = _parts(cfg)
+    fs, inner = _exists(dcfg)
+    table = pq.read_table(inner, filesystem=fs)
+    kinds = _columns(table.schema, dcfg)
+    table = table.select([*kinds, dcfg.label])
+    check = _Check(dcfg, kinds, task_mod.LabelFacts(table.schema.field(dcfg.label).type))
+    words = check.add(table)
+    check.finish()
+    kind, classes = task_mod.decide(asked, dcfg.label, check.label, say)
+    digest = hashlib.sha256(words.tobytes() + _label_words(table, dcfg.label)).hexdigest()[:16]
+    counts = [int(check.label.counts[c]) for c in classes] if classes else []
+    return Dataset(table, kinds, kind, classes, digest, words, counts)
+
+
+# ---------------------------------------------------------------- splitting and encoding
+
+
+def _stratify(ds: Dataset, cfg: DataConfig) -> np.ndarray | None:
+    """What the in-memory split stratifies on: classes, target quantiles, or nothing."""
+    if cfg.stratify == "target_quantiles":
+        if ds.kind != task_mod.REGRESSION:
+            raise ConfigError(
+                "data.stratify",
+                f"target_quantiles stratifies a regression target; this task is {ds.kind}",
+                "use auto",
+            )
+        y = task_mod.target_matrix(ds.table.column(cfg.label))[:, 0]
+        edges = np.quantile(y, [0.2, 0.4, 0.6, 0.8])
+        return np.searchsorted(edges, y)
+    if cfg.stratify == "auto" and ds.kind in task_mod.CLASSIFICATION:
+        classes = np.asarray(ds.classes)
+        values = np.asarray(
+            features.category_values(ds.table.column(cfg.label)).to_numpy(zero_copy_only=False)
         )
-    means, stds = {}, {}
-    for group, n in (("train", rows["train"]), ("train+val", rows["train"] + rows["val"])):
-        means[group] = sums[group] / n
-        stds[group] = np.sqrt(np.maximum(squares[group] / n - means[group] ** 2, 0.0))
-    return Summary(
-        _plain(classes),
-        names,
-        digest.hexdigest()[:16],
-        rows,
-        means,
-        stds,
-        [int(label_counts[c]) for c in classes.tolist()],
-    )
+        if classes.dtype.kind in "iufb" and values.dtype.kind in "iufb":
+            values = values.astype(classes.dtype)
+        return np.searchsorted(classes, values)
+    return None
 
 
-def split_batches(
-    cfg: DataConfig, summary: Summary, code: int, batch_rows: int = 65_536
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The rows of one split (``TRAIN``, ``VAL`` or ``TEST``) as (features, class index)
-    batches, read batch by batch as ``scan`` read them (the data checks already passed)."""
-    import pyarrow.dataset as pads
-
-    fs, inner = _exists(cfg)
-    classes = np.asarray(summary.classes)
-    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
-    for batch in dataset.to_batches(batch_size=batch_rows):
-        x = features_of(batch, summary.feature_names)
-        keep = assign_split(x, cfg) == code
-        if keep.any():
-            labels = batch.column(cfg.label).to_numpy(zero_copy_only=False)
-            yield x[keep], np.searchsorted(classes, labels[keep]).astype(np.int64)
-
-
-def split(ds: Dataset, cfg: DataConfig) -> Splits:
-    """Stratified train/validation/test split, fixed by ``cfg.seed``."""
+def _indices(ds: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        ds.features,
-        ds.labels,
-        test_size=cfg.test_fraction,
-        stratify=ds.labels,
-        random_state=cfg.seed,
+    rows = np.arange(ds.table.num_rows)
+    strata = _stratify(ds, cfg)
+    try:
+        rest, test = train_test_split(
+            rows, test_size=cfg.test_fraction, stratify=strata, random_state=cfg.seed
+        )
+        train, val = train_test_split(
+            rest,
+            test_size=cfg.val_fraction,
+            stratify=None if strata is None else strata[rest],
+            random_state=cfg.seed,
+        )
+    except ValueError as e:
+        raise ConfigError(
+            "data.path",
+            f"too few rows for the splits ({len(rows)} rows): {e}",
+            "add rows or lower data.test_fraction / data.val_fraction",
+        ) from None
+    if cfg.max_train_rows is not None and cfg.max_train_rows < len(train):
+        train = train[: cfg.max_train_rows]
+    return train, val, test
+
+
+def _encode(enc: features.Encoding, part: pa.Table, split_name: str) -> np.ndarray:
+    """``features.encode`` with a refused value as a ``ConfigError`` naming the column."""
+    try:
+        return features.encode(enc, part)
+    except features.Unseen as e:
+        key = "data.unknown_category" if "never seen" in e.problem else "data.missing"
+        raise ConfigError(
+            key,
+            f"{split_name} split: column {e.column!r}: {e.problem}",
+            "set data.unknown_category: unknown (an unknown slot)"
+            if key == "data.unknown_category"
+            else "set data.missing: impute",
+        ) from None
+
+
+def split(ds: Dataset, cfg: Source) -> Splits:
+    """Train/validation/test split fixed by ``data.seed`` (stratified by class, or as
+    ``data.stratify`` says), the encoders and the task fitted on the training split only,
+    every split encoded with them."""
+    dcfg, _, loss = _parts(cfg)
+    train, val, test = _indices(ds, dcfg)
+    parts = {
+        name: ds.table.take(idx) for name, idx in (("train", train), ("val", val), ("test", test))
+    }
+    enc = features.fit([parts["train"].select(list(ds.kinds))], dcfg, ds.kinds)
+    task = task_mod.fit(
+        ds.kind,
+        ds.classes,
+        task_mod.resolve_loss(loss, ds.kind),
+        [parts["train"].column(dcfg.label)],
     )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=cfg.val_fraction, stratify=y_rest, random_state=cfg.seed
-    )
-    if cfg.max_train_rows is not None and cfg.max_train_rows < len(y_train):
-        x_train, y_train = x_train[: cfg.max_train_rows], y_train[: cfg.max_train_rows]
+    xy = {
+        name: (_encode(enc, part, name), task_mod.targets(task, part.column(dcfg.label)))
+        for name, part in parts.items()
+    }
     return Splits(
-        x_train, y_train, x_val, y_val, x_test, y_test, ds.classes, ds.feature_names, ds.fingerprint
+        *xy["train"], *xy["val"], *xy["test"], encoding=enc, task=task, fingerprint=ds.fingerprint
     )
 
 
-def load_splits(cfg: DataConfig) -> Splits:
+def load_splits(cfg: Source, say: Any = None) -> Splits:
     """Read, check and split ``data.path`` in memory."""
-    return split(read(cfg), cfg)
+    return split(read(cfg, say), cfg)
 
 
 def merge_validation(s: Splits) -> Splits:
-    """Train on train + validation (the champion's refit); validation stays for the record."""
+    """Train on train + validation (the champion's refit); validation stays for the record.
+    The encoders stay the training split's (the searched trials' and the champion's are one)."""
     return Splits(
         np.concatenate([s.x_train, s.x_val]),
         np.concatenate([s.y_train, s.y_val]),
@@ -460,7 +406,156 @@ def merge_validation(s: Splits) -> Splits:
         s.y_val,
         s.x_test,
         s.y_test,
-        s.classes,
-        s.feature_names,
+        s.encoding,
+        s.task,
         s.fingerprint,
     )
+
+
+# ---------------------------------------------------------------- data too big for memory: one pass
+
+TARGET_SAMPLE = 1 << 20  # training targets kept for the regression baseline's Huber loss
+
+
+@dataclass
+class Summary:
+    """What one streaming pass over the data tells the driver, in O(batch) memory."""
+
+    kinds: dict[str, str]
+    encoding: features.Encoding
+    task: task_mod.Task
+    fingerprint: str
+    rows: dict[str, int]
+    class_counts: list[int] = field(default_factory=list)  # all rows, in ``classes`` order
+    baseline_loss: float = float("nan")
+
+    @property
+    def classes(self) -> list:
+        """Class values of a classification task (empty otherwise)."""
+        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature columns, in input order."""
+        return self.encoding.names
+
+    def sizes(self) -> dict[str, int]:
+        """Rows in each split, by name (as ``Splits.sizes``)."""
+        return dict(self.rows)
+
+
+@dataclass
+class _Unseen:
+    """Category values of the validation and test rows, to check against the training
+    split's once the pass is over (``unknown_category: error`` refuses them up front)."""
+
+    seen: dict[str, set[Any]] = field(default_factory=dict)
+
+    def add(self, batch: pa.Table | pa.RecordBatch, kinds: dict[str, str]) -> None:
+        for name, kind in kinds.items():
+            if kind == features.CATEGORY:
+                values = features.category_values(batch.column(name)).drop_null()
+                self.seen.setdefault(name, set()).update(values.unique().to_pylist())
+
+    def check(self, enc: features.Encoding) -> None:
+        for c in enc.columns:
+            extra = self.seen.get(c.name, set()) - set(c.values)
+            if extra:
+                raise ConfigError(
+                    "data.unknown_category",
+                    f"column {c.name!r}: {len(extra)} categories of the validation or test "
+                    f"rows never occur in training (e.g. {sorted(map(str, extra))[0]!r})",
+                    "set data.unknown_category: unknown (an unknown slot)",
+                )
+
+
+def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
+    """Check every row batch by batch (the same checks as ``read``), split each row by its
+    hash, and fit the encoders and the task on the training rows, in one pass."""
+    import pyarrow.dataset as pads
+
+    dcfg, asked, loss = _parts(cfg)
+    fs, inner = _exists(dcfg)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
+    kinds = _columns(dataset.schema, dcfg)
+    check = _Check(dcfg, kinds, task_mod.LabelFacts(dataset.schema.field(dcfg.label).type))
+    fitter = features.Fitter(dcfg, kinds)
+    unseen = _Unseen()
+    train_labels: list[pa.Array] = []
+    kept = 0
+    rows = {"train": 0, "val": 0, "test": 0}
+    digest = hashlib.sha256()
+    for batch in dataset.to_batches(batch_size=batch_rows, columns=[*kinds, dcfg.label]):
+        words = check.add(batch)
+        digest.update(words.tobytes() + _label_words(batch, dcfg.label))
+        split_of = assign_split(words, dcfg)
+        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST)):
+            rows[name] += int((split_of == code).sum())
+        train = pa.Table.from_batches([batch]).filter(pa.array(split_of == TRAIN))
+        if any(check.bad.values()):
+            continue  # keep counting; report once the pass is over
+        fitter.add(train)
+        if dcfg.unknown_category == "error":
+            unseen.add(pa.Table.from_batches([batch]).filter(pa.array(split_of != TRAIN)), kinds)
+        if kept < TARGET_SAMPLE:
+            col = features.category_values(train.column(dcfg.label))
+            train_labels.append(col.slice(0, TARGET_SAMPLE - kept))
+            kept += len(train_labels[-1])
+    check.finish()
+    kind, classes = task_mod.decide(asked, dcfg.label, check.label, say)
+    if min(rows.values()) == 0:
+        raise ConfigError(
+            "data.path",
+            f"too few rows for the splits: {rows}",
+            "add rows or lower data.test_fraction / data.val_fraction",
+        )
+    enc = fitter.finish()
+    unseen.check(enc)
+    task = task_mod.fit(kind, classes, task_mod.resolve_loss(loss, kind), train_labels)
+    counts = [int(check.label.counts[c]) for c in classes] if classes else []
+    base_targets = (
+        np.vstack([task_mod.targets(task, a) for a in train_labels])
+        if task.kind not in task_mod.CLASSIFICATION and train_labels
+        else None
+    )
+    return Summary(
+        kinds,
+        enc,
+        task,
+        digest.hexdigest()[:16],
+        rows,
+        counts,
+        task_mod.baseline_loss(task, base_targets, counts),
+    )
+
+
+def encode_batch(
+    cfg: DataConfig,
+    kinds: dict[str, str],
+    enc: features.Encoding,
+    task: task_mod.Task,
+    batch: pa.Table,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of raw rows as (encoded features, targets, split code per row): what the
+    streamed loaders (``split_batches``, Ray Data's map) do to every batch."""
+    split_of = assign_split(features.row_words(batch, kinds), cfg)
+    return features.encode(enc, batch), task_mod.targets(task, batch.column(cfg.label)), split_of
+
+
+def split_batches(
+    cfg: DataConfig, summary: Summary, code: int, batch_rows: int = 65_536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of one split (``TRAIN``, ``VAL`` or ``TEST``) as (features, targets)
+    batches, read batch by batch as ``scan`` read them (the data checks already passed)."""
+    import pyarrow.dataset as pads
+
+    fs, inner = _exists(cfg)
+    dataset = pads.dataset(inner, filesystem=fs, format="parquet")
+    columns = [*summary.kinds, cfg.label]
+    for batch in dataset.to_batches(batch_size=batch_rows, columns=columns):
+        x, y, split_of = encode_batch(
+            cfg, summary.kinds, summary.encoding, summary.task, pa.Table.from_batches([batch])
+        )
+        keep = split_of == code
+        if keep.any():
+            yield x[keep], y[keep]

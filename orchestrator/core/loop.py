@@ -23,8 +23,11 @@ from torch.nn import functional as F
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config, Goal
-from orchestrator.core import checkpoint, metrics, model
+from orchestrator.core import checkpoint, model
+from orchestrator.core import task as task_mod
 from orchestrator.core.data import Splits
+from orchestrator.core.features import Encoding
+from orchestrator.core.task import Task
 
 MATRIX_DIMS = 2  # weight matrices and conv kernels have at least 2 dims; biases have 1
 
@@ -116,9 +119,8 @@ class Feed:
     """Where a worker's batches come from: its slice of in-memory tensors (``in_memory``) or
     its shard of a Ray Data stream (``orchestrator.execution.ray_train``)."""
 
-    num_classes: int
-    col_mean: np.ndarray  # the training split's per-column moments, for the model's stem
-    col_std: np.ndarray
+    encoding: Encoding  # the fitted encoders: the model's Preprocess
+    task: Task
     train_batches: Callable[[int, int], Iterable[Batch]]  # (epoch, micro-batch rows)
     val_batches: Callable[[], Iterable[Batch]]
 
@@ -137,19 +139,14 @@ def in_memory(splits: Splits, seam: Seam, seed: int) -> Feed:
         for idx in torch.arange(seam.rank, len(y_val), seam.world_size).split(4096):
             yield x_val[idx], y_val[idx]
 
-    return Feed(
-        splits.num_classes,
-        splits.x_train.mean(axis=0),
-        splits.x_train.std(axis=0),
-        train_batches,
-        val_batches,
-    )
+    return Feed(splits.encoding, splits.task, train_batches, val_batches)
 
 
 def train(cfg: Config, data: Splits | Feed, seam: Seam, goal: Goal | None = None) -> str:
-    """Train up to ``cfg.train.epochs`` epochs; report train/val loss, accuracy and F1 every
-    epoch. ``goal`` says what the run is judged by (default: ``config.goal(cfg)``). Returns
-    how it ended: ``completed``, ``early_stopped`` or ``diverged``."""
+    """Train up to ``cfg.train.epochs`` epochs; report train/val loss and the task's metrics
+    (``task.METRICS``) every epoch. ``goal`` says what the run is judged by (default:
+    ``config.goal(cfg)``). Returns how it ended: ``completed``, ``early_stopped`` or
+    ``diverged``."""
     t, goal = cfg.train, goal or config_mod.goal(cfg)
     feed = data if isinstance(data, Feed) else in_memory(data, seam, t.seed)
     run = setup(cfg, feed, seam, goal)
@@ -165,7 +162,7 @@ def train(cfg: Config, data: Splits | Feed, seam: Seam, goal: Goal | None = None
         torch.manual_seed(t.seed * 1_000_003 + epoch * 1009 + seam.rank)
         epoch_start = time.perf_counter()
         train_m = train_epoch(run, feed, epoch, cfg)
-        val_m = evaluate(run.net, feed.val_batches(), feed.num_classes, run.loss_fn, seam, "val")
+        val_m = evaluate(run.net, feed.val_batches(), feed.task, run.loss_fn, seam, "val")
         values = {
             "epoch": float(epoch + 1),
             **train_m,
@@ -229,7 +226,7 @@ class Run:
     scaler: torch.amp.GradScaler
     stopper: EarlyStopper
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    feature_std: torch.Tensor  # augmentation noise is relative to each feature's spread
+    feature_std: torch.Tensor  # augmentation noise is relative to each number's spread
     amp_dtype: torch.dtype | None
     micro_batch: int
     seam: Seam
@@ -270,13 +267,13 @@ def setup(cfg: Config, feed: Feed, seam: Seam, goal: Goal) -> Run:
     """The network (same initial weights on every rank), its optimizer, schedule and scaler."""
     t = cfg.train
     torch.manual_seed(t.seed)
-    net = model.from_config(cfg, feed.col_mean, feed.col_std, feed.num_classes)
+    net = model.network(cfg, feed.encoding, feed.task)
     ddp_net = seam.wrap(net)
     optimizer = make_optimizer(net, cfg)
     # Cosine decay to zero over the planned epochs: the last epochs settle instead of bouncing.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
     stem = net[0]
-    assert isinstance(stem, model.Standardize)
+    assert isinstance(stem, model.Preprocess)
     return Run(
         net=net,
         ddp_net=ddp_net,
@@ -284,8 +281,8 @@ def setup(cfg: Config, feed: Feed, seam: Seam, goal: Goal) -> Run:
         schedule=schedule,
         scaler=torch.amp.GradScaler(seam.device.type, enabled=t.precision == "fp16"),
         stopper=EarlyStopper(t.early_stopping.patience, t.early_stopping.min_delta, goal.stop_mode),
-        loss_fn=make_loss(feed.num_classes),
-        feature_std=stem.std,
+        loss_fn=task_mod.loss_fn(feed.task),
+        feature_std=stem.noise_scale().to(seam.device),
         amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision),
         micro_batch=max(1, t.batch_size // (seam.world_size * t.grad_accum_steps)),
         seam=seam,
@@ -310,10 +307,10 @@ def resume(run: Run, state: dict[str, Any], cfg: Config) -> None:
 def train_epoch(run: Run, feed: Feed, epoch: int, cfg: Config) -> dict[str, float]:
     """One pass over this rank's training batches, in groups of ``grad_accum_steps``
     micro-batches per optimizer step; the epoch's metrics over all ranks."""
-    t, num_classes, seam = cfg.train, feed.num_classes, run.seam
+    t, task, seam = cfg.train, feed.task, run.seam
     run.ddp_net.train()
     sums = torch.zeros(2, dtype=torch.float64)  # loss * rows, rows
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts = torch.zeros(task_mod.tally_size(task), dtype=torch.float64)
     for group in _groups(feed.train_batches(epoch, run.micro_batch), t.grad_accum_steps):
         group_rows = sum(len(yb) for _, yb in group)
         for k, (xb, yb) in enumerate(group):
@@ -333,12 +330,12 @@ def train_epoch(run: Run, feed: Feed, epoch: int, cfg: Config) -> dict[str, floa
                 # Weighted by rows, the group's gradient is the one of a single big batch.
                 run.scaler.scale((loss + penalty) * (len(yb) / group_rows)).backward()
             sums += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64)
-            cm += metrics.confusion(predict(logits.detach()), yb, num_classes).cpu()
+            counts += task_mod.tally(task, logits.detach().float(), yb)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
     run.schedule.step()
-    return summarize(seam, sums, cm, "train")
+    return summarize(seam, sums, counts, task, "train")
 
 
 # ---------------------------------------------------------------- the helpers it calls
@@ -380,15 +377,6 @@ def set_hyperparameters(
     schedule.base_lrs = [t.lr for _ in optimizer.param_groups]
 
 
-def make_loss(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss for the head ``model.num_outputs`` builds: BCE on one logit, or cross-entropy."""
-    if num_classes == model.BINARY:  # one logit, sigmoid inside BCE-with-logits
-        return lambda logits, y: F.binary_cross_entropy_with_logits(
-            logits.squeeze(1), y.to(logits.dtype)
-        )
-    return F.cross_entropy
-
-
 def augment(x: torch.Tensor, cfg: Config, feature_std: torch.Tensor) -> torch.Tensor:
     """Random shifts of up to ``augment_shift`` pixels for image-shaped inputs (zero fill);
     Gaussian noise of ``augment_noise`` feature standard deviations for tabular ones."""
@@ -414,13 +402,6 @@ def _no_sync(net: nn.Module, sync: bool) -> contextlib.AbstractContextManager[An
     return contextlib.nullcontext()
 
 
-def predict(logits: torch.Tensor) -> torch.Tensor:
-    """Predicted class indices: a one-logit head's sign, else the highest logit."""
-    if logits.shape[1] == 1:
-        return (logits.squeeze(1) > 0).to(torch.int64)
-    return logits.argmax(dim=1)
-
-
 def shard_batches(rows: int, batch: int, seam: Seam, seed: int, epoch: int) -> list[torch.Tensor]:
     """This rank's shuffled mini-batches, like DistributedSampler: every rank gets the same
     number of batches (DDP needs that), padding by wrapping around when rows don't divide."""
@@ -432,15 +413,16 @@ def shard_batches(rows: int, batch: int, seam: Seam, seed: int, epoch: int) -> l
     return list(mine.split(batch))
 
 
-def summarize(seam: Seam, sums: torch.Tensor, cm: torch.Tensor, prefix: str) -> dict[str, float]:
-    """Add up every rank's loss sums and confusion counts, then turn them into metrics."""
-    packed = seam.all_reduce(torch.cat([sums, cm.flatten()]).to(seam.device)).cpu()
+def summarize(
+    seam: Seam, sums: torch.Tensor, counts: torch.Tensor, task: Task, prefix: str
+) -> dict[str, float]:
+    """Add up every rank's loss sums and the task's counts, then turn them into metrics."""
+    packed = seam.all_reduce(torch.cat([sums, counts]).to(seam.device)).cpu()
     total_loss, rows = packed[0].item(), packed[1].item()
-    cm = packed[2:].reshape(cm.shape)
+    scores = task_mod.scores(task, packed[2:], rows)
     return {
         f"{prefix}_loss": total_loss / max(rows, 1.0),
-        f"{prefix}_accuracy": metrics.accuracy(cm),
-        f"{prefix}_f1": metrics.macro_f1(cm),
+        **{f"{prefix}_{k}": v for k, v in scores.items()},
     }
 
 
@@ -448,7 +430,7 @@ def summarize(seam: Seam, sums: torch.Tensor, cm: torch.Tensor, prefix: str) -> 
 def evaluate(
     net: nn.Module,
     batches: Iterable[Batch],
-    num_classes: int,
+    task: Task,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     seam: Seam,
     prefix: str,
@@ -457,12 +439,12 @@ def evaluate(
     DDP collective runs on slices of uneven length."""
     net.eval()
     sums = torch.zeros(2, dtype=torch.float64)
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts = torch.zeros(task_mod.tally_size(task), dtype=torch.float64)
     for x, y in batches:
-        logits = net(x)
+        logits = net(x).float()
         sums += torch.tensor([loss_fn(logits, y).item() * len(y), len(y)], dtype=torch.float64)
-        cm += metrics.confusion(predict(logits), y, num_classes).cpu()
-    return summarize(seam, sums, cm, prefix)
+        counts += task_mod.tally(task, logits, y)
+    return summarize(seam, sums, counts, task, prefix)
 
 
 def _groups(batches: Iterable[Batch], n: int) -> Iterator[list[Batch]]:

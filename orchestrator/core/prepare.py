@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from orchestrator.config import Config
-from orchestrator.core import data, diagnosis, loop
+from orchestrator.config import Config, ConfigError
+from orchestrator.core import data, diagnosis, features, loop, model
+from orchestrator.core import task as task_mod
 
 TEST_BATCH_ROWS = 4096  # rows per test batch: big enough to be quick, small enough for any data
 
@@ -25,21 +27,39 @@ class Prepared:
     loader: str
     fingerprint: str
     sizes: dict[str, int]
-    classes: list
-    num_features: int
+    encoding: features.Encoding
+    task: task_mod.Task
     splits: data.Splits | None = None  # memory
     summary: data.Summary | None = None  # stream
 
     @property
+    def classes(self) -> list:
+        """Class values of a classification task (empty otherwise)."""
+        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+
+    @property
+    def num_features(self) -> int:
+        """Numbers per row of the encoded input."""
+        return self.encoding.width
+
+    @property
     def baseline(self) -> diagnosis.Baseline:
-        """What predicting the training split's class frequencies scores (the yardstick
-        of the bias/variance labels)."""
+        """What the trivial predictor scores on the training split (the yardstick of the
+        bias/variance labels): class frequencies, the training mean, label frequencies."""
+        t = self.task
         if self.splits is not None:
-            return diagnosis.baseline(
-                np.bincount(self.splits.y_train, minlength=len(self.classes)).tolist()
+            counts = (
+                np.bincount(self.splits.y_train, minlength=t.num_classes).tolist()
+                if t.kind in task_mod.CLASSIFICATION
+                else []
             )
+            if counts:
+                return diagnosis.baseline(counts)
+            return diagnosis.Baseline(task_mod.baseline_loss(t, self.splits.y_train, []), np.nan)
         assert self.summary is not None
-        return diagnosis.baseline(self.summary.class_counts)
+        if t.kind in task_mod.CLASSIFICATION:
+            return diagnosis.baseline(self.summary.class_counts)
+        return diagnosis.Baseline(self.summary.baseline_loss, np.nan)
 
     def test_batches(self) -> Iterator[loop.Batch]:
         """The test split in CPU batches; big data is read batch by batch, never whole."""
@@ -50,8 +70,8 @@ class Prepared:
             return
         assert self.summary is not None
         rows = data.split_batches(self.cfg.data, self.summary, data.TEST, TEST_BATCH_ROWS)
-        for features, labels in _rebatch(rows, TEST_BATCH_ROWS):
-            yield torch.from_numpy(features), torch.from_numpy(labels)
+        for xs, ys in _rebatch(rows, TEST_BATCH_ROWS):
+            yield torch.from_numpy(xs), torch.from_numpy(ys)
 
 
 def _rebatch(
@@ -73,31 +93,46 @@ def _rebatch(
         yield np.concatenate(xs), np.concatenate(ys)
 
 
-def prepare(cfg: Config) -> Prepared:
+def prepare(cfg: Config, say: Any = None) -> Prepared:
     """Check the data (ConfigError on any problem, before Ray or MLflow start) and pick the
-    loader: small data is read whole, big data is scanned batch by batch and streamed."""
+    loader: small data is read whole, big data is scanned batch by batch and streamed. Then
+    decide the task, check the metric fits it, and build the network on the meta device
+    with every searched model value (a factory's refusal names the key)."""
     cfg = cfg.model_copy(
         update={"data": cfg.data.model_copy(update={"path": data.absolute(cfg.data.path)})}
     )
     loader = data.choose_loader(cfg.data, data.size_bytes(cfg.data))
     if loader == "stream":
-        summary = data.scan(cfg.data)
-        return Prepared(
+        summary = data.scan(cfg, say=say)
+        prep = Prepared(
             cfg,
             loader,
             summary.fingerprint,
             summary.sizes(),
-            summary.classes,
-            len(summary.feature_names),
+            summary.encoding,
+            summary.task,
             summary=summary,
         )
-    splits = data.load_splits(cfg.data)
-    return Prepared(
-        cfg,
-        loader,
-        splits.fingerprint,
-        splits.sizes(),
-        splits.classes,
-        splits.num_features,
-        splits=splits,
-    )
+    else:
+        splits = data.load_splits(cfg, say=say)
+        prep = Prepared(
+            cfg,
+            loader,
+            splits.fingerprint,
+            splits.sizes(),
+            splits.encoding,
+            splits.task,
+            splits=splits,
+        )
+    task_mod.check_metric(cfg, prep.task.kind)
+    if cfg.data.shape is not None:
+        shape = cfg.data.shape
+        if shape[0] * shape[1] * shape[2] != prep.encoding.width:
+            raise ConfigError(
+                "data.shape",
+                f"{shape} holds {shape[0] * shape[1] * shape[2]} values, but the feature "
+                f"columns hold {prep.encoding.width} per row",
+                "fix data.shape, or choose the image's columns with data.features",
+            )
+    model.check_buildable(cfg, prep.encoding, prep.task, cfg.sweep.space)
+    return prep

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 import ray.train
 import ray.train.torch
@@ -18,7 +19,8 @@ from torch import nn
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import checkpoint, data, loop
+from orchestrator.core import checkpoint, data, features, loop
+from orchestrator.core import task as task_mod
 from orchestrator.execution import relay
 
 CHECKPOINT_PATH = "checkpoint_path"  # the key Ray's own bridge uses, kept for the ledger
@@ -131,7 +133,7 @@ def worker_fn(payload: dict[str, Any]) -> None:
     if payload.get("stream"):
         loop.train(cfg, stream_feed(cfg, payload["stream"], seam), seam, goal)
         return
-    splits = data.load_splits(cfg.data)
+    splits = data.load_splits(cfg)
     if payload.get("refit"):
         splits = data.merge_validation(splits)
     loop.train(cfg, splits, seam, goal)
@@ -141,18 +143,16 @@ def worker_fn(payload: dict[str, Any]) -> None:
 
 
 def _to_xy(
-    batch: dict[str, np.ndarray],
-    names: list[str],
-    label: str,
-    classes: np.ndarray,
-    data_cfg: config_mod.DataConfig,
-) -> dict[str, np.ndarray]:
-    x = np.column_stack([np.asarray(batch[n], dtype=np.float32) for n in names])
-    return {
-        "x": x,
-        "y": np.searchsorted(classes, batch[label]).astype(np.int64),
-        "split": data.assign_split(x, data_cfg),
-    }
+    batch: pa.Table, data_cfg: config_mod.DataConfig, info: dict[str, Any]
+) -> dict[str, Any]:
+    x, y, split_of = data.encode_batch(
+        data_cfg,
+        info["kinds"],
+        features.from_json(info["encoding"]),
+        task_mod.from_json(info["task"]),
+        batch,
+    )
+    return {"x": x, "y": y, "split": split_of}
 
 
 def _keep(batch: dict[str, np.ndarray], codes: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -165,15 +165,12 @@ def stream_datasets(cfg: Config, summary: data.Summary) -> dict[str, ray.data.Da
     split by their hash, never the whole table in one process."""
     # Small CPU requests: the tasks run beside the training workers in scaling.data_cpus.
     task_cpus = min(0.1, cfg.scaling.data_cpus)
-    xy = ray.data.read_parquet(cfg.data.path, ray_remote_args={"num_cpus": task_cpus}).map_batches(
-        functools.partial(
-            _to_xy,
-            names=summary.feature_names,
-            label=cfg.data.label,
-            classes=np.asarray(summary.classes),
-            data_cfg=cfg.data,
-        ),
-        batch_format="numpy",
+    columns = [*summary.kinds, cfg.data.label]
+    xy = ray.data.read_parquet(
+        cfg.data.path, columns=columns, ray_remote_args={"num_cpus": task_cpus}
+    ).map_batches(
+        functools.partial(_to_xy, data_cfg=cfg.data, info=stream_info(summary)),
+        batch_format="pyarrow",
         num_cpus=task_cpus,
     )
     out = {
@@ -219,21 +216,20 @@ def stream_feed(
             yield b["x"], b["y"]
 
     return loop.Feed(
-        len(info["classes"]),
-        np.asarray(info["col_mean"]),
-        np.asarray(info["col_std"]),
+        features.from_json(info["encoding"]),
+        task_mod.from_json(info["task"]),
         train_batches,
         val_batches,
     )
 
 
-def stream_info(summary: data.Summary, group: str) -> dict[str, Any]:
-    """What a streaming worker needs from the driver's scan: the classes and the feature
-    moments of the split group it trains on (``train``, or ``train+val`` for a refit)."""
+def stream_info(summary: data.Summary) -> dict[str, Any]:
+    """What a streaming worker needs from the driver's scan, as plain values: the columns'
+    kinds, the encoders and the task fitted on the training split."""
     return {
-        "classes": summary.classes,
-        "col_mean": summary.col_mean[group].tolist(),
-        "col_std": summary.col_std[group].tolist(),
+        "kinds": summary.kinds,
+        "encoding": summary.encoding.to_json(),
+        "task": summary.task.to_json(),
     }
 
 
@@ -251,7 +247,7 @@ def make_trainer(
     datasets: dict[str, Any] | None = None
     if summary is not None:
         group = "train+val" if refit else "train"
-        payload["stream"] = stream_info(summary, group)
+        payload["stream"] = stream_info(summary)
         ds = stream_datasets(cfg, summary)
         datasets = {"train": ds[group], "val": ds["val"]}
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}

@@ -137,30 +137,31 @@ def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> Non
         group = "train+val" if refit else "train"
         ds = ray_train.stream_datasets(cfg, summary)
         feed = ray_train.stream_feed(
-            cfg, ray_train.stream_info(summary, group), seam, ds[group], ds["val"]
+            cfg, ray_train.stream_info(summary), seam, ds[group], ds["val"]
         )
         loop.train(cfg, feed, seam, goal)
         return
-    splits = _splits(cfg.data)
+    splits = _splits(cfg)
     loop.train(cfg, data.merge_validation(splits) if refit else splits, seam, goal)
 
 
 _CACHE: dict[str, data.Splits] = {}
 
 
-def _splits(data_cfg: config_mod.DataConfig) -> data.Splits:
+def _splits(cfg: Config) -> data.Splits:
     """The splits, read once per process: a reused trial process (Tune's reuse_actors)
-    serves the next trial from memory. Keyed by the data settings and the file's mtime."""
+    serves the next trial from memory. Keyed by the data settings, the task, the loss and
+    the file's mtime."""
     import json
 
     try:
-        stamp = os.stat(data_cfg.path).st_mtime_ns
+        stamp = os.stat(cfg.data.path).st_mtime_ns
     except OSError:  # object storage: no cheap stamp, read again
-        return data.load_splits(data_cfg)
-    key = json.dumps([data_cfg.model_dump(), stamp], sort_keys=True)
+        return data.load_splits(cfg)
+    key = json.dumps([cfg.data.model_dump(), cfg.task, cfg.train.loss, stamp], sort_keys=True)
     if key not in _CACHE:
         _CACHE.clear()
-        _CACHE[key] = data.load_splits(data_cfg)
+        _CACHE[key] = data.load_splits(cfg)
     return _CACHE[key]
 
 

@@ -28,7 +28,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import ConfigError, ServeConfig
-from orchestrator.core import model
+from orchestrator.core import model, modelfile
+from orchestrator.core import task as task_mod
+from orchestrator.serving import records
 from orchestrator.serving.batching import MicroBatcher
 from orchestrator.serving.http_limits import Limits
 from orchestrator.serving.metrics_text import ServerMetrics
@@ -37,24 +39,33 @@ from orchestrator.tracking.registry import Refused
 
 
 class PredictResponse(BaseModel):
-    """The answer of /predict, for its OpenAPI schema: a class and the class probabilities
-    per row (the handler writes the JSON itself)."""
+    """The answer of /predict, for its OpenAPI schema (the handler writes the JSON itself):
+    per row, a class and the class probabilities (classification), 0/1 per label and each
+    label's probability (multilabel), or the predicted value(s) (regression)."""
 
     predictions: list[Any]
-    probabilities: list[list[float]]
+    probabilities: list[list[float]] | None = None
 
 
 @dataclass
 class Served:
-    """A model ready to serve: the network, its classes and feature count, and the registry
-    version and run it came from."""
+    """A model ready to serve: the network, its classes and feature count, the registry
+    version and run it came from, and its spec (the input schema and the task)."""
 
-    net: torch.nn.Module  # raw features in, class probabilities out
+    net: torch.nn.Module  # raw encoded rows in, the task's outputs out
     classes: list
     num_features: int
     model_uri: str
     version: str = ""
     run_id: str = ""
+    spec: modelfile.Spec | None = None  # None: a classifier of numbers only
+
+    @property
+    def task(self) -> str:
+        """The task's kind."""
+        if self.spec is not None:
+            return self.spec.task.kind
+        return task_mod.BINARY if len(self.classes) == 2 else task_mod.MULTICLASS  # noqa: PLR2004
 
 
 MAX_MODEL_MB = 1024.0  # default cap on weights.pt (serve.max_model_mb)
@@ -67,28 +78,37 @@ def no_pickles() -> None:
 
 
 def load(
-    model_uri: str, tracking_uri: str | None = None, max_model_mb: float = MAX_MODEL_MB
+    model_uri: str,
+    tracking_uri: str | None = None,
+    max_model_mb: float = MAX_MODEL_MB,
+    factories: tuple[str, ...] | list[str] = (),
 ) -> Served:
     """The model behind ``model_uri``, rebuilt from its pickle-free form only: the plain
     tensors of ``extra_files/weights.pt`` (``torch.load(weights_only=True)``) and the
     checked spec of ``extra_files/model.json``. Nothing else of the version is downloaded,
-    and MLflow's model loaders (which unpickle) are never called. A version without that
-    form, with a bad spec or over the size caps is ``Refused``."""
+    and MLflow's model loaders (which unpickle) are never called; a model factory is
+    imported from this environment only when ``factories`` (``serve.factories``) names it.
+    A version without that form, with a bad spec, an untrusted factory or over the size
+    caps is ``Refused``."""
     if tracking_uri:
         mlflow.set_tracking_uri(location.bare_uri(tracking_uri))
-    net, spec, version, run_id = registry.load(model_uri, int(max_model_mb * (1 << 20)))
+    net, spec, version, run_id = registry.load(model_uri, int(max_model_mb * (1 << 20)), factories)
     return Served(
-        model.WithProbabilities(net).eval(),
-        list(spec["classes"]),
-        int(spec["num_features"]),
+        model.Outputs(net, spec.task).eval(),
+        spec.classes,
+        spec.num_features,
         model_uri,
         version,
         run_id,
+        spec,
     )
 
 
 def reloader(
-    model_uri: str, current: str, max_model_mb: float = MAX_MODEL_MB
+    model_uri: str,
+    current: str,
+    max_model_mb: float = MAX_MODEL_MB,
+    factories: tuple[str, ...] | list[str] = (),
 ) -> Callable[[], Served | None]:
     """For ``create_app``: the model again when its alias has moved to another version.
     A version it refused is not downloaded again: the same ``Refused`` is raised until the
@@ -103,7 +123,7 @@ def reloader(
         if version in refused:
             raise refused[version]
         try:
-            served = load(model_uri, max_model_mb=max_model_mb)
+            served = load(model_uri, max_model_mb=max_model_mb, factories=factories)
         except Refused as e:
             refused[e.version] = e
             raise
@@ -173,18 +193,46 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 MATRIX = 2  # dimensions of a well-formed batch: rows x features
 
 
-def parse_features(body: bytes, num_features: int, max_rows: int) -> np.ndarray:
-    """The ``features`` of a /predict body as a float32 matrix, or ``BadInput`` naming the
-    first offending field (``features[3][7]: ...``).
-
-    The common case costs one ``orjson.loads`` and one ``np.array`` (both in C): per-value
-    Python checks (pydantic's ``list[list[float]]``) cost more than the model's forward pass
-    for small models. Only a body that fails those fast checks is walked value by value, to
-    say where it is wrong."""
+def parse_input(body: bytes, served: Served, max_rows: int) -> np.ndarray:
+    """A /predict body as the model's encoded float32 matrix: a ``features`` matrix (a
+    model of numbers only), or named records in one of MLflow's scoring formats
+    (``records.FORMATS``) checked against the input schema. ``BadInput`` names the field."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise BadInput(422, f"body: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(422, "body: an object with features or named records")
+    enc = served.spec.encoding if served.spec is not None else None
+    if "features" in doc or enc is None:
+        if enc is not None and not enc.numeric():
+            raise BadInput(
+                422,
+                "features: this model takes named columns (text categories or lists): send "
+                f"records as one of {', '.join(records.FORMATS)} (see /metadata)",
+            )
+        return _features(doc, body, served.num_features, max_rows)
+    try:
+        return records.encode(enc, doc, max_rows)
+    except records.BadRecords as e:
+        raise BadInput(e.status, e.message) from None
+
+
+def parse_features(body: bytes, num_features: int, max_rows: int) -> np.ndarray:
+    """The ``features`` of a /predict body as a float32 matrix, or ``BadInput`` naming the
+    first offending field (``features[3][7]: ...``)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadInput(422, f"body: not valid JSON ({e})") from None
+    return _features(doc, body, num_features, max_rows)
+
+
+def _features(doc: Any, body: bytes, num_features: int, max_rows: int) -> np.ndarray:
+    """The common case costs one ``orjson.loads`` and one ``np.array`` (both in C): per-value
+    Python checks (pydantic's ``list[list[float]]``) cost more than the model's forward pass
+    for small models. Only a body that fails those fast checks is walked value by value, to
+    say where it is wrong."""
     if not isinstance(doc, dict) or "features" not in doc:
         raise BadInput(422, "features: required, a list of rows of numbers")
     rows = doc["features"]
@@ -502,24 +550,33 @@ def _add_predict(app: FastAPI, box: _Box, num_features: int, max_batch: int) -> 
     async def predict(request: Request) -> Response:
         st = box["state"]
         try:
-            x = parse_features(await request.body(), st.served.num_features, max_batch)
+            x = parse_input(await request.body(), st.served, max_batch)
         except BadInput as e:
             return _json({"detail": e.message}, e.status)
-        probs = await st.batcher(x)
-        if not np.isfinite(probs).all():  # inputs so far out that the network overflowed
-            bad = [int(i) for i in np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5]]
+        out = await st.batcher(x)
+        if not np.isfinite(out).all():  # inputs so far out that the network overflowed
+            bad = [int(i) for i in np.flatnonzero(~np.isfinite(out).all(axis=1))[:5]]
             return _json(
                 {
-                    "detail": f"features{bad}: the model's output is not a number for "
+                    "detail": f"rows {bad}: the model's output is not a number for "
                     "these rows (values far outside the training data?)"
                 },
                 422,
             )
-        classes = st.served.classes
         # a Response written here: FastAPI's response_model pass re-validates every float
-        return _json(
-            {"predictions": [classes[i] for i in probs.argmax(1).tolist()], "probabilities": probs}
-        )
+        return _json(answer(st.served, out))
+
+
+def answer(served: Served, out: np.ndarray) -> dict[str, Any]:
+    """/predict's JSON for the model's outputs: what fits the task."""
+    kind = served.task
+    if kind == task_mod.REGRESSION:
+        values = out[:, 0] if out.shape[1] == 1 else out
+        return {"predictions": values}
+    if kind == task_mod.MULTILABEL:
+        return {"predictions": (out > 0.5).astype(np.int64), "probabilities": out}  # noqa: PLR2004
+    classes = served.classes
+    return {"predictions": [classes[i] for i in out.argmax(1).tolist()], "probabilities": out}
 
 
 def _add_validation_handler(app: FastAPI) -> None:
@@ -556,17 +613,27 @@ def _add_metadata(app: FastAPI, box: _Box, max_batch: int, window_ms: float) -> 
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:
         st = box["state"]
+        spec = st.served.spec
+        numeric = spec is None or spec.encoding.numeric()
+        outputs = spec.task.outputs if spec is not None else len(st.served.classes)
         return {
             "model_uri": st.served.model_uri,
             "version": st.version,
             "run_id": st.served.run_id,
+            "task": st.served.task,
             "classes": st.served.classes,
             "input": {
                 "features": st.served.num_features,
                 "dtype": "float32",
                 "max_rows": max_batch,
+                "columns": spec.encoding.schema() if spec is not None else None,
+                "formats": (["features"] if numeric else []) + list(records.FORMATS),
             },
-            "output": {"probabilities": len(st.served.classes)},
+            "output": (
+                {"values": outputs}
+                if st.served.task == task_mod.REGRESSION
+                else {"probabilities": len(st.served.classes) or outputs}
+            ),
             "batching": {"window_ms": window_ms},
             # which process answered: tells replicas apart behind a load balancer
             "server": {"host": socket.gethostname(), "pid": os.getpid()},
@@ -687,10 +754,13 @@ def run(
 
     no_pickles()
     uri = tracking_uri or location.resolve_uri(None)
-    served = load(model_uri, uri, opts.max_model_mb)
+    served = load(model_uri, uri, opts.max_model_mb, opts.factories)
+    what = (
+        f"{len(served.classes)} classes" if served.classes else served.task
+    ) + f", {served.num_features} features"
     print(
-        f"serving {model_uri} (version {served.version or '?'}, {len(served.classes)} "
-        f"classes, {served.num_features} features) on http://{opts.host}:{opts.port}  "
+        f"serving {model_uri} (version {served.version or '?'}, {what}) on "
+        f"http://{opts.host}:{opts.port}  "
         "POST /predict /reload  GET /health /ready /metadata /metrics"
         + ("  (API key required)" if api_key else ""),
         flush=True,
@@ -700,7 +770,7 @@ def run(
         opts.max_batch,
         opts.window_ms,
         api_key,
-        reload=reloader(model_uri, served.version, opts.max_model_mb),
+        reload=reloader(model_uri, served.version, opts.max_model_mb, opts.factories),
         poll_s=opts.poll_s,
     )
     uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", **limits(opts).uvicorn())

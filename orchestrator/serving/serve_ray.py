@@ -72,7 +72,7 @@ class ModelServer:
         self, model_uri: str, tracking_uri: str, opts: ServeConfig, api_key_sha256: str | None
     ) -> None:
         serve_mod.no_pickles()  # also in the replica's runtime_env: before anything imports
-        self.served = serve_mod.load(model_uri, tracking_uri, opts.max_model_mb)
+        self.served = serve_mod.load(model_uri, tracking_uri, opts.max_model_mb, opts.factories)
         self.opts, self.api_key_sha256 = opts, api_key_sha256
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
@@ -81,7 +81,9 @@ class ModelServer:
             served,
             opts.max_batch,
             opts.window_ms,
-            reload=serve_mod.reloader(served.model_uri, served.version, opts.max_model_mb),
+            reload=serve_mod.reloader(
+                served.model_uri, served.version, opts.max_model_mb, opts.factories
+            ),
             poll_s=opts.poll_s,
             make_batcher=RayBatcher,
             api_key_sha256=self.api_key_sha256,
@@ -143,7 +145,7 @@ def run(
         )
     # the same checks the replicas make, here first: a refused version is a clear error
     # now, not replicas failing to start over and over
-    serve_mod.load(model_uri, uri, opts.max_model_mb)
+    serve_mod.load(model_uri, uri, opts.max_model_mb, opts.factories)
     # Ray Serve's proxy is its own uvicorn: of our HTTP limits it takes only these two
     # (no header cap, no read deadlines, no connection cap: see docs/serving.md)
     serve.start(

@@ -14,7 +14,8 @@ import torch
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import checkpoint, loop, model
+from orchestrator.core import checkpoint, loop, model, modelfile
+from orchestrator.core import task as task_mod
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import Prepared
 from orchestrator.execution import trials
@@ -43,9 +44,9 @@ def crown(ctx: Context, best: TrialRecord) -> Champion:
     cfg = config_mod.with_values(ctx.cfg, values)
     weights = _weights(ctx, cfg, best)
     # the stem's statistics are buffers: load_state_dict brings the trained ones
-    d = ctx.prep.num_features
-    net = model.from_config(cfg, np.zeros(d), np.ones(d), len(ctx.prep.classes))
+    net = model.network(cfg, ctx.prep.encoding, ctx.prep.task)
     net.load_state_dict(weights)
+    spec = modelfile.spec_of(cfg, ctx.prep.encoding, ctx.prep.task)
     test_metrics, example = evaluate_test(net, ctx.prep)
     assert ctx.parent_id is not None
     version: str | None = None
@@ -55,7 +56,7 @@ def crown(ctx: Context, best: TrialRecord) -> Champion:
             ctx.parent_id,
             net,
             example,
-            ctx.prep.classes,
+            spec,
             test_metrics,
             ctx.client.run_id(best.run_id) or "",
         )
@@ -66,7 +67,7 @@ def crown(ctx: Context, best: TrialRecord) -> Champion:
             ctx.parent_id,
             net,
             example,
-            ctx.prep.classes,
+            spec,
             test_metrics,
             best.run_id or "",
         )
@@ -99,7 +100,6 @@ def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Te
 def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float], np.ndarray]:
     """The one and only look at the test split. Also returns its first rows, the logged
     model's input example, so a streamed test split is read once."""
-    num_classes = len(prep.classes)
     first: list[np.ndarray] = []
 
     def batches() -> Iterator[loop.Batch]:
@@ -109,6 +109,6 @@ def evaluate_test(net: torch.nn.Module, prep: Prepared) -> tuple[dict[str, float
             yield x, y
 
     scores = loop.evaluate(
-        net.cpu(), batches(), num_classes, loop.make_loss(num_classes), loop.LocalSeam(), "test"
+        net.cpu(), batches(), prep.task, task_mod.loss_fn(prep.task), loop.LocalSeam(), "test"
     )
     return scores, first[0]

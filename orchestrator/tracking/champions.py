@@ -30,7 +30,7 @@ def register_champion(
     parent_id: str,
     net: torch.nn.Module,
     x_example: np.ndarray,
-    classes: list,
+    spec: modelfile.Spec,
     test_metrics: dict[str, float],
     trial_run_id: str,
 ) -> str:
@@ -48,7 +48,7 @@ def register_champion(
     """
     client = MlflowClient()
     name = cfg.tracking.register_as
-    model_uri = log_champion(cfg, parent_id, net, x_example, classes, test_metrics)
+    model_uri = log_champion(cfg, parent_id, net, x_example, spec, test_metrics)
     old = champion_version(client, name)
     version = register_version(model_uri, name, trial_run_id, test_metrics)
     promote(client, name, version, old, parent_id, trial_run_id)
@@ -60,7 +60,7 @@ def log_champion(
     parent_id: str,
     net: torch.nn.Module,
     x_example: np.ndarray,
-    classes: list,
+    spec: modelfile.Spec,
     test_metrics: dict[str, float],
     at_ms: int | None = None,
 ) -> str:
@@ -71,13 +71,18 @@ def log_champion(
     from orchestrator.core import model
 
     net = net.cpu().eval()
-    served = model.WithProbabilities(net).eval()
+    served = model.Outputs(net, spec.task).eval()
     with torch.no_grad():
         example_out = served(torch.from_numpy(x_example)).numpy()
     signature = infer_signature(x_example, example_out)
-    meta = {"classes": classes, "num_features": int(x_example.shape[1])}
+    meta = {
+        "task": spec.task.kind,
+        "classes": spec.classes,
+        "num_features": spec.num_features,
+        "inputs": spec.encoding.schema(),
+    }
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = modelfile.write_weights(d, cfg, net, classes, int(x_example.shape[1]))
+        weights, spec_path = modelfile.write_weights(d, spec, net)
         # the run's own experiment: MLflow refuses to resume a run of another experiment
         # than the process's active one (a replay, or a second sweep in one process)
         mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent_id).info.experiment_id)
@@ -91,7 +96,7 @@ def log_champion(
                 # so the model loads where this package is not installed.
                 serialization_format="pt2",
                 metadata=meta,
-                extra_files=[str(weights), str(spec)],
+                extra_files=[str(weights), str(spec_path)],
                 # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
@@ -149,7 +154,7 @@ def keep_champion(
     parent_id: str,
     net: torch.nn.Module,
     x_example: np.ndarray,
-    classes: list,
+    spec: modelfile.Spec,
     test_metrics: dict[str, float],
     trial_run_id: str,
 ) -> Path:
@@ -167,7 +172,7 @@ def keep_champion(
     pending, tmp = folder / PENDING, folder / (PENDING + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a kill while an earlier one was kept
     tmp.mkdir(parents=True)
-    modelfile.write_weights(tmp, cfg, net, classes, int(x_example.shape[1]))
+    modelfile.write_weights(tmp, spec, net)
     (tmp / CHAMPION_FILE).write_text(
         json.dumps(
             {
@@ -175,7 +180,6 @@ def keep_champion(
                 "parent_id": parent_id,
                 "trial_run_id": trial_run_id,
                 "example": x_example.tolist(),
-                "classes": classes,
                 "test_metrics": test_metrics,
                 "marker": f"champion-{uuid.uuid4().hex[:12]}",
                 "at": int(time.time() * 1000),
@@ -248,13 +252,14 @@ def register_kept(
     version = info.get("version") or (find_version(client, name, marker) if marker else None)
     if version is None:
         if "model_uri" not in info:
-            net, _ = modelfile.load_weights(pending)
+            # this machine trained it: the factory it names is the config's own
+            net, spec = modelfile.load_weights(pending, factories=(cfg.model.kind,))
             info["model_uri"] = log_champion(
                 cfg,
                 parent,
                 net,
                 np.asarray(info["example"], dtype=np.float32),
-                info["classes"],
+                spec,
                 info["test_metrics"],
                 info.get("at"),
             )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import torch
@@ -115,13 +114,17 @@ def fixed(model_uri: str, version: str) -> str:
     return model_uri
 
 
-def load(model_uri: str, max_weights: int) -> tuple[torch.nn.Module, dict[str, Any], str, str]:
+def load(
+    model_uri: str, max_weights: int, factories: tuple[str, ...] | list[str] = ()
+) -> tuple[torch.nn.Module, modelfile.Spec, str, str]:
     """The model behind ``model_uri`` rebuilt from its pickle-free form only (the plain
     tensors of ``extra_files/weights.pt``, loaded with ``weights_only=True``, and the checked
     spec of ``extra_files/model.json``): the network, its spec, the version and its run.
     Nothing else of the version is downloaded, and MLflow's model loaders (which unpickle)
-    are never called. A version without that form, with a bad spec or over the size cap is
-    ``Refused``; a disk error is raised as it is (not the version's fault)."""
+    are never called; a model factory is imported only if ``factories`` (the trusted
+    ``serve.factories``) names it. A version without that form, with a bad spec, an
+    untrusted factory or over the size cap is ``Refused``; a disk error is raised as it is
+    (not the version's fault)."""
     version, run_id = resolve(model_uri)
     # a fixed version, so the weights and the version reported are the same model even if
     # the alias moves meanwhile
@@ -129,7 +132,7 @@ def load(model_uri: str, max_weights: int) -> tuple[torch.nn.Module, dict[str, A
     with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as d:
         download(pinned, version, Path(d), max_weights)
         try:
-            net, spec = modelfile.load_weights(d)
+            net, spec = modelfile.load_weights(d, factories)
         except OSError:
             raise  # the disk, not the version: tried again at the next reload
         except Exception as e:  # noqa: BLE001 - whatever is wrong with it, it is not served
