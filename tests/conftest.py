@@ -230,6 +230,15 @@ def basic_auth_server(tmp_path: Path) -> Iterator[dict]:
                 proc.wait(timeout=30)
 
 
+def numeric_spec(cfg: Any, x: Any, classes: list) -> Any:
+    """The ``modelfile.Spec`` of a classifier of ``classes`` on the numbers of ``x``."""
+    from orchestrator.core import features, modelfile
+    from orchestrator.core.task import Task
+
+    kind = "binary" if len(classes) == 2 else "multiclass"  # noqa: PLR2004
+    return modelfile.spec_of(cfg, features.numeric_encoding(x), Task(kind, list(classes)))
+
+
 def served_model(seed: int, version: str) -> Any:
     """A small untrained 3-class model on 4 features, as the server holds it (a ``Served``)."""
     import numpy as np

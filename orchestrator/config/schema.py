@@ -207,7 +207,10 @@ def _plain_value(value: Any) -> bool:
 class ModelConfig(Section):
     """The network: its kind, its capacity and its dropout."""
 
-    kind: str = "mlp"
+    kind: str = Field(
+        default="mlp",
+        json_schema_extra={"pattern": f"^(mlp|cnn|{FACTORY.pattern[1:-1]})$"},
+    )
     """``mlp`` for tabular features, ``cnn`` for image-shaped ones (needs ``data.shape``), or
     ``package.module:function``, a factory that returns your own ``nn.Module`` (see
     docs/models.md)."""
@@ -228,7 +231,7 @@ class ModelConfig(Section):
             self.kind in BUILT_IN or bool(FACTORY.match(self.kind)),
             "model.kind",
             f"{self.kind!r} is neither a built-in kind (mlp, cnn) nor an import path",
-            "use mlp, cnn, or package.module:function (a factory returning an nn.Module)",
+            "use 'mlp', 'cnn', or package.module:function (a factory returning an nn.Module)",
         )
         check(
             self.kind not in BUILT_IN or not self.args,

@@ -271,7 +271,13 @@ class _Check:
                 )
 
 
-def _label_words(batch: pa.Table | pa.RecordBatch, label: str) -> bytes:
+def _row_bytes(words: np.ndarray, batch: pa.Table | pa.RecordBatch, label: str) -> bytes:
+    """Each row's feature and label words, row by row: the fingerprint's input, the same
+    however the rows are batched."""
+    return np.hstack([words, _label_words(batch, label)]).tobytes()
+
+
+def _label_words(batch: pa.Table | pa.RecordBatch, label: str) -> np.ndarray:
     col = features.category_values(batch.column(label))
     kind = features.LIST if features.is_list(col.type) else features.CATEGORY
     if kind == features.CATEGORY and (
@@ -280,7 +286,7 @@ def _label_words(batch: pa.Table | pa.RecordBatch, label: str) -> bytes:
         or pa.types.is_boolean(col.type)
     ):
         kind = features.NUMBER
-    return features.row_words(pa.table({label: col}), {label: kind}).tobytes()
+    return features.row_words(pa.table({label: col}), {label: kind})
 
 
 def read(cfg: Source, say: Any = None) -> Dataset:
@@ -294,7 +300,7 @@ def read(cfg: Source, say: Any = None) -> Dataset:
     words = check.add(table)
     check.finish()
     kind, classes = task_mod.decide(asked, dcfg.label, check.label, say)
-    digest = hashlib.sha256(words.tobytes() + _label_words(table, dcfg.label)).hexdigest()[:16]
+    digest = hashlib.sha256(_row_bytes(words, table, dcfg.label)).hexdigest()[:16]
     counts = [int(check.label.counts[c]) for c in classes] if classes else []
     return Dataset(table, kinds, kind, classes, digest, words, counts)
 
@@ -487,7 +493,7 @@ def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
     digest = hashlib.sha256()
     for batch in dataset.to_batches(batch_size=batch_rows, columns=[*kinds, dcfg.label]):
         words = check.add(batch)
-        digest.update(words.tobytes() + _label_words(batch, dcfg.label))
+        digest.update(_row_bytes(words, batch, dcfg.label))
         split_of = assign_split(words, dcfg)
         for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST)):
             rows[name] += int((split_of == code).sum())

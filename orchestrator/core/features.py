@@ -164,6 +164,19 @@ def from_json(raw: Any, where: str = "encoding") -> Encoding:
     return Encoding(columns, raw["missing"], raw["unknown_category"], one_hot)
 
 
+def numeric_encoding(x: np.ndarray, names: list[str] | None = None) -> Encoding:
+    """The encoding of a matrix of numbers (no missing values), fitted on ``x``'s rows:
+    for callers that hold arrays rather than a table (benchmarks, tests, 0.1 models)."""
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    names = names or [f"x{i}" for i in range(x.shape[1])]
+    return Encoding(
+        [
+            Column(n, NUMBER, median=[float(m)], mean=[float(m)], std=[float(s)])
+            for n, m, s in zip(names, mean, std, strict=True)
+        ]
+    )
+
+
 # ---------------------------------------------------------------- typing the columns
 
 

@@ -378,6 +378,20 @@ def _built_in(m: ModelConfig, problem: Problem) -> list[nn.Module]:
     return [*layers, nn.Linear(width, problem.outputs)]
 
 
+def from_data(cfg: Config, x_train: np.ndarray, num_classes: int) -> nn.Sequential:
+    """The config's classifier for a matrix of numbers, its stem fitted on ``x_train``
+    (classes 0..num_classes-1): for callers that hold arrays, not a table."""
+    return network(cfg, features.numeric_encoding(x_train), classifier(num_classes))
+
+
+def classifier(num_classes: int) -> Task:
+    """The classification task of classes 0..num_classes-1."""
+    from orchestrator.core import task as task_mod
+
+    kind = task_mod.BINARY if num_classes == BINARY else task_mod.MULTICLASS
+    return Task(kind, list(range(num_classes)))
+
+
 def problem_of(cfg: Config, pre: Preprocess, task: Task) -> Problem:
     """The ``Problem`` a body is built for."""
     shape = tuple(cfg.data.shape) if cfg.data.shape else None

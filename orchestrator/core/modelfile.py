@@ -161,12 +161,6 @@ def check_spec(spec: Any, factories: tuple[str, ...] | list[str] = ()) -> Spec:
             raise bad(key, "missing")
     if not isinstance(spec["model"], dict):
         raise bad("model", "expected an object")
-    kind = spec["model"].get("kind", "mlp")
-    if isinstance(kind, str) and kind not in ("mlp", "cnn") and kind not in factories:
-        raise NotTrusted(
-            f"{MODEL_FILE}: model.kind: the factory {kind!r} is not trusted by this server: "
-            "add it to serve.factories (the package must be installed here) to serve it"
-        )
     try:  # the same checks as a config file's model section (and data.shape); the other
         # sections keep their defaults (storage fixed: it is read from the environment)
         cfg = config_mod.from_dict(
@@ -178,6 +172,12 @@ def check_spec(spec: Any, factories: tuple[str, ...] | list[str] = ()) -> Spec:
         )
     except ConfigError as e:
         raise bad("shape" if e.key == "data.shape" else e.key, e.problem) from None
+    kind = cfg.model.kind
+    if kind not in ("mlp", "cnn") and kind not in factories:
+        raise NotTrusted(
+            f"{MODEL_FILE}: model.kind: the factory {kind!r} is not trusted by this server: "
+            "add it to serve.factories (the package must be installed here) to serve it"
+        )
     if len(cfg.model.hidden) > MAX_LAYERS:  # each layer is Python objects, whatever its size
         raise bad("model.hidden", f"{len(cfg.model.hidden)} layers, at most {MAX_LAYERS}")
     if spec["format"] == 1:

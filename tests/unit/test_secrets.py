@@ -16,7 +16,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from conftest import ROOT, make_cfg
+from conftest import ROOT, make_cfg, numeric_spec
 from orchestrator import cli, config
 from orchestrator.config import ConfigError
 from orchestrator.core import state
@@ -119,9 +119,10 @@ def test_the_sweep_state_file_and_a_kept_champion_hold_no_secret(tmp_path: Path)
         experiment_id="1",
         fingerprint="f",
     )
-    net = model.from_config(cfg, np.zeros(3), np.ones(3), 2)
+    x = np.zeros((2, 3), np.float32)
+    net = model.from_data(cfg, x, 2)
     champions.keep_champion(
-        tmp_path, cfg, "p", net, np.zeros((2, 3), np.float32), [0, 1], {"test_accuracy": 1.0}, "t"
+        tmp_path, cfg, "p", net, x, numeric_spec(cfg, x, [0, 1]), {"test_accuracy": 1.0}, "t"
     )
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {state.STATE_FILE, "champion.json"}

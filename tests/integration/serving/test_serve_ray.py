@@ -20,7 +20,7 @@ import pytest
 import requests
 import torch
 
-from conftest import Payload, files_holding, free_port, make_cfg
+from conftest import Payload, files_holding, free_port, make_cfg, numeric_spec
 from orchestrator.core import model
 from orchestrator.serving import serve
 from orchestrator.tracking import champions
@@ -51,7 +51,7 @@ def _register(uri: str, seed: int) -> str:
     parent = client.create_run(exp.experiment_id).info.run_id
     trial = client.create_run(exp.experiment_id).info.run_id
     return champions.register_champion(
-        cfg, parent, net, x, ["a", "b", "c"], {"test_accuracy": 0.5}, trial
+        cfg, parent, net, x, numeric_spec(cfg, x, ["a", "b", "c"]), {"test_accuracy": 0.5}, trial
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 import torch
 
-from conftest import Payload, free_port, make_cfg, wait_until_up
+from conftest import Payload, free_port, make_cfg, numeric_spec, wait_until_up
 from orchestrator.core import model, modelfile
 from orchestrator.serving import serve
 
@@ -56,15 +56,16 @@ def _good(store: dict, seed: int) -> str:
     torch.manual_seed(seed)
     net = model.from_data(cfg, x, num_classes=3)
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = modelfile.write_weights(d, cfg, net, ["a", "b", "c"], 4)
+        weights, spec = modelfile.write_weights(d, numeric_spec(cfg, x, ["a", "b", "c"]), net)
         return _log(store, net, [weights, spec])
 
 
 def _hostile_spec(store: dict) -> str:
     cfg = make_cfg(**{"model.hidden": [8]})
-    net = model.from_data(cfg, np.ones((4, 4), dtype=np.float32), num_classes=3)
+    x = np.ones((4, 4), dtype=np.float32)
+    net = model.from_data(cfg, x, num_classes=3)
     with tempfile.TemporaryDirectory() as d:
-        weights, spec = modelfile.write_weights(d, cfg, net, ["a", "b", "c"], 4)
+        weights, spec = modelfile.write_weights(d, numeric_spec(cfg, x, ["a", "b", "c"]), net)
         doc = json.loads(spec.read_text())
         doc["model"]["hidden"] = [2_000_000_000]
         spec.write_text(json.dumps(doc))

@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, make_cfg
+from conftest import ROOT, free_port, make_cfg, numeric_spec
 from orchestrator.core import model
 from orchestrator.tracking import champions, outbox, registry
 
@@ -62,7 +62,7 @@ def _journal_written_while_away(
         parent,
         model.from_data(cfg, x, num_classes=3),
         x,
-        [0, 1, 2],
+        numeric_spec(cfg, x, [0, 1, 2]),
         {"test_accuracy": 0.75},
         trials[0],
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, numeric_spec
 from orchestrator.tracking import champions
 
 pytestmark = pytest.mark.slow
@@ -351,7 +351,7 @@ def test_a_server_that_flaps_mid_replay_still_gets_every_run_epoch_and_champion_
         parent,
         model.from_data(cfg, x, num_classes=3),
         x,
-        [0, 1, 2],
+        numeric_spec(cfg, x, [0, 1, 2]),
         {"test_accuracy": 0.5},
         trial,
     )

@@ -250,7 +250,7 @@ def test_cli_exits_2_on_unwritable_storage_before_any_mlflow_run(
         ("train.lr=", "train.lr", "is empty"),
         ("experiment=3", "experiment", "expected text, got int 3"),
         ("train=4", "train", "expected a mapping, got int 4"),
-        ("model.kind=rnn", "model.kind", "unknown kind 'rnn'"),
+        ("model.kind=rnn", "model.kind", "'rnn' is neither a built-in kind"),
         ("sweep.scheduler=hyper", "sweep.scheduler", "unknown scheduler 'hyper'"),
         ("train.early_stopping.patiense=3", "train.early_stopping.patiense", "unknown key"),
     ],
@@ -268,7 +268,7 @@ def test_an_unknown_key_lists_the_section_keys_and_an_unknown_value_the_choices(
     e = _err({"train": {"lrr": 0.1}})
     assert "lr" in e.fix and "weight_decay" in e.fix and "epochs" in e.fix
     e = _err({"model": {"kind": "rnn"}})
-    assert "'mlp'" in e.fix and "'cnn'" in e.fix
+    assert "'mlp'" in e.fix and "'cnn'" in e.fix and "package.module:function" in e.fix
 
 
 def test_numbers_as_text_are_floats_but_never_ints() -> None:

@@ -66,7 +66,12 @@ def test_ready_metadata_and_metrics_describe_the_model_and_the_traffic() -> None
     with TestClient(serve.create_app(_served(0, "3"), max_batch=5)) as c:
         assert c.get("/ready").json()["version"] == "3"
         meta = c.get("/metadata").json()
-        assert meta["input"] == {"features": 4, "dtype": "float32", "max_rows": 5}
+        assert {k: meta["input"][k] for k in ("features", "dtype", "max_rows")} == {
+            "features": 4,
+            "dtype": "float32",
+            "max_rows": 5,
+        }
+        assert meta["task"] == "multiclass" and meta["input"]["formats"][0] == "features"
         assert meta["classes"] == ["cat", "dog", "eel"] and meta["run_id"] == "run3"
         for _ in range(3):
             assert c.post("/predict", json={"features": [[0, 1, 2, 3]]}).status_code == 200
@@ -209,7 +214,7 @@ def test_a_bug_answers_500_once_and_the_server_stays_up() -> None:
 
 def test_rows_that_overflow_the_network_get_422_not_nan(client: TestClient) -> None:
     r = client.post("/predict", json={"features": [[0, 1, 2, 3], [-3.4e38, 3.4e38, 0, 0]]})
-    assert r.status_code == 422 and "features[1]: the model's output is not a number" in r.text
+    assert r.status_code == 422 and "rows [1]: the model's output is not a number" in r.text
 
 
 def test_the_server_runs_with_the_http_limits_of_the_config(
@@ -272,7 +277,7 @@ def test_the_server_takes_its_tracking_uri_from_the_environment_without_a_sweep_
 
     seen: list[str] = []
 
-    def load(model_uri: str, uri: str, max_mb: float) -> None:
+    def load(model_uri: str, uri: str, max_mb: float, factories: tuple = ()) -> None:
         seen.append(uri)
         raise serve.Refused("1", "stop here")
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
-from conftest import make_cfg
+from conftest import make_cfg, numeric_spec
 from conftest import served_model as _served
 from orchestrator import config
 from orchestrator.core import model, modelfile
@@ -25,14 +26,14 @@ def _write(folder: Path, **spec_changes: object) -> dict:
     cfg = make_cfg(**{"model.hidden": [8]})
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     net = model.from_data(cfg, x, num_classes=3)
-    modelfile.write_weights(folder, cfg, net, ["a", "b", "c"], 4)
+    modelfile.write_weights(folder, numeric_spec(cfg, x, ["a", "b", "c"]), net)
     spec = json.loads((folder / modelfile.MODEL_FILE).read_text())
     for key, value in spec_changes.items():
-        if "." in key:
-            section, leaf = key.split(".")
-            spec[section][leaf] = value
-        else:
-            spec[key] = value
+        node = spec
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[leaf] = value
     (folder / modelfile.MODEL_FILE).write_text(json.dumps(spec))
     return spec
 
@@ -56,17 +57,23 @@ def test_a_network_far_bigger_than_its_weights_is_refused_before_it_is_built(
     [
         ({"model.hidden": [-3]}, "model.json: model.hidden: layer widths must be positive"),
         ({"model.hidden": [True]}, "model.json: model.hidden[0]: expected an integer"),
-        ({"model.kind": "transformer"}, "model.json: model.kind: unknown kind"),
+        ({"model.kind": "transformer"}, "model.json: model.kind: 'transformer' is neither"),
+        ({"model.kind": "os:system"}, "the factory 'os:system' is not trusted by this server"),
         ({"model.dropout": 2.0}, "model.json: model.dropout: must be in [0, 1)"),
         ({"model.code": "import os"}, "model.json: model.code: unknown key"),
         ({"model.hidden": [1] * 2000}, "model.json: model.hidden: 2000 layers, at most 1024"),
         ({"model.kind": "cnn"}, "model.json: shape: is not set but model.kind is cnn"),
-        ({"shape": [1, 2, 3]}, "model.json: shape: [1, 2, 3] holds 6 values, not num_features"),
-        ({"num_features": "4"}, "model.json: num_features: expected a positive integer"),
-        ({"num_classes": 1}, "model.json: num_classes: expected an integer of at least 2"),
-        ({"classes": ["a", "b"]}, "model.json: classes: expected a list of 3 class names"),
-        ({"classes": ["a", {"b": 1}, "c"]}, "model.json: classes: class names must be"),
-        ({"format": 2}, "model.json: format: expected 1, got 2"),
+        ({"shape": [1, 2, 3]}, "model.json: shape: [1, 2, 3] holds 6 values, not the 4"),
+        ({"encoding.columns.0.width": "4"}, "encoding.columns[0].width: expected 1 to"),
+        ({"encoding.columns.1.kind": "code"}, "encoding.columns[1].kind: expected one of"),
+        ({"encoding.columns.2.mean": [1e999]}, "encoding.columns[2].mean: expected 1 finite"),
+        ({"encoding.columns.3.eval": "x"}, "encoding.columns[3]: expected a column object"),
+        ({"encoding.missing": "guess"}, "encoding.missing: expected error or impute"),
+        ({"task.kind": "ranking"}, "model.json: task.kind: expected one of"),
+        ({"task.classes": ["a"]}, "model.json: task.classes: expected 2 to"),
+        ({"task.classes": ["a", {"b": 1}, "c"]}, "task.classes: class values must be"),
+        ({"task.loss": "hinge"}, "model.json: task.loss: expected cross_entropy"),
+        ({"format": 3}, "model.json: format: expected 1 or 2, got 3"),
         ({"model": "mlp"}, "model.json: model: expected an object"),
     ],
 )
@@ -83,7 +90,8 @@ def test_a_spec_that_is_not_json_or_too_big_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model.json: not valid JSON"):
         modelfile.load_weights(tmp_path)
     (tmp_path / modelfile.MODEL_FILE).write_text(" " * (modelfile.MAX_SPEC_BYTES + 1))
-    with pytest.raises(ValueError, match="model.json: 1048577 bytes, at most 1048576"):
+    too_big = modelfile.MAX_SPEC_BYTES + 1
+    with pytest.raises(ValueError, match=f"model.json: {too_big} bytes, at most"):
         modelfile.load_weights(tmp_path)
 
 
@@ -99,14 +107,34 @@ def test_a_spec_that_is_not_json_or_too_big_is_refused(tmp_path: Path) -> None:
 def test_the_counted_size_is_the_built_networks(
     kind: str, hidden: list[int], shape: list[int] | None, classes: int
 ) -> None:
-    mcfg = config.ModelConfig(kind=kind, hidden=hidden)
+    # the size check counts a network built on the meta device: the same as the real one
+    cfg = make_cfg(**{"model.kind": kind, "model.hidden": hidden, "data.shape": shape})
     d = int(np.prod(shape)) if shape else 7
-    net = model.build(
-        mcfg, np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32), classes, shape
-    )
-    assert modelfile.state_elements(mcfg, d, classes, shape) == sum(
-        t.numel() for t in net.state_dict().values()
-    )
+    spec = numeric_spec(cfg, np.zeros((2, d), dtype=np.float32), list(range(classes)))
+    with torch.device("meta"):
+        counted = sum(t.numel() for t in spec.network().state_dict().values())
+    assert counted == sum(t.numel() for t in spec.network().state_dict().values()) > 0
+
+
+def test_a_0_1_model_file_still_loads_and_predicts_the_same(tmp_path: Path) -> None:
+    # a champion registered by 0.1: format 1, numbers only, the stem's two buffers
+    cfg = make_cfg(**{"model.hidden": [8]})
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    net = model.build(config.ModelConfig(hidden=[8]), x.mean(0), x.std(0), 3).eval()
+    torch.save(net.state_dict(), tmp_path / modelfile.WEIGHTS_FILE)
+    old = {
+        "format": 1,
+        "model": cfg.model.model_dump(),
+        "shape": None,
+        "num_classes": 3,
+        "classes": ["a", "b", "c"],
+        "num_features": 4,
+    }
+    (tmp_path / modelfile.MODEL_FILE).write_text(json.dumps(old))
+    back, spec = modelfile.load_weights(tmp_path)
+    assert spec.classes == ["a", "b", "c"] and spec.num_features == 4
+    with torch.no_grad():
+        assert torch.equal(back(torch.from_numpy(x)), net(torch.from_numpy(x)))
 
 
 def test_a_refused_reload_keeps_the_served_version_and_says_so(
@@ -147,7 +175,9 @@ def test_the_reloader_does_not_download_a_refused_version_again(
 ) -> None:
     loads: list[str] = []
 
-    def load(uri: str, tracking_uri: str | None = None, max_model_mb: float = 0) -> None:
+    def load(
+        uri: str, tracking_uri: str | None = None, max_model_mb: float = 0, factories: tuple = ()
+    ) -> None:
         loads.append(uri)
         raise serve.Refused("2", "bad")
 
@@ -167,7 +197,7 @@ def test_a_disk_error_while_loading_is_not_a_refusal_so_the_next_reload_tries_ag
     monkeypatch.setattr(registry, "resolve", lambda uri: ("2", "run2"))
     monkeypatch.setattr(registry, "download", lambda *a: None)
 
-    def full_disk(folder: object) -> None:
+    def full_disk(folder: object, factories: tuple = ()) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(modelfile, "load_weights", full_disk)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_cfg
+from conftest import make_cfg, numeric_spec
 from orchestrator.core import model
 from orchestrator.tracking import champions, outbox, registry
 
@@ -57,7 +57,7 @@ def _setup(
         parent or parent_id,
         net,
         x,
-        [0, 1, 2],
+        numeric_spec(cfg, x, [0, 1, 2]),
         {"test_accuracy": 0.5},
         trial or trial_id,
     )
@@ -130,7 +130,14 @@ def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
     cfg = make_cfg("x.parquet", **{"model.hidden": [4]})
     x = np.ones((2, 3), dtype=np.float32)
     champions.keep_champion(
-        folder2, cfg, parent, model.from_data(cfg, x, num_classes=3), x, [0, 1, 2], {}, placeholder
+        folder2,
+        cfg,
+        parent,
+        model.from_data(cfg, x, num_classes=3),
+        x,
+        numeric_spec(cfg, x, [0, 1, 2]),
+        {},
+        placeholder,
     )
     kept = json.loads((folder2 / champions.PENDING / champions.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == trial

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cfg
+from conftest import make_cfg, numeric_spec
 from orchestrator import config
 from orchestrator.analysis import plots
 from orchestrator.core import model, modelfile
@@ -86,17 +86,18 @@ def test_the_champion_round_trips_through_plain_weights_and_json(tmp_path: Path,
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(32, 64)).astype(np.float32)
     net = model.from_data(cfg, x, num_classes=10).eval()
-    modelfile.write_weights(tmp_path, cfg, net, list(range(10)), 64)
+    modelfile.write_weights(tmp_path, numeric_spec(cfg, x, list(range(10))), net)
     back, spec = modelfile.load_weights(tmp_path)
     with torch.no_grad():
         assert torch.equal(net(torch.from_numpy(x)), back(torch.from_numpy(x)))
-    assert spec["classes"] == list(range(10)) and spec["num_features"] == 64
+    assert spec.classes == list(range(10)) and spec.num_features == 64
 
 
 def test_weights_that_would_run_code_when_unpickled_are_refused(tmp_path: Path) -> None:
     cfg = _cfg(**{"model.hidden": [4]})
-    net = model.from_data(cfg, np.ones((4, 3), dtype=np.float32), num_classes=2)
-    modelfile.write_weights(tmp_path, cfg, net, [0, 1], 3)
+    x = np.ones((4, 3), dtype=np.float32)
+    net = model.from_data(cfg, x, num_classes=2)
+    modelfile.write_weights(tmp_path, numeric_spec(cfg, x, [0, 1]), net)
     torch.save({"payload": _Evil()}, tmp_path / modelfile.WEIGHTS_FILE)  # not just tensors
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         modelfile.load_weights(tmp_path)
@@ -130,7 +131,7 @@ def test_a_new_champion_leaves_the_old_one_the_previous_alias(
         trial = client.create_run(exp).info.run_id
         versions.append(
             champions.register_champion(
-                cfg, parent, net, x, [0, 1, 2], {"test_accuracy": 0.5}, trial
+                cfg, parent, net, x, numeric_spec(cfg, x, [0, 1, 2]), {"test_accuracy": 0.5}, trial
             )
         )
     assert registry.champion_version(client, "m") == versions[1] == "2"
