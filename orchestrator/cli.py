@@ -557,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
+    # `model.kind: package.module:function` imports from the folder the command runs in,
+    # as `python -m` would (the console script's own folder is first on the path instead)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return func(args)
     except ConfigError as e:

@@ -307,6 +307,22 @@ def factory(kind: str) -> Callable[..., Any]:
     return fn
 
 
+def declared_space(kind: str) -> dict[str, Any]:
+    """The ranges a factory declares worth searching for its own arguments (a
+    ``search_space`` mapping beside it), as ``sweep.space`` entries (``model.args.NAME``);
+    empty for the built-in kinds and for a factory that declares none."""
+    if kind in ("mlp", "cnn"):
+        return {}
+    declared = getattr(factory(kind), "search_space", None) or {}
+    if not isinstance(declared, dict):
+        raise ConfigError(
+            "model.kind",
+            f"{kind}.search_space is {type(declared).__name__}, not a mapping",
+            "declare it as {argument: {type: ..., ...}}",
+        )
+    return {f"model.args.{name}": spec for name, spec in declared.items()}
+
+
 def body(cfg: Config, problem: Problem) -> list[nn.Module]:
     """The layers after ``Preprocess``: the built-in kind's blocks and head, or the one
     module the factory returns (``ConfigError`` naming ``model.kind`` or the argument when

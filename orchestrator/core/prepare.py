@@ -61,6 +61,23 @@ class Prepared:
             return diagnosis.baseline(self.summary.class_counts)
         return diagnosis.Baseline(self.summary.baseline_loss, np.nan)
 
+    def describe(self) -> str:
+        """The task and the inputs in a few words, as the sweep's start line shows them."""
+        t, enc = self.task, self.encoding
+        if t.kind in task_mod.CLASSIFICATION:
+            what = f"{t.kind} ({len(t.classes)} classes)"
+        else:
+            what = (
+                f"{t.kind} ({t.labels} {'labels' if t.kind == task_mod.MULTILABEL else 'targets'})"
+            )
+        counts: dict[str, int] = {}
+        for c in enc.columns:
+            counts[c.kind] = counts.get(c.kind, 0) + 1
+        cols = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts.items())
+        imputed = sum(c.indicator for c in enc.columns)
+        extra = f"; {imputed} with missing values imputed" if imputed else ""
+        return f"task {what}; {len(enc.columns)} feature columns ({cols}){extra}"
+
     def test_batches(self) -> Iterator[loop.Batch]:
         """The test split in CPU batches; big data is read batch by batch, never whole."""
         if self.splits is not None:

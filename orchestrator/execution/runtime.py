@@ -21,6 +21,12 @@ def init_ray(verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    # the user's own code (a model factory) imports in every worker as on the driver: a
+    # local Ray's workers inherit this environment (a cluster gets the code with
+    # `ray job submit --working-dir .`, which puts it on the workers' path)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if os.getcwd() not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, paths)])
     level = logging.INFO if verbose else logging.ERROR
     address = os.environ.get("RAY_ADDRESS")
     if address and address != "local":

@@ -55,7 +55,7 @@ def run(
 ) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start. ``tags`` go
     on the sweep's MLflow run (a refined sweep names the one it came from)."""
-    prep = prepare(cfg)  # raises ConfigError on bad data: nothing written yet
+    prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
     state.check_storage(cfg)  # and storage we cannot write, before the parent run exists
@@ -83,6 +83,7 @@ def run(
         f"{' (by promotion)' if config_mod.asha_promotes(cfg) else ''}; data {prep.sizes} "
         f"({prep.loader}); MLflow {config_mod.redact_uri(location.resolve_uri(cfg))}"
     )
+    out(f"[sweep] {prep.describe()}")
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _stages(ctx)
 

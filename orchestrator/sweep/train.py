@@ -37,7 +37,7 @@ def train_run(
     """One training run of the config as it stands (no search): in a single trial on the
     fast path, or a TorchTrainer of ``scaling.num_workers`` DDP workers; restarted from its
     last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
-    prep = prepare(cfg)
+    prep = prepare(cfg, say=out)
     cfg = prep.cfg
     state.check_storage(cfg)
     client, exp_id = writer.connect(cfg, out)
@@ -49,7 +49,7 @@ def train_run(
     client.use_journal(Path(storage) / name)
     out(
         f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
-        f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader})"
+        f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader}); {prep.describe()}"
     )
     # a trial's own retries are the worker group's (scaling.max_failures); no search retries
     no_search = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"max_failures": 0})})
