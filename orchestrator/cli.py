@@ -534,9 +534,10 @@ def _config_and_data_commands(sub: Any) -> None:
     e = dsub.add_parser("export", help="write a built-in data set as Parquet")
     e.add_argument(
         "name",
-        choices=["digits", "breast_cancer", "wine", "iris", "noisy"],
-        help="scikit-learn's digits, breast_cancer, wine or iris, or `noisy` "
-        "(synthetic, 20%% of the labels flipped)",
+        choices=["digits", "breast_cancer", "wine", "iris", "noisy", "diabetes", "penguins"],
+        help="scikit-learn's digits, breast_cancer, wine or iris, `noisy` (synthetic, 20%% "
+        "of the labels flipped), diabetes (regression) or penguins (text categories and "
+        "missing values)",
     )
     e.add_argument("--out", default=None, help="default: data/NAME.parquet")
     e.set_defaults(func=cmd_data)

@@ -88,7 +88,12 @@ EXPORTS = {
     "iris": "scikit-learn iris: 150 rows, 4 measurements, 3 classes",
     "noisy": "synthetic make_classification: 2,000 rows, 20 columns (6 informative), "
     "3 classes, 20% of the labels flipped at random",
+    "diabetes": "scikit-learn diabetes: 442 rows, 10 measurements, a number to predict "
+    "(disease progression after a year): regression",
+    "penguins": "palmerpenguins: 344 penguins, species from island (text), sex (text, 11 "
+    "missing), year and 4 measurements (2 rows missing): data.missing: impute",
 }
+TABLES = ("diabetes", "penguins")  # exported as tables of their own (not class labels)
 
 
 def sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -127,15 +132,39 @@ def sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return bunch.data, bunch.target, names
 
 
-def export(name: str, path: str | Path) -> Path:
-    """Write one of ``EXPORTS`` as Parquet: float32 feature columns and an int64 ``label``."""
+def table(name: str) -> pa.Table:
+    """One of ``EXPORTS`` as an Arrow table with a ``label`` column: classes as int64
+    (the scikit-learn sets), a float target (diabetes), text species (penguins)."""
+    if name == "diabetes":
+        from sklearn import datasets
+
+        bunch = datasets.load_diabetes()  # scaled features, as scikit-learn ships them
+        columns: dict[str, Any] = {
+            str(n): bunch.data[:, i].astype(np.float32) for i, n in enumerate(bunch.feature_names)
+        }
+        columns["label"] = bunch.target.astype(np.float64)
+        return pa.table(columns)
+    if name == "penguins":
+        import palmerpenguins
+
+        df = palmerpenguins.load_penguins()  # the CSV the package ships: no download
+        out = pa.Table.from_pandas(df, preserve_index=False)
+        out = out.append_column("label", out.column("species")).drop(["species"])
+        return out
     x, y, names = sample(name)
-    columns: dict[str, Any] = {n: x[:, i].astype(np.float32) for i, n in enumerate(names)}
+    columns = {n: x[:, i].astype(np.float32) for i, n in enumerate(names)}
     columns["label"] = np.asarray(y, dtype=np.int64)
+    return pa.table(columns)
+
+
+def export(name: str, path: str | Path) -> Path:
+    """Write one of ``EXPORTS`` as Parquet (``table``)."""
+    if name not in EXPORTS:
+        raise ValueError(f"unknown data set {name!r}: one of {', '.join(EXPORTS)}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    pq.write_table(pa.table(columns), tmp)
+    pq.write_table(table(name), tmp)
     tmp.replace(out)  # never leave a half-written file under the real name
     return out
 
@@ -376,8 +405,14 @@ def split(ds: Dataset, cfg: Source) -> Splits:
     """Train/validation/test split fixed by ``data.seed`` (stratified by class, or as
     ``data.stratify`` says), the encoders and the task fitted on the training split only,
     every split encoded with them."""
+    return split_at(ds, cfg, *_indices(ds, _parts(cfg)[0]))
+
+
+def split_at(
+    ds: Dataset, cfg: Source, train: np.ndarray, val: np.ndarray, test: np.ndarray
+) -> Splits:
+    """The splits of the rows at the given indices, fitted and encoded as ``split`` does."""
     dcfg, _, loss = _parts(cfg)
-    train, val, test = _indices(ds, dcfg)
     parts = {
         name: ds.table.take(idx) for name, idx in (("train", train), ("val", val), ("test", test))
     }

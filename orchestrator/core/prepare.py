@@ -67,13 +67,15 @@ class Prepared:
         if t.kind in task_mod.CLASSIFICATION:
             what = f"{t.kind} ({len(t.classes)} classes)"
         else:
-            what = (
-                f"{t.kind} ({t.labels} {'labels' if t.kind == task_mod.MULTILABEL else 'targets'})"
-            )
+            unit = "label" if t.kind == task_mod.MULTILABEL else "target"
+            what = f"{t.kind} ({t.labels} {unit}{'s' if t.labels > 1 else ''})"
         counts: dict[str, int] = {}
         for c in enc.columns:
             counts[c.kind] = counts.get(c.kind, 0) + 1
-        cols = ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts.items())
+        plural = {"number": "numbers", "boolean": "booleans", "category": "categories"}
+        cols = ", ".join(
+            f"{n} {k if n == 1 else plural.get(k, k + 's')}" for k, n in counts.items()
+        )
         imputed = sum(c.indicator for c in enc.columns)
         extra = f"; {imputed} with missing values imputed" if imputed else ""
         return f"task {what}; {len(enc.columns)} feature columns ({cols}){extra}"

@@ -129,7 +129,11 @@ class LabelFacts:
             present = arr.drop_null()
             if len(present) == 0:
                 return
-            x = features.list_numbers("label", present, None)
+            try:
+                x = features.list_numbers("label", present, None)
+            except ConfigError:  # lists of different lengths: said by ``decide``
+                self.list_width = -1
+                return
             width = x.shape[1]
             if self.list_width not in (None, width):
                 self.list_width = -1

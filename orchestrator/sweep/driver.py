@@ -15,13 +15,13 @@ import ray
 from orchestrator import config as config_mod
 from orchestrator.analysis import progress
 from orchestrator.config import Config, ConfigError
-from orchestrator.core import ledger, placement, state
+from orchestrator.core import ledger, model, modelfile, placement, state
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import Prepared, prepare
 from orchestrator.execution import runtime, trials
 from orchestrator.sweep import champion, confirm, search
 from orchestrator.sweep.context import Context
-from orchestrator.tracking import location, schema, writer
+from orchestrator.tracking import champions, location, schema, writer
 
 END_DRAIN_S = 60.0  # how long the end of a sweep waits for MLflow to take its last writes
 
@@ -84,8 +84,28 @@ def run(
         f"({prep.loader}); MLflow {config_mod.redact_uri(location.resolve_uri(cfg))}"
     )
     out(f"[sweep] {prep.describe()}")
+    _say_model_form(cfg, prep, out)
     out(f"[sweep] if the driver stops: orchestrator resume {ctx.path}")
     return _stages(ctx)
+
+
+def _say_model_form(cfg: Config, prep: Prepared, out: Callable[[str], None]) -> None:
+    """Try torch.export on the driver now, so the user learns before the sweep, not after
+    it, what form the champion will have in MLflow (``champions.pt2_refusal``)."""
+    spec = modelfile.spec_of(cfg, prep.encoding, prep.task)
+    net = model.network(cfg, prep.encoding, prep.task)
+    why_not = champions.pt2_refusal(model.Outputs(net, prep.task), spec)
+    if why_not is None:
+        return
+    needs = "this package" + (
+        f" and {cfg.model.kind}" if cfg.model.kind not in ("mlp", "cnn") else ""
+    )
+    out(
+        f"[sweep] the champion is logged without a pt2 program: {why_not}. "
+        f"mlflow.pyfunc.load_model loads its pickle-free form through this package's "
+        f"loader (needs {needs} importable) and takes a DataFrame of the raw columns; "
+        "orchestrator serve takes the same columns as named records"
+    )
 
 
 def resume(

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -86,26 +87,77 @@ def log_champion(
         # the run's own experiment: MLflow refuses to resume a run of another experiment
         # than the process's active one (a replay, or a second sweep in one process)
         mlflow.set_experiment(experiment_id=MlflowClient().get_run(parent_id).info.experiment_id)
+        requirements = [
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"mlflow=={mlflow.__version__}",
+            "numpy",
+        ]
         with mlflow.start_run(run_id=parent_id):
-            info = mlflow.pytorch.log_model(
-                served,
-                name="model",
-                signature=signature,
-                input_example=x_example[:2],
-                # torch.export's pt2 format: the graph and weights, no pickled Python classes,
-                # so the model loads where this package is not installed.
-                serialization_format="pt2",
-                metadata=meta,
-                extra_files=[str(weights), str(spec_path)],
-                # Stated, not inferred: inference reloads the model in a subprocess (~7 s).
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"mlflow=={mlflow.__version__}",
-                    "numpy",
-                ],
-            )
+            why_not = pt2_refusal(served, spec)
+            if why_not is None:
+                info = mlflow.pytorch.log_model(
+                    served,
+                    name="model",
+                    signature=signature,
+                    input_example=x_example[:2],
+                    # torch.export's pt2 format: the graph and weights, no pickled Python
+                    # classes, so the model loads where this package is not installed.
+                    serialization_format="pt2",
+                    metadata=meta,
+                    extra_files=[str(weights), str(spec_path)],
+                    # Stated, not inferred: inference reloads the model in a subprocess.
+                    pip_requirements=requirements,
+                )
+            else:  # the pickle-free form alone, with a loader from this package's code
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                    artifacts={
+                        modelfile.WEIGHTS_FILE: str(weights),
+                        modelfile.MODEL_FILE: str(spec_path),
+                    },
+                    signature=records_signature(spec),
+                    metadata={**meta, "pt2": f"not exported: {why_not}"},
+                    pip_requirements=[*requirements, "orchestrator"],
+                )
             mlflow.log_metrics(test_metrics, timestamp=at_ms or int(time.time() * 1000))
     return str(info.model_uri)
+
+
+def pt2_refusal(served: torch.nn.Module, spec: modelfile.Spec) -> str | None:
+    """Why torch.export's pt2 program cannot be the champion's MLflow form (None: it can).
+    It takes one float matrix: a model with text categories or lists takes named columns,
+    and a user's module may not trace. Tried on the driver before the sweep starts too
+    (``sweep.driver``), so the user knows then what ``mlflow.pyfunc.load_model`` offers."""
+    if not spec.encoding.numeric():
+        return "its inputs include text categories or lists, which a pt2 program cannot take"
+    try:
+        with torch.no_grad():
+            torch.export.export(served.eval(), (torch.zeros(2, spec.num_features),))
+    except Exception as e:  # noqa: BLE001 - any failure to trace: fall back, say why
+        return f"torch.export cannot trace the model ({type(e).__name__}: {str(e)[:200]})"
+    return None
+
+
+def records_signature(spec: modelfile.Spec) -> Any:
+    """The MLflow signature of raw named columns (what the pyfunc form takes)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    from orchestrator.core import features
+
+    def col(c: features.Column) -> ColSpec:
+        required = spec.encoding.missing != "impute"
+        if c.kind == features.LIST:
+            return ColSpec(Array(DataType.double), c.name, required=required)
+        if c.kind == features.BOOLEAN:
+            return ColSpec(DataType.boolean, c.name, required=required)
+        if c.kind == features.CATEGORY:
+            text = c.dtype in ("string", "large_string")
+            return ColSpec(DataType.string if text else DataType.long, c.name, required=required)
+        return ColSpec(DataType.double, c.name, required=required)
+
+    return ModelSignature(inputs=Schema([col(c) for c in spec.encoding.columns]))
 
 
 def register_version(

@@ -46,11 +46,18 @@ def download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
     downloaded, and again on disk (a store may list no size)."""
 
     caps = {modelfile.MODEL_FILE: modelfile.MAX_SPEC_BYTES, modelfile.WEIGHTS_FILE: max_weights}
-    listed = {
-        Path(a.path).name: a.file_size
-        for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/extra_files")
-        if not a.is_dir
-    }
+    # beside a pt2 program they are the model's extra_files; a model logged without one
+    # (``champions.pt2_refusal``) holds them as its pyfunc artifacts
+    for where in ("extra_files", "artifacts"):
+        listed = {
+            Path(a.path).name: a.file_size
+            for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{fixed}/{where}")
+            if not a.is_dir
+        }
+        if all(name in listed for name in caps):
+            break
+    else:
+        where = "extra_files"
     missing = [name for name in caps if name not in listed]
     if missing:
         files = " and ".join(f"extra_files/{name}" for name in missing)
@@ -67,18 +74,18 @@ def download(fixed: str, version: str, folder: Path, max_weights: int) -> None:
         if (listed[name] or 0) > cap:
             raise Refused(
                 version,
-                f"{fixed}: extra_files/{name} is {listed[name]:,} bytes, "
+                f"{fixed}: {where}/{name} is {listed[name]:,} bytes, "
                 f"over the cap of {cap:,}" + raise_cap(name),
             )
         path = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{fixed}/extra_files/{name}", dst_path=str(folder)
+                artifact_uri=f"{fixed}/{where}/{name}", dst_path=str(folder)
             )
         )
         if path.stat().st_size > cap:
             raise Refused(
                 version,
-                f"{fixed}: extra_files/{name} is {path.stat().st_size:,} "
+                f"{fixed}: {where}/{name} is {path.stat().st_size:,} "
                 f"bytes, over the cap of {cap:,}" + raise_cap(name),
             )
         if path.parent != folder:

@@ -26,6 +26,8 @@ created by it (and a registered version, on the version's tags)."""
 # ---------------------------------------------------------------- the sweep's run
 SWEEP_DIR = "orchestrator.sweep_dir"
 BASELINE = "orchestrator.baseline"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # which view MLflow's UI opens an experiment in
+MODEL_TRAINING = "custom_model_development"  # (the other: genai_development, traces)
 """Prose for people: ``loss=0.1234 accuracy=0.1234 (predicting ...)``; the numbers are also
 in ``BASELINE_LOSS`` and ``BASELINE_ACCURACY`` (runs of 0.1 have only this one)."""
 BASELINE_LOSS = "orchestrator.baseline_loss"

@@ -35,6 +35,9 @@ def connect(cfg: Config, out: Callable[[str], None] = print) -> tuple[outbox.Out
     try:
         exp = client.get_experiment_by_name(cfg.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+        if exp is None or schema.EXPERIMENT_KIND not in exp.tags:  # a user's own stays
+            # MLflow's UI opens an experiment by its kind: model training, not GenAI traces
+            client.set_experiment_tag(exp_id, schema.EXPERIMENT_KIND, schema.MODEL_TRAINING)
     except Exception as e:
         if not outbox.unreachable(e):
             raise

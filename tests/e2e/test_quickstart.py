@@ -87,6 +87,8 @@ def test_asha_stops_two_worker_trials_early_and_the_sweep_still_finishes(sweep: 
 def test_mlflow_has_one_parent_and_exactly_one_child_per_trial(sweep: dict) -> None:
     client = _client(sweep["uri"])
     exp = client.get_experiment_by_name("e2e")
+    # MLflow's UI opens it in its model-training view, not on GenAI traces
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("orchestrator.role") == "sweep"]
     trials = [r for r in runs if r.data.tags.get("orchestrator.role") == "trial"]

@@ -137,3 +137,55 @@ def test_a_new_champion_leaves_the_old_one_the_previous_alias(
     assert registry.champion_version(client, "m") == versions[1] == "2"
     assert registry.champion_version(client, "m", "previous") == versions[0] == "1"
     assert registry.champion_version(client, "nope") is None
+
+
+def test_a_champion_torch_export_cannot_take_is_logged_pickle_free_for_pyfunc_and_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text categories: no pt2 program; the pickle-free files with a loader from this
+    package's code, which ``mlflow.pyfunc.load_model`` runs on raw columns, and which the
+    model server reads without running anything."""
+    import mlflow
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.core import data
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 90
+    frame = pa.table(
+        {
+            "size": rng.normal(size=n),
+            "color": rng.choice(["red", "blue"], size=n),
+            "label": rng.choice(["a", "b", "c"], size=n),
+        }
+    )
+    pq.write_table(frame, tmp_path / "t.parquet")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_cfg(
+        str(tmp_path / "t.parquet"),
+        **{"model.hidden": [4], "tracking.register_as": "cats", "tracking.uri": uri},
+    )
+    splits = data.load_splits(cfg)
+    net = model.network(cfg, splits.encoding, splits.task).eval()
+    spec = modelfile.spec_of(cfg, splits.encoding, splits.task)
+    assert "text categories" in str(champions.pt2_refusal(model.Outputs(net, spec.task), spec))
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    parent, trial = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    version = champions.register_champion(
+        cfg, parent, net, splits.x_test[:3], spec, {"test_accuracy": 0.5}, trial
+    )
+    back, _, got_version, _ = registry.load("models:/cats@champion", 1 << 20)
+    assert got_version == version
+    rows = pd.DataFrame({"size": [0.5, -1.0], "color": ["red", "green"]})  # green: unseen
+    got = np.asarray(mlflow.pyfunc.load_model("models:/cats@champion").predict(rows))
+    red = 2 + spec.encoding.columns[1].values.index("red")  # codes: unknown, missing, values
+    x = torch.tensor([[0.5, red], [-1.0, 0.0]], dtype=torch.float32)
+    with torch.no_grad():
+        direct = model.Outputs(back, spec.task)(x).numpy()
+    assert got.shape == (2, 3) and np.allclose(got, direct, atol=1e-6)
