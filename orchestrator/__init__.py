@@ -1,3 +1,28 @@
-"""Find the bias/variance sweet spot at cluster scale: Ray Train + Ray Tune + MLflow."""
+"""Find the bias/variance sweet spot at cluster scale: Ray Train + Ray Tune + MLflow.
+
+The Python API (``orchestrator.api``): ``load_config``, ``sweep`` and ``train``. Importing
+the package imports neither Ray nor MLflow; the first call that needs them does."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["load_config", "sweep", "train"]
+
+if TYPE_CHECKING:
+    from orchestrator.api import load_config, train
+
+
+def __getattr__(name: str) -> Any:
+    """The API's functions, imported on first use (``import orchestrator`` stays cheap).
+    ``sweep`` is the ``orchestrator.sweep`` package itself, which is callable."""
+    if name == "sweep":
+        import importlib
+
+        return importlib.import_module("orchestrator.sweep")
+    if name in __all__:
+        from orchestrator import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

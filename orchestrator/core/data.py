@@ -360,7 +360,9 @@ def _stratify(ds: Dataset, cfg: DataConfig) -> np.ndarray | None:
     return None
 
 
-def _indices(ds: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(ds: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the train, validation and test splits ``split`` makes (seeded by
+    ``data.seed``; stratified as ``data.stratify`` says)."""
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(ds.table.num_rows)
@@ -405,7 +407,7 @@ def split(ds: Dataset, cfg: Source) -> Splits:
     """Train/validation/test split fixed by ``data.seed`` (stratified by class, or as
     ``data.stratify`` says), the encoders and the task fitted on the training split only,
     every split encoded with them."""
-    return split_at(ds, cfg, *_indices(ds, _parts(cfg)[0]))
+    return split_at(ds, cfg, *split_indices(ds, _parts(cfg)[0]))
 
 
 def split_at(

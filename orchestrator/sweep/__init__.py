@@ -9,6 +9,10 @@ the thin callbacks in ``hooks``; ``tuner`` builds the Tune runs; ``train`` is
 ``orchestrator.core.state``.
 """
 
+import sys
+import types
+from typing import Any
+
 from orchestrator.sweep import hooks
 from orchestrator.sweep.driver import SweepSummary, resume, run
 from orchestrator.sweep.train import TrainSummary, train_run
@@ -19,3 +23,16 @@ _live_callback = hooks.live
 _Watchdog = hooks.Watchdog
 
 __all__ = ["SweepSummary", "TrainSummary", "resume", "run", "train_run"]
+
+
+class _Callable(types.ModuleType):
+    """This package is also the API's ``orchestrator.sweep(config, overrides)``: the name is
+    one, whichever was imported first."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SweepSummary:
+        from orchestrator import api
+
+        return api.sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable

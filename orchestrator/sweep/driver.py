@@ -46,6 +46,12 @@ class SweepSummary:
     pending: int = 0  # MLflow writes kept for `orchestrator tracking replay`
     sweep_dir: str = ""
 
+    @property
+    def model_uri(self) -> str | None:
+        """The champion's registered model, ``models:/NAME/VERSION`` (None: not yet
+        registered, MLflow was away at the end)."""
+        return f"models:/{self.register_as}/{self.model_version}" if self.model_version else None
+
 
 def run(
     cfg: Config,
