@@ -140,8 +140,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
         f"<h1>Sweep {html.escape(view.folder.name)}</h1>",
         f"<p>{len(view.trials)} trials, ranked by {html.escape(key)} ({mode}): "
         + ", ".join(f"{_label(lab)} {n}" for lab, n in counts.items() if n)
-        + f". Baseline (predicting the class frequencies): loss "
-        f"{view.baseline.loss:.3f}, accuracy {view.baseline.accuracy:.3f}. "
+        + f". {diagnosis.describe(view.baseline).capitalize()}. "
         f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]

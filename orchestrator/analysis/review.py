@@ -140,8 +140,7 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
     out(
         f"[diagnose] {view.folder.name}: {len(view.trials)} trials: "
         + ", ".join(f"{n} {lab}" for lab, n in counts.items() if n)
-        + f"; baseline (class frequencies) loss {view.baseline.loss:.3f}, accuracy "
-        f"{view.baseline.accuracy:.3f}"
+        + f"; {diagnosis.describe(view.baseline)}"
     )
     keys = list(view.cfg.sweep.space)
     header = ["trial", *keys, key, "train_loss", "fit"]

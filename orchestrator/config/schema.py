@@ -747,9 +747,10 @@ class TrackingConfig(Section):
 
 class DiagnosisConfig(Section):
     """Thresholds of the bias/variance labels (see orchestrator/core/diagnosis.py). Losses are
-    fractions of the baseline's loss (predicting the training split's class frequencies);
-    both curves are read smoothed (median of three epochs). Tuned on tests/curves/corpus.json
-    (`python -m jobs.curves score` shows the confusion matrix for any values)."""
+    fractions of the baseline's loss (the trivial predictor: class frequencies, the training
+    mean of a regression target, label frequencies); both curves are read smoothed (median
+    of three epochs). Tuned on tests/curves/corpus.json (`python -m jobs.curves score` shows
+    the confusion matrix for any values)."""
 
     underfit_loss_ratio: Number = 0.15
     """High bias: the lowest training loss of the whole run is above this x baseline (never

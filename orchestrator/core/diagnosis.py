@@ -59,8 +59,9 @@ HIGH_ACCURACY = 0.95  # from 95% up, the overfit reason quotes training accuracy
 class Baseline:
     """What a model that learned nothing from the features scores: losses are read against it."""
 
-    loss: float  # cross-entropy of predicting the training split's class frequencies
-    accuracy: float  # always predicting the most frequent class
+    loss: float  # the trivial predictor's: class frequencies (cross-entropy), the training
+    # mean (MSE on standardized targets: 1), label frequencies (mean binary cross-entropy)
+    accuracy: float  # always predicting the most frequent class (NaN: not classes)
 
 
 def baseline(class_counts: list[int] | Any) -> Baseline:
@@ -71,6 +72,12 @@ def baseline(class_counts: list[int] | Any) -> Baseline:
         return Baseline(math.nan, math.nan)
     priors = [c / total for c in counts]
     return Baseline(-sum(p * math.log(p) for p in priors), max(priors))
+
+
+def describe(base: Baseline) -> str:
+    """The baseline in words: its loss, and its accuracy where the task has one."""
+    acc = f", accuracy {base.accuracy:.3f}" if math.isfinite(base.accuracy) else ""
+    return f"baseline (the trivial predictor) loss {base.loss:.3f}{acc}"
 
 
 @dataclass

@@ -307,6 +307,17 @@ def factory(kind: str) -> Callable[..., Any]:
     return fn
 
 
+def factory_source(kind: str) -> str | None:
+    """The file a factory is defined in (its source, kept with the champion so the run can
+    be reproduced); None for the built-in kinds or code without a file."""
+    if kind in ("mlp", "cnn"):
+        return None
+    try:
+        return inspect.getsourcefile(factory(kind))
+    except TypeError:  # a built-in or C function
+        return None
+
+
 def declared_space(kind: str) -> dict[str, Any]:
     """The ranges a factory declares worth searching for its own arguments (a
     ``search_space`` mapping beside it), as ``sweep.space`` entries (``model.args.NAME``);

@@ -120,6 +120,9 @@ def log_champion(
                     metadata={**meta, "pt2": f"not exported: {why_not}"},
                     pip_requirements=[*requirements, "orchestrator"],
                 )
+            source = model.factory_source(spec.model.kind)
+            if source:  # the user's model code, as text, for reproducibility (never loaded)
+                mlflow.log_artifact(source, artifact_path="code")
             mlflow.log_metrics(test_metrics, timestamp=at_ms or int(time.time() * 1000))
     return str(info.model_uri)
 

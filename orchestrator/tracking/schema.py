@@ -78,8 +78,8 @@ METRIC_KEYS = (
 def baseline_tags(loss: float, accuracy: float) -> dict[str, str]:
     """The sweep run's baseline: the prose tag for people and the two numbers for code."""
     return {
-        BASELINE: f"loss={loss:.4f} accuracy={accuracy:.4f} (predicting the "
-        "training split's class frequencies)",
+        BASELINE: f"loss={loss:.4f} accuracy={accuracy:.4f} (the trivial predictor: the "
+        "training split's class frequencies, mean target or label frequencies)",
         BASELINE_LOSS: repr(float(loss)),
         BASELINE_ACCURACY: repr(float(accuracy)),
     }

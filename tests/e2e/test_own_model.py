@@ -79,6 +79,19 @@ def test_the_sweep_says_what_it_decided_and_trains_the_users_model(sweep: dict) 
     assert "trials done 3/3" in out and "test accuracy " in out
     accuracy = float(out.split("test accuracy ")[1].split()[0].rstrip(";,"))
     assert accuracy > 0.9  # penguins' species are nearly separable by the measurements
+    assert "logged without a pt2 program: its inputs include text categories" in out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sweep["uri"])
+    exp = client.get_experiment_by_name("penguins")
+    parent = next(
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("orchestrator.role") == "sweep"
+    )
+    # the user's code is kept with the champion, as text, for reproducibility
+    logged = [a.path for a in client.list_artifacts(parent.info.run_id, "code")]
+    assert logged == ["code/penguin_models.py"]
 
 
 def _serve(sweep: dict, *overrides: str) -> tuple[subprocess.Popen, int]:
