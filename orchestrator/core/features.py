@@ -35,6 +35,7 @@ MEDIAN_VALUES = 1 << 23  # values kept for medians over all columns (64 MB), at 
 MIN_MEDIAN_SAMPLE = 4096  # ...but at least this many per element (a median within ~1.5%)
 MAX_LIST = 1 << 20  # numbers in one list cell, at most (a 1024x1024 image)
 MAX_COLUMNS = 100_000  # encoded numbers per row, at most
+SCHEMA_VALUES = 1000  # a category's values listed in the input schema, at most
 NULL_WORD = 0x7FC00000  # a missing value hashes as float32 NaN, whatever its column's type
 
 
@@ -107,6 +108,8 @@ class Encoding:
                 entry["length"] = c.width
             if c.kind == CATEGORY:
                 entry["categories"] = len(c.values)
+                if len(c.values) <= SCHEMA_VALUES:  # a long vocabulary: its size only
+                    entry["values"] = list(c.values)
             entry["nullable"] = self.missing == "impute"
             out.append(entry)
         return out

@@ -380,9 +380,56 @@ class _TooBig(Exception):
 CLIENT_GONE = 499  # nginx's status for "the client closed the request", in /metrics only
 
 
-def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
-    """OpenAPI for /predict, written out: the body is parsed by ``parse_features``, not by
-    a pydantic model, but clients and fuzzers still get the exact shape."""
+def _records_body(enc: Any, max_batch: int) -> dict[str, Any]:
+    """The JSON schema of ``dataframe_records`` for the model's input columns (the other
+    scoring shapes carry the same fields: /metadata)."""
+    from orchestrator.core import features
+
+    nullable = enc.missing == "impute"
+
+    def field(c: features.Column) -> dict[str, Any]:
+        number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+        if c.kind == features.LIST:
+            out: dict[str, Any] = {
+                "type": "array",
+                "items": number,
+                "minItems": c.width,
+                "maxItems": c.width,
+            }
+        elif c.kind == features.BOOLEAN:
+            out = {"type": "boolean"}
+        elif c.kind == features.CATEGORY:
+            text = c.dtype in ("string", "large_string")
+            out = {"type": "string" if text else "integer"}
+            if enc.unknown_category == "error" and len(c.values) <= features.SCHEMA_VALUES:
+                out["enum"] = list(c.values)
+        else:
+            out = number
+        return {"anyOf": [out, {"type": "null"}]} if nullable else out
+
+    return {
+        "type": "object",
+        "required": ["dataframe_records"],
+        "description": "named records (also accepted: dataframe_split, instances, inputs)",
+        "properties": {
+            "dataframe_records": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_batch,
+                "items": {
+                    "type": "object",
+                    "required": enc.names,
+                    "properties": {c.name: field(c) for c in enc.columns},
+                },
+            }
+        },
+    }
+
+
+def _schemas(num_features: int, max_batch: int, served: Served | None = None) -> dict[str, Any]:
+    """OpenAPI for /predict, written out: the body is parsed by ``parse_input``, not by
+    a pydantic model, but clients and fuzzers still get the exact shape (a model of numbers:
+    the ``features`` matrix; one with text categories or lists: named records)."""
     error = {
         "application/json": {
             "schema": {
@@ -410,6 +457,8 @@ def _schemas(num_features: int, max_batch: int) -> dict[str, Any]:
             }
         },
     }
+    if served is not None and served.spec is not None and not served.spec.encoding.numeric():
+        body = _records_body(served.spec.encoding, max_batch)
     return {
         "openapi_extra": {
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
@@ -462,7 +511,7 @@ def create_app(  # noqa: PLR0913 - each is one serve.* setting that tests set on
     )
     app.add_middleware(Guard, key_digest=digest, limit=limit, metrics=metrics)
     # first: the router tries routes in order, and this is the hot one
-    _add_predict(app, box, served.num_features, max_batch)
+    _add_predict(app, box, served, max_batch)
     _add_validation_handler(app)
     _add_health(app, box)
     _add_metadata(app, box, max_batch, window_ms)
@@ -545,8 +594,12 @@ async def _poll(swap: _Swap, poll_s: float) -> None:
             print(f"serve: reload failed, still serving the old model: {e}", flush=True)
 
 
-def _add_predict(app: FastAPI, box: _Box, num_features: int, max_batch: int) -> None:
-    @app.post("/predict", response_model=PredictResponse, **_schemas(num_features, max_batch))
+def _add_predict(app: FastAPI, box: _Box, served: Served, max_batch: int) -> None:
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        **_schemas(served.num_features, max_batch, served),
+    )
     async def predict(request: Request) -> Response:
         st = box["state"]
         try:

@@ -87,6 +87,8 @@ def test_every_scoring_shape_gives_the_models_own_answer(tmp_path: Path, body: d
     assert np.allclose(probs, _direct(served, ROWS), atol=1e-6)
     assert r.json()["predictions"] == [served.classes[i] for i in probs.argmax(1)]
     assert [c["name"] for c in meta["input"]["columns"]] == ["size", "color", "sig", "ok"]
+    color = meta["input"]["columns"][1]
+    assert color["type"] == "category" and sorted(color["values"]) == ["blue", "green", "red"]
     assert "features" not in meta["input"]["formats"]  # text categories: records only
 
 
@@ -142,3 +144,17 @@ def test_regression_and_multilabel_answer_in_their_own_terms(tmp_path: Path) -> 
     probs = np.asarray(r.json()["probabilities"])
     assert probs.shape == (3, 3) and np.allclose(probs, _direct(ml, ROWS), atol=1e-6)
     assert r.json()["predictions"] == (probs > 0.5).astype(int).tolist()
+
+
+def test_the_openapi_schema_describes_the_records_the_model_takes(tmp_path: Path) -> None:
+    import jsonschema
+
+    served = _served(tmp_path, _classes, **{"data.unknown_category": "error"})
+    doc = serve.create_app(served).openapi()
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    schema = body["schema"]
+    jsonschema.validate({"dataframe_records": ROWS[:2]}, schema)  # what it answers 200
+    with pytest.raises(jsonschema.ValidationError):  # an island never seen: refused
+        jsonschema.validate({"dataframe_records": ROWS}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"dataframe_records": [{**ROWS[0], "sig": [1.0]}]}, schema)
