@@ -28,6 +28,8 @@ def init_ray(verbose: bool = False) -> None:
     if os.getcwd() not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *filter(None, paths)])
     level = logging.INFO if verbose else logging.ERROR
+    if not verbose:
+        quiet_raylet()
     address = os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
@@ -46,6 +48,37 @@ def init_ray(verbose: bool = False) -> None:
             "Ray's dashboard did not start; without it, trials stopped early "
             "leak their workers. Check `ray[default]` is installed."
         )
+
+
+RAYLET_LOG = "orchestrator-raylet-messages.log"  # in Ray's session log folder
+
+
+def quiet_raylet() -> None:
+    """Ray's driver prints the raylet's messages ("N PYTHON worker processes have been
+    started ...") to the terminal whatever ``log_to_driver`` says; they are Ray's internals,
+    not the sweep's progress. Send them to ``RAYLET_LOG`` in the session's log folder
+    instead (``--verbose`` keeps them on the terminal)."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "quiet", False):
+        return
+
+    def to_file(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+            return
+        try:
+            node = ray_worker._global_node
+            folder = node.get_logs_dir_path() if node is not None else None
+            if folder:
+                with open(os.path.join(folder, RAYLET_LOG), "a") as f:
+                    f.writelines(f"{line}\n" for line in data.get("lines", []))
+        except OSError:
+            pass  # a message lost is better than one on the terminal mid-progress
+
+    to_file.quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_file
 
 
 def free_port() -> int:

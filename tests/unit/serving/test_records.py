@@ -154,7 +154,7 @@ def test_the_openapi_schema_describes_the_records_the_model_takes(tmp_path: Path
     body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     schema = body["schema"]
     jsonschema.validate({"dataframe_records": ROWS[:2]}, schema)  # what it answers 200
-    with pytest.raises(jsonschema.ValidationError):  # an island never seen: refused
+    with pytest.raises(jsonschema.ValidationError):  # a color never seen: refused
         jsonschema.validate({"dataframe_records": ROWS}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"dataframe_records": [{**ROWS[0], "sig": [1.0]}]}, schema)
