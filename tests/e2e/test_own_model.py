@@ -1,7 +1,8 @@
-"""A user's own model on a real table, end to end through the real CLI: a factory in the
-user's folder (not installed) imported by every Ray worker, penguins with text categories
-and missing values, a real MLflow store, the champion served over HTTP from raw records
-by a server that trusts that factory, and refused by one that does not."""
+"""A user's own model on a real table, end to end through the real CLI: the example factory
+(jobs/factories.py) as a module in the user's folder (not installed) imported by every Ray
+worker, penguins with text categories and missing values, a real MLflow store, the champion
+served over HTTP from raw records by a server that trusts that factory, and refused by one
+that does not."""
 
 from __future__ import annotations
 
@@ -22,27 +23,15 @@ from orchestrator.core import data, model
 pytestmark = pytest.mark.slow
 
 NAME = "e2e-own-model"
-FACTORY = "penguin_models:wide_and_deep"
-MODULE = '''
-"""The user's own models: not installed, only in the folder the sweep runs from."""
-from torch import nn
-
-
-def wide_and_deep(problem, width=16, depth=1):
-    if width < 1:
-        raise ValueError(f"width must be positive, got {width}")
-    layers, n = [], problem.inputs
-    for _ in range(depth):
-        layers += [nn.Linear(n, width), nn.ReLU(), nn.Dropout(problem.dropout)]
-        n = width
-    return nn.Sequential(*layers, nn.Linear(n, problem.outputs))
-'''
+# the shipped example factory, copied into the user's folder under another name: neither
+# installed nor on any path but the folder the sweep runs from
+FACTORY = "penguin_models:residual_mlp"
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("own-model")
-    (tmp / "penguin_models.py").write_text(MODULE)
+    (tmp / "penguin_models.py").write_text((ROOT / "jobs" / "factories.py").read_text())
     table = data.export("penguins", tmp / "penguins.parquet")
     uri = f"sqlite:///{tmp}/mlflow.db"
     env = {**os.environ, "RAY_ADDRESS": "local"}
@@ -58,7 +47,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"sweep.storage_path={tmp}/results",
         f"tracking.register_as={NAME}",
         f"model.kind={FACTORY}",
-        "model.args={width: 16, depth: 1}",
+        "model.args={width: 32, depth: 1}",
         "sweep.space={model.args.width: {type: choice, values: [8, 32]}, "
         "model.args.depth: {type: choice, values: [1, 2]}}",
         "sweep.searcher=random",
