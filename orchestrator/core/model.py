@@ -260,7 +260,7 @@ class Preprocess(nn.Module):
         """Per raw column: the spread augmentation noise is relative to (a number's standard
         deviation; 0 for a category code, which noise must not move)."""
         out = torch.zeros(self.encoding.width)
-        out[self.num_idx] = self.std.cpu()
+        out[self.num_idx.cpu()] = self.std.cpu()  # the module may sit on a GPU already
         return out
 
 

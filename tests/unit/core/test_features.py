@@ -330,3 +330,19 @@ def test_regression_trains_on_standardized_targets_and_reports_in_their_units(
     assert last["val_r2"] > 0.9 and 5.0 < last["val_rmse"] < 100.0  # dollars, not z-scores
     served = model.Outputs(model.network(cfg, splits.encoding, splits.task), splits.task)
     assert served(torch.zeros(2, 3)).shape == (2, 1)
+
+
+def test_augmentation_noise_moves_numbers_never_category_codes(tmp_path: Path) -> None:
+    path = _write(tmp_path, _mixed())
+    cfg = make_cfg(path, **{"data.missing": "impute", "train.augment": True})
+    splits = data.load_splits(cfg)
+    pre = model.network(cfg, splits.encoding, splits.task)[0]
+    assert isinstance(pre, model.Preprocess)
+    scale = pre.noise_scale()
+    x = torch.from_numpy(splits.x_train)
+    noisy = loop.augment(x, cfg, scale)
+    codes = [2, 3]  # city and shop: raw columns 2 and 3 (a, flag before them)
+    assert torch.equal(noisy[:, codes], x[:, codes]) and (scale[codes] == 0).all()
+    moved = ~torch.isnan(x[:, 0])
+    assert not torch.equal(noisy[moved, 0], x[moved, 0])
+    assert torch.isnan(noisy[~moved, 0]).all()  # still missing: imputed after the noise
