@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
     if name == "sweep":
         import importlib
 
-        return importlib.import_module("orchestrator.sweep")
+        return importlib.import_module(f"{__name__}.sweep")
     if name in __all__:
         from orchestrator import api
 

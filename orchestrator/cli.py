@@ -85,10 +85,7 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
     )
     how = f", chosen on the mean of {cfg.sweep.confirm_seeds} seeds" if summary.confirmed else ""
     print(f"\nchampion: trial {summary.champion.trial_id} ({values}){how}")
-    print(
-        f"  test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f} "
-        f"(held-out test split, {summary.sizes['test']} rows)"
-    )
+    print(f"  {progress.test_summary(t)} (held-out test split, {summary.sizes['test']} rows)")
     if summary.model_version is None:
         print(
             f"  NOT registered yet: MLflow at {summary.tracking_uri} was away at the end; "
@@ -132,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"\n{progress.status_of(rec, cfg.train.epochs)} after {rec.epochs} epochs; best "
         f"{cfg.sweep.metric}={best.get(cfg.sweep.metric, nan):.4f} at epoch "
-        f"{int(best.get('epoch', 0))} (val_accuracy={best.get('val_accuracy', nan):.4f})"
+        f"{int(best.get('epoch', 0))} ({progress.score_key(best)}="
+        f"{best.get(progress.score_key(best), nan):.4f})"
     )
     if rec.diagnosis:
         print(f"  fit: {rec.diagnosis}: {rec.diagnosis_reasons}")

@@ -17,9 +17,43 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+SCORES = ("accuracy", "r2", "f1")  # a task's headline score: classes, regression, multilabel
+
+
+def score_key(values: dict[str, Any], split: str = "val") -> str:
+    """The task's headline score among ``values`` (``val_accuracy`` for classes,
+    ``val_r2`` for regression, ``val_f1`` (micro) for multilabel)."""
+    for score in SCORES:
+        if f"{split}_{score}" in values:
+            return f"{split}_{score}"
+    return f"{split}_accuracy"
+
+
+def test_summary(t: dict[str, float]) -> str:
+    """The champion's test scores in words, as fits its task."""
+    if "test_accuracy" in t:
+        return f"test accuracy {t['test_accuracy']:.4f}, macro F1 {t['test_f1']:.4f}"
+    if "test_r2" in t:
+        return f"test RMSE {t['test_rmse']:.4g}, MAE {t['test_mae']:.4g}, R² {t['test_r2']:.4f}"
+    return (
+        f"test micro F1 {t.get('test_f1', math.nan):.4f}, macro F1 "
+        f"{t.get('test_macro_f1', math.nan):.4f}, subset accuracy "
+        f"{t.get('test_subset_accuracy', math.nan):.4f}"
+    )
+
+
 def epoch_line(result: dict[str, Any]) -> str:
     """The ``[train]`` line of one reported epoch: its losses and scores, and how it ended."""
-    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_f1")
+    keys = (
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "val_f1",
+        "val_rmse",
+        "val_r2",
+        "val_subset_accuracy",
+    )
     flags = " ".join(k for k in ("early_stopped", "diverged") if result.get(k))
     return (
         f"[train] epoch {int(result['epoch'])}: "
@@ -37,9 +71,10 @@ def progress_line(records: list[TrialRecord], total: int, metric: str, mode: str
     if best is None or best.best is None:
         return head
     values = ", ".join(f"{k}={_fmt(v)}" for k, v in best.values.items())
+    score = score_key(best.best)
     return (
         f"{head} | best {metric}={best.best[metric]:.4f} "
-        f"(val_accuracy={best.best.get('val_accuracy', float('nan')):.4f}; {values})"
+        f"({score}={best.best.get(score, float('nan')):.4f}; {values})"
     )
 
 
@@ -66,7 +101,8 @@ def table(
     """The final trial table, best first: searched values, epochs run, the ranking metric,
     val loss and accuracy, and the generalization gap at the best epoch."""
     key, mode = rank
-    shown = [k for k in dict.fromkeys((key, "val_loss", "val_accuracy", "gap"))]
+    score = score_key(next((r.best for r in records if r.best), {}))
+    shown = [k for k in dict.fromkeys((key, "val_loss", score, "gap"))]
     header = ["trial", *keys, "epochs", *shown, "status", "fit"]
     sign = 1 if mode == "min" else -1
     rows = []

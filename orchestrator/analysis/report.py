@@ -17,7 +17,7 @@ import mlflow
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator.analysis import plots, review
+from orchestrator.analysis import plots, progress, review
 from orchestrator.analysis.review import SweepView
 from orchestrator.core import diagnosis
 from orchestrator.core.prepare import prepare
@@ -145,7 +145,8 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
     # the trials
-    head = ["trial", *keys, "epochs", key, "train_loss", "val_accuracy", "fit", "why"]
+    score = progress.score_key(next((t.best for t in view.trials if t.best), {}))
+    head = ["trial", *keys, "epochs", key, "train_loss", score, "fit", "why"]
     parts.append(
         "<h2>Trials</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     )
@@ -157,7 +158,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
             str(epochs),
             _fmt(t.best.get(key, math.nan)),
             _fmt(t.best.get("train_loss", math.nan)),
-            _fmt(t.best.get("val_accuracy", math.nan)),
+            _fmt(t.best.get(score, math.nan)),
             _label(t.label),
             html.escape(t.reasons),
         ]

@@ -51,7 +51,9 @@ class SweepView:
     why: list[str]
 
 
-METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "gap")
+METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "gap", "val_r2", "val_f1")
+"""Read back for each trial (with the ranking metric): the losses, the gap and each task's
+headline score (accuracy for classes, R² for regression, micro F1 for multilabel)."""
 
 
 def load(experiment: str, storage: str = "results") -> SweepView:
@@ -79,7 +81,7 @@ def load(experiment: str, storage: str = "results") -> SweepView:
             k: yaml.safe_load(run.data.params[k]) for k in cfg.sweep.space if k in run.data.params
         }
         rows: dict[int, dict[str, float]] = {}
-        for m in METRICS:
+        for m in dict.fromkeys((*METRICS, config_mod.rank_metric(cfg)[0])):
             for point in client.get_metric_history(run.info.run_id, m):
                 rows.setdefault(point.step, {"epoch": float(point.step)})[m] = point.value
         history = [rows[e] for e in sorted(rows)]

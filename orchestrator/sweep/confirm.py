@@ -10,6 +10,7 @@ import numpy as np
 from ray import tune
 
 from orchestrator import config as config_mod
+from orchestrator.analysis import progress
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.execution import trials
 from orchestrator.sweep import tuner
@@ -54,7 +55,7 @@ def confirm(ctx: Context, records: list[TrialRecord]) -> tuple[TrialRecord, list
         ctx.out(
             f"[confirm] {'*' if i == 0 else ' '} trial {row['trial_id']}: {key} "
             f"{row['mean']:.4f} +- {row['std']:.4f} over {row['n']} seeds "
-            f"(search run {row['search']:.4f}; val_accuracy {row['val_accuracy']:.4f})"
+            f"(search run {row['search']:.4f}; {row['score_key']} {row['score']:.4f})"
         )
         assert ctx.parent_id is not None
         ctx.client.set_tag(
@@ -94,7 +95,8 @@ def _rows(top: list[TrialRecord], runs: list[TrialRecord], key: str) -> list[dic
         if not mine:
             continue
         scores = np.array([c.best[key] for c in mine])  # type: ignore[index]
-        accs = np.array([c.best.get("val_accuracy", np.nan) for c in mine])  # type: ignore[union-attr]
+        shown = progress.score_key(mine[0].best or {})  # the task's headline score
+        accs = np.array([c.best.get(shown, np.nan) for c in mine])  # type: ignore[union-attr]
         rows.append(
             {
                 "trial_id": r.trial_id,
@@ -104,7 +106,8 @@ def _rows(top: list[TrialRecord], runs: list[TrialRecord], key: str) -> list[dic
                 "mean": float(scores.mean()),
                 "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
                 "n": len(mine),
-                "val_accuracy": float(np.nanmean(accs)),
+                "score_key": shown,
+                "score": float(np.nanmean(accs)),
                 "search": r.best[key],  # type: ignore[index]
             }
         )
@@ -127,7 +130,7 @@ def _champion(win: dict[str, Any], key: str, mode: str) -> TrialRecord:
             **(best_run.best or {}),
             key: win["mean"],
             "epoch": round(epochs),
-            "val_accuracy": win["val_accuracy"],
+            win["score_key"]: win["score"],
         },
         best_run.checkpoint,
         base.status,
