@@ -71,8 +71,12 @@ METRIC_KEYS = (
     "val_f1",
     "gap",
     "objective",
+    *(f"{split}_{m}" for split in ("train", "val") for m in ("rmse", "mae", "r2")),
+    *(f"{split}_{m}" for split in ("train", "val") for m in ("macro_f1", "subset_accuracy")),
 )
-"""What every epoch logs (step = the epoch)."""
+"""What every epoch logs (step = the epoch): the losses and each task's metrics (accuracy
+and F1 for classes; RMSE, MAE, R² for regression; micro and macro F1, subset accuracy for
+multilabel)."""
 
 
 def baseline_tags(loss: float, accuracy: float) -> dict[str, str]:

@@ -84,6 +84,17 @@ def test_a_regression_sweep_through_the_python_api(tmp_path: Path) -> None:
     from orchestrator.tracking import registry
 
     mlflow.set_tracking_uri(uri)
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("diabetes")
+    trials = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("orchestrator.role") == "trial"
+    ]
+    assert len(trials) == 3
+    for t in trials:  # each epoch's regression metrics, in MLflow
+        history = client.get_metric_history(t.info.run_id, "val_r2")
+        assert len(history) >= 10 and {"val_rmse", "train_mae"} <= set(t.data.metrics)
     net, spec, version, _ = registry.load(result["model_uri"], 1 << 30)
     assert version == "1" and spec.task.kind == "regression"
     rows = pq.read_table(table)
