@@ -503,9 +503,17 @@ def _g(cfg: Any, dotted: str) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _capacity(cfg: Any) -> str:
+    """The capacity knob: ``model.hidden`` of a built-in kind, a factory's own arguments."""
+    kind = _v(cfg, "model.kind")
+    if kind in (None, "mlp", "cnn"):
+        return f"model.hidden (now {_v(cfg, 'model.hidden')})"
+    return f"the capacity arguments of {kind} (model.args now {_v(cfg, 'model.args')})"
+
+
 def _underfit_fixes(cfg: Any, still_falling: bool) -> list[str]:
     fixes = [
-        f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')})",
+        f"more capacity: raise {_capacity(cfg)}",
         f"less regularization: lower train.weight_decay (now "
         f"{_g(cfg, 'train.weight_decay')}), train.l1 (now {_g(cfg, 'train.l1')}),"
         f" model.dropout (now {_g(cfg, 'model.dropout')})",
@@ -534,14 +542,14 @@ def _overfit_fixes(cfg: Any) -> list[str]:
         f"augmentation: train.augment: true (now {_v(cfg, 'train.augment')})",
         f"early stopping: set train.early_stopping.patience (now "
         f"{_v(cfg, 'train.early_stopping.patience')})",
-        f"less capacity: lower model.hidden (now {_v(cfg, 'model.hidden')})",
+        f"less capacity: lower {_capacity(cfg)}",
     ]
 
 
 def _both_fixes(cfg: Any) -> list[str]:
     capped = _v(cfg, "data.max_train_rows")
     return [
-        f"more capacity: raise model.hidden (now {_v(cfg, 'model.hidden')}) together with "
+        f"more capacity: raise {_capacity(cfg)} together with "
         "one of the following, so the extra capacity learns signal rather than noise",
         f"stronger regularization: raise train.weight_decay (now "
         f"{_g(cfg, 'train.weight_decay')}) or model.dropout (now {_g(cfg, 'model.dropout')})",
@@ -620,21 +628,29 @@ def propose(
     if len(done) < len(finished):
         why.append(f"{len(finished) - len(done)} diverged or undetermined trial(s) left out")
     labels = {p.get("label") for p in done}
+    factory = _value(cfg, "model.kind") not in (None, "mlp", "cnn")
     if labels <= {"underfit", "both"}:
-        width = list(_value(cfg, "model.hidden") or [64])
-        new["model.hidden"] = {
-            "type": "choice",
-            "values": [[2 * w for w in width], [4 * w for w in width]],
-        }
         counts = ", ".join(
             f"{sum(p.get('label') == lab for p in done)} {lab}"
             for lab in ("underfit", "both")
             if lab in labels
         )
-        why.append(
-            f"every trial high bias ({counts}): more capacity, model.hidden searched "
-            f"over 2x and 4x {width}"
-        )
+        if factory:  # model.hidden would change nothing of a factory's model
+            why.append(
+                f"every trial high bias ({counts}): more capacity, through the factory's own "
+                f"arguments (search the model.args.* that add capacity to "
+                f"{_value(cfg, 'model.kind')})"
+            )
+        else:
+            width = list(_value(cfg, "model.hidden") or [64])
+            new["model.hidden"] = {
+                "type": "choice",
+                "values": [[2 * w for w in width], [4 * w for w in width]],
+            }
+            why.append(
+                f"every trial high bias ({counts}): more capacity, model.hidden searched "
+                f"over 2x and 4x {width}"
+            )
         if len(labels) == 1:
             down = labels == {"underfit"}
             for key in REGULARIZERS:

@@ -383,6 +383,17 @@ def test_when_every_trial_underfits_capacity_goes_up_and_regularization_down() -
     config.from_dict({"data": {"path": "x.parquet"}, "sweep": {"space": space}})  # valid
 
 
+def test_a_factory_model_is_told_to_raise_its_own_capacity_not_model_hidden() -> None:
+    pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="underfit")
+    cfg = _cfg(**{"model.kind": "jobs.factories:residual_mlp", "model.args": {"width": 8}})
+    space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", cfg)
+    assert "model.hidden" not in space  # it would change nothing of a factory's model
+    assert any("factory's own arguments" in w for w in why)
+    assert space["train.weight_decay"]["high"] < SPACE["train.weight_decay"]["high"]  # less L2
+    fixes = diagnosis._underfit_fixes(cfg, still_falling=False)
+    assert "capacity arguments of jobs.factories:residual_mlp" in fixes[0]
+
+
 def test_when_every_trial_is_both_capacity_and_regularization_go_up_together() -> None:
     pts = _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6), (5e-2, 0.5, 1.9)], label="both")
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg(**{"model.hidden": [16, 8]}))
