@@ -169,7 +169,8 @@ def test_runs_carry_pictures_dataset_lineage_and_a_pickle_free_champion(sweep: d
     # the served form: plain tensors + JSON, no unpickled code, same scores as pyfunc
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion"))
     spec = json.loads((folder / "extra_files" / modelfile.MODEL_FILE).read_text())
-    assert spec["num_features"] == 64 and spec["model"]["hidden"] == [1024]
+    assert spec["format"] == 2 and spec["model"]["hidden"] == [1024]
+    assert len(spec["encoding"]["columns"]) == 64 and spec["task"]["kind"] == "multiclass"
     served = serve.load(f"models:/{NAME}@champion", sweep["uri"])
     x = sweep["splits"].x_test
     with torch.no_grad():
