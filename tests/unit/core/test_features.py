@@ -346,3 +346,26 @@ def test_augmentation_noise_moves_numbers_never_category_codes(tmp_path: Path) -
     moved = ~torch.isnan(x[:, 0])
     assert not torch.equal(noisy[moved, 0], x[moved, 0])
     assert torch.isnan(noisy[~moved, 0]).all()  # still missing: imputed after the noise
+
+
+def test_an_image_stored_as_one_list_column_trains_a_cnn(tmp_path: Path) -> None:
+    x, y, _ = data.sample("digits")
+    table = pa.table(
+        {"image": pa.array(x[:600].tolist(), pa.list_(pa.float32(), 64)), "label": y[:600]}
+    )
+    path = _write(tmp_path, table)
+    cfg = make_cfg(
+        path,
+        **{"model.kind": "cnn", "model.hidden": [8], "data.shape": [1, 8, 8], "train.epochs": 3},
+    )
+    splits = data.load_splits(cfg)
+    assert splits.encoding.names == ["image"] and splits.x_train.shape[1] == 64
+    seam = loop.LocalSeam()
+    loop.train(cfg, splits, seam)
+    losses = [r["val_loss"] for r in seam.reports]
+    assert losses[-1] < losses[0] and seam.reports[-1]["val_accuracy"] > 0.2  # chance: 0.1
+    with pytest.raises(ConfigError) as e:  # a shape that is not the list's
+        from orchestrator.core import prepare
+
+        prepare.prepare(make_cfg(path, **{"model.kind": "cnn", "data.shape": [1, 4, 4]}))
+    assert e.value.key == "data.shape" and "64 per row" in e.value.problem
