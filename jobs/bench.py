@@ -5,6 +5,7 @@ line, one JSON object with the figures; ratios are measured against a baseline i
     python -m jobs.bench sweep       # fast-path trials vs TorchTrainer trials; ASHA vs FIFO
     python -m jobs.bench tracking    # epoch time with MLflow tracking on vs off
     python -m jobs.bench serve       # the model server vs a naive one and the HTTP ceiling
+    python -m jobs.bench quality     # ours vs sklearn on digits (CNN factory), diabetes, penguins
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -325,11 +326,19 @@ def bench_serve() -> dict[str, float]:
     return run()
 
 
+def bench_quality() -> dict[str, float]:
+    """`python -m jobs.bench quality` (``jobs.bench_quality``)."""
+    from jobs.bench_quality import bench_quality as run
+
+    return run()
+
+
 BENCHMARKS = {
     "loop": bench_loop,
     "sweep": bench_sweep,
     "tracking": bench_tracking,
     "serve": bench_serve,
+    "quality": bench_quality,
 }
 
 

@@ -435,7 +435,10 @@ def problem_of(cfg: Config, pre: Preprocess, task: Task) -> Problem:
 def network(cfg: Config, enc: Encoding, task: Task) -> nn.Sequential:
     """``Preprocess`` then the body: the whole trained model, raw encoded rows in, logits
     (or standardized targets) out."""
-    pre = Preprocess(enc, one_scale=cfg.model.kind == "cnn")
+    # an image is scaled as one (a shifted stroke means the same anywhere): the cnn, and a
+    # factory told the inputs form an image; the mlp keeps one scale per feature
+    image = cfg.model.kind == "cnn" or (cfg.model.kind != "mlp" and cfg.data.shape is not None)
+    pre = Preprocess(enc, one_scale=image)
     problem = problem_of(cfg, pre, task)
     if cfg.model.kind == "cnn":
         image_check(cfg, pre)
