@@ -27,7 +27,8 @@ class BadRecords(ValueError):
         self.status, self.message = status, message
 
 
-def _kind(v: Any) -> str:
+def kind_of(v: Any) -> str:
+    """A JSON value's kind in words, for the 422's message (``a string``, ``null``)."""
     return {
         dict: "an object",
         list: "a list",
@@ -88,7 +89,7 @@ def _number(where: str, v: Any, nullable: bool) -> float:
             return math.nan
         raise BadRecords(422, f"{where}: a number is required (this model does not impute)")
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise BadRecords(422, f"{where}: a number, not {_kind(v)}")
+        raise BadRecords(422, f"{where}: a number, not {kind_of(v)}")
     try:
         f = float(v)
     except OverflowError:
@@ -114,7 +115,7 @@ def _column(key: str, c: Column, rows: list[dict[str, Any]], nullable: bool) -> 
             elif isinstance(v, bool) or v in (0, 1):
                 values.append(float(v))
             else:
-                raise BadRecords(422, f"{where}: true or false, not {_kind(v)}")
+                raise BadRecords(422, f"{where}: true or false, not {kind_of(v)}")
         elif c.kind == features.LIST:
             if v is None and nullable:
                 values.append([math.nan] * c.width)
@@ -129,7 +130,7 @@ def _column(key: str, c: Column, rows: list[dict[str, Any]], nullable: bool) -> 
             )
             if not ok:
                 want = "a string" if text else "an integer"
-                raise BadRecords(422, f"{where}: {want} category, not {_kind(v)}")
+                raise BadRecords(422, f"{where}: {want} category, not {kind_of(v)}")
             values.append(v)
     if c.kind == features.LIST:
         return pa.array(values, type=pa.list_(pa.float64(), c.width))

@@ -260,28 +260,18 @@ def _locate(rows: list, n: int) -> None:
     """Raise ``BadInput`` for the first value of ``rows`` that is not a finite float32."""
     for i, row in enumerate(rows):
         if not isinstance(row, list):
-            raise BadInput(422, f"features[{i}]: a list of {n} numbers, not {_kind(row)}")
+            raise BadInput(422, f"features[{i}]: a list of {n} numbers, not {records.kind_of(row)}")
         if len(row) != n:
             raise BadInput(422, f"features[{i}]: {len(row)} values, the model takes {n}")
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise BadInput(422, f"features[{i}][{j}]: a number, not {_kind(v)}")
+                raise BadInput(422, f"features[{i}][{j}]: a number, not {records.kind_of(v)}")
             try:
                 f = float(v)
             except OverflowError:  # an integer past float64
                 f = math.inf
             if not math.isfinite(f) or abs(f) > FLOAT32_MAX:
                 raise BadInput(422, f"features[{i}][{j}]: {v!r} is not a finite float32")
-
-
-def _kind(v: Any) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(v), type(v).__name__)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
