@@ -1,7 +1,8 @@
 """Find the bias/variance sweet spot at cluster scale: Ray Train + Ray Tune + MLflow.
 
 The Python API (``orchestrator.api``): ``load_config``, ``sweep`` and ``train``. Importing
-the package imports neither Ray nor MLflow; the first call that needs them does."""
+the package imports neither Ray, MLflow nor torch; ``load_config`` needs none of them, and
+``orchestrator.sweep`` (the callable package) imports Ray when first touched."""
 
 from __future__ import annotations
 

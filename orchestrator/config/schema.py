@@ -23,6 +23,7 @@ from orchestrator.config.errors import ConfigError, check
 
 SECRET, REDACTED = "secret", "***"
 IMAGE_DIMS = 3  # a shape is [channels, height, width]
+MAX_ONE_HOT = 1024  # a category this wide is embedded (a one-hot row per request row costs it)
 PORT_END = 65536  # TCP ports are 16-bit: 1 to 65535
 MAX_WINDOW_MS = 1000  # a batching wait past a second costs more latency than batches save
 MIN_HEADER_BYTES = 1024  # room for a request line and the headers every client sends
@@ -161,10 +162,10 @@ class DataConfig(Section):
             "use e.g. [1, 8, 8]",
         )
         check(
-            self.one_hot_max >= 1,
+            1 <= self.one_hot_max <= MAX_ONE_HOT,
             "data.one_hot_max",
-            f"must be at least 1, got {self.one_hot_max}",
-            "use e.g. 16",
+            f"must be 1 to {MAX_ONE_HOT}, got {self.one_hot_max}",
+            "use e.g. 16 (a category with more values is embedded)",
         )
         check(
             self.max_categories >= 1,

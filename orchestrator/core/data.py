@@ -279,6 +279,8 @@ class _Check:
                 rows_bad = np.isinf(x).any(axis=1)
                 if error:
                     rows_bad |= np.isnan(x).any(axis=1)
+                    if x.shape[1] == 0:  # only null lists in this batch
+                        rows_bad |= np.asarray(col.is_null().to_numpy(zero_copy_only=False))
                 n = int(rows_bad.sum())
             self.bad[name] = self.bad.get(name, 0) + n
         self.label.add(batch.column(self.cfg.label))
@@ -362,7 +364,8 @@ def _stratify(ds: Dataset, cfg: DataConfig) -> np.ndarray | None:
 
 def split_indices(ds: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the train, validation and test splits ``split`` makes (seeded by
-    ``data.seed``; stratified as ``data.stratify`` says)."""
+    ``data.seed``; stratified as ``data.stratify`` says). The training rows are all of
+    them: ``data.max_train_rows`` caps what trains, not what the encoders are fitted on."""
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(ds.table.num_rows)
@@ -383,8 +386,6 @@ def split_indices(ds: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray,
             f"too few rows for the splits ({len(rows)} rows): {e}",
             "add rows or lower data.test_fraction / data.val_fraction",
         ) from None
-    if cfg.max_train_rows is not None and cfg.max_train_rows < len(train):
-        train = train[: cfg.max_train_rows]
     return train, val, test
 
 
@@ -413,7 +414,10 @@ def split(ds: Dataset, cfg: Source) -> Splits:
 def split_at(
     ds: Dataset, cfg: Source, train: np.ndarray, val: np.ndarray, test: np.ndarray
 ) -> Splits:
-    """The splits of the rows at the given indices, fitted and encoded as ``split`` does."""
+    """The splits of the rows at the given indices, fitted and encoded as ``split`` does.
+    The encoders and the task are fitted on the whole training split, before
+    ``data.max_train_rows`` caps it: a sweep that searches the cap has one encoding, the one
+    its champion is registered with (as on the streamed path)."""
     dcfg, _, loss = _parts(cfg)
     parts = {
         name: ds.table.take(idx) for name, idx in (("train", train), ("val", val), ("test", test))
@@ -425,6 +429,8 @@ def split_at(
         task_mod.resolve_loss(loss, ds.kind),
         [parts["train"].column(dcfg.label)],
     )
+    if dcfg.max_train_rows is not None and dcfg.max_train_rows < len(train):
+        parts["train"] = parts["train"].slice(0, dcfg.max_train_rows)
     xy = {
         name: (_encode(enc, part, name), task_mod.targets(task, part.column(dcfg.label)))
         for name, part in parts.items()
@@ -524,7 +530,8 @@ def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
     check = _Check(dcfg, kinds, task_mod.LabelFacts(dataset.schema.field(dcfg.label).type))
     fitter = features.Fitter(dcfg, kinds)
     unseen = _Unseen()
-    train_labels: list[pa.Array] = []
+    train_labels: list[pa.Array] = []  # the first TARGET_SAMPLE: the Huber baseline's
+    target: features.Moments | None = None
     kept = 0
     rows = {"train": 0, "val": 0, "test": 0}
     digest = hashlib.sha256()
@@ -540,6 +547,11 @@ def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
         fitter.add(train)
         if dcfg.unknown_category == "error":
             unseen.add(pa.Table.from_batches([batch]).filter(pa.array(split_of != TRAIN)), kinds)
+        if train.num_rows and _numeric_label(train, dcfg.label):  # every row's target
+            y = task_mod.target_matrix(train.column(dcfg.label))
+            target = target or features.Moments(y.shape[1], 0)
+            if target.width == y.shape[1]:  # lists of other lengths: decide() refuses them
+                target.add(y)
         if kept < TARGET_SAMPLE:
             col = features.category_values(train.column(dcfg.label))
             train_labels.append(col.slice(0, TARGET_SAMPLE - kept))
@@ -554,7 +566,11 @@ def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
         )
     enc = fitter.finish()
     unseen.check(enc)
-    task = task_mod.fit(kind, classes, task_mod.resolve_loss(loss, kind), train_labels)
+    moments = None
+    if target is not None and kind == task_mod.REGRESSION:
+        _, mean, std = target.finish(impute=False)
+        moments = (np.asarray(mean), np.asarray(std))
+    task = task_mod.fit(kind, classes, task_mod.resolve_loss(loss, kind), train_labels, moments)
     counts = [int(check.label.counts[c]) for c in classes] if classes else []
     base_targets = (
         np.vstack([task_mod.targets(task, a) for a in train_labels])
@@ -570,6 +586,13 @@ def scan(cfg: Source, batch_rows: int = 65_536, say: Any = None) -> Summary:
         counts,
         task_mod.baseline_loss(task, base_targets, counts),
     )
+
+
+def _numeric_label(batch: pa.Table, label: str) -> bool:
+    """Whether the label holds numbers (a regression or multilabel target can)."""
+    t = features.category_values(batch.column(label)).type
+    t = t.value_type if features.is_list(t) else t
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
 
 
 def encode_batch(

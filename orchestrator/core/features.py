@@ -33,8 +33,13 @@ KINDS = (NUMBER, BOOLEAN, CATEGORY, LIST)
 UNKNOWN, MISSING, FIRST_VALUE = 0, 1, 2  # category codes
 MEDIAN_VALUES = 1 << 23  # values kept for medians over all columns (64 MB), at most
 MIN_MEDIAN_SAMPLE = 4096  # ...but at least this many per element (a median within ~1.5%)
-MAX_LIST = 1 << 20  # numbers in one list cell, at most (a 1024x1024 image)
-MAX_COLUMNS = 100_000  # encoded numbers per row, at most
+MAX_COLUMNS = 1 << 20  # encoded numbers per row, at most (a 1024x1024 image)
+MAX_LIST = MAX_COLUMNS  # numbers in one list cell, at most
+MAX_ONE_HOT = 1024  # one-hot widths, at most: a wider category is embedded
+MAX_VALUES = 1_000_000  # category values in one encoding, at most (all columns)
+DTYPES = frozenset(
+    {"string", "large_string", "bool", *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))}
+)
 SCHEMA_VALUES = 1000  # a category's values listed in the input schema, at most
 NULL_WORD = 0x7FC00000  # a missing value hashes as float32 NaN, whatever its column's type
 
@@ -131,9 +136,9 @@ def from_json(raw: Any, where: str = "encoding") -> Encoding:
             "unknown_category", f"expected unknown or error, got {raw.get('unknown_category')!r}"
         )
     one_hot = raw.get("one_hot_max")
-    if type(one_hot) is not int or one_hot < 1:
-        raise bad("one_hot_max", f"expected a positive integer, got {one_hot!r}")
-    columns, total = [], 0
+    if type(one_hot) is not int or not 1 <= one_hot <= MAX_ONE_HOT:
+        raise bad("one_hot_max", f"expected 1 to {MAX_ONE_HOT}, got {one_hot!r}")
+    columns, total, values = [], 0, 0
     names = set(Column.__dataclass_fields__)
     for i, c in enumerate(raw["columns"]):
         key = f"columns[{i}]"
@@ -147,10 +152,19 @@ def from_json(raw: Any, where: str = "encoding") -> Encoding:
         if col.kind != LIST and col.width != 1:
             raise bad(f"{key}.width", f"a {col.kind} column is one number wide")
         if col.kind == CATEGORY:
-            if not isinstance(col.values, list) or not all(
-                isinstance(v, str | int | bool) for v in col.values
-            ):
+            if col.dtype not in DTYPES:
+                raise bad(f"{key}.dtype", f"expected one of {sorted(DTYPES)}, got {col.dtype!r}")
+            if not isinstance(col.values, list):
                 raise bad(f"{key}.values", "expected a list of strings or integers")
+            values += len(col.values)
+            if values > MAX_VALUES:
+                raise bad(f"{key}.values", f"more than {MAX_VALUES:,} category values in all")
+            try:  # one type, in range, no value twice: what encoding requests relies on
+                vocab = pa.array(col.values, type=pa.type_for_alias(col.dtype))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as e:
+                raise bad(f"{key}.values", f"not all {col.dtype} ({e})") from None
+            if len(pc.unique(vocab)) != len(vocab) or vocab.null_count:
+                raise bad(f"{key}.values", "a value is listed twice, or is null")
         else:
             for part in ("median", "mean", "std"):
                 vals = getattr(col, part)
@@ -164,6 +178,14 @@ def from_json(raw: Any, where: str = "encoding") -> Encoding:
         columns.append(col)
     if not columns or total > MAX_COLUMNS:
         raise bad("columns", f"expected 1 to {MAX_COLUMNS} encoded numbers, got {total}")
+    wide = sum(
+        (c.cardinality if len(c.values) <= one_hot else embed_dim(c.cardinality))
+        if c.kind == CATEGORY
+        else c.width * (2 if c.indicator else 1)
+        for c in columns
+    )
+    if wide > MAX_COLUMNS:  # the features a request's every row becomes
+        raise bad("columns", f"{wide:,} features after preprocessing, at most {MAX_COLUMNS:,}")
     return Encoding(columns, raw["missing"], raw["unknown_category"], one_hot)
 
 
@@ -294,7 +316,9 @@ def list_numbers(name: str, col: pa.Array | pa.ChunkedArray, width: int | None) 
         lengths = pc.list_value_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
     present = lengths >= 0
     seen = np.unique(lengths[present])
-    expected = width if width is not None else (int(seen[0]) if len(seen) else 0)
+    if width is None and not len(seen):  # no list in this batch: its width is not known
+        return np.full((rows, 0), np.nan)
+    expected = width if width is not None else int(seen[0])
     if len(seen) > 1 or (len(seen) and seen[0] != expected) or expected == 0:
         got = sorted({int(v) for v in seen} - {expected})
         raise ConfigError(
@@ -362,6 +386,14 @@ def row_words(batch: pa.Table | pa.RecordBatch, kinds_by_name: dict[str, str]) -
         x = list_numbers(name, col, None) if kind == LIST else numbers(col)[:, None]
         w = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).copy()
         w[np.isnan(x)] = NULL_WORD
+        if kind == LIST:  # one word a list (a null list: NULL_WORD), whatever the batch holds
+            folded = np.full(len(w), NULL_WORD, dtype=np.uint64)
+            if w.shape[1]:
+                folded[:] = 2166136261
+                for j in range(w.shape[1]):  # FNV-1a over the list's words
+                    folded = ((folded ^ w[:, j]) * np.uint64(16777619)) & np.uint64(0xFFFFFFFF)
+                folded[np.isnan(x).all(axis=1)] = NULL_WORD
+            w = folded.astype(np.uint32)[:, None]
         parts.append(w)
     return np.hstack(parts) if parts else np.zeros((batch.num_rows, 0), dtype=np.uint32)
 
@@ -378,9 +410,10 @@ def _sample_key(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Moments:
+class Moments:
     """Per element of a number/list column: rows seen, and count, sum and sum of squares of
-    the present values, with a bounded sample for the median."""
+    the present values about a shift (the first value seen: a timestamp's 1.7e12 would
+    otherwise swamp its spread in float64), with a bounded sample for the median."""
 
     width: int
     cap: int  # sample size for the median per element (0: no median, ``missing: error``)
@@ -388,21 +421,28 @@ class _Moments:
     n: np.ndarray = field(init=False)
     s: np.ndarray = field(init=False)
     q: np.ndarray = field(init=False)
+    shift: np.ndarray = field(init=False)
     sample: list[np.ndarray] = field(init=False)
     keep_below: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.n, self.s, self.q = np.zeros(self.width), np.zeros(self.width), np.zeros(self.width)
+        self.shift = np.full(self.width, np.nan)
         self.sample = [np.empty(0) for _ in range(self.width)]
         self.keep_below = [1.0] * self.width
 
     def add(self, x: np.ndarray) -> None:
+        """Count one batch of rows (NaN: missing)."""
         present = ~np.isnan(x)
+        unset = np.isnan(self.shift) & present.any(axis=0)
+        if unset.any():
+            first = np.argmax(present, axis=0)
+            self.shift[unset] = x[first[unset], np.flatnonzero(unset)]
         self.rows += len(x)
         self.n += present.sum(axis=0)
-        filled = np.where(present, x, 0.0)
-        self.s += filled.sum(axis=0)
-        self.q += np.square(filled).sum(axis=0)
+        centred = np.where(present, x - np.nan_to_num(self.shift), 0.0)
+        self.s += centred.sum(axis=0)
+        self.q += np.square(centred).sum(axis=0)
         for j in range(self.width if self.cap else 0):
             v = x[present[:, j], j]
             v = v[_sample_key(v) < self.keep_below[j]]
@@ -420,16 +460,18 @@ class _Moments:
     def finish(self, impute: bool) -> tuple[list[float], list[float], list[float]]:
         """(median, mean, std) per element, of the column as the network sees it: under
         ``impute`` its missing values count as the median (without a sample: the mean)."""
-        plain = np.divide(self.s, self.n, out=np.zeros(self.width), where=self.n > 0)
+        k = np.nan_to_num(self.shift)
+        plain = k + np.divide(self.s, self.n, out=np.zeros(self.width), where=self.n > 0)
         med = np.array(
             [float(np.median(s)) if len(s) else plain[j] for j, s in enumerate(self.sample)]
         )
         fill = (self.rows - self.n) if impute else np.zeros(self.width)
         total = self.n + fill
-        mean = np.divide(self.s + fill * med, total, out=np.zeros(self.width), where=total > 0)
-        second = np.divide(self.q + fill * med**2, total, out=np.zeros(self.width), where=total > 0)
-        std = np.sqrt(np.maximum(second - mean**2, 0.0))
-        return med.tolist(), mean.tolist(), std.tolist()
+        d = med - k
+        centred = np.divide(self.s + fill * d, total, out=np.zeros(self.width), where=total > 0)
+        second = np.divide(self.q + fill * d**2, total, out=np.zeros(self.width), where=total > 0)
+        std = np.sqrt(np.maximum(second - centred**2, 0.0))
+        return med.tolist(), (k + centred).tolist(), std.tolist()
 
 
 @dataclass
@@ -441,13 +483,16 @@ class Fitter:
     cfg: DataConfig
     kinds: dict[str, str]
     rows: int = 0
-    moments: dict[str, _Moments] = field(default_factory=dict)
+    moments: dict[str, Moments] = field(default_factory=dict)
     counts: dict[str, dict[Any, int]] = field(default_factory=dict)
     category_missing: dict[str, int] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
+    pending_nulls: dict[str, int] = field(default_factory=dict)  # null lists of unknown width
 
     def add(self, batch: pa.Table | pa.RecordBatch) -> None:
         """Count one batch of training rows."""
+        if batch.num_rows == 0:
+            return
         self.rows += batch.num_rows
         for name, kind in self.kinds.items():
             col = batch.column(name)
@@ -471,9 +516,18 @@ class Fitter:
                     )
                 continue
             x = list_numbers(name, col, None) if kind == LIST else numbers(col)[:, None]
+            if x.shape[1] == 0:  # only null lists here: their width comes from other rows
+                x = (
+                    np.full((len(x), self.moments[name].width), np.nan)
+                    if name in self.moments
+                    else x
+                )
+                if x.shape[1] == 0:
+                    self.pending_nulls[name] = self.pending_nulls.get(name, 0) + len(x)
+                    continue
             m = self.moments.get(name)
             if m is None:
-                m = self.moments[name] = _Moments(x.shape[1], self._median_cap(x.shape[1]))
+                m = self.moments[name] = Moments(x.shape[1], self._median_cap(x.shape[1]))
             if m.width != x.shape[1]:
                 raise ConfigError(
                     "data.features",
@@ -501,7 +555,15 @@ class Fitter:
                     Column(name, kind, values=values, dtype=self.dtypes.get(name, "string"))
                 )
                 continue
-            m = self.moments[name]
+            m = self.moments.get(name)
+            if m is None:
+                raise ConfigError(
+                    "data.features",
+                    f"column {name!r} has no value in the training split",
+                    f"add {name!r} to data.exclude",
+                )
+            if self.pending_nulls.get(name):  # null lists seen before the first list
+                m.add(np.full((self.pending_nulls.pop(name), m.width), np.nan))
             median, mean, std = m.finish(impute)
             columns.append(
                 Column(
@@ -539,8 +601,25 @@ class Unseen(ValueError):
         self.column, self.problem, self.rows = column, problem, rows
 
 
+_VOCABS: dict[int, tuple[list[Any], pa.Array]] = {}  # id(values) -> the typed vocabulary
+
+
+def _vocab(column: Column) -> pa.Array:
+    """The column's values as one typed array, built once per vocabulary (a request must
+    not rebuild 100,000 strings)."""
+    cached = _VOCABS.get(id(column.values))
+    if cached is None or cached[0] is not column.values:
+        if len(_VOCABS) > 256:  # noqa: PLR2004 - a few encodings live at once
+            _VOCABS.clear()
+        arr = pa.array(
+            column.values, type=pa.type_for_alias(column.dtype) if column.dtype else None
+        )
+        cached = _VOCABS[id(column.values)] = (column.values, arr)
+    return cached[1]
+
+
 def _codes(column: Column, values: pa.Array, unknown_error: bool) -> np.ndarray:
-    vocab = pa.array(column.values, type=pa.type_for_alias(column.dtype) if column.dtype else None)
+    vocab = _vocab(column)
     if values.type != vocab.type:
         try:
             values = values.cast(vocab.type)

@@ -144,6 +144,14 @@ def prepare(cfg: Config, say: Any = None) -> Prepared:
             splits=splits,
         )
     task_mod.check_metric(cfg, prep.task.kind)
+    try:  # what a server will accept of it, checked now rather than after the sweep
+        features.from_json(prep.encoding.to_json())
+    except ValueError as e:
+        raise ConfigError(
+            "data.features",
+            f"the fitted inputs could not be served: {e}",
+            "select fewer or narrower columns with data.features / data.exclude",
+        ) from None
     if cfg.data.shape is not None:
         shape = cfg.data.shape
         if shape[0] * shape[1] * shape[2] != prep.encoding.width:

@@ -286,7 +286,12 @@ def decide(asked: str, label: str, facts: LabelFacts, say: Any = None) -> tuple[
         raise ConfigError(
             "data.label",
             f"class {rare!r} has only {facts.counts[rare]} rows",
-            f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits",
+            f"every class needs at least {MIN_ROWS_PER_CLASS} rows for the splits"
+            + (
+                "; or set task: regression to predict the numbers"
+                if pa.types.is_integer(facts.type) or pa.types.is_floating(facts.type)
+                else ""
+            ),
         )
     kind = BINARY if len(classes) == 2 else MULTICLASS  # noqa: PLR2004
     if asked == BINARY and kind != BINARY:
@@ -365,20 +370,28 @@ def target_matrix(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return features.numbers(arr)[:, None]
 
 
-def fit(kind: str, classes: list[Any], loss: str, train_labels: list[pa.Array]) -> Task:
+def fit(
+    kind: str,
+    classes: list[Any],
+    loss: str,
+    train_labels: list[pa.Array],
+    moments: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Task:
     """The task's fitted parts from the training split's labels: the regression target's
-    mean and standard deviation (constant targets keep a scale of 1)."""
+    mean and standard deviation (constant targets keep a scale of 1). ``moments``: the
+    mean and standard deviation of every training row when ``train_labels`` is a sample
+    (the streamed loader)."""
     if kind in CLASSIFICATION:
         return Task(kind, classes, loss=loss)
     y = np.vstack([target_matrix(a) for a in train_labels])
     if kind == MULTILABEL:
         return Task(kind, labels=y.shape[1], loss=loss)
-    std = y.std(axis=0)
+    mean, std = moments if moments is not None else (y.mean(axis=0), y.std(axis=0))
     return Task(
         kind,
         labels=y.shape[1],
-        target_mean=y.mean(axis=0).tolist(),
-        target_std=np.where(std > 1e-12, std, 1.0).tolist(),  # noqa: PLR2004
+        target_mean=np.asarray(mean, dtype=np.float64).tolist(),
+        target_std=np.where(np.asarray(std) > 1e-12, std, 1.0).tolist(),  # noqa: PLR2004
         loss=loss,
     )
 

@@ -54,6 +54,8 @@ def rows_of(doc: dict[str, Any], max_rows: int) -> tuple[str, list[dict[str, Any
             raise BadRecords(422, "dataframe_split.data: a list of rows")
         _count(key, data, max_rows)
         columns = value["columns"]
+        if not all(isinstance(c, str) for c in columns):
+            raise BadRecords(422, "dataframe_split.columns: a list of column names (strings)")
         out = []
         for i, row in enumerate(data):
             if not isinstance(row, list) or len(row) != len(columns):
@@ -124,19 +126,29 @@ def _column(key: str, c: Column, rows: list[dict[str, Any]], nullable: bool) -> 
                 raise BadRecords(422, f"{where}: a list of {c.width} numbers")
             values.append([_number(f"{where}[{j}]", e, nullable) for j, e in enumerate(v)])
         else:
-            text = c.dtype in ("string", "large_string")
-            ok = v is None or (
-                isinstance(v, str) if text else isinstance(v, int | bool) and not isinstance(v, str)
-            )
+            want, ok = _category_value(c, v)
             if not ok:
-                want = "a string" if text else "an integer"
                 raise BadRecords(422, f"{where}: {want} category, not {kind_of(v)}")
             values.append(v)
     if c.kind == features.LIST:
         return pa.array(values, type=pa.list_(pa.float64(), c.width))
     if c.kind == features.CATEGORY:
-        return pa.array(values, type=pa.string() if c.dtype in ("string", "large_string") else None)
+        kind = {"string": pa.string(), "large_string": pa.string(), "bool": pa.bool_()}
+        return pa.array(values, type=kind.get(c.dtype, pa.int64()))
     return pa.array(values, type=pa.float64())
+
+
+INT64 = (-(2**63), 2**63)  # what an integer category may be (Arrow's int64)
+
+
+def _category_value(c: Column, v: Any) -> tuple[str, bool]:
+    """What a category of this column is, in words, and whether ``v`` is one (or null)."""
+    if c.dtype in ("string", "large_string"):
+        return "a string", v is None or isinstance(v, str)
+    if c.dtype == "bool":
+        return "a true/false", v is None or isinstance(v, bool)
+    fits = isinstance(v, int) and not isinstance(v, bool) and INT64[0] <= v < INT64[1]
+    return "an int64 integer", v is None or fits
 
 
 def encode(enc: Encoding, doc: dict[str, Any], max_rows: int) -> np.ndarray:

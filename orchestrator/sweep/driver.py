@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from orchestrator import config as config_mod
 from orchestrator.analysis import progress
@@ -95,12 +96,19 @@ def run(
     return _stages(ctx)
 
 
+PT2_TRY_MAX = 20_000_000  # parameters: a bigger model's export is tried at the end only
+
+
 def _say_model_form(cfg: Config, prep: Prepared, out: Callable[[str], None]) -> None:
     """Try torch.export on the driver now, so the user learns before the sweep, not after
     it, what form the champion will have in MLflow (``champions.pt2_refusal``)."""
     spec = modelfile.spec_of(cfg, prep.encoding, prep.task)
-    net = model.network(cfg, prep.encoding, prep.task)
-    why_not = champions.pt2_refusal(model.Outputs(net, prep.task), spec)
+    with torch.device("meta"):  # counted first: a big model is not built twice on the driver
+        size = sum(p.numel() for p in model.network(cfg, prep.encoding, prep.task).parameters())
+    if prep.encoding.numeric() and size > PT2_TRY_MAX:
+        return  # tried when the champion is logged
+    net = model.network(cfg, prep.encoding, prep.task) if prep.encoding.numeric() else None
+    why_not = champions.pt2_refusal(model.Outputs(net, prep.task) if net else None, spec)
     if why_not is None:
         return
     needs = "this package" + (

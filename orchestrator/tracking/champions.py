@@ -118,7 +118,9 @@ def log_champion(
                     },
                     signature=records_signature(spec),
                     metadata={**meta, "pt2": f"not exported: {why_not}"},
-                    pip_requirements=[*requirements, "orchestrator"],
+                    # not "orchestrator": that name on PyPI is someone else's package; the
+                    # loader needs this one installed where it runs (docs/models.md)
+                    pip_requirements=requirements,
                 )
             source = model.factory_source(spec.model.kind)
             if source:  # the user's model code, as text, for reproducibility (never loaded)
@@ -127,13 +129,15 @@ def log_champion(
     return str(info.model_uri)
 
 
-def pt2_refusal(served: torch.nn.Module, spec: modelfile.Spec) -> str | None:
+def pt2_refusal(served: torch.nn.Module | None, spec: modelfile.Spec) -> str | None:
     """Why torch.export's pt2 program cannot be the champion's MLflow form (None: it can).
     It takes one float matrix: a model with text categories or lists takes named columns,
     and a user's module may not trace. Tried on the driver before the sweep starts too
     (``sweep.driver``), so the user knows then what ``mlflow.pyfunc.load_model`` offers."""
     if not spec.encoding.numeric():
         return "its inputs include text categories or lists, which a pt2 program cannot take"
+    if served is None:
+        return None
     try:
         with torch.no_grad():
             torch.export.export(served.eval(), (torch.zeros(2, spec.num_features),))

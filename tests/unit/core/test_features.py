@@ -369,3 +369,69 @@ def test_an_image_stored_as_one_list_column_trains_a_cnn(tmp_path: Path) -> None
 
         prepare.prepare(make_cfg(path, **{"model.kind": "cnn", "data.shape": [1, 4, 4]}))
     assert e.value.key == "data.shape" and "64 per row" in e.value.problem
+
+
+def test_a_searched_training_cap_keeps_the_encoders_and_task_of_the_whole_split(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    table = _mixed(400).drop(["label"]).append_column("label", pa.array(rng.normal(size=400)))
+    path = _write(tmp_path, table)
+    whole = data.load_splits(make_cfg(path, **{"data.missing": "impute"}))
+    capped = data.load_splits(
+        make_cfg(path, **{"data.missing": "impute", "data.max_train_rows": 30})
+    )
+    assert len(capped.y_train) == 30 and len(whole.y_train) > 200
+    # the champion is rebuilt with the sweep's one encoding: every trial must share it
+    assert capped.encoding.to_json() == whole.encoding.to_json()
+    assert capped.task.to_json() == whole.task.to_json()
+
+
+def test_streamed_batches_without_training_rows_or_lists_are_fine(tmp_path: Path) -> None:
+    n = 60
+    sig = [None if i % 4 else [float(i), 1.0] for i in range(n)]  # 3 rows in 4: null lists
+    table = pa.table(
+        {
+            "x": np.arange(n, dtype=float),
+            "sig": pa.array(sig, pa.list_(pa.float64())),
+            "label": [0, 1, 2] * (n // 3),
+        }
+    )
+    path = _write(tmp_path, table)
+    cfg = make_cfg(path, **{"data.missing": "impute"})
+    summary = data.scan(cfg, batch_rows=3)  # many batches hold no list, or no training row
+    sig_col = summary.encoding.columns[1]
+    assert sig_col.width == 2 and sig_col.indicator
+    assert summary.encoding.to_json() == data.scan(cfg, batch_rows=60).encoding.to_json()
+
+
+def test_a_large_offset_keeps_its_spread() -> None:
+    t = pa.table({"ms": 1.7e12 + np.random.default_rng(0).normal(0, 1000, size=5000)})
+    enc = features.fit([t], DataConfig(path="x"), {"ms": features.NUMBER})
+    assert enc.columns[0].std[0] == pytest.approx(np.std(t.column("ms").to_numpy()), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"one_hot_max": 10**12}, "one_hot_max: expected 1 to 1024"),
+        ({"columns.2.values": ["oslo", "oslo", "rome"]}, "listed twice"),
+        ({"columns.2.dtype": "int64"}, "columns[2].values: not all int64"),
+        ({"columns.2.dtype": "object"}, "columns[2].dtype: expected one of"),
+    ],
+)
+def test_an_encoding_that_would_exhaust_or_break_a_server_is_refused(
+    change: dict, words: str
+) -> None:
+    cfg = DataConfig(path="x", missing="impute")
+    t = _mixed()
+    raw = features.fit([t], cfg, features.kinds(t.schema, cfg)).to_json()
+    for key, value in change.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[leaf] = value
+    with pytest.raises(ValueError) as e:
+        features.from_json(raw)
+    assert words in str(e.value)

@@ -158,3 +158,12 @@ def test_the_openapi_schema_describes_the_records_the_model_takes(tmp_path: Path
         jsonschema.validate({"dataframe_records": ROWS}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"dataframe_records": [{**ROWS[0], "sig": [1.0]}]}, schema)
+
+
+def test_odd_bodies_get_422_not_500(tmp_path: Path) -> None:
+    served = _served(tmp_path, _classes)
+    with TestClient(serve.create_app(served)) as c:
+        r = c.post("/predict", json={"dataframe_split": {"columns": [["size"]], "data": [[1]]}})
+        assert r.status_code == 422 and "column names" in r.text
+        r = c.post("/predict", json={"dataframe_records": [{**ROWS[0], "ok": 2**70}]})
+        assert r.status_code == 422 and "ok" in r.text
