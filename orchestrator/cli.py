@@ -107,9 +107,11 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
         print(f"  open {uri} (the MLflow UI)")
     else:
         print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    kind = cfg.model.kind  # a user's factory: the server must be told to trust it
+    trust = "" if kind in ("mlp", "cnn") else f" serve.factories='[{kind}]'"
     print(
         f"  MLFLOW_TRACKING_URI={uri} orchestrator serve "
-        f"--model models:/{summary.register_as}@champion"
+        f"--model models:/{summary.register_as}@champion{trust}"
     )
     return EXIT_TRACKING if summary.pending else 0
 

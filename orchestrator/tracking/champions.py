@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,24 +110,36 @@ def log_champion(
                     pip_requirements=requirements,
                 )
             else:  # the pickle-free form alone, with a loader from this package's code
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                    artifacts={
-                        modelfile.WEIGHTS_FILE: str(weights),
-                        modelfile.MODEL_FILE: str(spec_path),
-                    },
-                    signature=records_signature(spec),
-                    metadata={**meta, "pt2": f"not exported: {why_not}"},
-                    # not "orchestrator": that name on PyPI is someone else's package; the
-                    # loader needs this one installed where it runs (docs/models.md)
-                    pip_requirements=requirements,
-                )
+                with warnings.catch_warnings():  # MLflow's notes on its type-hint schemas
+                    warnings.simplefilter("ignore", UserWarning)
+                    info = _log_pyfunc(weights, spec_path, spec, meta, why_not, requirements)
             source = model.factory_source(spec.model.kind)
             if source:  # the user's model code, as text, for reproducibility (never loaded)
                 mlflow.log_artifact(source, artifact_path="code")
             mlflow.log_metrics(test_metrics, timestamp=at_ms or int(time.time() * 1000))
     return str(info.model_uri)
+
+
+def _log_pyfunc(
+    weights: Path,
+    spec_path: Path,
+    spec: modelfile.Spec,
+    meta: dict[str, Any],
+    why_not: str,
+    requirements: list[str],
+) -> Any:
+    """The champion as an MLflow model from code (``pyfunc_model.py``) over its pickle-free
+    files, for what a pt2 program cannot serve."""
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={modelfile.WEIGHTS_FILE: str(weights), modelfile.MODEL_FILE: str(spec_path)},
+        signature=records_signature(spec),
+        metadata={**meta, "pt2": f"not exported: {why_not}"},
+        # not "orchestrator": that name on PyPI is another project; the loader needs this
+        # package installed where it runs (docs/models.md)
+        pip_requirements=requirements,
+    )
 
 
 def pt2_refusal(served: torch.nn.Module | None, spec: modelfile.Spec) -> str | None:

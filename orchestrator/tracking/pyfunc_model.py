@@ -31,7 +31,8 @@ class Champion(PythonModel):
         kind = str((raw.get("model") or {}).get("kind", "mlp"))  # loading this trusts it
         self.net, self.spec = modelfile.load_weights(folder, factories=(kind,))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # no type hints: MLflow reads them as a schema (and warns that Any is none)
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         """The outputs for a DataFrame (or a list of records) of the training columns."""
         import pyarrow as pa
         import torch

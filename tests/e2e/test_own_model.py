@@ -58,7 +58,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, env=env, timeout=900)
     print(proc.stdout[-5000:], proc.stderr[-5000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"uri": uri, "out": proc.stdout, "tmp": tmp, "env": env, "table": table}
+    return {
+        "uri": uri,
+        "out": proc.stdout,
+        "tmp": tmp,
+        "env": env,
+        "table": table,
+    }
 
 
 def test_the_sweep_says_what_it_decided_and_trains_the_users_model(sweep: dict) -> None:
@@ -69,6 +75,7 @@ def test_the_sweep_says_what_it_decided_and_trains_the_users_model(sweep: dict) 
     accuracy = float(out.split("test accuracy ")[1].split()[0].rstrip(";,"))
     assert accuracy > 0.9  # penguins' species are nearly separable by the measurements
     assert "logged without a pt2 program: its inputs include text categories" in out
+    assert f"serve.factories='[{FACTORY}]'" in out  # the next command tells the server to trust it
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep["uri"])
