@@ -57,7 +57,7 @@ class Splits:
     @property
     def classes(self) -> list:
         """Class values of a classification task (empty otherwise)."""
-        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+        return self.task.class_values
 
     @property
     def num_classes(self) -> int:
@@ -481,7 +481,7 @@ class Summary:
     @property
     def classes(self) -> list:
         """Class values of a classification task (empty otherwise)."""
-        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+        return self.task.class_values
 
     @property
     def feature_names(self) -> list[str]:

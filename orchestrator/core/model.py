@@ -466,14 +466,8 @@ def check_buildable(cfg: Config, enc: Encoding, task: Task, space: dict[str, Any
     factory's own error."""
     from orchestrator import config as config_mod
 
-    def build(c: Config, key: str) -> None:
-        try:
-            with torch.device("meta"):
-                network(c, enc, task)
-        except ConfigError as e:
-            raise ConfigError(key if key != "model" else e.key, e.problem, e.fix) from None
-
-    build(cfg, "model")
+    with torch.device("meta"):  # the config as it is: its own key named on failure
+        network(cfg, enc, task)
     for dotted, spec in space.items():
         if not dotted.startswith("model."):
             continue

@@ -36,7 +36,7 @@ class Spec:
     @property
     def classes(self) -> list:
         """Class values of a classification task (empty otherwise)."""
-        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+        return self.task.class_values
 
     @property
     def num_features(self) -> int:

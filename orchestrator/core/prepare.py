@@ -35,7 +35,7 @@ class Prepared:
     @property
     def classes(self) -> list:
         """Class values of a classification task (empty otherwise)."""
-        return self.task.classes if self.task.kind in task_mod.CLASSIFICATION else []
+        return self.task.class_values
 
     @property
     def num_features(self) -> int:

@@ -59,6 +59,11 @@ class Task:
         return self.labels
 
     @property
+    def class_values(self) -> list[Any]:
+        """The class values of a classification task; empty for the others."""
+        return self.classes if self.kind in CLASSIFICATION else []
+
+    @property
     def num_classes(self) -> int:
         """Classes of a classification task (0 otherwise)."""
         return len(self.classes) if self.kind in CLASSIFICATION else 0
