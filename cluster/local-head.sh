@@ -36,6 +36,7 @@ case "${1:-}" in
     [ -f ~/.ray/auth_token ] || ray get-auth-token --generate >/dev/null
     setsid ray start --head --block --node-ip-address=127.0.0.1 \
       --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+      --resources='{"orchestrator_head":1000}' \
       --temp-dir=/tmp/ray-orchestrator --disable-usage-stats >"$STATE/head.log" 2>&1 &
     pid=$!
     echo "$pid $(identity "$pid")" >"$PIDFILE"

@@ -1,11 +1,13 @@
 """Benchmarks: `python -m jobs.bench NAME`. Each prints a readable table and, as its last
 line, one JSON object with the figures; ratios are measured against a baseline in the same run.
 
-    python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP
+    python -m jobs.bench loop        # orchestrated loop vs bare PyTorch, AMP, checkpointing, DDP,
+                                     # checkpoints on S3 (moto) vs local
     python -m jobs.bench sweep       # fast-path trials vs TorchTrainer trials; ASHA vs FIFO
     python -m jobs.bench tracking    # epoch time with MLflow tracking on vs off
     python -m jobs.bench serve       # the model server vs a naive one and the HTTP ceiling
     python -m jobs.bench quality     # ours vs sklearn on digits (CNN factory), diabetes, penguins
+    python -m jobs.bench scale trials  # overhead per trial at N = 25, 100, 400 trials
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -13,14 +15,17 @@ Steady state: the first epoch (warm-up, worker start-up) is left out of every ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +40,18 @@ HIDDEN, BATCH, EPOCHS = [512, 512], 256, 5
 
 
 def _dataset(folder: Path) -> str:
+    return synthetic(folder / "bench.parquet", ROWS, FEATURES, CLASSES)
+
+
+def synthetic(path: Path, rows: int, features: int, classes: int) -> str:
+    """A learnable Parquet table: normal features, classes from a random linear teacher."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS, FEATURES)).astype(np.float32)
-    y = (x @ rng.normal(size=(FEATURES, CLASSES))).argmax(axis=1)
-    path = folder / "bench.parquet"
-    pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(FEATURES)}, "label": y}), path)
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    y = (x @ rng.normal(size=(features, classes))).argmax(axis=1)
+    pq.write_table(pa.table({**{f"f{i}": x[:, i] for i in range(features)}, "label": y}), path)
     return str(path)
 
 
@@ -130,6 +139,81 @@ def orchestrated(path: str, tmp: Path, workers: int) -> float:
     summary = sweep.train_run(cfg, out=lambda _: None)
     walls = [h["wall_time"] for h in summary.record.history]
     return steady_rate(rows, list(np.diff(walls)))
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on loopback for the benchmark, the standard AWS variables pointing at
+    it (restored after); stopped by pid. Yields its endpoint."""
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(dict(zip(names, ("bench", "bench", "us-east-1", endpoint), strict=True)))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(endpoint, timeout=5)
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def epoch_period(path: str, tmp: Path, storage: str, **over: Any) -> float:
+    """The steady epoch period (median seconds between epochs after the first, by the
+    trainer's own clock) of one training run that checkpoints every epoch into ``storage``."""
+    from orchestrator import sweep
+
+    cfg = _config(
+        path,
+        **{
+            "tracking.uri": f"sqlite:///{tmp}/mlflow.db",
+            "sweep.storage_path": storage,
+            "train.checkpoint_every": 1,
+            **over,
+        },
+    )
+    runtime.ensure_env()
+    summary = sweep.train_run(cfg, out=lambda _: None)
+    walls = sorted(h["wall_time"] for h in summary.record.history)
+    return statistics.median(np.diff(walls)[1:])
+
+
+def storage_case(path: str, tmp: Path) -> dict[str, float]:
+    """Steady epoch time with every epoch's checkpoint on S3 (moto's server on loopback)
+    over a local folder: the TorchTrainer path (1 worker, asynchronous upload) and the fast
+    path (Tune's synchronous upload), local and S3 alternating."""
+    import boto3
+
+    out: dict[str, float] = {}
+    with moto_s3():
+        boto3.client("s3").create_bucket(Bucket="bench")
+        for label, over in (("trainer", {"scaling.fast_path": False}), ("fast", {})):
+            local = epoch_period(path, tmp, str(tmp / f"ckpt-{label}"), **over)
+            remote = epoch_period(path, tmp, f"s3://bench/{label}", **over)
+            out[f"{label}_local_s"], out[f"{label}_s3_s"] = local, remote
+    return out
 
 
 def variant(path: str, precision: str, grad_checkpointing: bool) -> dict[str, float]:
@@ -238,6 +322,7 @@ def bench_loop() -> dict[str, float]:
         bare = bare_loop(path)
         one = orchestrated(path, tmp, 1)
         two = orchestrated(path, tmp, 2)
+        store = storage_case(path, tmp)
         ray.shutdown()
         fp32 = variant(path, "fp32", False)
         bf16 = variant(path, "bf16", False)
@@ -265,6 +350,18 @@ def bench_loop() -> dict[str, float]:
             f"peak {ckpt['peak_mb']:,.0f} MB",
         ),
         (
+            "epoch, checkpoint each: TorchTrainer",
+            f"{store['trainer_local_s']:.2f} s local",
+            f"{store['trainer_s3_s']:.2f} s on S3 (async upload): "
+            f"{store['trainer_s3_s'] / store['trainer_local_s']:.3f} x",
+        ),
+        (
+            "epoch, checkpoint each: fast path",
+            f"{store['fast_local_s']:.2f} s local",
+            f"{store['fast_s3_s']:.2f} s on S3 (Tune's upload): "
+            f"{store['fast_s3_s'] / store['fast_local_s']:.3f} x",
+        ),
+        (
             f"categories table {CAT_ROWS:,} rows: bare",
             f"{cats['bare']:,.0f} samples/s",
             f"same network and encoded tensors; encoding pass {cats['encode_s']:.2f} s",
@@ -288,6 +385,8 @@ def bench_loop() -> dict[str, float]:
         "grad_ckpt_vs_off_speed": round(ckpt["samples_per_s"] / fp32["samples_per_s"], 4),
         "grad_ckpt_vs_off_peak_memory": round(ckpt["peak_mb"] / fp32["peak_mb"], 4),
         "categories_loop_vs_bare": round(cats["ours"] / cats["bare"], 4),
+        "s3_epoch_ratio": round(store["trainer_s3_s"] / store["trainer_local_s"], 4),
+        "s3_epoch_ratio_fast_path": round(store["fast_s3_s"] / store["fast_local_s"], 4),
         "categories_encode_s": round(cats["encode_s"], 3),
         "device": 1.0 if _cuda() else 0.0,
     }
@@ -327,7 +426,15 @@ def bench_quality() -> dict[str, float]:
     return run()
 
 
-BENCHMARKS = {
+def bench_scale(args: list[str]) -> dict[str, float]:
+    """`python -m jobs.bench scale trials` (``jobs.bench_scale``)."""
+    from jobs.bench_scale import bench_scale as run
+
+    return run(args)
+
+
+BENCHMARKS: dict[str, Any] = {
+    "scale": bench_scale,
     "loop": bench_loop,
     "sweep": bench_sweep,
     "tracking": bench_tracking,
@@ -344,7 +451,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: python -m jobs.bench {{{'|'.join(BENCHMARKS)}}}", file=sys.stderr)
         return 2
-    figures = BENCHMARKS[argv[0]]()
+    figures = BENCHMARKS[argv[0]](argv[1:]) if argv[0] == "scale" else BENCHMARKS[argv[0]]()
     print(json.dumps({"benchmark": argv[0], **figures}))
     return 0
 

@@ -253,12 +253,12 @@ def cmd_tracking_serve(args: argparse.Namespace) -> int:
 
 def cmd_tracking_replay(args: argparse.Namespace) -> int:
     """`orchestrator tracking replay`: send a sweep's kept MLflow writes, register its champion."""
-    from orchestrator.core import state
+    from orchestrator.core import state, storage
 
     runtime.ensure_env()
-    folder = Path(args.folder).absolute()
+    folder = storage.Folder(args.folder)  # a path, or a URI on object storage
     uri = args.tracking_uri
-    if uri is None and (folder / state.STATE_FILE).is_file():
+    if uri is None and folder.is_file(state.STATE_FILE):
         # saved redacted: its credentials come from $MLFLOW_TRACKING_USERNAME/PASSWORD
         cfg = state.saved_config(state.read(folder), keys=["tracking.uri"])
         uri = location.resolve_uri(cfg)
@@ -459,7 +459,7 @@ def _tracking_commands(sub: Any) -> None:
         help="send the MLflow writes a sweep kept while its "
         "tracking server was away, then register its champion",
     )
-    tp.add_argument("folder", help="the sweep folder the sweep printed")
+    tp.add_argument("folder", help="the sweep folder the sweep printed (a path or a URI)")
     tp.add_argument("--tracking-uri", default=None, help="default: the sweep's own")
     tp.add_argument(
         "--patience",

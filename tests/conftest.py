@@ -87,6 +87,30 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
 
 
 @pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """A real S3-compatible server (moto's) on loopback, with the standard AWS variables
+    pointing at it for this module (and the processes it starts); started and stopped (by
+    pid) by ``jobs.bench.moto_s3``. Yields its endpoint; tests make their own buckets."""
+    from jobs import bench
+
+    with bench.moto_s3() as endpoint:
+        yield endpoint
+
+
+def s3_keys(bucket: str, prefix: str = "") -> list[str]:
+    """Every object key under ``prefix`` in ``bucket`` on the module's moto server (folder
+    markers left out)."""
+    import boto3
+
+    client = boto3.client("s3")
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        # pyarrow leaves empty "folder/" markers where it deleted a folder's last object
+        keys.extend(o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+    return keys
+
+
+@pytest.fixture(scope="module")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`orchestrator cluster up --workers 2`: a head (no CPUs for trials) and two 1-CPU worker
     nodes on loopback, token auth on, CLUSTER_SECRETS in the nodes' environment; stopped (only

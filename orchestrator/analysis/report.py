@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -224,12 +225,15 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
     return "\n".join(parts)
 
 
-def write(view: SweepView) -> Path:
+def write(view: SweepView) -> str:
     """The report in the sweep's folder, and as an artifact of the sweep's MLflow run."""
     from mlflow.tracking import MlflowClient
 
     champion_html, champion_id = champion_section(view)
-    path = view.folder / REPORT
-    path.write_text(render(view, champion_html, champion_id))
-    MlflowClient(location.resolve_uri(view.cfg)).log_artifact(view.parent_run_id, str(path))
-    return path
+    text = render(view, champion_html, champion_id)
+    view.folder.write_atomic(REPORT, text)
+    with tempfile.TemporaryDirectory() as d:  # MLflow logs local files
+        local = Path(d) / REPORT
+        local.write_text(text)
+        MlflowClient(location.resolve_uri(view.cfg)).log_artifact(view.parent_run_id, str(local))
+    return f"{view.folder}/{REPORT}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,7 +14,7 @@ import yaml
 from orchestrator import config as config_mod
 from orchestrator.analysis import plots
 from orchestrator.config import Config, ConfigError
-from orchestrator.core import diagnosis
+from orchestrator.core import diagnosis, storage
 from orchestrator.core import state as state_file
 from orchestrator.core.prepare import prepare
 from orchestrator.tracking import location, schema, writer
@@ -42,7 +41,7 @@ class SweepView:
     """A sweep as read back for ``diagnose`` and ``report``: its trials, baseline and the
     proposed next search space with the reasons for it."""
 
-    folder: Path
+    folder: storage.Folder
     cfg: Config
     parent_run_id: str
     baseline: diagnosis.Baseline
@@ -189,16 +188,16 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
         out(f"  - {w}")
 
 
-def write(view: SweepView) -> Path:
-    """``next_space.yaml`` and ``fit_map.png`` in the sweep's folder."""
-    path = view.folder / NEXT_SPACE
-    path.write_text(
-        yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why}, sort_keys=False)
+def write(view: SweepView) -> str:
+    """``next_space.yaml`` and ``fit_map.png`` in the sweep's folder; the first's location."""
+    view.folder.write_atomic(
+        NEXT_SPACE,
+        yaml.safe_dump({"sweep": {"space": view.space}, "because": view.why}, sort_keys=False),
     )
     png = fit_map(view, view.trials)
     if png is not None:
-        (view.folder / "fit_map.png").write_bytes(png)
-    return path
+        view.folder.write_atomic("fit_map.png", png)
+    return f"{view.folder}/{NEXT_SPACE}"
 
 
 def fit_map(view: SweepView, trials: list[TrialView]) -> bytes | None:

@@ -550,9 +550,25 @@ class SweepConfig(Section):
     """Seconds a running trial may go without reporting (its start-up and one epoch) before
     the sweep stops with an error naming it, instead of waiting forever."""
     storage_path: str = Field(default_factory=_storage_default)
-    """Where Ray keeps trial checkpoints (absolute, or relative to the working directory);
-    default ``$ORCHESTRATOR_STORAGE_PATH``, else ``results``. On a multi-node cluster it must
-    be storage every node shares (an NFS/EFS mount at the same path on every node)."""
+    """Where the sweep keeps trial checkpoints, its state, ledger and tracking journal: a
+    folder (absolute, or relative to the working directory), or object storage (``s3://``,
+    ``gs://``, any URI pyarrow has a filesystem for); default ``$ORCHESTRATOR_STORAGE_PATH``,
+    else ``results``. On a multi-node cluster every node must reach it: object storage, or a
+    folder every node mounts at the same path. Write access to it is code execution on the
+    driver (a resumed sweep unpickles Tune's state from it): guard it as the cluster."""
+    storage_filesystem: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra=secret(
+            "options", ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        ),
+    )
+    """Options of the storage URI's pyarrow filesystem (``S3FileSystem``, ``GcsFileSystem``),
+    e.g. ``endpoint_override``, ``region``, ``scheme``; by default the standard environment
+    (``AWS_*``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, an instance role)
+    decides. ``access_key``, ``secret_key`` and ``session_token`` are secret: never written
+    or logged, exported to the driver's environment (and so to the workers of a local Ray)
+    as ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``, and read
+    back from those on resume. On a cluster each node needs them in its own environment."""
     space: dict[str, Any] = Field(
         default_factory=_default_space, json_schema_extra={"additionalProperties": _DIMENSION}
     )
@@ -573,12 +589,25 @@ class SweepConfig(Section):
         if _serve_only(info):
             return self
         check(
-            "://" not in self.storage_path,
-            "sweep.storage_path",
-            f"{self.storage_path!r}: checkpoints on object storage are not supported yet",
-            "use a folder every node mounts at the same path (NFS, EFS, Filestore), e.g. "
-            "/mnt/shared/results",
+            not self.storage_filesystem or "://" in self.storage_path,
+            "sweep.storage_filesystem",
+            f"filesystem options are for object storage; {self.storage_path!r} is a folder",
+            "drop sweep.storage_filesystem, or set sweep.storage_path to an s3:// or gs:// URI",
         )
+        scheme = self.storage_path.split("://", 1)[0] if "://" in self.storage_path else ""
+        check(
+            not self.storage_filesystem or scheme in ("s3", "gs", "gcs"),
+            "sweep.storage_filesystem",
+            f"options are supported for s3:// and gs:// storage, not {scheme}://",
+            "drop sweep.storage_filesystem and configure that filesystem from the environment",
+        )
+        for key, value in self.storage_filesystem.items():
+            check(
+                isinstance(value, (str, int, float, bool)),
+                f"sweep.storage_filesystem.{key}",
+                f"expected a string, number or boolean, got {type(value).__name__}",
+                "give each filesystem option as a plain value",
+            )
         check(
             self.objective != "gap_penalized" or (self.metric, self.mode) == ("val_loss", "min"),
             "sweep.objective",

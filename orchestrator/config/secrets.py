@@ -16,6 +16,12 @@ from pydantic import BaseModel
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.schema import REDACTED, SECRET, Config, get
 
+# secret options of a filesystem (sweep.storage_filesystem) and their standard variables
+SECRET_OPTIONS = {
+    "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY",
+    "session_token": "AWS_SESSION_TOKEN",
+}
 URI_VARIABLES = 2  # a URI secret's environment: the user's variable and the password's
 
 # scheme://USERINFO@: greedy up to the token's last '@', so a password holding an unencoded
@@ -56,6 +62,11 @@ def redacted_value(kind: str, value: Any) -> Any:
     """``value`` as it is written or shown (``kind``: a field's ``secret(...)`` kind)."""
     if value is None or value == "":
         return value  # nothing to hide (and "unset" stays visible as such)
+    if kind == "options":  # a dict of options, some of them secret by name
+        return {
+            k: REDACTED if k in SECRET_OPTIONS and v not in (None, "") else v
+            for k, v in value.items()
+        }
     if isinstance(value, dict):
         return {k: redacted_value(kind, v) for k, v in value.items()}
     if kind == "uri":
@@ -89,6 +100,8 @@ def is_redacted(kind: str, value: Any) -> bool:
     """Whether ``value`` is a redacted secret of this kind (to be read back, not used)."""
     if kind == "uri":
         return isinstance(value, str) and f"://{REDACTED}@" in value
+    if kind == "options":
+        return isinstance(value, dict) and REDACTED in value.values()
     return value == REDACTED
 
 
@@ -100,7 +113,19 @@ def restore(cfg: Config, keys: Sequence[str] | None = None) -> Config:
         value, env = get(out, dotted), tuple(meta["env"])
         if (keys is not None and dotted not in keys) or not is_redacted(meta[SECRET], value):
             continue
-        if meta[SECRET] == "uri":
+        if meta[SECRET] == "options":
+            value = dict(value)
+            for option, variable in SECRET_OPTIONS.items():
+                if value.get(option) != REDACTED:
+                    continue
+                if not os.environ.get(variable):
+                    raise ConfigError(
+                        f"{dotted}.{option}",
+                        "was saved redacted (secrets are never written)",
+                        f"export {variable}",
+                    )
+                value[option] = os.environ[variable]
+        elif meta[SECRET] == "uri":
             user, password = (
                 (os.environ.get(env[0]), os.environ.get(env[1]))
                 if len(env) == URI_VARIABLES

@@ -3,11 +3,14 @@ it, so no code is unpickled), with the history of every epoch so far beside it a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
 
 import torch
+
+from orchestrator.core import storage
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics so far, readable without torch
@@ -22,6 +25,19 @@ def save(folder: str, state: dict[str, Any]) -> None:
         json.dump(state["history"], f)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint folder's contents; tensors only, so no code is unpickled."""
+def load_checkpoint(path: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint folder's contents, from a local folder or object storage (``options``:
+    ``sweep.storage_filesystem``); tensors only, so no code is unpickled."""
+    if storage.is_uri(path):
+        raw = storage.Folder(path, options).read_bytes(CHECKPOINT_FILE)
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     return torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def load_history(path: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
+    """The epochs' metrics saved beside a checkpoint (None: the folder has none)."""
+    folder = storage.Folder(path, options)
+    if not folder.is_file(HISTORY_FILE):
+        return None
+    rows: list[dict[str, Any]] = json.loads(folder.read_text(HISTORY_FILE))
+    return rows

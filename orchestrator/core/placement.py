@@ -6,6 +6,21 @@ from __future__ import annotations
 
 from orchestrator.config import Config, ConfigError
 
+# The steering actors of a multi-worker trial (its Tune trial actor, which starts the
+# TorchTrainer, Train's controller beside it, the report queue) are light, but the trial
+# dies with the node they sit on. A custom resource only the head node has keeps them there:
+# the head gets HEAD_AMOUNT of it (`cluster up`, the launcher configs, the KubeRay manifest,
+# a local Ray), each steering actor asks for STEER_AMOUNT.
+HEAD_RESOURCE = "orchestrator_head"
+HEAD_AMOUNT = 1000.0
+STEER_AMOUNT = 0.01
+
+
+def steering(cluster: dict[str, float]) -> dict[str, float]:
+    """The resources a steering actor asks for: the head's sliver where the cluster has the
+    head resource, nothing where it does not (a cluster started without it: anywhere)."""
+    return {HEAD_RESOURCE: STEER_AMOUNT} if cluster.get(HEAD_RESOURCE, 0) > 0 else {}
+
 
 def trial_concurrency(
     cfg: Config,

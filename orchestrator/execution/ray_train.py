@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import checkpoint, data, features, loop
+from orchestrator.core import checkpoint, data, features, loop, storage
 from orchestrator.core import task as task_mod
 from orchestrator.execution import relay
 
@@ -46,9 +47,24 @@ class RaySeam:
         return t
 
     def report(self, values: dict[str, float], checkpoint_dir: str | None) -> None:
-        """Report the epoch's metrics to Ray Train, with the checkpoint folder when given."""
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(values, checkpoint=ckpt)
+        """Report the epoch's metrics to Ray Train, with the checkpoint folder when given.
+
+        The checkpoint is uploaded in the background (Train's ASYNC mode), so object storage
+        does not hold up the next epoch; Train passes the report on once the upload is done,
+        in order, and deletes the folder. The loop's folder goes when this returns, so its
+        files move (a rename, no copy) into one of the upload's own first."""
+        if not checkpoint_dir:
+            ray.train.report(values)
+            return
+        upload = tempfile.mkdtemp(prefix="orchestrator-checkpoint-")
+        for name in os.listdir(checkpoint_dir):
+            os.replace(os.path.join(checkpoint_dir, name), os.path.join(upload, name))
+        ray.train.report(
+            values,
+            checkpoint=ray.train.Checkpoint.from_directory(upload),
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
 
     def restore(self) -> dict[str, Any] | None:
         """After a worker died and Train restarted the group: the latest reported checkpoint."""
@@ -75,16 +91,18 @@ class ReportRelay(ray.train.UserCallback):
     ) -> None:
         """Put rank 0's metrics, with the checkpoint's path, on the trial's queue."""
         row = dict(metrics[0])
-        if checkpoint:  # already in storage: Tune gets its path, not a second upload
-            row[CHECKPOINT_PATH] = checkpoint.path
+        if checkpoint:  # already in storage: Tune gets its location, not a second upload
+            row[CHECKPOINT_PATH] = storage.uri_of(checkpoint.filesystem, checkpoint.path)
         self._queue.put(row)
 
 
 def report_queue() -> Any:
     """The queue between a trial's TorchTrainer and the trial (an actor with no CPUs, owned
-    by the trial, so it goes when the trial does)."""
+    by the trial, so it goes when the trial does; beside it on the head)."""
     from ray.util.queue import Queue
 
+    # Tune's placement group holds it (it captures the trial's child actors): on the trial's
+    # node, which the trial's own head-resource sliver keeps on the head
     return Queue(maxsize=1, actor_options={"num_cpus": 0})
 
 
@@ -241,8 +259,12 @@ def make_trainer(
     refit: bool = False,
     summary: data.Summary | None = None,
 ) -> ray.train.torch.TorchTrainer:
-    """A TorchTrainer for the config; with a ``summary`` (from ``data.scan``) it streams."""
+    """A TorchTrainer for the config; with a ``summary`` (from ``data.scan``) it streams.
+    ``storage_path`` is a folder or a URI; ``sweep.storage_filesystem``'s options (never
+    secrets: those are in the environment) build its filesystem."""
     s = cfg.scaling
+    options = cfg.sweep.storage_filesystem
+    fs = storage.Folder(storage_path, options).fs if options else None
     payload: dict[str, Any] = {"config": config_mod.to_dict(cfg), "refit": refit}
     datasets: dict[str, Any] | None = None
     if summary is not None:
@@ -265,6 +287,7 @@ def make_trainer(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=fs,
             callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
             # Keep the best N epochs (the champion's weights) and, always, the latest one.

@@ -34,8 +34,12 @@ def init_ray(verbose: bool = False) -> None:
     if address and address != "local":
         ray.init(address=address, log_to_driver=verbose, logging_level=level)
         return
+    from orchestrator.core import placement
+
     ctx = ray.init(
         address="local",
+        # one node: the head resource where the trials' steering actors ask for it
+        resources={placement.HEAD_RESOURCE: placement.HEAD_AMOUNT},
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=free_port(),

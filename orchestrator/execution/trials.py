@@ -22,7 +22,7 @@ from torch import nn
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import checkpoint, data, loop
+from orchestrator.core import checkpoint, data, loop, placement, storage
 
 SET_KEY = "_set"  # a param_space key whose value is a whole dict of dotted values (confirm runs)
 
@@ -77,14 +77,16 @@ class TuneSeam:
             return checkpoint.load_checkpoint(d)
 
 
-def trial_resources(cfg: Config) -> dict[str, float]:
-    """What the Tune trial itself holds. On the fast path it is the worker; otherwise it only
-    waits on its TorchTrainer, whose workers hold the CPUs/GPUs (Tune refuses an empty
-    request, so it asks for a token 1 MiB of memory)."""
+def trial_resources(cfg: Config, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """What the Tune trial itself holds. On the fast path it is the worker (anywhere: when
+    its node is lost, Tune retries it from its checkpoint). Otherwise it only steers its
+    TorchTrainer, whose workers hold the CPUs/GPUs: a token 1 MiB of memory (Tune refuses an
+    empty request) and, where ``cluster`` has it, a sliver of the head-only resource, so a
+    lost worker node never takes the trial's steering with it."""
     s = cfg.scaling
     if fast_path(cfg):
         return {"cpu": s.cpus_per_worker, "gpu": 1 if s.use_gpu else 0}
-    return {"cpu": 0, "memory": 2**20}
+    return {"cpu": 0, "memory": 2**20, **placement.steering(cluster or {})}
 
 
 def make_trainable(
@@ -125,7 +127,10 @@ def make_trainable(
         )
         ray_train.fit_relayed(trainer, queue, tune.report)
 
-    return tune.with_resources(trial_fn, trial_resources(cfg))
+    import ray
+
+    cluster = ray.cluster_resources() if ray.is_initialized() else {}
+    return tune.with_resources(trial_fn, trial_resources(cfg, cluster))
 
 
 def _run_in_trial(cfg: Config, summary: data.Summary | None, refit: bool) -> None:
@@ -168,7 +173,7 @@ def _splits(cfg: Config) -> data.Splits:
 def final_checkpoint(result: Any) -> str:
     """The last checkpoint folder of a finished trial, whichever path it ran on."""
     if result.checkpoint is not None:  # fast path: Tune's own checkpoint
-        return str(result.checkpoint.path)
+        return storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)
     return str(result.metrics["checkpoint_path"])  # relayed from the TorchTrainer
 
 

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core import placement
+
 STATE_DIR = Path(".ray-local")
 # How long a node gets to stop on SIGTERM before its process group is SIGKILLed: what
 # `ray stop --grace-period` defaults to. `ray start --block` winds its node down slowly
@@ -285,6 +287,8 @@ def up(
                 f"--ray-client-server-port={_free_port()}",
                 f"--num-cpus={head_cpus}",
                 "--num-gpus=0",
+                # the trials' steering actors ask for a sliver of it: they stay on the head
+                f"--resources={json.dumps({placement.HEAD_RESOURCE: placement.HEAD_AMOUNT})}",
                 f"--temp-dir={temp_dir}",
                 *_node_ports(),
             ],

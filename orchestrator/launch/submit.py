@@ -40,6 +40,8 @@ from urllib.parse import urlparse
 from orchestrator import config as config_mod
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import placement
+from orchestrator.core.storage import is_uri, public_options
+from orchestrator.launch import probe
 from orchestrator.tracking import location
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
@@ -193,7 +195,7 @@ def resolve_paths(cfg: Config, local_cluster: bool) -> list[str]:
             path = str(absolute)
         overrides.append(f"data.path={path}")
     storage = cfg.sweep.storage_path
-    if not Path(storage).is_absolute():
+    if not is_uri(storage) and not Path(storage).is_absolute():
         if local_cluster:  # the job runs in a copy of the working directory, deleted after
             overrides.append(f"sweep.storage_path={Path(storage).absolute()}")
         elif storage != "results" or os.environ.get("ORCHESTRATOR_STORAGE_PATH"):
@@ -359,6 +361,7 @@ def submit(
     entry, runtime_env = job_spec(config_path, passed, workdir, what)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     client = JobSubmissionClient(address, headers=headers)
+    probe_storage(client, config_mod.load(config_path, passed), runtime_env, out)
     job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
     out(f"submitted {job_id}: {entry}")
     if not wait:
@@ -379,6 +382,76 @@ def submit(
     info = client.get_job_info(job_id)
     out(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""))
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+PROBE_TIMEOUT_S = 300.0  # the probe job: the working directory's upload and one task per node
+
+
+def probe_storage(
+    client: Any,
+    cfg: Config,
+    runtime_env: dict[str, Any],
+    out: Callable[[str], None] = print,
+    timeout: float = PROBE_TIMEOUT_S,
+) -> None:
+    """Every alive node of the cluster writes and deletes a probe object under
+    ``sweep.storage_path`` (``orchestrator.launch.probe``, as a job of its own with the
+    job's runtime env); ConfigError naming the key, the node and the fix when one cannot, or
+    when the probe does not finish within ``timeout``."""
+    import json
+
+    from ray.job_submission import JobStatus
+
+    where = cfg.sweep.storage_path
+    options = {k: v for k, v in cfg.sweep.storage_filesystem.items() if v != config_mod.REDACTED}
+    entry = " ".join(
+        shlex.quote(a)
+        for a in [
+            "python",
+            "-m",
+            probe.__name__,
+            where,
+            json.dumps(public_options(options)),
+        ]
+    )
+    job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
+    deadline = time.monotonic() + timeout
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise ConfigError(
+                "sweep.storage_path",
+                f"the storage probe ({job_id}) did not finish in {timeout:g} s",
+                f"see `ray job logs {job_id}`; check that the cluster has free nodes and "
+                "reaches the storage",
+            )
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    answer = next(
+        (json.loads(line) for line in reversed(logs.splitlines()) if line.startswith('{"ok"')),
+        None,
+    )
+    if status == JobStatus.SUCCEEDED and answer is not None:
+        out(f"preflight: {len(answer['ok'])} node(s) can write {where}")
+        return
+    if answer is None:
+        raise ConfigError(
+            "sweep.storage_path",
+            f"the storage probe ({job_id}) ended {status.value} without an answer: "
+            f"{logs.strip().splitlines()[-1] if logs.strip() else 'no output'}",
+            f"see `ray job logs {job_id}`",
+        )
+    failed = "; ".join(f"{node}: {error}" for node, error in answer["failed"].items())
+    raise ConfigError(
+        "sweep.storage_path",
+        f"{where} cannot be written from every node ({failed or 'no node answered'})",
+        "give each node access: for object storage the credentials (AWS_* variables, "
+        "an instance role, IRSA / workload identity, GOOGLE_APPLICATION_CREDENTIALS) and the "
+        "endpoint (AWS_ENDPOINT_URL or sweep.storage_filesystem.endpoint_override) in the "
+        "nodes' environment; for a folder, the same shared mount on every node",
+    )
 
 
 async def _tail(client: Any, job_id: str) -> None:

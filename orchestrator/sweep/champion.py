@@ -79,7 +79,7 @@ def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Te
     so the champion learns from every row but the test split; or take the trial's weights."""
     assert best.best is not None and best.checkpoint is not None
     if not cfg.sweep.refit:
-        return checkpoint.load_checkpoint(best.checkpoint)["model"]
+        return checkpoint.load_checkpoint(best.checkpoint, cfg.sweep.storage_filesystem)["model"]
     epochs = int(best.best["epoch"])
     refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
     ctx.out(
@@ -89,11 +89,14 @@ def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Te
         refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary, refit=True
     )
     name = f"{ctx.name}-refit-{time.strftime('%H%M%S')}"
-    grid = tuner.make_tuner(refit_cfg, trainable, tuner.Search(), [], ctx.storage, name).fit()
+    grid = tuner.make_tuner(
+        refit_cfg, trainable, tuner.Search(), [], ctx.storage, name, filesystem=ctx.filesystem
+    ).fit()
     result = grid[0]
     if result.error is not None:
         raise RuntimeError(f"the champion's refit failed: {result.error}")
-    return checkpoint.load_checkpoint(trials.final_checkpoint(result))["model"]
+    where = trials.final_checkpoint(result)
+    return checkpoint.load_checkpoint(where, cfg.sweep.storage_filesystem)["model"]
 
 
 @torch.no_grad()

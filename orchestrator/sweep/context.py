@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.core.prepare import Prepared
+from orchestrator.core.storage import Folder
 from orchestrator.tracking import outbox
 
 
@@ -22,7 +23,7 @@ class Context:
     exp_id: str
     parent_id: str | None  # the sweep's MLflow run; None for `orchestrator train`
     stamp: str  # the sweep's start time, part of its name
-    storage: str  # sweep.storage_path, absolute
+    storage: str  # sweep.storage_path: an absolute folder, or a URI
     concurrency: int
     out: Callable[[str], None]
     resume: bool = False
@@ -33,6 +34,17 @@ class Context:
         return f"{self.cfg.experiment}-{self.stamp}"
 
     @property
-    def path(self) -> Path:
+    def root(self) -> Folder:
+        """The storage path, local or object storage."""
+        return Folder(self.storage, self.cfg.sweep.storage_filesystem)
+
+    @property
+    def path(self) -> Folder:
         """The sweep's folder under the storage path."""
-        return Path(self.storage) / self.name
+        return self.root / self.name
+
+    @property
+    def filesystem(self) -> Any:
+        """The storage's pyarrow filesystem for Ray (None: Ray resolves the path itself). Built
+        without secrets (they come from the environment), so Tune may pickle it."""
+        return self.root.fs if self.cfg.sweep.storage_filesystem else None

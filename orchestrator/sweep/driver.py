@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -16,7 +15,7 @@ import torch
 from orchestrator import config as config_mod
 from orchestrator.analysis import progress
 from orchestrator.config import Config, ConfigError
-from orchestrator.core import ledger, model, modelfile, placement, state
+from orchestrator.core import ledger, model, modelfile, placement, state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import Prepared, prepare
 from orchestrator.execution import runtime, trials
@@ -65,15 +64,16 @@ def run(
     prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
+    storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     state.check_storage(cfg)  # and storage we cannot write, before the parent run exists
     client, exp_id = writer.connect(cfg, out)  # so does a tracking server that is not up
     runtime.init_ray(verbose)
     concurrency = concurrency_for(cfg, prep)
     parent_id = writer.start_sweep_run(client, exp_id, cfg, prep.fingerprint, prep.sizes)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    storage = str(Path(cfg.sweep.storage_path).absolute())
-    ctx = Context(cfg, prep, client, exp_id, parent_id, stamp, storage, concurrency, out)
-    ctx.path.mkdir(parents=True, exist_ok=True)
+    where = storage.absolute(cfg.sweep.storage_path)
+    ctx = Context(cfg, prep, client, exp_id, parent_id, stamp, where, concurrency, out)
+    ctx.path.mkdir()
     client.use_journal(ctx.path)
     _save(ctx, state.RUNNING)
     client.set_tag(parent_id, schema.SWEEP_DIR, str(ctx.path))
@@ -150,6 +150,7 @@ def resume(
             "resume against the same data, or start a new sweep",
         )
     cfg = prep.cfg
+    storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     client, exp_id = writer.connect(cfg, out)
     client.use_journal(path)
     runtime.init_ray(verbose)
@@ -164,7 +165,7 @@ def resume(
         exp_id,
         parent_id,
         saved["stamp"],
-        str(path.parent),
+        str(path.parent),  # the storage path as found (a URI resumes on any machine)
         concurrency,
         out,
         resume=True,

@@ -16,6 +16,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator.analysis import progress
+from orchestrator.core import storage
 from orchestrator.execution.trials import values_of
 from orchestrator.sweep.book import ERROR_TAIL, Book
 
@@ -81,7 +82,8 @@ class BookHooks(tune.Callback):
     ) -> None:
         """A fast-path trial's checkpoint, after the result it belongs to."""
         epoch = (trial.last_result or {}).get("epoch")
-        self.book.checkpointed(trial.trial_id, trial.config, checkpoint.path, epoch)
+        where = storage.uri_of(checkpoint.filesystem, checkpoint.path)
+        self.book.checkpointed(trial.trial_id, trial.config, where, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial ended (finished, early-stopped or pruned)."""

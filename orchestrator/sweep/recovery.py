@@ -5,8 +5,6 @@ their run ending, runs opened for trials Tune has forgotten, and epochs no drive
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.analysis import plots
@@ -74,10 +72,10 @@ def fill_gap(book: Book, rec: TrialRecord, checkpoint_dir: str) -> None:
     their checkpoints are gone)."""
     assert rec.gap is not None and rec.run_id is not None
     lo, hi = rec.gap
-    path = Path(checkpoint_dir) / checkpoint.HISTORY_FILE
-    if not path.is_file():
+    saved = checkpoint.load_history(checkpoint_dir, book.cfg.sweep.storage_filesystem)
+    if saved is None:
         return
-    rows = [r for r in json.loads(path.read_text()) if lo < int(r["epoch"]) < hi]
+    rows = [r for r in saved if lo < int(r["epoch"]) < hi]
     for row in rows:
         writer.log_epoch(book.client, rec.run_id, row)
     rec.history = sorted(rec.history + rows, key=lambda r: r["epoch"])

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import state
+from orchestrator.core import state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
@@ -39,23 +38,24 @@ def train_run(
     last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
     prep = prepare(cfg, say=out)
     cfg = prep.cfg
+    storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     state.check_storage(cfg)
     client, exp_id = writer.connect(cfg, out)
     runtime.init_ray(verbose)
     concurrency_for(cfg, prep)  # fails now if one run cannot fit
-    storage = str(Path(cfg.sweep.storage_path).absolute())
+    where = storage.absolute(cfg.sweep.storage_path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{cfg.experiment}-{stamp}-train"
-    client.use_journal(Path(storage) / name)
+    ctx = Context(cfg, prep, client, exp_id, None, stamp, where, 1, out)
+    client.use_journal(ctx.root / name)
     out(
         f"[train] {cfg.experiment}: {cfg.scaling.num_workers} DDP worker(s), "
         f"{cfg.train.epochs} epochs; data {prep.sizes} ({prep.loader}); {prep.describe()}"
     )
     # a trial's own retries are the worker group's (scaling.max_failures); no search retries
     no_search = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"max_failures": 0})})
-    ctx = Context(cfg, prep, client, exp_id, None, stamp, storage, 1, out)
     book = Book(ctx, "train")
-    trainable = trials.make_trainable(cfg, stamp, storage, prep.summary)
+    trainable = trials.make_trainable(cfg, stamp, where, prep.summary)
     search = tuner.Search(retries=trials.max_failures(no_search))
     tuner.run_book(book, trainable, lambda: search, name)
     rec = book.records[0]
@@ -65,6 +65,6 @@ def train_run(
         out(
             f"[tracking] MLflow at {shown} does not answer: "
             f"{len(client.queue)} write(s) kept; when it is back: orchestrator tracking "
-            f"replay {Path(storage) / name} --tracking-uri {shown}"
+            f"replay {ctx.root / name} --tracking-uri {shown}"
         )
     return TrainSummary(client.run_id(rec.run_id) or rec.run_id, rec, shown)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -43,7 +42,13 @@ def search_of(cfg: Config, concurrency: int) -> Search:
 
 
 def make_tuner(
-    cfg: Config, trainable: Any, search: Search, callbacks: list, storage: str, name: str
+    cfg: Config,
+    trainable: Any,
+    search: Search,
+    callbacks: list,
+    storage: str,
+    name: str,
+    filesystem: Any = None,
 ) -> tune.Tuner:
     """A Tune tuner of ``trainable`` over ``search``, ranked by the config's metric, with the
     stall watchdog beside ``callbacks`` and checkpoints kept as the scheduler needs them."""
@@ -70,6 +75,7 @@ def make_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
+            storage_filesystem=filesystem,
             callbacks=[*callbacks, watchdog],
             verbose=0,
             failure_config=tune.FailureConfig(
@@ -93,15 +99,21 @@ def run_book(book: Book, trainable: Any, search: Callable[[], Search], name: str
     failed; then the runs of trials Tune forgot are deleted. ``search`` is only called for a
     new run (a restored one keeps its own searcher and scheduler state)."""
     ctx = book.ctx
-    path = Path(ctx.storage) / name
+    path, fs = str(ctx.root / name), ctx.filesystem
     callback = hooks.attach(book, name)
     try:
-        if ctx.resume and tune.Tuner.can_restore(str(path)):
+        if ctx.resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
             tuner = tune.Tuner.restore(
-                str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
+                path,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=False,
+                storage_filesystem=fs,
             )
         else:
-            tuner = make_tuner(ctx.cfg, trainable, search(), [callback], ctx.storage, name)
+            tuner = make_tuner(
+                ctx.cfg, trainable, search(), [callback], ctx.storage, name, filesystem=fs
+            )
         tuner.fit()
     finally:
         hooks.detach(name)

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import config as config_mod
 from orchestrator.config import Config
-from orchestrator.core import modelfile
+from orchestrator.core import modelfile, storage
 from orchestrator.tracking import outbox, schema
 from orchestrator.tracking.location import bare_uri
 from orchestrator.tracking.registry import champion_version, find_version
@@ -221,7 +221,7 @@ CHAMPION_FILE = "champion.json"  # in PENDING: what registering needs, and how f
 
 
 def keep_champion(
-    folder: Path,
+    folder: Path | storage.Folder,
     cfg: Config,
     parent_id: str,
     net: torch.nn.Module,
@@ -229,19 +229,22 @@ def keep_champion(
     spec: modelfile.Spec,
     test_metrics: dict[str, float],
     trial_run_id: str,
-) -> Path:
+) -> str:
     """What ``register_champion`` needs, on disk (weights, config, example, scores), for a
     replay once the tracking server is back. The folder appears whole or not at all (built
-    beside it, fsynced, renamed into place); run ids are stored resolved as far as the
+    beside it, fsynced, renamed into place; on object storage its ``champion.json``, which
+    the replay looks for, is uploaded last); run ids are stored resolved as far as the
     journal knows them (the replay resolves the rest); a marker lets the replay find the
     model version it registered if it dies before recording it."""
     import shutil
     import uuid
 
-    folder = Path(folder)
-    ids = outbox.load_ids(folder)
+    store = storage.as_folder(folder)
+    ids = outbox.load_ids(store)
     parent_id, trial_run_id = ids.get(parent_id, parent_id), ids.get(trial_run_id, trial_run_id)
-    pending, tmp = folder / PENDING, folder / (PENDING + ".tmp")
+    scratch = None if store.local else storage.scratch()
+    local = Path(store.path) if scratch is None else scratch
+    pending, tmp = local / PENDING, local / (PENDING + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a kill while an earlier one was kept
     tmp.mkdir(parents=True)
     modelfile.write_weights(tmp, spec, net)
@@ -262,14 +265,23 @@ def keep_champion(
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
     outbox.fsync_dir(tmp)
+    if scratch is not None:  # object storage: the marker file last, after the rest
+        store.remove_tree(PENDING)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == CHAMPION_FILE):
+            store.write_atomic(f"{PENDING}/{f.name}", f.read_bytes())
+        shutil.rmtree(scratch, ignore_errors=True)
+        return f"{store}/{PENDING}"
     shutil.rmtree(pending, ignore_errors=True)
     tmp.replace(pending)
-    outbox.fsync_dir(folder)
-    return pending
+    outbox.fsync_dir(local)
+    return str(pending)
 
 
 def replay(
-    folder: Path, uri: str, out: Callable[[str], None] = print, patience: float = 60.0
+    folder: Path | storage.Folder,
+    uri: str,
+    out: Callable[[str], None] = print,
+    patience: float = 60.0,
 ) -> str | None:
     """Send what a sweep (or train run) kept while its tracking server was away: the queued
     writes in order, then the champion's registration. Returns the new model version, if a
@@ -289,34 +301,35 @@ def replay(
         raise RuntimeError(
             f"MLflow at {config_mod.redact_uri(uri)} still does not answer: "
             f"{len(box.queue)} of "
-            f"{total} write(s) left in {folder / outbox.JOURNAL}"
+            f"{total} write(s) left in {folder}/{outbox.JOURNAL}"
         )
     if total:
         out(f"[tracking] replayed {total} kept write(s) to {config_mod.redact_uri(uri)}")
     version = None
-    if (folder / PENDING / CHAMPION_FILE).is_file():
-        version = register_kept(folder / PENDING, box.run_id, out)
+    store = storage.as_folder(folder)
+    if store.is_file(f"{PENDING}/{CHAMPION_FILE}"):
+        version = register_kept(store / PENDING, box.run_id, out)
     if box.refused:
         raise RuntimeError(
             f"MLflow refused {box.refused} of the {total} kept write(s) (not "
             f"an outage); they are set aside, each with its error, in "
-            f"{folder / outbox.REFUSED}"
+            f"{folder}/{outbox.REFUSED}"
         )
     return version
 
 
 def register_kept(
-    pending: Path, resolve: Callable[[str], str | None], out: Callable[[str], None] = print
+    pending: Path | storage.Folder,
+    resolve: Callable[[str], str | None],
+    out: Callable[[str], None] = print,
 ) -> str:
     """Register the champion ``keep_champion`` left in ``pending``. Each step's outcome is
     recorded in its ``champion.json`` (atomically, fsynced) before the next: the logged
     model (and the champion it will replace), then the new version, before any alias
     moves; a version registered by a try that died before recording it is found by its
     marker tag. So a kill at any point, and a replay again, registers one version."""
-    import shutil
-
-    path = pending / CHAMPION_FILE
-    info = json.loads(path.read_text())
+    pending = storage.as_folder(pending)
+    info = json.loads(pending.read_text(CHAMPION_FILE))
     cfg = config_mod.from_dict(info["config"])
     name, marker = cfg.tracking.register_as, info.get("marker", "")
     parent, trial = resolve(info["parent_id"]) or "", resolve(info["trial_run_id"]) or ""
@@ -325,7 +338,9 @@ def register_kept(
     if version is None:
         if "model_uri" not in info:
             # this machine trained it: the factory it names is the config's own
-            net, spec = modelfile.load_weights(pending, factories=(cfg.model.kind,))
+            with tempfile.TemporaryDirectory() as d:  # weights read from local files
+                local = pending.download("", Path(d) / PENDING)
+                net, spec = modelfile.load_weights(local, factories=(cfg.model.kind,))
             info["model_uri"] = log_champion(
                 cfg,
                 parent,
@@ -337,16 +352,15 @@ def register_kept(
             )
             outbox.count_send()
             info["previous"] = champion_version(client, name)
-            outbox.write_atomic(path, json.dumps(info))
+            pending.write_atomic(CHAMPION_FILE, json.dumps(info))
         version = register_version(info["model_uri"], name, trial, info["test_metrics"], marker)
         outbox.count_send()
     if info.get("version") != version:
         info["version"] = version
-        outbox.write_atomic(path, json.dumps(info))  # before any alias moves
+        pending.write_atomic(CHAMPION_FILE, json.dumps(info))  # before any alias moves
     old = info["previous"] if "previous" in info else champion_version(client, name)
     promote(client, name, version, old, parent, trial)
-    path.unlink()  # nothing is pending from here on; then the rest goes
-    outbox.fsync_dir(pending)
-    shutil.rmtree(pending)
+    pending.remove(CHAMPION_FILE)  # nothing is pending from here on; then the rest goes
+    pending.parent.remove_tree(pending.name)
     out(f"[tracking] champion registered as models:/{name}@champion (version {version})")
     return version

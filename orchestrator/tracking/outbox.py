@@ -39,6 +39,7 @@ in a sweep; a replay sets such writes aside and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # for the types only: importing MLflow takes seconds
     from mlflow.entities import DatasetInput, Experiment, Metric, Param, Run, RunTag
     from mlflow.store.entities.paged_list import PagedList
 
+from orchestrator.core import storage
 from orchestrator.tracking import schema
 
 JOURNAL = "mlflow-journal.jsonl"
@@ -135,45 +137,22 @@ def count_send() -> None:
 # ---------------------------------------------------------------- durable files
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a file created, renamed or removed in it) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = storage.fsync_dir
 
 
 def write_atomic(path: Path, text: str) -> None:
     """``path`` holds ``text``, durably: a crash leaves the old content or the new, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    storage.Folder(str(path.parent)).write_atomic(path.name, text)
 
 
-def append_line(path: Path, record: dict[str, Any], sync: bool = True) -> None:
-    """One JSON line at the end of ``path``; with ``sync``, durable when this returns."""
-    new = not path.exists()
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    if new and sync:
-        fsync_dir(path.parent)
-
-
-def load_ids(folder: Path) -> dict[str, str]:
+def load_ids(folder: Path | storage.Folder) -> dict[str, str]:
     """The placeholder -> real run id mapping journaled in ``folder`` (empty if none)."""
-    path = Path(folder) / IDS
-    if not path.is_file():
+    folder = storage.as_folder(folder)
+    path = f"{folder}/{IDS}"
+    if not folder.is_file(IDS):
         return {}
     try:
-        ids = json.loads(path.read_text())
+        ids = json.loads(folder.read_text(IDS))
     except ValueError as e:  # written atomically: damage is not a crash's doing
         raise JournalError(
             f"{path}: not valid JSON ({e}); it maps placeholder run ids "
@@ -186,14 +165,15 @@ def load_ids(folder: Path) -> dict[str, str]:
     return ids
 
 
-def load_journal(folder: Path, out: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def load_journal(
+    folder: Path | storage.Folder, out: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """The writes in ``folder``'s journal not yet sent, oldest first. A last line cut short
     (the writer died mid-line) is skipped with a warning; any other bad line raises
     ``JournalError`` naming it."""
-    path = Path(folder) / JOURNAL
-    if not path.is_file():
-        return []
-    lines = path.read_bytes().split(b"\n")
+    folder = storage.as_folder(folder)
+    path = f"{folder}/{JOURNAL}"
+    lines = folder.read_lines(JOURNAL).split(b"\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     entries: list[dict[str, Any]] = []
     done = 0
@@ -355,7 +335,7 @@ class Outbox:
         self.client, self.out, self.strict = client, out, strict
         self.queue: list[dict[str, Any]] = []
         self.ids: dict[str, str] = {}  # placeholder run id -> real one
-        self.journal: Path | None = None
+        self.folder: storage.Folder | None = None  # where the journal is kept
         self.kept = self.replayed = self.refused = 0
         self.down = False  # the server stopped answering and has not answered since
         self.error: BaseException | None = None  # a write the server refused (not an outage)
@@ -449,22 +429,23 @@ class Outbox:
         args, kw = self._real_ids(args, kw)
         return getattr(self.client, method)(*args, **kw)
 
-    def use_journal(self, folder: Path) -> None:
-        """Where queued writes are journaled while the server is away (the sweep's folder),
-        for a replay after this process is gone. What an earlier driver of the same folder
-        left there (a resumed sweep) is loaded and sent first."""
+    def use_journal(self, folder: Path | storage.Folder) -> None:
+        """Where queued writes are journaled while the server is away (the sweep's folder,
+        local or on object storage), for a replay after this process is gone. What an
+        earlier driver of the same folder left there (a resumed sweep) is loaded and sent
+        first."""
         with self._cv:
-            self.journal = Path(folder) / JOURNAL
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
-            known = load_ids(self.journal.parent)
+            self.folder = storage.as_folder(folder)
+            self.folder.mkdir()
+            known = load_ids(self.folder)
             if self.ids.keys() - known.keys():  # learnt before there was a folder
-                write_atomic(self.journal.parent / IDS, json.dumps({**known, **self.ids}))
+                self.folder.write_atomic(IDS, json.dumps({**known, **self.ids}))
             self.ids = {**known, **self.ids}
-            earlier = load_journal(self.journal.parent, self.out)
+            earlier = load_journal(self.folder, self.out)
             if earlier:
                 self.out(
                     f"[tracking] {len(earlier)} write(s) kept by an earlier driver in "
-                    f"{self.journal}: sending them first"
+                    f"{self.folder}/{JOURNAL}: sending them first"
                 )
                 self.queue[:0] = earlier
                 self.down = True  # until they are sent, every write is journaled behind them
@@ -522,7 +503,7 @@ class Outbox:
                 f"[tracking] MLflow unreachable ({_short(e)}); training goes on, "
                 "writes are kept and sent when it answers"
             )
-            if self.journal is not None:
+            if self.folder is not None:
                 self._rewrite()
             self.down = True  # once the journal holds the queue (``down`` is read unlocked)
         self._next_try = time.monotonic() + self._pause
@@ -533,28 +514,21 @@ class Outbox:
         if placeholder:
             entry["placeholder"] = placeholder
         if method == "log_artifact":
-            # the file is usually in a temporary folder that is about to go away
-            if self.journal is not None:
-                files = self.journal.parent / FILES
+            # the file is usually in a temporary folder that is about to go away: a copy is
+            # kept beside the journal, durable before the journal names it
+            index = 1 if len(entry["args"]) > 1 else None
+            src = Path(entry["args"][1] if index else entry["kw"]["local_path"])
+            kept = _keep_file(self.folder, src)
+            if index:
+                entry["args"][1] = kept
             else:
-                files = Path(tempfile.gettempdir()) / "orchestrator-outbox"
-            keep = files / uuid.uuid4().hex[:8]
-            keep.mkdir(parents=True, exist_ok=True)
-            src = Path(entry["args"][1] if len(entry["args"]) > 1 else entry["kw"]["local_path"])
-            shutil.copy(src, keep / src.name)
-            with (keep / src.name).open("rb") as f:  # durable before the journal names it
-                os.fsync(f.fileno())
-            fsync_dir(keep)
-            if len(entry["args"]) > 1:
-                entry["args"][1] = str(keep / src.name)
-            else:
-                entry["kw"]["local_path"] = str(keep / src.name)
+                entry["kw"]["local_path"] = kept
         with self._cv:
             self.queue.append(entry)
             if self.down:
                 self.kept += 1
-                if self.journal is not None:
-                    append_line(self.journal, entry)  # the only copy: durable before we return
+                if self.folder is not None:  # the only copy: durable before we return
+                    self.folder.append_line(JOURNAL, entry)
             self._cv.notify_all()
 
     def _real_ids(self, args: tuple, kw: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -598,6 +572,10 @@ class Outbox:
                     if not real:
                         real = self.client.create_run(*args, **kw).info.run_id
                         count_send()
+                elif method == "log_artifact":
+                    with _local_artifact(args, kw) as (args, kw):
+                        self.client.log_artifact(*args, **kw)
+                    count_send()
                 else:
                     getattr(self.client, method)(*args, **kw)
                     count_send()
@@ -615,9 +593,7 @@ class Outbox:
                     self._settle(taken)
                     return True
             if method == "log_artifact":  # the outbox's own copy of the file
-                shutil.rmtree(
-                    Path(args[1] if len(args) > 1 else kw["local_path"]).parent, ignore_errors=True
-                )
+                _drop_file(self.folder, args[1] if len(args) > 1 else kw["local_path"])
             with self._cv:
                 if method == "create_run" and self.ids.get(placeholder) != real:
                     self._learn(placeholder, real)
@@ -633,17 +609,17 @@ class Outbox:
         """(Under the lock.) A placeholder's real id, journaled before the creation leaves
         the journal: later writes, Tune's saved state and a kept champion may still name it."""
         self.ids[placeholder] = real
-        if self.journal is not None:
-            write_atomic(self.journal.parent / IDS, json.dumps(self.ids))
+        if self.folder is not None:
+            self.folder.write_atomic(IDS, json.dumps(self.ids))
 
     def _set_aside(self, taken: int, e: BaseException) -> None:
         """(Under the lock.) Refused writes, kept beside the journal with their error."""
-        if self.journal is None:
+        if self.folder is None:
             return
         for entry in self.queue[:taken]:
-            append_line(self.journal.parent / REFUSED, {**entry, "error": _short(e)})
+            self.folder.append_line(REFUSED, {**entry, "error": _short(e)})
         self.refused += taken
-        self.out(f"[tracking] set aside in {self.journal.parent / REFUSED}")
+        self.out(f"[tracking] set aside in {self.folder}/{REFUSED}")
 
     def _settle(self, taken: int) -> None:
         """(Under the lock.) The queue's first ``taken`` writes are done (sent or set aside)."""
@@ -653,11 +629,11 @@ class Outbox:
             if not self.queue:
                 self.down = False
                 self.out(f"[tracking] MLflow answers again: {self.replayed} kept write(s) sent")
-            if self.journal is not None:
+            if self.folder is not None:
                 if self.queue:
                     self._done += taken
                     # not fsynced: a lost line only sends writes again, which changes nothing
-                    append_line(self.journal, {"sent": self._done}, sync=False)
+                    self.folder.append_line(JOURNAL, {"sent": self._done}, sync=False)
                 else:
                     self._forget_journal()
         self._cv.notify_all()
@@ -719,36 +695,34 @@ class Outbox:
 
     def _rewrite(self) -> None:
         """(Under the lock.) The journal holds exactly the queue (and no ``sent`` lines)."""
-        if self.journal is None:
+        if self.folder is None:
             return
         if not self.queue:
             self._forget_journal()
             return
-        write_atomic(self.journal, "".join(json.dumps(e) + "\n" for e in self.queue))
+        self.folder.rewrite_lines(JOURNAL, "".join(json.dumps(e) + "\n" for e in self.queue))
         self._done = 0
 
     def _forget_journal(self) -> None:
         """(Under the lock.) Nothing is kept: no journal, no kept files (the ids stay)."""
-        assert self.journal is not None
+        assert self.folder is not None
         self._done = 0
-        if self.journal.exists():
-            self.journal.unlink()
-            fsync_dir(self.journal.parent)
-        shutil.rmtree(self.journal.parent / FILES, ignore_errors=True)
+        self.folder.remove(JOURNAL)
+        self.folder.remove_tree(FILES)
 
     @classmethod
     def from_journal(
         cls,
         client: Any,
-        folder: Path,
+        folder: Path | storage.Folder,
         out: Callable[[str], None] = print,
     ) -> Outbox:
         """An outbox holding the writes a gone process kept in ``folder``, to replay (a
         refused write is set aside, not raised)."""
         box = cls(client, out, strict=False)
-        folder = Path(folder)
-        box.ids = load_ids(folder)
-        box.queue, box.journal = load_journal(folder, out), folder / JOURNAL
+        box.folder = storage.as_folder(folder)
+        box.ids = load_ids(box.folder)
+        box.queue = load_journal(box.folder, out)
         box.down = bool(box.queue)
         box._rewrite()  # compact: without the sent lines and a line cut short at the end
         return box
@@ -756,6 +730,50 @@ class Outbox:
     def run_id(self, run_id: str | None) -> str | None:
         """The real id of a run created while the server was away (once replayed)."""
         return self.ids.get(run_id, run_id) if run_id else run_id
+
+
+def _keep_file(folder: storage.Folder | None, src: Path) -> str:
+    """A durable copy of an artifact's file for a kept ``log_artifact``: beside the journal
+    (its location, a path or a URI), or in a temporary folder when there is no journal."""
+    name = f"{FILES}/{uuid.uuid4().hex[:8]}/{src.name}"
+    if folder is None or folder.local:
+        root = Path(str(folder)) if folder is not None else Path(tempfile.gettempdir())
+        keep = root / ("orchestrator-outbox" if folder is None else "") / name
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, keep)
+        with keep.open("rb") as f:
+            os.fsync(f.fileno())
+        fsync_dir(keep.parent)
+        return str(keep)
+    folder.write_atomic(name, src.read_bytes())  # one PUT: durable when it returns
+    return f"{folder}/{name}"
+
+
+@contextlib.contextmanager
+def _local_artifact(args: tuple, kw: dict[str, Any]) -> Iterator[tuple[tuple, dict[str, Any]]]:
+    """A kept artifact on object storage, downloaded for MLflow (which logs local files)."""
+    index = 1 if len(args) > 1 else None
+    kept = str(args[1] if index else kw["local_path"])
+    if not storage.is_uri(kept):
+        yield args, kw
+        return
+    folder, name = kept.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as d:
+        local = str(Path(d) / name)
+        Path(local).write_bytes(storage.Folder(folder).read_bytes(name))
+        if index:
+            yield (*args[:1], local, *args[2:]), kw
+        else:
+            yield args, {**kw, "local_path": local}
+
+
+def _drop_file(folder: storage.Folder | None, kept: str) -> None:
+    """Remove the outbox's own copy of a sent artifact (its folder of one)."""
+    if storage.is_uri(kept):
+        if folder is not None and kept.startswith(f"{folder}/"):
+            folder.remove_tree(kept[len(str(folder)) + 1 :].rsplit("/", 1)[0])
+        return
+    shutil.rmtree(Path(kept).parent, ignore_errors=True)
 
 
 def _given(**kw: Any) -> dict[str, Any]:

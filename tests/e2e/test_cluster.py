@@ -107,6 +107,7 @@ def test_submit_runs_the_quickstart_sweep_on_the_cluster(
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "preflight: 3 alive node(s)" in done.stdout and "SUCCEEDED" in done.stdout
+    assert "preflight: 3 node(s) can write" in done.stdout  # the storage probe, on each node
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("cluster-sweep")
     roles = [r.data.tags.get("orchestrator.role") for r in client.search_runs([exp.experiment_id])]
@@ -174,6 +175,18 @@ def test_submit_sends_no_secret_and_the_job_finds_them_on_the_cluster(
         for k in CLUSTER_SECRETS:
             os.environ.pop(k, None)
     assert {r.data.params["serve.api_key"] for r in runs} == {"***"} and len(runs) == 2
+
+
+def test_storage_a_node_cannot_write_is_refused_before_the_job_starts(
+    up: dict, digits_path: Path, tmp_path: Path
+) -> None:
+    done = _submit(up, tmp_path, digits_path, "sweep.storage_path=/proc/orchestrator-results")
+    assert isinstance(done, subprocess.CompletedProcess)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 2, printed[-4000:]
+    assert "sweep.storage_path" in printed and "cannot be written from every node" in printed
+    assert "head " in printed and "worker " in printed  # each node answered for itself
+    assert "submitted" not in done.stdout  # the sweep's job never started
 
 
 def test_a_two_worker_ddp_trial_runs_on_two_nodes(

@@ -38,7 +38,11 @@ def _leaks(text: str) -> bool:
 
 
 def test_the_schema_marks_the_secret_fields_and_a_new_one_inherits_the_rule() -> None:
-    assert set(config.secret_fields()) == {"tracking.uri", "serve.api_key"}
+    assert set(config.secret_fields()) == {
+        "tracking.uri",
+        "serve.api_key",
+        "sweep.storage_filesystem",
+    }
 
     class Storage(config.schema.Section):  # a later key, e.g. storage credentials:
         region: str = "eu"  # the mark is all it needs
@@ -378,3 +382,53 @@ def test_mlflow_never_gets_the_uri_with_its_credentials(
     import mlflow
 
     mlflow.set_tracking_uri(None)  # leave no tracking URI behind for other tests
+
+
+def test_storage_options_hide_only_their_secrets_and_take_them_back_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = {
+        "endpoint_override": "http://127.0.0.1:9000",
+        "access_key": "AKIA-SECRET-ID",
+        "secret_key": "s3cr3t-key",
+    }
+    cfg = make_cfg(
+        **{"sweep.storage_path": "s3://bucket/results", "sweep.storage_filesystem": options}
+    )
+    shown = config.redact(cfg).sweep.storage_filesystem
+    assert shown == {
+        "endpoint_override": "http://127.0.0.1:9000",
+        "access_key": config.REDACTED,
+        "secret_key": config.REDACTED,
+    }
+    written = json.dumps(config.to_dict(config.redact(cfg)))
+    assert "s3cr3t-key" not in written and "AKIA-SECRET-ID" not in written
+    assert set(config.secrets_set(cfg)) >= {"sweep.storage_filesystem"}
+    saved = config.from_dict(config.to_dict(config.redact(cfg)))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env-id")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(ConfigError) as e:
+        config.restore(saved)
+    assert e.value.key == "sweep.storage_filesystem.secret_key"
+    assert "AWS_SECRET_ACCESS_KEY" in e.value.fix
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env-secret")
+    back = config.restore(saved).sweep.storage_filesystem
+    assert back == {
+        "endpoint_override": "http://127.0.0.1:9000",
+        "access_key": "from-env-id",
+        "secret_key": "from-env-secret",
+    }
+
+
+def test_storage_options_are_checked_at_the_door() -> None:
+    with pytest.raises(ConfigError) as e:
+        make_cfg(**{"sweep.storage_filesystem": {"region": "eu-west-1"}})
+    assert e.value.key == "sweep.storage_filesystem" and "folder" in e.value.problem
+    with pytest.raises(ConfigError) as e:
+        make_cfg(
+            **{
+                "sweep.storage_path": "s3://bucket/results",
+                "sweep.storage_filesystem": {"region": ["eu"]},
+            }
+        )
+    assert e.value.key == "sweep.storage_filesystem.region"

@@ -1,22 +1,27 @@
 """A sweep whose driver is SIGKILLed mid-sweep, then `orchestrator resume`: finished trials are
 not rerun, unfinished ones continue from their last checkpoint, the searcher keeps its
-state, and MLflow ends with exactly one run per trial. Real local Ray, real MLflow SQLite."""
+state, and MLflow ends with exactly one run per trial. Real local Ray, real MLflow SQLite;
+checkpoints and state in a local folder, or on S3 (moto's server on loopback), where the
+resume starts from the sweep's URI alone, in another folder, after the first driver's local
+files and Ray session directory are deleted: a machine that never saw the first driver."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, s3_keys
 
 pytestmark = pytest.mark.slow
 EPOCHS = 30
@@ -25,17 +30,29 @@ EPOCHS = 30
 # Single-worker trials (the loop in the Tune trial, restored from Tune's checkpoint). The
 # 2-worker case was run by hand: Ray Train's checkpoint-manager snapshot can be left empty
 # by a kill mid-write, so it is not yet reliable enough for the suite.
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_killed_driver_resumes_without_rerunning_or_duplicating(
-    digits_path: Path, tmp_path: Path
+    digits_path: Path, tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
     workers, trials = 1, 6
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"{tmp_path}/results"
+    if where == "s3":
+        import boto3
+
+        request.getfixturevalue("moto_s3")  # AWS_* point at it, for the drivers too
+        boto3.client("s3").create_bucket(Bucket="sweeps")
+        storage = "s3://sweeps/results"
+    # the first driver's Ray keeps its session here, deleted after the kill (a short path:
+    # Ray's sockets live under it)
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     # Tune saves its experiment state every second here, so the kill finds recent state
     env = {
         **os.environ,
         "RAY_ADDRESS": "local",
+        "RAY_TMPDIR": ray_tmp,
         "TUNE_GLOBAL_CHECKPOINT_S": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -47,7 +64,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
         str(ROOT / "jobs/configs/quickstart.yaml"),
         f"data.path={digits_path}",
         f"tracking.uri={uri}",
-        f"sweep.storage_path={tmp_path}/results",
+        f"sweep.storage_path={storage}",
         "experiment=resume",
         "tracking.register_as=resume-digits",
         f"scaling.num_workers={workers}",
@@ -79,7 +96,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
             if workers == 1
             else "resume-*-*_00003/checkpoint_*"
         )
-        while not list((tmp_path / "results").glob(pattern)):
+        while not _checkpoints(storage, pattern):
             assert time.time() < deadline and driver.poll() is None, "".join(first)
             time.sleep(0.1)
         time.sleep(1.5)
@@ -99,23 +116,29 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     print("".join(first))
     finished = re.findall(r"\[sweep\] trial (\S+) finished;", "".join(first))
     assert len(finished) >= 2
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "resume",
-            "resume",
-            "--storage",
-            f"{tmp_path}/results",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    shutil.rmtree(ray_tmp)  # the first driver's Ray session: gone with its machine
+    resume_args = ["resume", "--storage", storage]
+    cwd = tmp_path
+    if where == "s3":
+        # nothing local survives: the sweep's URI, as the driver printed it, is enough
+        assert not (tmp_path / "results").exists()
+        printed = re.search(r"orchestrator resume (s3://\S+)", "".join(first))
+        assert printed, "".join(first)
+        resume_args = [printed.group(1)]
+        cwd = tmp_path / "elsewhere"
+        cwd.mkdir()
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "resume", *resume_args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -148,3 +171,17 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(
     }
     assert len(configs) == trials
     assert str(client.get_model_version_by_alias("resume-digits", "champion").version) == "1"
+    assert len(client.search_model_versions("name='resume-digits'")) == 1  # registered once
+    if where == "s3":  # the checkpoints and the sweep's state are on S3, nowhere else
+        keys = s3_keys("sweeps", "results/")
+        assert any(k.endswith("/orchestrator.json") for k in keys)
+        assert any("/checkpoint_" in k for k in keys)
+        assert not (tmp_path / "results").exists()
+
+
+def _checkpoints(storage: str, pattern: str) -> list[str]:
+    """The checkpoint folders matching ``pattern`` (a glob under the storage path)."""
+    if not storage.startswith("s3://"):
+        return [str(p) for p in Path(storage).glob(pattern)]
+    regex = re.compile(re.escape(pattern).replace(r"\*", "[^/]*"))
+    return [k for k in s3_keys("sweeps", "results/") if regex.match(k.removeprefix("results/"))]

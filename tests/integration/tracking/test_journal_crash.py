@@ -1,7 +1,8 @@
 """`orchestrator tracking replay` killed (SIGKILL, no clean-up) at several points, then run
 again, into a real MLflow store: each run is created once, each epoch logged once, the
 champion registered once. The points are forced with ``outbox.KILL_AFTER``: the replay dies
-right after its Nth write reached MLflow, before the journal says so."""
+right after its Nth write reached MLflow, before the journal says so. The journal in a local
+folder, and on S3 (moto's server on loopback), where it is objects, not lines of a file."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, make_cfg, numeric_spec
-from orchestrator.core import model
+from orchestrator.core import model, storage
 from orchestrator.tracking import champions, outbox, registry
 
 pytestmark = pytest.mark.slow
 
 
 def _journal_written_while_away(
-    folder: Path,
+    folder: storage.Folder,
     uri: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[str, str, str]:
@@ -69,7 +70,9 @@ def _journal_written_while_away(
     return exp, parent, trials[0]
 
 
-def _replay(folder: Path, uri: str, kill_after: int | None) -> subprocess.CompletedProcess:
+def _replay(
+    folder: storage.Folder, uri: str, kill_after: int | None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != outbox.KILL_AFTER}
     if kill_after is not None:
         env[outbox.KILL_AFTER] = str(kill_after)
@@ -104,13 +107,20 @@ KILLS = [
 ]
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, request: pytest.FixtureRequest
 ) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    folder = tmp_path / "sweep"
+    folder = storage.Folder(str(tmp_path / "sweep"))
+    if where == "s3":
+        import boto3
+
+        request.getfixturevalue("moto_s3")  # AWS_* point at it, for the replays too
+        boto3.client("s3").create_bucket(Bucket="journal")
+        folder = storage.Folder("s3://journal/sweep")
     exp, parent, placeholder = _journal_written_while_away(folder, uri, monkeypatch)
     store = MlflowClient(uri)
 
@@ -121,9 +131,9 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
         rep = _replay(folder, uri, n)
         assert rep.returncode == -signal.SIGKILL, (i, n, rep.stdout[-2000:], rep.stderr[-3000:])
         if i == 0:  # made, but nothing on disk says so: only its marker tag can tell
-            assert len(runs()) == 2 and not (folder / outbox.IDS).exists()
+            assert len(runs()) == 2 and not folder.is_file(outbox.IDS)
         if i == 3:  # registered, but champion.json does not know it yet
-            kept = json.loads((folder / champions.PENDING / champions.CHAMPION_FILE).read_text())
+            kept = json.loads(folder.read_text(f"{champions.PENDING}/{champions.CHAMPION_FILE}"))
             assert "version" not in kept and len(store.search_model_versions("name = 'crash'")) == 1
     rep = _replay(folder, uri, None)
     assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-3000:]
@@ -146,4 +156,4 @@ def test_a_replay_killed_at_any_point_then_run_again_writes_everything_once(
     assert store.get_run(champion_trial).data.tags["orchestrator.best_checkpoint"]
     assert store.get_run(parent).data.tags["orchestrator.champion_version"] == "1"
     assert len(store.get_metric_history(parent, "test_accuracy")) == 1
-    assert not (folder / outbox.JOURNAL).exists() and not (folder / champions.PENDING).exists()
+    assert folder.read_lines(outbox.JOURNAL) == b"" and not folder.is_dir(champions.PENDING)

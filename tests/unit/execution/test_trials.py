@@ -11,6 +11,7 @@ import pytest
 from conftest import make_cfg
 from orchestrator import config
 from orchestrator.config import ConfigError
+from orchestrator.core import placement
 from orchestrator.execution import trials
 
 
@@ -156,6 +157,12 @@ def test_the_fast_path_is_a_single_worker_holding_its_own_resources() -> None:
     assert trials.fast_path(one) and trials.trial_resources(one) == {"cpu": 2, "gpu": 0}
     two = _cfg(**{"scaling.num_workers": 2})
     assert not trials.fast_path(two) and trials.trial_resources(two)["cpu"] == 0
+    # a multi-worker trial only steers: on the head where the cluster has the head resource
+    head = {"CPU": 8.0, placement.HEAD_RESOURCE: placement.HEAD_AMOUNT}
+    steer = trials.trial_resources(two, head)
+    assert steer[placement.HEAD_RESOURCE] == placement.STEER_AMOUNT and steer["cpu"] == 0
+    assert placement.HEAD_RESOURCE not in trials.trial_resources(two, {"CPU": 8.0})
+    assert placement.HEAD_RESOURCE not in trials.trial_resources(one, head)  # runs anywhere
     assert not trials.fast_path(_cfg(**{"scaling.fast_path": False}))
 
 

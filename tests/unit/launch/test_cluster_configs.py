@@ -17,6 +17,7 @@ import yaml
 
 from conftest import ROOT
 from orchestrator import config
+from orchestrator.core import placement
 from orchestrator.launch import cluster
 
 CLUSTER = ROOT / "cluster"
@@ -269,3 +270,33 @@ def test_the_token_secret_ships_a_placeholder_the_heads_refuse() -> None:
     assert run("").returncode == 1 and run("short-token").returncode == 1
     ok = run(pysecrets.token_hex(32))
     assert ok.returncode == 0 and not ok.stderr
+
+
+def _resources_flag(command: str) -> dict[str, float]:
+    """The ``--resources`` JSON of a `ray start` command line ({} when it has none)."""
+    for arg in shlex.split(command):
+        if arg.startswith("--resources="):
+            return dict(json.loads(arg.split("=", 1)[1]))
+    return {}
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_only_the_head_has_the_resource_that_keeps_trials_steering_there(name: str) -> None:
+    cfg = yaml.safe_load((CLUSTER / name).read_text())
+    head = cfg["head_node_type"]
+    for kind, node in cfg["available_node_types"].items():
+        held = node.get("resources", {}).get(placement.HEAD_RESOURCE, 0)
+        assert (held >= placement.HEAD_AMOUNT) == (kind == head), kind
+    starts = {"head": cfg["head_start_ray_commands"], "worker": cfg["worker_start_ray_commands"]}
+    found = {role: [_resources_flag(c) for c in cmds] for role, cmds in starts.items()}
+    assert any(placement.HEAD_RESOURCE in r for r in found["head"])
+    assert not any(placement.HEAD_RESOURCE in r for r in found["worker"])
+
+
+def test_the_kuberay_head_alone_has_the_steering_resource() -> None:
+    rc = next(d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster")
+    head = rc["spec"]["headGroupSpec"]["rayStartParams"]["resources"]
+    # KubeRay passes the value through a shell: one quoted JSON object
+    assert json.loads(shlex.split(head)[0]) == {placement.HEAD_RESOURCE: placement.HEAD_AMOUNT}
+    for group in rc["spec"]["workerGroupSpecs"]:
+        assert "resources" not in group.get("rayStartParams", {})
