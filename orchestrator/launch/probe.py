@@ -18,9 +18,11 @@ TASK_TIMEOUT_S = 60.0  # one node's probe: a reachable store answers in well und
 
 
 def node_name(node: dict[str, Any]) -> str:
-    """How a node is named in the probe's answer: its role and address."""
+    """How a node is named in the probe's answer: its role, address and id (nodes on one
+    machine share the address)."""
     head = any(k.startswith("node:__internal_head__") for k in node.get("Resources", {}))
-    return f"{'head' if head else 'worker'} {node.get('NodeManagerAddress', '?')}"
+    role = "head" if head else "worker"
+    return f"{role} {node.get('NodeManagerAddress', '?')} ({str(node.get('NodeID', '?'))[:8]})"
 
 
 def _touch(location: str, options: dict[str, Any]) -> str:

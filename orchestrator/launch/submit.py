@@ -361,7 +361,9 @@ def submit(
     entry, runtime_env = job_spec(config_path, passed, workdir, what)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     client = JobSubmissionClient(address, headers=headers)
-    probe_storage(client, config_mod.load(config_path, passed), runtime_env, out)
+    # the config as preflight read it (secrets as given here), with storage as the job gets it
+    moved = [o for o in passed if o.startswith("sweep.storage_path=")]
+    probe_storage(client, config_mod.load(config_path, [*overrides, *moved]), runtime_env, out)
     job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
     out(f"submitted {job_id}: {entry}")
     if not wait:

@@ -1,9 +1,10 @@
 """A real multi-node Ray cluster on loopback (`orchestrator cluster up --workers 2`: a head
 and two worker nodes, each its own `ray start`, token auth on) and jobs against it: the
 quickstart sweep through `orchestrator submit` and through Ray's own `ray job submit`; a
-2-worker DDP trial on two different nodes; a worker node lost mid-training survived from the
-last checkpoint once a node is back; a config error and a wrong token fail the job. The
-module starts the cluster itself and stops only the processes it started."""
+2-worker DDP trial on two different nodes; a DDP sweep that loses each worker node in turn
+(a replacement joins after each) and finishes every trial with every epoch once; storage a
+node cannot write refused before the job; a config error and a wrong token fail the job.
+The module starts the cluster itself and stops only the processes it started."""
 
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def test_submit_runs_the_quickstart_sweep_on_the_cluster(
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "preflight: 3 alive node(s)" in done.stdout and "SUCCEEDED" in done.stdout
-    assert "preflight: 3 node(s) can write" in done.stdout  # the storage probe, on each node
+    # the storage probe, from each node
+    assert "preflight: 3 node(s) can write" in done.stdout, done.stdout[:3000]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("cluster-sweep")
     roles = [r.data.tags.get("orchestrator.role") for r in client.search_runs([exp.experiment_id])]
@@ -212,40 +214,48 @@ def test_a_two_worker_ddp_trial_runs_on_two_nodes(
     assert len({a["node_id"] for a in workers}) == 2, workers
 
 
-def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
+def test_a_ddp_sweep_survives_losing_each_worker_node_in_turn(
     up: dict, digits_path: Path, tmp_path: Path
 ) -> None:
+    """Each original worker node is stopped in turn, once during each trial, and a
+    replacement joins after each. The trials' steering actors sit on the head (the
+    orchestrator_head resource), so no search retry is allowed (sweep.max_failures=0): the
+    worker groups restart from their last checkpoints, and MLflow ends with every trial and
+    every epoch exactly once."""
     from mlflow.tracking import MlflowClient
 
-    epochs = 12
+    epochs, trials = 8, 2
     state, results = up["state"], tmp_path / "results"
     job = _submit(
         up,
         tmp_path,
         digits_path,
-        "--train",
         "scaling.num_workers=2",
         "scaling.placement_strategy=STRICT_SPREAD",
         "scaling.max_failures=3",
-        # the trial actor itself may sit on the node that goes away: Tune retries it
-        "sweep.max_failures=3",
+        "sweep.max_failures=0",
+        f"sweep.num_samples={trials}",
+        "sweep.scheduler=fifo",
+        "sweep.refit=false",
         f"train.epochs={epochs}",
         "model.hidden=[1024,1024]",
         "experiment=cluster-loss",
         wait=False,
     )
     assert isinstance(job, subprocess.Popen)
+    originals = [p for p in state.workers if running(p)]
+    assert len(originals) == 2
     try:
-        deadline = time.time() + 400
-        while not any(results.glob("*/checkpoint_*")):
-            assert job.poll() is None, job.stdout.read() if job.stdout else ""
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.5)
-        lost = state.workers[-1]
-        cluster.stop_worker(state, lost)  # the node goes away with its worker
-        assert not running(lost)
-        time.sleep(5)
-        cluster.add_worker(state, up["state_dir"])  # capacity comes back
+        deadline = time.time() + 600
+        for index, lost in enumerate(originals):  # the first during trial 0, then trial 1
+            while not any(results.glob(f"*_0000{index}/checkpoint_*")):
+                assert job.poll() is None, job.stdout.read() if job.stdout else ""
+                assert time.time() < deadline, f"no checkpoint of trial {index} appeared"
+                time.sleep(0.5)
+            cluster.stop_worker(state, lost)  # the node goes away with its worker
+            assert not running(lost)
+            time.sleep(3)
+            cluster.add_worker(state, up["state_dir"])  # a replacement joins
         out, _ = job.communicate(timeout=900)
     finally:
         if job.poll() is None:
@@ -254,10 +264,12 @@ def test_a_worker_node_lost_mid_training_resumes_from_the_last_checkpoint(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("cluster-loss")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1
-    # resumed, not restarted: each epoch logged exactly once
-    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")]
-    assert sorted(steps) == list(range(1, epochs + 1)), steps
+    children = [r for r in runs if r.data.tags.get("orchestrator.role") == "trial"]
+    assert len(children) == trials and len(runs) == trials + 1
+    for run in children:  # resumed, not restarted: each epoch logged exactly once
+        assert run.info.status == "FINISHED", run.data.tags.get("orchestrator.error")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), steps
 
 
 # ---------------------------------------------------------------- Ray's own `ray job submit`

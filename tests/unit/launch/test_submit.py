@@ -222,3 +222,20 @@ def test_a_bad_config_key_fails_before_any_request() -> None:
             "jobs/configs/quickstart.yaml", ["train.epochs=0"], "http://127.0.0.1:1", Path(".")
         )
     assert e.value.key == "train.epochs"
+
+
+def test_the_storage_probe_names_every_node_apart() -> None:
+    from orchestrator.launch import probe
+
+    nodes = [
+        {"NodeID": "aaaa1111ff", "NodeManagerAddress": "127.0.0.1", "Resources": {"CPU": 1}},
+        {"NodeID": "bbbb2222ff", "NodeManagerAddress": "127.0.0.1", "Resources": {"CPU": 1}},
+        {
+            "NodeID": "cccc3333ff",
+            "NodeManagerAddress": "127.0.0.1",
+            "Resources": {"node:__internal_head__": 1.0},
+        },
+    ]
+    names = [probe.node_name(n) for n in nodes]  # one machine: the address alone would clash
+    assert len(set(names)) == 3 and names[2].startswith("head ")
+    assert all(n.startswith("worker ") for n in names[:2])
