@@ -197,6 +197,8 @@ def epoch_period(path: str, tmp: Path, storage: str, **over: Any) -> float:
     runtime.ensure_env()
     summary = sweep.train_run(cfg, out=lambda _: None)
     walls = sorted(h["wall_time"] for h in summary.record.history)
+    if len(walls) < EPOCHS:
+        raise RuntimeError(f"the run into {storage} failed: {summary.record.error}")
     return statistics.median(np.diff(walls)[1:])
 
 
@@ -205,9 +207,11 @@ def storage_case(path: str, tmp: Path) -> dict[str, float]:
     over a local folder: the TorchTrainer path (1 worker, asynchronous upload) and the fast
     path (Tune's synchronous upload), local and S3 alternating."""
     import boto3
+    import ray
 
     out: dict[str, float] = {}
     with moto_s3():
+        ray.shutdown()  # a local Ray started before has not the AWS_* variables: start anew
         boto3.client("s3").create_bucket(Bucket="bench")
         for label, over in (("trainer", {"scaling.fast_path": False}), ("fast", {})):
             local = epoch_period(path, tmp, str(tmp / f"ckpt-{label}"), **over)

@@ -33,8 +33,8 @@ from typing import Any
 from jobs.bench import synthetic
 
 SIZES = tuple(int(n) for n in os.environ.get("BENCH_SCALE_N", "25,100,400").split(","))
-ROWS, FEATURES, CLASSES = 4000, 32, 4
-HIDDEN, BATCH, EPOCHS = [128, 128], 64, 4  # about 2 s of training per trial on one core
+ROWS, FEATURES, CLASSES = 12000, 32, 4
+HIDDEN, BATCH, EPOCHS = [128, 128], 64, 18  # about 2 s of training per trial on one core
 
 
 def one_sweep(n: int, folder: Path) -> dict[str, float]:

@@ -42,3 +42,11 @@ def test_epochs_to_reach_counts_in_arrival_order() -> None:
     results = [{"val_accuracy": a} for a in (0.5, 0.9, 0.8, 0.97, 0.99)]
     assert bench_sweep.epochs_to_reach(results, 0.97) == 4
     assert bench_sweep.epochs_to_reach(results, 1.0) == 5  # never: charged every epoch
+
+
+def test_the_scale_benchmark_names_the_case_it_runs() -> None:
+    from jobs import bench_scale
+
+    with pytest.raises(SystemExit) as e:
+        bench_scale.bench_scale(["nope"])
+    assert "usage" in str(e.value) and "trials" in str(e.value)
