@@ -16,6 +16,15 @@ cost is linear in the number of trials.
 
 For reference, Ray Tune's own scalability page reports 10,000 one-second trials on 16 CPUs in
 715 s against a 625 s floor, about 0.14 s per trial, with no tracking.
+
+`python -m jobs.bench scale data`: what streaming costs as the data grows. A synthetic
+Parquet table of about 0.25 GB and one 8x larger, each streamed (``data.loader: stream``,
+Ray Data) through a 1-worker trial (the fast path) and a 2-worker DDP trial with a tiny
+model, so that reading, not compute, sets the pace. Figures: training rows per second of the
+large over the small (``data_rows_ratio``, target >= 0.9: throughput holds), and a training
+process's peak unique memory (USS) on the large over the small (``data_rss_ratio``, target
+<= 1.2: memory does not grow with the data); Ray's object-store use reported apart; streamed
+over in-memory rows/s on the small one reported.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from jobs.bench import synthetic
 
@@ -91,10 +102,12 @@ def _slots() -> int:
 
 
 def bench_scale(args: list[str]) -> dict[str, float]:
-    """`python -m jobs.bench scale trials` (``data``: not yet, see the docs)."""
+    """`python -m jobs.bench scale trials|data`."""
     what = args[0] if args else "trials"
+    if what == "data":
+        return bench_data()
     if what != "trials":
-        raise SystemExit(f"usage: python -m jobs.bench scale trials (not {what!r})")
+        raise SystemExit(f"usage: python -m jobs.bench scale trials|data (not {what!r})")
     rows = []
     print(
         f"scale benchmark: N fast-path trials of {EPOCHS} epochs ({ROWS} rows x {FEATURES} "
@@ -128,6 +141,151 @@ def bench_scale(args: list[str]) -> dict[str, float]:
         **{f"overhead_s_{n}": round(r["overhead_s"], 4) for n, r in rows},
         **{f"driver_peak_rss_mb_{n}": round(r["peak_rss_mb"], 1) for n, r in rows},
         **{f"trial_train_s_{n}": round(r["train_s"] / n, 3) for n, r in rows},
+    }
+
+
+# ---------------------------------------------------------------- data
+
+DATA_FEATURES = 32
+SMALL_ROWS = int(os.environ.get("BENCH_SCALE_SMALL_ROWS", 1_900_000))  # about 0.25 GB
+GROWTH = 8
+EPOCHS_DATA = 2  # the second epoch is the steady one
+CHUNK = 500_000  # rows written per row group: generating the large table stays in memory
+
+
+def _table(path: Path, rows: int) -> int:
+    """A synthetic Parquet table written chunk by chunk; its size in bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(DATA_FEATURES, 4))
+    names = [f"f{i}" for i in range(DATA_FEATURES)]
+    with pq.ParquetWriter(
+        path, pa.schema([*((n, pa.float32()) for n in names), ("label", pa.int64())])
+    ) as writer:
+        for start in range(0, rows, CHUNK):
+            x = rng.normal(size=(min(CHUNK, rows - start), DATA_FEATURES)).astype(np.float32)
+            y = (x @ teacher).argmax(axis=1)
+            columns = {n: x[:, i] for i, n in enumerate(names)}
+            writer.write_table(pa.table({**columns, "label": y}))
+    return path.stat().st_size
+
+
+class PeakUss:
+    """Samples the unique memory of the training processes (Ray Train workers, Tune trial
+    actors) about once a second, from a thread; ``peak`` is the largest seen."""
+
+    MARKS = ("RayTrainWorker", "ImplicitFunc")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakUss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(1.0):
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    line = " ".join(proc.info["cmdline"] or [])
+                    if any(m in line for m in self.MARKS):
+                        self.peak = max(self.peak, proc.memory_full_info().uss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+
+
+def _streamed(path: str, folder: Path, workers: int, loader: str) -> dict[str, float]:
+    """One training run over the table: training rows per second (the second epoch, by the
+    loop's clock) and the training processes' peak USS."""
+    import pyarrow.parquet as pq
+
+    from orchestrator import config, sweep
+
+    raw: dict[str, Any] = {
+        "experiment": f"scale-data-{workers}",
+        "data": {"path": path, "loader": loader},
+        "model": {"hidden": [16]},
+        "train": {"epochs": EPOCHS_DATA, "batch_size": 4096},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
+        "sweep": {"storage_path": str(folder / "results")},
+        "tracking": {"uri": f"sqlite:///{folder}/mlflow.db"},
+    }
+    cfg = config.from_dict(raw)
+    if workers > 1:  # Ray Data's read and map tasks keep a whole CPU beside the two workers
+        cfg = config.with_values(cfg, {"scaling.cpus_per_worker": 0.5})
+    train_rows = pq.ParquetFile(path).metadata.num_rows * (
+        1 - cfg.data.val_fraction - cfg.data.test_fraction
+    )
+    with PeakUss() as uss:
+        summary = sweep.train_run(cfg, out=lambda _: None)
+    history = sorted(summary.record.history, key=lambda h: h["epoch"])
+    if len(history) < EPOCHS_DATA:
+        raise RuntimeError(f"the {workers}-worker run failed: {summary.record.error}")
+    return {"rows_per_s": train_rows / history[-1]["epoch_seconds"], "uss_mb": uss.peak / 2**20}
+
+
+def _object_store_mb() -> float:
+    """The object store's use on this node now, from Ray's own memory summary."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else float("nan")
+
+
+def bench_data() -> dict[str, float]:
+    """`python -m jobs.bench scale data`."""
+    from orchestrator.execution import runtime
+
+    runtime.ensure_env()
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        sizes = {}
+        for name, rows in (("small", SMALL_ROWS), ("large", SMALL_ROWS * GROWTH)):
+            sizes[name] = _table(folder / f"{name}.parquet", rows) / 2**30
+        print(
+            f"scale data: {DATA_FEATURES} float features; small {SMALL_ROWS:,} rows "
+            f"({sizes['small']:.2f} GB), large {SMALL_ROWS * GROWTH:,} rows "
+            f"({sizes['large']:.2f} GB); MLP [16], batch 4096; {os.cpu_count()} CPUs"
+        )
+        for name in ("small", "large"):
+            for workers in (1, 2):
+                got = _streamed(str(folder / f"{name}.parquet"), folder, workers, "stream")
+                got["object_store_mb"] = _object_store_mb()
+                out[f"{name}-{workers}"] = got
+                print(
+                    f"  {name:5} streamed, {workers} worker(s): {got['rows_per_s']:>10,.0f} "
+                    f"rows/s  peak USS {got['uss_mb']:,.0f} MB  object store "
+                    f"{got['object_store_mb']:,.0f} MB after"
+                )
+        memory = _streamed(str(folder / "small.parquet"), folder, 1, "memory")
+        print(f"  small in memory, 1 worker: {memory['rows_per_s']:>10,.0f} rows/s")
+    rows_ratio = min(
+        out[f"large-{w}"]["rows_per_s"] / out[f"small-{w}"]["rows_per_s"] for w in (1, 2)
+    )
+    rss_ratio = max(out[f"large-{w}"]["uss_mb"] / out[f"small-{w}"]["uss_mb"] for w in (1, 2))
+    return {
+        "data_rows_ratio": round(rows_ratio, 4),
+        "data_rss_ratio": round(rss_ratio, 4),
+        "streamed_vs_memory_rows": round(out["small-1"]["rows_per_s"] / memory["rows_per_s"], 4),
+        **{f"rows_per_s_{k}": round(v["rows_per_s"], 1) for k, v in out.items()},
+        **{f"uss_mb_{k}": round(v["uss_mb"], 1) for k, v in out.items()},
+        **{f"object_store_mb_{k}": v["object_store_mb"] for k, v in out.items()},
+        "small_gb": round(sizes["small"], 3),
+        "large_gb": round(sizes["large"], 3),
     }
 
 
