@@ -92,3 +92,19 @@ def test_secret_options_reach_the_environment_never_the_filesystem(
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
     with pytest.raises(ValueError):
         storage.filesystem("hdfs://x/y", {"endpoint_override": "z"})
+
+
+def test_a_filesystem_ray_may_pickle_carries_no_credential(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-FROM-THE-ENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-the-env")
+    options = {"endpoint_override": "http://127.0.0.1:1", "region": "us-east-1"}
+    for given in (options, {**options, "secret_key": "secret-from-the-config"}):
+        fs, path = storage.filesystem("s3://bucket/results", given)
+        raw = pickle.dumps(fs)  # what Tune writes into the sweep's folder
+        assert path == "bucket/results"
+        for secret in (b"AKIA-FROM-THE-ENV", b"secret-from-the-env", b"secret-from-the-config"):
+            assert secret not in raw
