@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -216,19 +215,6 @@ class Folder:
         target = self._at(name)
         if self.fs.get_file_info(target).type == pafs.FileType.Directory:
             self.fs.delete_dir(target)
-
-    def upload(self, local: Path, name: str) -> None:
-        """Copy a local file or folder to ``name`` here (files written whole; a folder's
-        files one by one)."""
-        if self.local:
-            dest = Path(self._at(name))
-            if local.is_dir():
-                shutil.copytree(local, dest, dirs_exist_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, dest)
-            return
-        pafs.copy_files(str(local), self._at(name), destination_filesystem=self.fs)
 
     def download(self, name: str, local: Path) -> Path:
         """Copy ``name`` (a file or a folder) from here to ``local``; returns ``local``."""

@@ -405,7 +405,6 @@ def probe_storage(
     from ray.job_submission import JobStatus
 
     where = cfg.sweep.storage_path
-    options = {k: v for k, v in cfg.sweep.storage_filesystem.items() if v != config_mod.REDACTED}
     entry = " ".join(
         shlex.quote(a)
         for a in [
@@ -413,7 +412,7 @@ def probe_storage(
             "-m",
             probe.__name__,
             where,
-            json.dumps(public_options(options)),
+            json.dumps(public_options(cfg.sweep.storage_filesystem)),
         ]
     )
     job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,10 @@ class Context:
         """The sweep's Tune run name: the experiment and the sweep's start time."""
         return f"{self.cfg.experiment}-{self.stamp}"
 
-    @property
+    @functools.cached_property
     def root(self) -> Folder:
-        """The storage path, local or object storage."""
+        """The storage path, local or object storage; its filesystem built once (resolving
+        an S3 URI may ask the store for the bucket's region)."""
         return Folder(self.storage, self.cfg.sweep.storage_filesystem)
 
     @property

@@ -264,7 +264,7 @@ def keep_champion(
     for f in tmp.iterdir():
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
-    outbox.fsync_dir(tmp)
+    storage.fsync_dir(tmp)
     if scratch is not None:  # object storage: the marker file last, after the rest
         store.remove_tree(PENDING)
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == CHAMPION_FILE):
@@ -273,7 +273,7 @@ def keep_champion(
         return f"{store}/{PENDING}"
     shutil.rmtree(pending, ignore_errors=True)
     tmp.replace(pending)
-    outbox.fsync_dir(local)
+    storage.fsync_dir(local)
     return str(pending)
 
 

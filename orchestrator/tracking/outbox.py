@@ -137,14 +137,6 @@ def count_send() -> None:
 # ---------------------------------------------------------------- durable files
 
 
-fsync_dir = storage.fsync_dir
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``path`` holds ``text``, durably: a crash leaves the old content or the new, whole."""
-    storage.Folder(str(path.parent)).write_atomic(path.name, text)
-
-
 def load_ids(folder: Path | storage.Folder) -> dict[str, str]:
     """The placeholder -> real run id mapping journaled in ``folder`` (empty if none)."""
     folder = storage.as_folder(folder)
@@ -743,7 +735,7 @@ def _keep_file(folder: storage.Folder | None, src: Path) -> str:
         shutil.copy(src, keep)
         with keep.open("rb") as f:
             os.fsync(f.fileno())
-        fsync_dir(keep.parent)
+        storage.fsync_dir(keep.parent)
         return str(keep)
     folder.write_atomic(name, src.read_bytes())  # one PUT: durable when it returns
     return f"{folder}/{name}"

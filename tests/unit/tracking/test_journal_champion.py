@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import make_cfg, numeric_spec
-from orchestrator.core import model
+from orchestrator.core import model, storage
 from orchestrator.tracking import champions, outbox, registry
 
 
@@ -119,14 +119,14 @@ def test_a_champion_kept_under_a_placeholder_registers_under_the_real_run(
     client, parent, trial, folder = _setup(tmp_path, monkeypatch, store, "kept", trial=placeholder)
     kept = json.loads((folder / champions.PENDING / champions.CHAMPION_FILE).read_text())
     assert kept["trial_run_id"] == placeholder  # nothing journaled yet: resolved on replay
-    outbox.write_atomic(folder / outbox.IDS, json.dumps({placeholder: trial}))
+    storage.Folder(str(folder)).write_atomic(outbox.IDS, json.dumps({placeholder: trial}))
     assert champions.replay(folder, store, out=lambda _: None) == "1"
     assert client.get_run(trial).data.tags["orchestrator.champion"] == "true"
     assert client.get_model_version("kept", "1").tags["trial_run_id"] == trial
     # and a champion kept after the id was journaled is stored resolved
     folder2 = tmp_path / "sweep2"
     folder2.mkdir()
-    outbox.write_atomic(folder2 / outbox.IDS, json.dumps({placeholder: trial}))
+    storage.Folder(str(folder2)).write_atomic(outbox.IDS, json.dumps({placeholder: trial}))
     cfg = make_cfg("x.parquet", **{"model.hidden": [4]})
     x = np.ones((2, 3), dtype=np.float32)
     champions.keep_champion(
