@@ -386,7 +386,8 @@ class ScalingConfig(Section):
     cpus_per_worker: Number = 1.0
     """CPUs reserved per worker; fractions let small trials share a core."""
     data_cpus: Number = 1.0
-    """CPUs a streamed trial leaves to Ray Data's read and map tasks."""
+    """CPUs a streamed trial leaves to Ray Data's read and map tasks: a whole number, as Ray
+    Data only takes whole CPUs of what training leaves on a node."""
     max_failures: int = 0
     """Restarts of a worker group after a worker dies; each resumes from the last checkpoint."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = "PACK"
@@ -416,6 +417,16 @@ class ScalingConfig(Section):
         for key in ("data_cpus", "cpus_per_worker"):
             value = getattr(self, key)
             check(value > 0, f"scaling.{key}", f"must be positive, got {value}", "use e.g. 1")
+        # Ray Data shares out what a Train run leaves on each node in whole CPUs (its
+        # autoscaling coordinator divides with //): 0.4 CPU left is none, and a streamed
+        # 2-worker trial then waited for its first block forever.
+        check(
+            float(self.data_cpus).is_integer(),
+            "scaling.data_cpus",
+            f"must be a whole number of CPUs, got {self.data_cpus}: Ray Data only takes "
+            "whole CPUs of what training leaves on a node",
+            f"use {max(1, round(self.data_cpus))}",
+        )
         return self
 
 

@@ -4,6 +4,8 @@ Ray in ``orchestrator.execution.trials.alive_nodes``."""
 
 from __future__ import annotations
 
+import math
+
 from orchestrator.config import Config, ConfigError
 
 # The steering actors of a multi-worker trial (its Tune trial actor, which starts the
@@ -45,7 +47,7 @@ def trial_concurrency(
     if fits < 1:
         how = {"spread": " each on its own node", "pack": " all on one node"}.get(strict, "")
         want = f"{s.num_workers} worker(s) x {_show(bundle)}{how}" + (
-            f" + {extra_cpu:g} CPU for Ray Data" if extra_cpu else ""
+            f" + {extra_cpu:g} whole CPU(s) left on a node for Ray Data" if extra_cpu else ""
         )
         biggest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         have = f"{len(nodes)} node(s), the biggest {_show(biggest)}" if nodes else _show(cluster)
@@ -87,13 +89,16 @@ def _place(
 
 
 def _take_cpu(free: list[dict[str, float]], cpus: float) -> bool:
+    """Take ``cpus`` whole CPUs for Ray Data from wherever they are left. Whole CPUs on
+    each node: Ray Data gets only the whole part of what is left on a node (0.5 CPU left on
+    each of two nodes is none at all), so fractions do not count."""
     if cpus <= 0:
         return True
-    total = sum(n.get("CPU", 0.0) for n in free)
-    if total + 1e-9 < cpus:
+    whole = [math.floor(n.get("CPU", 0.0) + 1e-9) for n in free]
+    if sum(whole) < cpus:
         return False
-    for n in free:  # Ray Data tasks go anywhere: take the CPUs from wherever they are left
-        used = min(n.get("CPU", 0.0), cpus)
+    for n, spare in zip(free, whole, strict=True):
+        used = min(spare, cpus)
         n["CPU"] = n.get("CPU", 0.0) - used
         cpus -= used
     return True

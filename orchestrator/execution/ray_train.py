@@ -178,15 +178,24 @@ def _keep(batch: dict[str, np.ndarray], codes: tuple[int, ...]) -> dict[str, np.
     return {"x": batch["x"][mask], "y": batch["y"][mask]}
 
 
+STREAM_BLOCK_BYTES = 16 * 2**20
+
+
 def stream_datasets(cfg: Config, summary: data.Summary) -> dict[str, ray.data.Dataset]:
     """Lazy Ray Datasets of (x, y) per split: Parquet read in blocks, rows assigned to a
     split by their hash, never the whole table in one process."""
     # Small CPU requests: the tasks run beside the training workers in scaling.data_cpus.
     task_cpus = min(0.1, cfg.scaling.data_cpus)
     columns = [*summary.kinds, cfg.data.label]
-    xy = ray.data.read_parquet(
+    table = ray.data.read_parquet(
         cfg.data.path, columns=columns, ray_remote_args={"num_cpus": task_cpus}
-    ).map_batches(
+    )
+    # Blocks of at most STREAM_BLOCK_BYTES (Ray's default is 128 MiB, often a whole Parquet
+    # row group): a training process holds a few blocks at a time and a copy of one while
+    # it batches and shuffles, so the block size sets its memory, whatever the table's size.
+    # The setting is the dataset's own context, shared by the datasets derived below.
+    table.context.target_max_block_size = STREAM_BLOCK_BYTES
+    xy = table.map_batches(
         functools.partial(_to_xy, data_cfg=cfg.data, info=stream_info(summary)),
         batch_format="pyarrow",
         num_cpus=task_cpus,

@@ -50,3 +50,20 @@ def test_the_scale_benchmark_names_the_case_it_runs() -> None:
     with pytest.raises(SystemExit) as e:
         bench_scale.bench_scale(["nope"])
     assert "usage" in str(e.value) and "trials" in str(e.value)
+
+
+def test_a_process_own_memory_leaves_out_the_object_store_pages_it_mapped() -> None:
+    from jobs import bench_scale
+
+    smaps = (
+        b"7f00-7f10 rw-s 00000000 00:1a 12 /dev/shm/plasmaAbc (deleted)\n"
+        b"Size:  100 kB\nPrivate_Clean:  4 kB\nPrivate_Dirty:  8 kB\nVmFlags: rd sh\n"
+        b"5500-5600 rw-p 00000000 00:00 0 \n"
+        b"Size:  100 kB\nPrivate_Clean:  1 kB\nPrivate_Dirty:  2 kB\nVmFlags: rd\n"
+        b"5600-5700 r-xp 00000000 08:01 7 /usr/lib/libc.so.6\n"
+        b"Private_Clean:  16 kB\nPrivate_Dirty:  0 kB\nVmFlags: rd ex\n"
+    )
+    assert bench_scale.private_pages(smaps) == (19 * 1024, 12 * 1024)
+    with open("/proc/self/smaps", "rb") as f:  # the live format: all of it this process's own
+        own, store = bench_scale.private_pages(f.read())
+    assert store == 0 and own > 10 * 2**20

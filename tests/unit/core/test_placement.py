@@ -78,3 +78,24 @@ def test_a_streamed_trial_leaves_cpus_for_ray_data() -> None:
     cfg = _cfg(**{"scaling.num_workers": 1, "scaling.data_cpus": 1})
     assert placement.trial_concurrency(cfg, {"CPU": 4}, "stream") == 2
     assert placement.trial_concurrency(cfg, {"CPU": 4}, "memory") == 4
+
+
+def test_ray_data_needs_a_whole_cpu_left_on_a_node() -> None:
+    # Two workers of 0.75 CPU leave 0.5 CPU on each of two nodes: 1 CPU in all, but Ray Data
+    # takes only whole CPUs per node, so no streamed trial fits.
+    cfg = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 0.75})
+    nodes = [{"CPU": 1.25}, {"CPU": 1.25}]
+    with pytest.raises(ConfigError) as e:
+        placement.trial_concurrency(cfg, {"CPU": 2.5}, "stream", nodes=nodes)
+    assert "Ray Data" in str(e.value)
+    assert placement.trial_concurrency(cfg, {"CPU": 2.5}, "memory", nodes=nodes) == 1
+    # 0.5 + 0.5 workers on a 2-CPU node leave a whole CPU: it fits.
+    half = _cfg(**{"scaling.num_workers": 2, "scaling.cpus_per_worker": 0.5})
+    assert placement.trial_concurrency(half, {"CPU": 2}, "stream", nodes=[{"CPU": 2}]) == 1
+
+
+@pytest.mark.parametrize("value", [0.4, 1.5])
+def test_a_fraction_of_a_cpu_for_ray_data_is_refused_by_name(value: float) -> None:
+    with pytest.raises(ConfigError) as e:
+        _cfg(**{"scaling.data_cpus": value})
+    assert e.value.key == "scaling.data_cpus" and "whole" in str(e.value)
