@@ -64,6 +64,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _print_summary(cfg, summary)
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    """`orchestrator curve`: would more data help? The champion trained on 1/8 to all of its
+    training rows, 3 seeds each, and the curve read with its extrapolation and verdict."""
+    from orchestrator.sweep import data_curve
+
+    runtime.ensure_env()
+    data_curve.run(args.experiment, args.storage, verbose=args.verbose)
+    return 0
+
+
 def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
     from orchestrator.analysis import progress
 
@@ -376,6 +386,15 @@ def _run_commands(sub: Any) -> None:
     t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=10")
     t.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     t.set_defaults(func=cmd_train)
+
+    cv = sub.add_parser(
+        "curve",
+        help="would more data help? train the champion on 1/8 to all of its rows (3 seeds "
+        "each) and extrapolate its validation loss to 2x and 4x the data",
+    )
+    _sweep_folder_args(cv)
+    cv.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    cv.set_defaults(func=cmd_curve)
 
 
 def _serve_command(sub: Any) -> None:

@@ -270,3 +270,45 @@ def confusion_matrix(cm: list[list[float]], classes: list, title: str) -> bytes:
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     return _png(fig)
+
+
+def data_curve(result: Any, points: list[tuple[int, int, float]], title: str) -> bytes:
+    """Validation loss against training rows (``core.curve``): each seed's run, the mean at
+    each size, the fitted power law carried on to the largest prediction, and each
+    prediction with its interval. A curve with no reliable extrapolation shows its points
+    and says so, with no line drawn past them."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter([p[0] for p in points], [p[2] for p in points], s=14, alpha=0.5, label="each seed")
+    ax.plot(result.sizes, result.means, "o", color="C0", label="mean over seeds")
+    if result.fit is not None and result.predictions:
+        top = max(p.rows for p in result.predictions)
+        xs = [result.sizes[0] * (top / result.sizes[0]) ** (i / 100) for i in range(101)]
+        ax.plot(xs, [result.fit.predict(x) for x in xs], "-", color="C1", label="fitted a·n^-b + c")
+        for p in result.predictions:
+            ax.errorbar(
+                [p.rows],
+                [p.loss],
+                yerr=[[p.loss - p.low], [p.high - p.loss]],
+                fmt="s",
+                color="C3",
+                capsize=4,
+            )
+            ax.annotate(f"{p.factor:g}x: {p.loss:.3g}", (p.rows, p.high), ha="center", va="bottom")
+        ax.axhline(result.fit.c, ls=":", color="grey", label=f"floor c = {result.fit.c:.3g}")
+    else:
+        ax.text(
+            0.5,
+            0.95,
+            "no reliable extrapolation",
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            color="C3",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows")
+    ax.set_ylabel("best validation loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import tempfile
 import time
@@ -20,7 +21,7 @@ import yaml
 from orchestrator import config as config_mod
 from orchestrator.analysis import plots, progress, review
 from orchestrator.analysis.review import SweepView
-from orchestrator.core import diagnosis
+from orchestrator.core import curve, diagnosis
 from orchestrator.core.prepare import prepare
 from orchestrator.tracking import location, registry, schema
 
@@ -122,6 +123,34 @@ def champion_section(view: SweepView) -> tuple[str, str | None]:
     return "\n".join(out), trial
 
 
+def curve_section(folder: Any) -> str:
+    """``orchestrator curve``'s answer, where it was run on this sweep: its verdict, the
+    measured sizes and predictions, and its picture; nothing otherwise."""
+    if not folder.is_file(curve.JSON_NAME):
+        return ""
+    saved = json.loads(folder.read_text(curve.JSON_NAME))
+    rows = "".join(
+        f"<tr><td>{n:,}</td><td>{m:.4f}</td><td>{s:.4f}</td><td>measured</td></tr>"
+        for n, m, s in zip(saved["sizes"], saved["means"], saved["stds"], strict=True)
+    ) + "".join(
+        f"<tr><td>{p['rows']:,}</td><td>{p['loss']:.4f}</td><td></td><td>predicted "
+        f"({p['factor']:g}x), {curve.LEVEL:.0%} interval {p['low']:.4f} to "
+        f"{p['high']:.4f}</td></tr>"
+        for p in saved["predictions"]
+    )
+    picture = (
+        _img(folder.read_bytes(curve.PNG_NAME), "data curve")
+        if folder.is_file(curve.PNG_NAME)
+        else ""
+    )
+    return (
+        "<h2>Would more data help?</h2>"
+        f"<p><b>{html.escape(saved['verdict'])}</b>: {html.escape(saved['summary'])}</p>"
+        "<table><tr><th>training rows</th><th>best val_loss</th><th>std over seeds</th>"
+        f"<th></th></tr>{rows}</table>{picture}"
+    )
+
+
 def render(view: SweepView, champion_html: str, champion_id: str | None = None) -> str:
     """The report's HTML, from a loaded sweep (``review.load``)."""
     cfg = view.cfg
@@ -212,6 +241,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
                 _img(plots.learning_curves(t.history, title), f"learning curves {t.trial_id}")
             )
     parts.append("</div>")
+    parts.append(curve_section(view.folder))
     # next
     parts.append(
         "<h2>Next search space</h2><pre>"

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+JSON_NAME = "data_curve.json"  # beside the sweep: the points, the fit, the verdict
+PNG_NAME = "data_curve.png"  # and its picture; `report` shows both
 FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)  # of the training rows
 SEEDS = 3
 MIN_SIZES = 3  # fewer points than parameters make no curve

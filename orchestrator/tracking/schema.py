@@ -10,7 +10,7 @@ import re
 # ---------------------------------------------------------------- every run
 ROLE = "orchestrator.role"
 """What a run is: one of ``ROLES``."""
-ROLES = ("sweep", "trial", "confirm", "train")
+ROLES = ("sweep", "trial", "confirm", "train", "curve", "curve_point")
 TRIAL_ID = "orchestrator.trial_id"
 GIT_COMMIT = "orchestrator.git_commit"
 CONFIG_HASH = "orchestrator.config_hash"
@@ -46,6 +46,11 @@ ROWS = "orchestrator.rows."
 REFINED_FROM = "orchestrator.refined_from"
 REFINED_FROM_SWEEP = "orchestrator.refined_from_sweep"
 REFINE_REASONS = "orchestrator.refine_reasons"
+CURVE_SIZES = "orchestrator.curve_sizes"
+"""On a ``curve`` run: the training-set sizes measured, comma-separated."""
+CURVE_VERDICT = "orchestrator.curve_verdict"
+"""On a ``curve`` run: ``helps``, ``little``, ``flat`` or ``unreliable`` (``core.curve``)."""
+CURVE_SUMMARY = "orchestrator.curve_summary"
 
 # ---------------------------------------------------------------- a trial's run
 CHAMPION = "orchestrator.champion"
