@@ -437,8 +437,16 @@ def bench_scale(args: list[str]) -> dict[str, float]:
     return run(args)
 
 
+def bench_autopilot(args: list[str]) -> dict[str, float]:
+    """`python -m jobs.bench autopilot curve` (``jobs.bench_autopilot``)."""
+    from jobs.bench_autopilot import bench_autopilot as run
+
+    return run(args)
+
+
 BENCHMARKS: dict[str, Any] = {
     "scale": bench_scale,
+    "autopilot": bench_autopilot,
     "loop": bench_loop,
     "sweep": bench_sweep,
     "tracking": bench_tracking,
@@ -455,7 +463,8 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: python -m jobs.bench {{{'|'.join(BENCHMARKS)}}}", file=sys.stderr)
         return 2
-    figures = BENCHMARKS[argv[0]](argv[1:]) if argv[0] == "scale" else BENCHMARKS[argv[0]]()
+    with_args = argv[0] in ("scale", "autopilot")
+    figures = BENCHMARKS[argv[0]](argv[1:]) if with_args else BENCHMARKS[argv[0]]()
     print(json.dumps({"benchmark": argv[0], **figures}))
     return 0
 

@@ -1,0 +1,239 @@
+"""The autopilot's decisions, as pure functions: round 1's broad space, how the budget is
+split, what the diagnosis of a round's best trials makes of the next round's space, and
+when to stop. No Ray, no MLflow: the driver that runs the rounds lives in the sweep layer.
+
+The chart the product is built on says what to do on each side of the sweet spot, and
+``steer`` follows it: underfit, more capacity and less regularization; overfit, more
+regularization, less capacity and augmentation; both, capacity and regularization up; then,
+for each searched range, a best value on an edge extends it, and a clear sweet spot narrows
+around it (``diagnosis.propose``). ``diverged`` and ``undetermined`` trials never steer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core import diagnosis
+
+FIRST_SHARE = 0.4  # of the search budget, for round 1 (broad); each later round gets half that
+MIN_ROUND = 4  # trials: a smaller round cannot find a best quarter
+MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
+CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
+REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
+WIDE = {  # round 1's ranges of the regularizers
+    "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+    "train.l1": {"type": "loguniform", "low": 1e-7, "high": 1e-3},
+    "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.6},
+}
+
+
+def broad_space(cfg: Any, declared: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Round 1's space, built from the config, and a line per key saying why.
+
+    - capacity: for the built-in kinds, ``model.hidden`` over depths 1-3 and half, the same
+      and twice the configured width; for a factory, the ``search_space`` it declares for
+      its arguments (``declared``); without one, no capacity key;
+    - L2 (``train.weight_decay``), L1 (``train.l1``) and, for the built-in kinds, dropout,
+      over wide ranges; the learning rate a decade either side of the configured one;
+    - augmentation where the data has a shape (``data.shape``: images).
+    """
+    space: dict[str, Any] = {}
+    why: list[str] = []
+    kind = cfg.model.kind
+    if kind in ("mlp", "cnn"):
+        width = int(cfg.model.hidden[0]) if cfg.model.hidden else 64
+        widths = sorted({max(4, width // 2), width, width * 2})
+        choices = [[w] * depth for depth in (1, 2, 3) for w in widths]
+        space["model.hidden"] = {"type": "choice", "values": choices}
+        why.append(
+            f"model.hidden: capacity, depth 1-3 x width {', '.join(map(str, widths))} "
+            f"(around the configured {cfg.model.hidden})"
+        )
+    elif declared:
+        space.update(declared)
+        why.append(f"{', '.join(declared)}: capacity, as {kind} declares it (search_space)")
+    else:
+        why.append(
+            f"no capacity key: {kind} declares no search_space for its arguments "
+            "(regularization and learning rate only)"
+        )
+    for key, spec in WIDE.items():
+        if key == "model.dropout" and kind not in ("mlp", "cnn"):
+            continue  # a factory's model has its own dropout, if any
+        space[key] = dict(spec)
+        why.append(f"{key}: {_range(spec)}")
+    lr = float(cfg.train.lr)
+    space["train.lr"] = {"type": "loguniform", "low": _round(lr / 10), "high": _round(lr * 10)}
+    why.append(f"train.lr: a decade either side of {lr:g}")
+    if cfg.data.shape is not None:
+        space["train.augment"] = {"type": "choice", "values": [False, True]}
+        why.append("train.augment: the data has a shape (images): random shifts on or off")
+    return space, why
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How ``autopilot.budget_trials`` is spent: ``rounds`` (trials per search round, at
+    most), the confirmation's runs and the data curve's (0 when the budget cannot hold it)."""
+
+    rounds: list[int]
+    confirm: int
+    curve: int
+
+    def describe(self) -> str:
+        """One line for the terminal and the autopilot's run."""
+        search = sum(self.rounds)
+        curve = f", {self.curve} for the data curve if overfit" if self.curve else ""
+        return (
+            f"{search + self.confirm + self.curve} trials: up to {len(self.rounds)} rounds of "
+            f"{' + '.join(map(str, self.rounds))} ({search} searching), {self.confirm} "
+            f"confirming{curve}"
+        )
+
+
+def plan_budget(trials: int, confirm_runs: int, max_rounds: int = 6) -> Budget:
+    """Split ``trials`` (everything included): the confirmation's runs and the curve's come
+    off the top (the curve only when the search keeps at least ``MIN_ROUNDS`` rounds of
+    ``MIN_ROUND`` after it); round 1 gets ``FIRST_SHARE`` of the rest, each later round half
+    that, the last one what remains. ValueError when not even the minimum fits."""
+    search = trials - confirm_runs - CURVE_RUNS
+    curve = CURVE_RUNS
+    if search < MIN_ROUND * MIN_ROUNDS:
+        search, curve = trials - confirm_runs, 0
+    if search < MIN_ROUND * MIN_ROUNDS:
+        raise ValueError(
+            f"{trials} trials leave {search} to search after {confirm_runs} confirmation runs: "
+            f"at least {MIN_ROUND * MIN_ROUNDS + confirm_runs} are needed ({MIN_ROUNDS} rounds "
+            f"of {MIN_ROUND})"
+        )
+    first = max(MIN_ROUND, round(search * FIRST_SHARE))
+    later = max(MIN_ROUND, round(first / 2))
+    rounds, left = [first], search - first
+    while left >= MIN_ROUND and len(rounds) < max_rounds:
+        take = later if left - later >= MIN_ROUND else left
+        rounds.append(take)
+        left -= take
+    if left:  # too few for a round of their own: the last round takes them
+        rounds[-1] += left
+    return Budget(rounds, confirm_runs, curve)
+
+
+def stop_reason(bests: list[float], min_improvement: float, mode: str = "min") -> str | None:
+    """Why to stop after the rounds whose best ranking metric (the best so far, each round)
+    is ``bests``; None to go on. It stops when the relative improvement of the best was
+    below ``min_improvement`` in each of the last two rounds (so never before round 3)."""
+    if len(bests) < MIN_ROUNDS:
+        return None
+    gains = [_gain(bests[i - 1], bests[i], mode) for i in (-2, -1)]
+    if all(g < min_improvement for g in gains):
+        return (
+            f"the best improved by {gains[0]:.2%} and {gains[1]:.2%} in the last two rounds, "
+            f"both below autopilot.min_improvement ({min_improvement:.0%})"
+        )
+    return None
+
+
+def _gain(before: float, after: float, mode: str) -> float:
+    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+        return math.inf if math.isfinite(after) and not math.isfinite(before) else 0.0
+    change = (before - after) if mode == "min" else (after - before)
+    return change / abs(before)
+
+
+def best_quarter(
+    points: list[dict[str, Any]], metric: str, mode: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The round's best quarter (at least 3) of the trials that may steer, and the label
+    most of them carry (None: no trial may steer)."""
+    done = [
+        p
+        for p in points
+        if math.isfinite(p.get(metric, math.nan)) and p.get("label") in diagnosis.STEERING
+    ]
+    if not done:
+        return [], None
+    ranked = sorted(done, key=lambda p: p[metric], reverse=mode == "max")
+    top = ranked[: max(3, math.ceil(len(ranked) / 4))]
+    label = Counter(p["label"] for p in top).most_common(1)[0][0]
+    return top, label
+
+
+def steer(
+    points: list[dict[str, Any]],
+    space: dict[str, Any],
+    metric: str,
+    mode: str,
+    cfg: Any,
+) -> tuple[dict[str, Any], str | None, list[str]]:
+    """The next round's space from this round's trials (searched values, ``metric``,
+    ``label``), the label of its best quarter, and a line per change saying why."""
+    top, label = best_quarter(points, metric, mode)
+    if label is None:
+        return (
+            dict(space),
+            None,
+            ["no trial may steer (all diverged, undetermined or unfinished): the space is kept"],
+        )
+    share = f"{sum(p['label'] == label for p in top)} of the best {len(top)} are {label}"
+    if label in ("underfit", "both"):
+        # diagnosis.propose's high-bias rule, read from the best quarter alone
+        new, why = diagnosis.propose([{**p, "label": label} for p in top], space, metric, mode, cfg)
+        return new, label, [f"{share}: {w}" for w in why]
+    if label == "overfit":
+        return _overfit(top, space, cfg, share)
+    new, why = diagnosis.propose(points, space, metric, mode, cfg)
+    return new, label, [f"{share}: {w}" for w in why]
+
+
+def _overfit(
+    top: list[dict[str, Any]], space: dict[str, Any], cfg: Any, share: str
+) -> tuple[dict[str, Any], str, list[str]]:
+    """More regularization (each regularizer's range from the best quarter's lowest value up
+    past its top: tenfold on a log scale, half its width on a linear one), less capacity (the best quarter's hidden sizes and half of them), augmentation
+    on where it is searched."""
+    new = {k: dict(v) for k, v in space.items()}
+    why = []
+    for key in REGULARIZERS:
+        spec = new.get(key)
+        if spec is None or spec["type"] not in ("uniform", "loguniform"):
+            continue
+        seen = [float(p[key]) for p in top if key in p]
+        low = min(seen) if seen else spec["low"]
+        limit = diagnosis.LIMITS.get(key, (0.0, math.inf))[1]
+        if spec["type"] == "loguniform":
+            low = max(low, spec["low"])
+            high = min(max(spec["high"] * 10, low * 100), limit)
+        else:
+            high = min(spec["high"] + (spec["high"] - spec["low"]) / 2, limit)
+        new[key] = {**spec, "low": _round(low), "high": _round(high)}
+        why.append(f"{share}: {key}: more regularization, {_range(new[key])}")
+    hidden = new.get("model.hidden")
+    if hidden is not None and hidden["type"] == "choice":
+        kept = [list(p["model.hidden"]) for p in top if "model.hidden" in p]
+        smaller = [[max(4, w // 2) for w in h] for h in kept]
+        values = []
+        for h in kept + smaller:
+            if h not in values:
+                values.append(h)
+        new["model.hidden"] = {"type": "choice", "values": values}
+        why.append(
+            f"{share}: model.hidden: less capacity, the best quarter's sizes and half of them "
+            f"({values})"
+        )
+    if "train.augment" in new:
+        new["train.augment"] = {"type": "choice", "values": [True]}
+        why.append(f"{share}: train.augment: on (the data has a shape)")
+    if not why:
+        why.append(f"{share}: nothing searched that regularizes: the space is kept")
+    return new, "overfit", why
+
+
+def _range(spec: dict[str, Any]) -> str:
+    return f"{spec['type']} [{spec['low']:.3g}, {spec['high']:.3g}]"
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.4g}")

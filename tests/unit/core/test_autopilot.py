@@ -1,0 +1,109 @@
+"""The autopilot's decisions: round 1's space, the budget's split, steering, stopping."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_cfg
+from orchestrator.core import autopilot
+
+SPACE = {
+    "model.hidden": {"type": "choice", "values": [[64], [128], [64, 64]]},
+    "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+    "model.dropout": {"type": "uniform", "low": 0.0, "high": 0.6},
+}
+
+
+def test_round_one_searches_capacity_regularization_and_learning_rate() -> None:
+    space, why = autopilot.broad_space(make_cfg(**{"model.hidden": [128, 128]}), {})
+    assert [64] in space["model.hidden"]["values"] and [256, 256, 256] in space["model.hidden"][
+        "values"
+    ]
+    assert {"train.weight_decay", "train.l1", "model.dropout", "train.lr"} <= set(space)
+    assert "train.augment" not in space  # tabular data: no augmentation
+    assert space["train.lr"]["low"] < 1e-3 < space["train.lr"]["high"]
+    assert len(why) == len(space)
+
+
+def test_round_one_of_a_factory_uses_its_declared_space_or_none() -> None:
+    cfg = make_cfg(**{"model.kind": "mymodels:net"})
+    declared = {"model.args.depth": {"type": "randint", "low": 0, "high": 4}}
+    space, _ = autopilot.broad_space(cfg, declared)
+    assert "model.args.depth" in space and "model.hidden" not in space
+    assert "model.dropout" not in space
+    space, why = autopilot.broad_space(cfg, {})
+    assert not any(k.startswith("model.") for k in space)
+    assert "regularization and learning rate only" in why[0]
+
+
+def test_images_get_augmentation() -> None:
+    cfg = make_cfg(**{"data.shape": [1, 8, 8], "model.kind": "cnn", "model.hidden": [16]})
+    space, _ = autopilot.broad_space(cfg, {})
+    assert space["train.augment"]["values"] == [False, True]
+
+
+def test_the_budget_covers_confirmation_and_the_curve() -> None:
+    b = autopilot.plan_budget(60, confirm_runs=6)
+    assert b.curve == 12 and b.confirm == 6
+    assert sum(b.rounds) + b.confirm + b.curve == 60
+    assert b.rounds[0] > b.rounds[1] and min(b.rounds) >= autopilot.MIN_ROUND
+    assert len(b.rounds) >= autopilot.MIN_ROUNDS
+    assert "60 trials" in b.describe()
+    small = autopilot.plan_budget(20, confirm_runs=2)  # no room for the curve
+    assert small.curve == 0 and sum(small.rounds) == 18
+    with pytest.raises(ValueError, match="at least 14"):
+        autopilot.plan_budget(10, confirm_runs=2)
+
+
+def test_it_stops_after_two_rounds_of_little_improvement() -> None:
+    assert autopilot.stop_reason([1.0, 0.995], 0.01) is None  # never before round 3
+    assert autopilot.stop_reason([1.0, 0.8, 0.798], 0.01) is None  # round 2 gained 20%
+    why = autopilot.stop_reason([1.0, 0.8, 0.798, 0.797], 0.01)
+    assert why is not None and "below autopilot.min_improvement" in why
+    assert autopilot.stop_reason([0.5, 0.6, 0.605, 0.7], 0.01, mode="max") is None
+    assert autopilot.stop_reason([0.9, 0.95, 0.951, 0.952], 0.01, mode="max") is not None
+
+
+def _points(label: str, n: int = 8) -> list[dict]:
+    return [
+        {
+            "model.hidden": [64] if i % 2 else [128],
+            "train.weight_decay": 1e-5 * (i + 1),
+            "model.dropout": 0.05 * i,
+            "val_loss": 0.1 + 0.01 * i,
+            "label": label,
+        }
+        for i in range(n)
+    ]
+
+
+def test_an_overfit_best_quarter_gets_more_regularization_and_less_capacity() -> None:
+    cfg = make_cfg(**{"model.hidden": [128]})
+    new, label, why = autopilot.steer(_points("overfit"), SPACE, "val_loss", "min", cfg)
+    assert label == "overfit"
+    assert new["train.weight_decay"]["low"] >= 1e-5 and new["train.weight_decay"]["high"] > 0.1
+    assert new["model.dropout"]["high"] > 0.6
+    assert [32] in new["model.hidden"]["values"] and [256] not in new["model.hidden"]["values"]
+    assert all("3 of the best 3 are overfit" in w for w in why)
+
+
+def test_an_underfit_best_quarter_gets_more_capacity_and_less_regularization() -> None:
+    cfg = make_cfg(**{"model.hidden": [64]})
+    new, label, why = autopilot.steer(_points("underfit"), SPACE, "val_loss", "min", cfg)
+    assert label == "underfit"
+    assert new["model.hidden"]["values"] == [[128], [256]]
+    assert new["train.weight_decay"]["high"] < SPACE["train.weight_decay"]["high"]
+    assert any("more capacity" in w for w in why)
+
+
+def test_the_best_quarter_decides_and_diverged_trials_never_steer() -> None:
+    points = _points("overfit")
+    for p in points[:3]:  # the best three diverged: they do not count
+        p["label"] = "diverged"
+    for p in points[3:6]:
+        p["label"] = "underfit"
+    _, label, _ = autopilot.steer(points, SPACE, "val_loss", "min", make_cfg())
+    assert label == "underfit"
+    none = [{**p, "label": "undetermined"} for p in points]
+    new, label, why = autopilot.steer(none, SPACE, "val_loss", "min", make_cfg())
+    assert label is None and new == SPACE and "kept" in why[0]
