@@ -288,7 +288,8 @@ def data_curve(result: Any, points: list[tuple[int, int, float]], title: str) ->
             ax.errorbar(
                 [p.rows],
                 [p.loss],
-                yerr=[[p.loss - p.low], [p.high - p.loss]],
+                # the fit may sit just outside its bootstrap interval: no negative bar
+                yerr=[[max(0.0, p.loss - p.low)], [max(0.0, p.high - p.loss)]],
                 fmt="s",
                 color="C3",
                 capsize=4,

@@ -23,6 +23,11 @@ MIN_ROUND = 4  # trials: a smaller round cannot find a best quarter
 MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
 CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
+MAX_REGULARIZATION = {  # where "more" stops: past these a model learns nothing
+    "train.weight_decay": 1.0,
+    "train.l1": 0.1,
+    "model.dropout": 0.9,
+}
 WIDE = {  # round 1's ranges of the regularizers
     "train.weight_decay": {"type": "loguniform", "low": 1e-6, "high": 0.1},
     "train.l1": {"type": "loguniform", "low": 1e-7, "high": 1e-3},
@@ -111,6 +116,8 @@ def plan_budget(trials: int, confirm_runs: int, max_rounds: int = 6) -> Budget:
         )
     first = max(MIN_ROUND, round(search * FIRST_SHARE))
     later = max(MIN_ROUND, round(first / 2))
+    if first + later * (MIN_ROUNDS - 1) > search:  # a small budget: equal rounds, 3 at least
+        first = later = MIN_ROUND
     rounds, left = [first], search - first
     while left >= MIN_ROUND and len(rounds) < max_rounds:
         take = later if left - later >= MIN_ROUND else left
@@ -181,6 +188,11 @@ def steer(
     if label in ("underfit", "both"):
         # diagnosis.propose's high-bias rule, read from the best quarter alone
         new, why = diagnosis.propose([{**p, "label": label} for p in top], space, metric, mode, cfg)
+        if label == "underfit" and "train.augment" in new:  # augmentation regularizes too
+            new["train.augment"] = {"type": "choice", "values": [False]}
+            why.append("train.augment: off (less regularization)")
+        elif "train.augment" in new:  # both: searchable again (an overfit round forced it on)
+            new["train.augment"] = {"type": "choice", "values": [False, True]}
         return new, label, [f"{share}: {w}" for w in why]
     if label == "overfit":
         return _overfit(top, space, cfg, share)
@@ -192,8 +204,9 @@ def _overfit(
     top: list[dict[str, Any]], space: dict[str, Any], cfg: Any, share: str
 ) -> tuple[dict[str, Any], str, list[str]]:
     """More regularization (each regularizer's range from the best quarter's lowest value up
-    past its top: tenfold on a log scale, half its width on a linear one), less capacity (the best quarter's hidden sizes and half of them), augmentation
-    on where it is searched."""
+    past its top: tenfold on a log scale, half its width on a linear one, within
+    ``MAX_REGULARIZATION``), less capacity (the best quarter's hidden sizes and half of
+    them), augmentation on where it is searched."""
     new = {k: dict(v) for k, v in space.items()}
     why = []
     for key in REGULARIZERS:
@@ -202,7 +215,7 @@ def _overfit(
             continue
         seen = [float(p[key]) for p in top if key in p]
         low = min(seen) if seen else spec["low"]
-        limit = diagnosis.LIMITS.get(key, (0.0, math.inf))[1]
+        limit = min(diagnosis.LIMITS.get(key, (0.0, math.inf))[1], MAX_REGULARIZATION[key])
         if spec["type"] == "loguniform":
             low = max(low, spec["low"])
             high = min(max(spec["high"] * 10, low * 100), limit)
@@ -213,6 +226,8 @@ def _overfit(
     hidden = new.get("model.hidden")
     if hidden is not None and hidden["type"] == "choice":
         kept = [list(p["model.hidden"]) for p in top if "model.hidden" in p]
+        if not kept:  # no best trial says which size: keep the choice as it was
+            kept = [list(v) for v in hidden["values"]]
         smaller = [[max(4, w // 2) for w in h] for h in kept]
         values = []
         for h in kept + smaller:

@@ -8,7 +8,8 @@ by least squares (for a fixed exponent ``b`` the model is linear in ``a`` and ``
 is searched on a grid and refined, each step an exact small solve: no starting guess to get
 wrong). The interval is a bootstrap over seeds: at each size the seeds' runs are drawn again
 with replacement, the curve refitted, and the 10th and 90th percentiles of its predictions
-kept (an 80% interval).
+kept (an 80% interval). It holds the seeds' noise only: each size is one subset of the
+rows, and three parameters through four sizes leave the form of the curve itself untested.
 
 Such curves are often ill-behaved: the LCDB 1.1 study (arXiv 2505.15657) finds about 14% of
 learning curves non-monotone or non-convex. So before extrapolating, the curve must fall:
@@ -31,6 +32,7 @@ PNG_NAME = "data_curve.png"  # and its picture; `report` shows both
 FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)  # of the training rows
 SEEDS = 3
 MIN_SIZES = 3  # fewer points than parameters make no curve
+MIN_SEEDS = 2  # runs a size needs to count: the seeds' spread is the curve's noise
 MIN_ROWS_PER_CLASS = 10  # the smallest size never has fewer rows per class than this
 BOOTSTRAP = 1000
 LEVEL = 0.8  # the interval's coverage
@@ -110,8 +112,9 @@ class Curve:
 
 def plan_sizes(train_rows: int, classes: int = 0) -> list[int]:
     """The training-set sizes to measure: 1/8, 1/4, 1/2 and all of ``train_rows``, none
-    below ``MIN_ROWS_PER_CLASS`` rows per class (a size raised to that floor and one that
-    then repeats another are dropped). Fewer than three sizes cannot make a curve."""
+    below ``MIN_ROWS_PER_CLASS`` times the classes (10 rows per class on average): a size
+    below that is raised to it, and a size that then repeats another counts once. Fewer
+    than three sizes cannot make a curve."""
     floor = max(MIN_ROWS_PER_CLASS * classes, 2)
     sizes = sorted({max(floor, round(train_rows * f)) for f in FRACTIONS if train_rows > 0})
     sizes = [s for s in sizes if s <= train_rows]
@@ -131,12 +134,13 @@ def fit(rows: Sequence[float], losses: Sequence[float]) -> Fit:
     a, c, sse = _solve(n, y, EXPONENTS)
     i = int(np.argmin(sse))
     best = Fit(float(a[i]), float(EXPONENTS[i]), float(c[i]), float(sse[i]))
-    lo, hi = best.b / 1.06, best.b * 1.06  # the grid's step is about 4%: refine within it
+    # the grid's step is about 4%: refine within it, never past the grid's ends
+    lo, hi = max(best.b / 1.06, EXPONENTS[0]), min(best.b * 1.06, EXPONENTS[-1])
     for _ in range(30):  # golden-section search on the exponent
         m = np.array([hi - (hi - lo) / 1.618, lo + (hi - lo) / 1.618])
         _, _, e = _solve(n, y, m)
         lo, hi = (lo, m[1]) if e[0] <= e[1] else (m[0], hi)
-    b = np.array([(lo + hi) / 2])
+    b = np.clip(np.array([(lo + hi) / 2]), EXPONENTS[0], EXPONENTS[-1])
     a, c, sse = _solve(n, y, b)
     return Fit(float(a[0]), float(b[0]), float(c[0]), float(sse[0])) if sse[0] < best.sse else best
 
@@ -185,6 +189,8 @@ def analyse(
     for rows, _, loss in points:
         if math.isfinite(loss):
             by_size.setdefault(int(rows), []).append(float(loss))
+    # a size needs two seeds at least: one has no spread, and the noise would read as none
+    by_size = {n: v for n, v in by_size.items() if len(v) >= MIN_SEEDS}
     sizes = sorted(by_size)
     means = [float(np.mean(by_size[s])) for s in sizes]
     stds = [float(np.std(by_size[s], ddof=1)) if len(by_size[s]) > 1 else 0.0 for s in sizes]
@@ -194,14 +200,25 @@ def analyse(
             means,
             stds,
             "unreliable",
-            f"no reliable extrapolation: {len(sizes)} size(s) finished, a curve needs {MIN_SIZES}",
+            f"no reliable extrapolation: {len(sizes)} size(s) finished with {MIN_SEEDS} "
+            f"seeds or more, a curve needs {MIN_SIZES}",
         )
     # Falls? The mean at the most rows below the mean at the fewest by more than twice the
     # standard error of their difference (the seeds' noise), and by more than 1%.
     first, last = by_size[sizes[0]], by_size[sizes[-1]]
     noise = math.sqrt(_var_of_mean(first) + _var_of_mean(last))
     fall = means[0] - means[-1]
-    if fall <= max(2 * noise, HELPS * abs(means[0])):
+    if fall > HELPS * abs(means[0]) and fall <= 2 * noise:
+        return Curve(
+            sizes,
+            means,
+            stds,
+            "unreliable",
+            f"no reliable extrapolation: validation loss falls from {means[0]:.4g} at "
+            f"{sizes[0]:,} rows to {means[-1]:.4g} at {sizes[-1]:,}, but by less than twice "
+            f"the seeds' noise ({noise:.3g}): more seeds would tell",
+        )
+    if fall <= HELPS * abs(means[0]):
         return Curve(
             sizes,
             means,
@@ -244,8 +261,10 @@ def analyse(
             )
         )
     now = float(fitted.predict(top))
-    gain = (now - predictions[0].loss) / now if now > 0 and predictions else 0.0
-    verdict = "helps" if gain >= HELPS else "little"
+    at_two = next((p for p in predictions if p.factor == 2.0), predictions[0])  # noqa: PLR2004
+    gain = (now - at_two.loss) / now if now > 0 else 0.0
+    # helps: a fall of 1% or more at twice the rows, and the interval's top below today's loss
+    verdict = "helps" if gain >= HELPS and at_two.high < now else "little"
     said = "; ".join(
         f"{p.factor:g}x the rows ({p.rows:,}): {p.loss:.4g} "
         f"({LEVEL:.0%} interval {p.low:.4g} to {p.high:.4g})"
@@ -254,8 +273,8 @@ def analyse(
     head = (
         f"more data would help: validation loss about {gain:.1%} lower at twice the rows"
         if verdict == "helps"
-        else f"more data would help little: about {gain:.1%} lower at twice the rows "
-        f"(the curve is near its floor, {fitted.c:.4g})"
+        else f"more data would help little: about {gain:.1%} lower at twice the rows, "
+        f"{'within its interval' if gain >= HELPS else f'near the floor of {fitted.c:.4g}'}"
     )
     warn = (
         "; the curve turns back up between sizes (non-monotone): read the numbers with care"

@@ -13,6 +13,7 @@ the sweep: ``data_curve.json`` and ``data_curve.png``, which ``report`` shows.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import time
@@ -20,13 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from ray import tune
 
 from orchestrator import config as config_mod
 from orchestrator.analysis import plots
 from orchestrator.config import Config, ConfigError
-from orchestrator.core import curve, state
+from orchestrator.core import curve, state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
@@ -53,12 +53,21 @@ def champion_config(cfg: Config, tags: dict[str, str]) -> Config:
     """The sweep's config with its champion's searched values (the sweep run's
     ``orchestrator.champion.<key>`` tags), its seed left to the curve."""
     values = {
-        k[len(schema.CHAMPION_VALUE) :]: yaml.safe_load(v)
+        k[len(schema.CHAMPION_VALUE) :]: _literal(v)
         for k, v in tags.items()
         if k.startswith(schema.CHAMPION_VALUE)
     }
     values.pop("train.seed", None)
     return config_mod.with_values(cfg, values)
+
+
+def _literal(text: str) -> Any:
+    """A value the driver tagged with ``str(value)``: a Python literal read back (``None``,
+    ``1e-05``, ``[128, 128]``, ``True``), or the text itself (a string value)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def run(
@@ -90,6 +99,7 @@ def run(
             "measure the curve against the data the champion was chosen on",
         )
     cfg = prep.cfg
+    storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     rows = prep.sizes["train"]
     if cfg.data.max_train_rows is not None:
         rows = min(rows, cfg.data.max_train_rows)
@@ -97,9 +107,22 @@ def run(
         sizes = curve.plan_sizes(rows, prep.task.num_classes)
     except ValueError as e:
         raise ConfigError("data.max_train_rows", str(e), "use more training rows") from None
+    # Seeds the sweep never used (its confirmation took the next confirm_seeds), so the
+    # full-size points are not the runs the champion was chosen on. Each size gets the
+    # optimizer steps of the full size (epochs x rows / size, at most 8x): a small subset
+    # trained for the same epochs would be undertrained, and the curve would credit to data
+    # what is owed to steps.
+    first_seed = cfg.train.seed + 1 + cfg.sweep.confirm_seeds
     sets = [
-        {ROWS_KEY: n, "train.seed": cfg.train.seed + 1 + k} for n in sizes for k in range(seeds)
+        {
+            ROWS_KEY: n,
+            "train.seed": first_seed + k,
+            "train.epochs": min(round(cfg.train.epochs * rows / n), cfg.train.epochs * 8),
+        }
+        for n in sizes
+        for k in range(seeds)
     ]
+    state.check_storage(cfg)  # storage we cannot write fails here, before any run exists
     client, exp_id = writer.connect(cfg, out)
     client.use_journal(path)
     runtime.init_ray(verbose)
@@ -130,30 +153,35 @@ def run(
         name = f"{ctx.name}-curve-{time.strftime('%Y%m%d-%H%M%S')}"
         tuner.run_book(book, trainable, search, name)
         points = curve_points(book.records)
+        if not points:
+            raise RuntimeError("no curve run finished; see the errors above")
         result = curve.analyse(points)
-    except BaseException:
-        writer.end_run(client, run_id, "FAILED", {})
+        for line in table(result):
+            out(f"[curve] {line}")
+        png = plots.data_curve(result, points, f"{cfg.experiment}: would more data help?")
+        writer.log_png(client, run_id, png, PNG_NAME)
+        path.write_atomic(PNG_NAME, png)
+        path.write_atomic(JSON_NAME, json.dumps({"points": points, **result.to_json()}, indent=1))
+        for p in result.predictions:
+            client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x", p.loss)
+            client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_low", p.low)
+            client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_high", p.high)
+    except BaseException as e:
+        writer.end_run(client, run_id, "FAILED", {schema.ERROR: f"{type(e).__name__}: {e}"[:4900]})
         raise
-    for line in table(result):
-        out(f"[curve] {line}")
-    png = plots.data_curve(result, points, f"{cfg.experiment}: would more data help?")
-    writer.log_png(client, run_id, png, PNG_NAME)
-    path.write_atomic(PNG_NAME, png)
-    path.write_atomic(JSON_NAME, json.dumps({"points": points, **result.to_json()}, indent=1))
-    for p in result.predictions:
-        client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x", p.loss)
-        client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_low", p.low)
-        client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_high", p.high)
     writer.end_run(
         client,
         run_id,
         "FINISHED",
         {schema.CURVE_VERDICT: result.verdict, schema.CURVE_SUMMARY: result.summary[:4900]},
     )
-    client.drain(block=True, patience=60.0)
-    out(
-        f"[curve] written: {path / PNG_NAME} and {JSON_NAME} beside it (and on MLflow run {run_id})"
+    client.drain(block=True, patience=0.0 if client.down else 60.0)
+    where = (
+        f"{len(client.queue)} MLflow write(s) kept: orchestrator tracking replay {path}"
+        if client.queue
+        else f"and on MLflow run {run_id}"
     )
+    out(f"[curve] written: {path}/{PNG_NAME} and {JSON_NAME} beside it ({where})")
     return CurveSummary(result, points, run_id, str(path))
 
 
@@ -172,9 +200,12 @@ def _start_run(
 
 
 def curve_points(records: list[TrialRecord]) -> list[tuple[int, int, float]]:
-    """(training rows, seed, best-epoch validation loss) of each run that finished an epoch."""
+    """(training rows, seed, best-epoch validation loss) of each run that finished without
+    an error (a run that crashed early would be a point with a loss it never trained to)."""
     points = []
     for r in records:
+        if r.status == "ERROR":
+            continue
         losses = [h["val_loss"] for h in r.history if math.isfinite(h.get("val_loss", math.nan))]
         if losses and ROWS_KEY in r.values:
             points.append(

@@ -107,3 +107,24 @@ def test_the_best_quarter_decides_and_diverged_trials_never_steer() -> None:
     none = [{**p, "label": "undetermined"} for p in points]
     new, label, why = autopilot.steer(none, SPACE, "val_loss", "min", make_cfg())
     assert label is None and new == SPACE and "kept" in why[0]
+
+
+def test_a_small_budget_still_makes_three_rounds() -> None:
+    for trials in (12, 13, 24):
+        b = autopilot.plan_budget(trials, confirm_runs=0)
+        assert len(b.rounds) >= autopilot.MIN_ROUNDS and sum(b.rounds) + b.curve == trials
+
+
+def test_more_regularization_stops_at_a_ceiling_and_augmentation_comes_back_off() -> None:
+    space = {
+        **SPACE,
+        "train.weight_decay": {"type": "loguniform", "low": 1e-3, "high": 0.5},
+        "train.augment": {"type": "choice", "values": [False, True]},
+    }
+    points = [{**p, "train.weight_decay": 0.05 * (i + 1)} for i, p in enumerate(_points("overfit"))]
+    new, _, _ = autopilot.steer(points, space, "val_loss", "min", make_cfg())
+    assert new["train.weight_decay"]["high"] == 1.0  # not 5, then 50, round after round
+    assert new["train.augment"]["values"] == [True]
+    under = [{**p, "label": "underfit"} for p in points]
+    again, _, why = autopilot.steer(under, new, "val_loss", "min", make_cfg())
+    assert again["train.augment"]["values"] == [False] and any("augment" in w for w in why)

@@ -46,14 +46,25 @@ def test_a_curve_that_does_not_fall_gets_no_extrapolation() -> None:
     assert curve.analyse(rising, bootstrap=50).verdict == "flat"
 
 
-def test_a_fall_inside_the_seeds_noise_is_not_a_fall() -> None:
-    # means fall by 0.02, but the seeds scatter by 0.1 at each size
+def test_a_fall_inside_the_seeds_noise_is_not_called_flat_or_helpful() -> None:
+    # means fall by 0.06 (12%), but the seeds scatter by 0.1 at each size: more seeds would tell
     points = [
         (s, k, 0.5 - 0.02 * i + d)
         for i, s in enumerate((100, 200, 400, 800))
         for k, d in enumerate((-0.1, 0.0, 0.1))
     ]
-    assert curve.analyse(points, bootstrap=50).verdict == "flat"
+    got = curve.analyse(points, bootstrap=50)
+    assert got.verdict == "unreliable" and not got.predictions
+    assert "more seeds would tell" in got.summary
+
+
+def test_a_size_with_one_seed_does_not_count() -> None:
+    points = _points([100, 200, 400, 800])
+    one_each = [p for p in points if p[1] == 0]
+    assert curve.analyse(one_each, bootstrap=10).verdict == "unreliable"
+    # the 800-row size lost two of its seeds: three sizes remain
+    got = curve.analyse([p for p in points if p[0] < 800 or p[1] == 0], bootstrap=50)
+    assert got.sizes == [100, 200, 400]
 
 
 def test_a_curve_that_turns_back_up_is_flagged() -> None:

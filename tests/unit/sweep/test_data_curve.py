@@ -22,15 +22,17 @@ def _result(falls: bool = True) -> tuple[curve.Curve, list[tuple[int, int, float
 
 
 def test_the_champion_config_takes_its_searched_values_but_not_its_seed() -> None:
-    tags = {
+    tags = {  # as the driver writes them: str(value)
         "orchestrator.champion.model.hidden": "[128, 128]",
-        "orchestrator.champion.train.weight_decay": "0.0003",
+        "orchestrator.champion.train.weight_decay": "1e-05",
+        "orchestrator.champion.data.max_train_rows": "None",
         "orchestrator.champion.train.seed": "7",
         "orchestrator.champion_trial": "abc",  # not a value
     }
     cfg = data_curve.champion_config(make_cfg(**{"train.seed": 1}), tags)
     assert cfg.model.hidden == [128, 128]
-    assert cfg.train.weight_decay == 0.0003
+    assert cfg.train.weight_decay == 1e-05 and isinstance(cfg.train.weight_decay, float)
+    assert cfg.data.max_train_rows is None
     assert cfg.train.seed == 1
 
 
@@ -42,6 +44,12 @@ def test_each_run_gives_its_best_epoch_validation_loss() -> None:
             history=[{"val_loss": 0.5}, {"val_loss": 0.3}, {"val_loss": 0.4}],
         ),
         TrialRecord("b", {"data.max_train_rows": 100, "train.seed": 2}, history=[]),  # no epoch
+        TrialRecord(  # crashed after an epoch: not a point
+            "d",
+            {"data.max_train_rows": 100, "train.seed": 4},
+            history=[{"val_loss": 2.0}],
+            status="ERROR",
+        ),
         TrialRecord(
             "c",
             {"data.max_train_rows": 100, "train.seed": 3},
