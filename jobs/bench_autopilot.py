@@ -42,10 +42,10 @@ def bench_autopilot(args: list[str]) -> dict[str, float]:
 
 def bench_curve() -> dict[str, Any]:
     """The data curve's prediction against the measurement (see the module)."""
+    import orchestrator
     from orchestrator import config, sweep
     from orchestrator.core import curve, data
     from orchestrator.execution import runtime
-    from orchestrator.sweep import data_curve
 
     runtime.ensure_env()
     with tempfile.TemporaryDirectory() as d:
@@ -71,7 +71,7 @@ def bench_curve() -> dict[str, Any]:
         summary = sweep.run(cfg, out=lambda _: None)
         label = f"{summary.champion.diagnosis}: {summary.champion.diagnosis_reasons}"
         start = time.perf_counter()
-        measured = data_curve.run(cfg.experiment, str(folder / "results"), out=print)
+        measured = orchestrator.curve(cfg.experiment, str(folder / "results"))
         took = time.perf_counter() - start  # the curve's own time, the sweep before it apart
     points = measured.points
     small = [p for p in points if p[0] < ROWS]

@@ -1,18 +1,18 @@
 """Find the bias/variance sweet spot at cluster scale: Ray Train + Ray Tune + MLflow.
 
-The Python API (``orchestrator.api``): ``load_config``, ``sweep`` and ``train``. Importing
-the package imports neither Ray, MLflow nor torch; ``load_config`` needs none of them, and
-``orchestrator.sweep`` (the callable package) imports Ray when first touched."""
+The Python API (``orchestrator.api``): ``load_config``, ``sweep``, ``train`` and ``curve``.
+Importing the package imports neither Ray, MLflow nor torch; ``load_config`` needs none of
+them, and ``orchestrator.sweep`` (the callable package) imports Ray when first touched."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "sweep", "train"]
+__all__ = ["curve", "load_config", "sweep", "train"]
 
 if TYPE_CHECKING:
-    from orchestrator.api import load_config, train
+    from orchestrator.api import curve, load_config, train
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,7 @@ from orchestrator import config as config_mod
 from orchestrator.config import Config
 
 if TYPE_CHECKING:
+    from orchestrator.sweep.data_curve import CurveSummary
     from orchestrator.sweep.driver import SweepSummary
     from orchestrator.sweep.train import TrainSummary
 
@@ -87,3 +88,21 @@ def train(
     from orchestrator.sweep import train as train_mod
 
     return train_mod.train_run(cfg, out=out, verbose=verbose)
+
+
+def curve(
+    experiment: str,
+    storage: str = "results",
+    *,
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> CurveSummary:
+    """Would more data help? (``orchestrator curve``): the finished sweep's champion trained
+    on 1/8 to all of its training rows, 3 seeds each, and the curve read
+    (``result.result.verdict``, ``.predictions`` at 2x and 4x the rows, ``.summary``)."""
+    from orchestrator.execution import runtime
+
+    runtime.ensure_env()
+    from orchestrator.sweep import data_curve
+
+    return data_curve.run(experiment, storage, out=out, verbose=verbose)

@@ -67,10 +67,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_curve(args: argparse.Namespace) -> int:
     """`orchestrator curve`: would more data help? The champion trained on 1/8 to all of its
     training rows, 3 seeds each, and the curve read with its extrapolation and verdict."""
-    from orchestrator.sweep import data_curve
+    from orchestrator import api
 
-    runtime.ensure_env()
-    data_curve.run(args.experiment, args.storage, verbose=args.verbose)
+    api.curve(args.experiment, args.storage, verbose=args.verbose)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,12 @@ def test_sweep_is_both_the_package_and_the_function() -> None:
 
     assert orchestrator.sweep is package and callable(package)
     assert package.run.__module__ == "orchestrator.sweep.driver"
+
+
+def test_curve_is_in_the_api_and_fails_by_name_before_any_work(tmp_path: Path) -> None:
+    import orchestrator
+
+    assert "curve" in orchestrator.__all__
+    with pytest.raises(ConfigError) as e:  # no sweep of that name: nothing started
+        orchestrator.curve("never-ran", str(tmp_path))
+    assert e.value.key == "EXPERIMENT"
