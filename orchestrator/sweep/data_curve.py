@@ -35,7 +35,6 @@ from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import location, schema, writer
 
-JSON_NAME, PNG_NAME = curve.JSON_NAME, curve.PNG_NAME
 ROWS_KEY = "data.max_train_rows"
 
 
@@ -159,9 +158,11 @@ def run(
         for line in table(result):
             out(f"[curve] {line}")
         png = plots.data_curve(result, points, f"{cfg.experiment}: would more data help?")
-        writer.log_png(client, run_id, png, PNG_NAME)
-        path.write_atomic(PNG_NAME, png)
-        path.write_atomic(JSON_NAME, json.dumps({"points": points, **result.to_json()}, indent=1))
+        writer.log_png(client, run_id, png, curve.PNG_NAME)
+        path.write_atomic(curve.PNG_NAME, png)
+        path.write_atomic(
+            curve.JSON_NAME, json.dumps({"points": points, **result.to_json()}, indent=1)
+        )
         for p in result.predictions:
             client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x", p.loss)
             client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_low", p.low)
@@ -181,7 +182,7 @@ def run(
         if client.queue
         else f"and on MLflow run {run_id}"
     )
-    out(f"[curve] written: {path}/{PNG_NAME} and {JSON_NAME} beside it ({where})")
+    out(f"[curve] written: {path}/{curve.PNG_NAME} and {curve.JSON_NAME} beside it ({where})")
     return CurveSummary(result, points, run_id, str(path))
 
 
