@@ -168,7 +168,7 @@ def run(
             client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_low", p.low)
             client.log_metric(run_id, f"curve_val_loss_{p.factor:g}x_high", p.high)
     except BaseException as e:
-        writer.end_run(client, run_id, "FAILED", {schema.ERROR: f"{type(e).__name__}: {e}"[:4900]})
+        writer.end_run(client, run_id, "FAILED", failure_tags(e))
         raise
     writer.end_run(
         client,
@@ -184,6 +184,12 @@ def run(
     )
     out(f"[curve] written: {path}/{curve.PNG_NAME} and {curve.JSON_NAME} beside it ({where})")
     return CurveSummary(result, points, run_id, str(path))
+
+
+def failure_tags(error: BaseException) -> dict[str, str]:
+    """The failed curve run's error tag: the exception, any credentials in a URI in it
+    redacted (a tracking or storage URI may carry a password), cut to fit MLflow."""
+    return {schema.ERROR: config_mod.redact_uri(f"{type(error).__name__}: {error}")[:4900]}
 
 
 def _start_run(

@@ -81,3 +81,9 @@ def test_the_picture_and_the_report_section(tmp_path: Path) -> None:
         assert "Would more data help?" in section and "data:image/png;base64," in section
         assert ("predicted (2x)" in section) == falls
         assert result.verdict in section
+
+
+def test_a_failed_curve_run_keeps_no_password_from_its_error() -> None:
+    tags = data_curve.failure_tags(RuntimeError("MLflow at http://admin:s3cret@host:5000 is down"))
+    (text,) = tags.values()
+    assert "s3cret" not in text and "RuntimeError" in text and "host:5000" in text
