@@ -1,6 +1,7 @@
 """Find the bias/variance sweet spot at cluster scale: Ray Train + Ray Tune + MLflow.
 
-The Python API (``orchestrator.api``): ``load_config``, ``sweep``, ``train`` and ``curve``.
+The Python API (``orchestrator.api``): ``load_config``, ``sweep``, ``autopilot``, ``train`` and
+``curve``.
 Importing the package imports neither Ray, MLflow nor torch; ``load_config`` needs none of
 them, and ``orchestrator.sweep`` (the callable package) imports Ray when first touched."""
 
@@ -9,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["curve", "load_config", "sweep", "train"]
+__all__ = ["autopilot", "curve", "load_config", "sweep", "train"]
 
 if TYPE_CHECKING:
-    from orchestrator.api import curve, load_config, train
+    from orchestrator.api import autopilot, curve, load_config, train
 
 
 def __getattr__(name: str) -> Any:

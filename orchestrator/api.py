@@ -18,6 +18,7 @@ from orchestrator import config as config_mod
 from orchestrator.config import Config
 
 if TYPE_CHECKING:
+    from orchestrator.sweep.autopilot import AutopilotSummary
     from orchestrator.sweep.data_curve import CurveSummary
     from orchestrator.sweep.driver import SweepSummary
     from orchestrator.sweep.train import TrainSummary
@@ -70,6 +71,26 @@ def sweep(
     from orchestrator.sweep import driver
 
     return driver.run(cfg, out=out, verbose=verbose)
+
+
+def autopilot(
+    config: str | os.PathLike[str] | Mapping[str, Any] | Config | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    out: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> AutopilotSummary:
+    """Rounds of search steered by the diagnosis, to the champion (``orchestrator
+    autopilot``): the sweep's results (``champion_values``, ``test_metrics``,
+    ``model_uri``) and ``rounds`` (each round's space, reasons and best), ``stop`` (why it
+    stopped) and ``curve`` (the data curve, when the champion overfit)."""
+    from orchestrator.execution import runtime
+
+    cfg = load_config(config, overrides)
+    runtime.ensure_env()
+    from orchestrator.sweep import autopilot as autopilot_mod
+
+    return autopilot_mod.run(cfg, out=out, verbose=verbose)
 
 
 def train(

@@ -54,6 +54,18 @@ def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config
     }
 
 
+def cmd_autopilot(args: argparse.Namespace) -> int:
+    """`orchestrator autopilot`: rounds of search steered by the diagnosis, then the
+    champion (and the data curve when it overfits)."""
+    from orchestrator import api
+    from orchestrator.sweep import autopilot
+
+    cfg = config_mod.load(args.config, args.overrides)
+    cfg = autopilot.config_for(cfg, args.budget_trials, args.budget_hours)
+    summary = api.autopilot(cfg, verbose=args.verbose)
+    return _print_summary(config_mod.from_dict(summary.config), summary)
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     """`orchestrator resume`: continue a sweep whose driver was stopped or killed."""
     from orchestrator import sweep
@@ -78,6 +90,10 @@ def _print_summary(cfg: config_mod.Config, summary: Any) -> int:
 
     keys = list(cfg.sweep.space)
     print()
+    for line in progress.rounds_table(getattr(summary, "rounds", []), *config_mod.rank_metric(cfg)):
+        print(line)
+    if getattr(summary, "stop", ""):
+        print(f"stopped: {summary.stop}\n")
     print(
         progress.table(
             summary.records,
@@ -361,7 +377,7 @@ def _sweep_folder_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_commands(sub: Any) -> None:
-    """sweep, resume, train: the commands that train."""
+    """sweep, autopilot, resume, train, curve: the commands that train."""
     s = sub.add_parser("sweep", help="search regularization with Ray Tune; register the champion")
     s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
@@ -379,6 +395,29 @@ def _run_commands(sub: Any) -> None:
     _sweep_folder_args(r)
     r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
     r.set_defaults(func=cmd_resume)
+
+    a = sub.add_parser(
+        "autopilot",
+        help="rounds of search, each steered by the diagnosis of the last, to the sweet spot",
+    )
+    a.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
+    a.add_argument("overrides", nargs="*", help="dotted key=value, e.g. autopilot.max_rounds=4")
+    a.add_argument(
+        "--budget-trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="short for autopilot.budget_trials: trials in all, confirmation and curve included",
+    )
+    a.add_argument(
+        "--budget-hours",
+        type=float,
+        default=None,
+        metavar="H",
+        help="short for autopilot.budget_hours: wall-clock hours in all",
+    )
+    a.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    a.set_defaults(func=cmd_autopilot)
 
     t = sub.add_parser("train", help="one DDP training run of the config (no search)")
     t.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")

@@ -313,3 +313,38 @@ def data_curve(result: Any, points: list[tuple[int, int, float]], title: str) ->
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def rounds(rows: list[dict[str, Any]], metric: str) -> bytes:
+    """An autopilot's rounds (``progress.round_rows``): every trial's best ``metric`` in
+    each round, the round's best and the best so far, each point labelled with what
+    steered the next round."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    xs = [r["round"] for r in rows]
+    for r in rows:
+        scores = [s for s in r.get("scores", []) if math.isfinite(s)]
+        ax.scatter([r["round"]] * len(scores), scores, s=12, alpha=0.4, color="grey")
+    best = [r["best"] if r["best"] is not None else math.nan for r in rows]
+    so_far = [r["so_far"] if r["so_far"] is not None else math.nan for r in rows]
+    ax.plot(xs, best, "o-", color="C0", label="round's best")
+    ax.plot(xs, so_far, "s--", color="C1", label="best so far")
+    for r, y in zip(rows, best, strict=True):
+        if r["label"] and math.isfinite(y):
+            color = LABEL_COLORS.get(r["label"], "black")
+            ax.annotate(
+                r["label"],
+                (r["round"], y),
+                (0, 8),
+                "data",
+                "offset points",
+                ha="center",
+                fontsize=8,
+                color=color,
+            )
+    ax.set_xticks(xs)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title("autopilot: the search round by round")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -124,6 +124,60 @@ def table(
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def round_rows(rounds: list[Any], metric: str, mode: str) -> list[dict[str, Any]]:
+    """An autopilot's rounds (each with ``number``, ``records``, ``best``, ``label``, as the
+    state file keeps them) as rows: trials run, the round's best and the best so far, the
+    label that steered the next round, and where the round's best trial sat (the sweet spot
+    as each round found it)."""
+    rows: list[dict[str, Any]] = []
+    so_far: float | None = None
+    for r in rounds:
+        r = r if isinstance(r, dict) else vars(r)
+        scored = [t for t in r["records"] if (t.get("best") or {}).get(metric) is not None]
+        top = sorted(scored, key=lambda t: t["best"][metric], reverse=mode == "max")[:1]
+        best = r.get("best")
+        if best is not None and math.isfinite(best):
+            better = so_far is None or (best < so_far if mode == "min" else best > so_far)
+            so_far = best if better else so_far
+        rows.append(
+            {
+                "round": r["number"],
+                "trials": len(r["records"]),
+                "best": best,
+                "so_far": so_far,
+                "label": r.get("label"),
+                "at": top[0]["values"] if top else {},
+                "space": r.get("space", {}),
+                "steer": r.get("steer", []),
+                "done": r.get("done", True),
+                "scores": [float(t["best"][metric]) for t in scored],
+            }
+        )
+    return rows
+
+
+def rounds_table(rounds: list[Any], metric: str, mode: str) -> list[str]:
+    """The autopilot's rounds for the terminal (nothing for a plain sweep)."""
+    rows = round_rows(rounds, metric, mode)
+    if not rows:
+        return []
+    header = ["round", "trials", f"best {metric}", "so far", "steered by", "round's best trial"]
+    cells = [
+        [
+            str(r["round"]),
+            str(r["trials"]),
+            "-" if r["best"] is None else _fmt(float(r["best"])),
+            "-" if r["so_far"] is None else _fmt(float(r["so_far"])),
+            r["label"] or "-",
+            ", ".join(f"{k}={_fmt(v)}" for k, v in r["at"].items()) or "-",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(header, *cells, strict=False)]
+    line = lambda c: "  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths]), *map(line, cells), ""]
+
+
 class SweepStalled(RuntimeError):
     """A running trial reported nothing for ``sweep.stall_timeout`` seconds."""
 

@@ -151,6 +151,50 @@ def curve_section(folder: Any) -> str:
     )
 
 
+def rounds_section(view: SweepView) -> str:
+    """An autopilot's rounds: the best per round and so far (table and picture), the space
+    each round searched, why the next one changed, and where each round's best trial sat
+    (how the sweet spot moved); nothing for a plain sweep."""
+    if not view.rounds:
+        return ""
+    key, mode = config_mod.rank_metric(view.cfg)
+    rows = progress.round_rows(view.rounds, key, mode)
+    head = ["round", "trials", f"best {key}", "best so far", "steered by", "round's best trial"]
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{c}</td>"
+            for c in (
+                r["round"],
+                r["trials"],
+                "-" if r["best"] is None else _fmt(float(r["best"])),
+                "-" if r["so_far"] is None else _fmt(float(r["so_far"])),
+                _label(r["label"]) if r["label"] else "-",
+                html.escape(", ".join(f"{k}={_fmt(v)}" for k, v in r["at"].items())),
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
+    spaces = "".join(
+        f"<details><summary>round {r['round']}: its space"
+        + (", and why the next one changed" if r["steer"] else "")
+        + "</summary><pre>"
+        + html.escape(yaml.safe_dump(r["space"], sort_keys=False, default_flow_style=None))
+        + "</pre><ul>"
+        + "".join(f"<li>{html.escape(w)}</li>" for w in r["steer"])
+        + "</ul></details>"
+        for r in rows
+    )
+    return (
+        "<h2>Rounds</h2><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + f"</tr>{body}</table>"
+        + _img(plots.rounds(rows, key), "the autopilot's rounds")
+        + spaces
+    )
+
+
 def render(view: SweepView, champion_html: str, champion_id: str | None = None) -> str:
     """The report's HTML, from a loaded sweep (``review.load``)."""
     cfg = view.cfg
@@ -174,6 +218,7 @@ def render(view: SweepView, champion_html: str, champion_id: str | None = None) 
         f"MLflow run <code>{html.escape(view.parent_run_id)}</code>. Written "
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
+    parts.append(rounds_section(view))
     # the trials
     score = progress.score_key(next((t.best for t in view.trials if t.best), {}))
     head = ["trial", *keys, "epochs", key, "train_loss", score, "fit", "why"]

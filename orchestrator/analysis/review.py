@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from orchestrator import config as config_mod
-from orchestrator.analysis import plots
+from orchestrator.analysis import plots, progress
 from orchestrator.config import Config, ConfigError
 from orchestrator.core import diagnosis, storage
 from orchestrator.core import state as state_file
@@ -48,6 +48,7 @@ class SweepView:
     trials: list[TrialView]
     space: dict[str, dict[str, Any]]  # proposed next
     why: list[str]
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # an autopilot's, as saved
 
 
 METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "gap", "val_r2", "val_f1")
@@ -72,8 +73,12 @@ def load(experiment: str, storage: str = "results") -> SweepView:
         except (ConfigError, OSError):
             pass  # the data moved: the trials stay unlabelled
     key, mode = config_mod.rank_metric(cfg)
+    # an autopilot's trials sit under its rounds' runs; a sweep's under its own run
+    rounds = (state.get("autopilot") or {}).get("rounds", [])
+    parents = [r["run_id"] for r in rounds if r.get("run_id")] or [state["parent_run_id"]]
+    runs = [r for p in parents for r in writer.child_runs(client, state["experiment_id"], p)]
     views = []
-    for run in writer.child_runs(client, state["experiment_id"], state["parent_run_id"]):
+    for run in runs:
         if run.data.tags.get(schema.ROLE) != "trial":
             continue
         values = {
@@ -124,7 +129,7 @@ def load(experiment: str, storage: str = "results") -> SweepView:
         )
     points = [{**v.values, key: v.best[key], "label": v.label} for v in views if v.best]
     space, why = diagnosis.propose(points, cfg.sweep.space, key, mode, cfg)
-    return SweepView(folder, cfg, state["parent_run_id"], base, views, space, why)
+    return SweepView(folder, cfg, state["parent_run_id"], base, views, space, why, rounds)
 
 
 def _fmt(v: Any) -> str:
@@ -143,6 +148,8 @@ def print_view(view: SweepView, out: Callable[[str], None] = print) -> None:
         + ", ".join(f"{n} {lab}" for lab, n in counts.items() if n)
         + f"; {diagnosis.describe(view.baseline)}"
     )
+    for line in progress.rounds_table(view.rounds, key, mode):
+        out(line)
     keys = list(view.cfg.sweep.space)
     header = ["trial", *keys, key, "train_loss", "fit"]
     rows = []

@@ -6,6 +6,7 @@ rewrites it."""
 from __future__ import annotations
 
 import json
+import types
 import typing
 from typing import Any
 
@@ -71,8 +72,19 @@ def _type(f: FieldInfo) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    name = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return name.replace("|", "\\|")
+    return _name(tp).replace("|", "\\|")
+
+
+def _name(tp: Any) -> str:
+    """A type as the reader writes it: ``float | None``, not ``Optional[Annotated[...]]``
+    (pydantic unwraps a bare ``Number``'s validator, but not one inside a union)."""
+    if typing.get_origin(tp) is typing.Annotated:
+        return _name(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _default(f: FieldInfo) -> str:

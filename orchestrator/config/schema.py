@@ -958,6 +958,59 @@ class ServeConfig(Section):
         return self
 
 
+MIN_ROUNDS = 3  # the autopilot's stop rule compares the last two rounds with the one before
+
+
+class AutopilotConfig(Section):
+    """`orchestrator autopilot`: rounds of search, each steered by the diagnosis of the one
+    before (see docs/autopilot.md). The budget covers everything: the rounds, the
+    confirmation and the data curve."""
+
+    budget_trials: int = 60
+    """Trials in all (short form: --budget-trials). The confirmation (confirm_top x
+    confirm_seeds, at least 2 seeds) and the data curve's 12 runs come off the top; round 1
+    gets 40% of the rest, each later round half that, at least 3 rounds of 4."""
+    budget_hours: Number | None = None
+    """Wall-clock hours in all (short form: --budget-hours); None: no time limit. A round
+    that cannot finish in what is left is not started, and a running round is cut off
+    where its share ends, keeping time for the confirmation."""
+    min_improvement: Number = 0.01
+    """Stop when the best validation loss improved by less than this (relative) in each of
+    the last two rounds."""
+    max_rounds: int = 6
+    """Rounds at most (at least 3: the stop rule compares the last two with the one before)."""
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> Self:
+        if _serve_only(info):
+            return self
+        check(
+            self.budget_trials >= 1,
+            "autopilot.budget_trials",
+            f"must be at least 1, got {self.budget_trials}",
+            "use e.g. 60",
+        )
+        check(
+            self.budget_hours is None or self.budget_hours > 0,
+            "autopilot.budget_hours",
+            f"must be above 0 (or null: no time limit), got {self.budget_hours}",
+            "use e.g. 2.5",
+        )
+        check(
+            0 <= self.min_improvement < 1,
+            "autopilot.min_improvement",
+            f"must be in [0, 1) (a relative improvement), got {self.min_improvement}",
+            "use e.g. 0.01 (1%)",
+        )
+        check(
+            self.max_rounds >= MIN_ROUNDS,
+            "autopilot.max_rounds",
+            f"must be at least 3 (the stop rule reads the last two rounds), got {self.max_rounds}",
+            "use e.g. 6",
+        )
+        return self
+
+
 class Config(Section):
     """The whole configuration: one YAML file, or defaults and ``key=value`` overrides."""
 
@@ -985,6 +1038,8 @@ class Config(Section):
     """Thresholds of the bias/variance labels."""
     serve: ServeConfig = Field(default_factory=ServeConfig.model_construct)
     """The model server."""
+    autopilot: AutopilotConfig = Field(default_factory=AutopilotConfig.model_construct)
+    """`orchestrator autopilot`: its budget and stop rule."""
 
     @model_validator(mode="after")
     def _rules(self, info: ValidationInfo) -> Self:

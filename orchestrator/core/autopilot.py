@@ -246,6 +246,37 @@ def _overfit(
     return new, "overfit", why
 
 
+def warm_start(
+    points: list[dict[str, Any]], space: dict[str, Any], metric: str
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """What the next round's TPE is told of the earlier rounds: each trial's searched values
+    (the space's keys only) and its best ``metric``, for the trials whose every value lies in
+    the new space. Optuna holds a trial only against its space's distributions, so a value
+    outside a narrowed range (or a choice no longer offered) leaves that trial out rather
+    than being moved, which would credit a result to values that never produced it."""
+    kept: list[dict[str, Any]] = []
+    rewards: list[float] = []
+    for p in points:
+        score = p.get(metric)
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            continue
+        if all(key in p and _inside(p[key], spec) for key, spec in space.items()):
+            kept.append({key: p[key] for key in space})
+            rewards.append(float(score))
+    return kept, rewards
+
+
+def _inside(value: Any, spec: dict[str, Any]) -> bool:
+    kind = spec["type"]
+    if kind in ("uniform", "loguniform"):
+        return isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
+    if kind == "randint":
+        return isinstance(value, int) and spec["low"] <= value < spec["high"]
+    if kind == "choice":
+        return any(value == v and type(value) is type(v) for v in spec["values"])
+    return False  # a grid is enumerated, never sampled: nothing to warm
+
+
 def _range(spec: dict[str, Any]) -> str:
     return f"{spec['type']} [{spec['low']:.3g}, {spec['high']:.3g}]"
 

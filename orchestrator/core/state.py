@@ -30,10 +30,11 @@ def write(
     *,
     stamp: str,
     parent_run_id: str | None,
-    **ids: str,
+    **ids: Any,
 ) -> None:
     """Save the sweep's state in ``folder``, its config redacted (secrets come back from the
-    environment on resume). ``ids``: ``experiment_id`` and ``fingerprint``."""
+    environment on resume). ``ids``: ``experiment_id`` and ``fingerprint`` (and an
+    autopilot's ``autopilot``: its rounds so far)."""
     state = {
         "config": config_mod.to_dict(config_mod.redact(cfg)),
         "stamp": stamp,

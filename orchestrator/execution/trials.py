@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -227,8 +228,12 @@ def total_trials(cfg: Config) -> int:
     return num_samples(cfg) * math.prod(sizes)
 
 
-def searcher(cfg: Config, concurrency: int) -> Any:
-    """Seeded: the same ``sweep.seed`` proposes the same configurations."""
+def searcher(
+    cfg: Config, concurrency: int, warm: tuple[list[dict], list[float]] | None = None
+) -> Any:
+    """Seeded: the same ``sweep.seed`` proposes the same configurations. ``warm``: trials
+    already run (their values and results, all inside the space), which Optuna TPE is told
+    of before it proposes anything (an autopilot round after the first)."""
     from ray import tune
 
     if cfg.sweep.searcher == "optuna":
@@ -237,9 +242,16 @@ def searcher(cfg: Config, concurrency: int) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # model.hidden's choices are lists: fine in the in-memory study Tune keeps, which is
+        # all Optuna's warning is about (its persistent storages want plain values)
+        warnings.filterwarnings("ignore", "Choices for a categorical distribution")
         tpe = optuna.samplers.TPESampler(seed=cfg.sweep.seed)
+        points, rewards = warm if warm and warm[0] else (None, None)
         # metric and mode reach it from the TuneConfig
-        return ConcurrencyLimiter(OptunaSearch(sampler=tpe), max_concurrent=concurrency)
+        return ConcurrencyLimiter(
+            OptunaSearch(sampler=tpe, points_to_evaluate=points, evaluated_rewards=rewards),
+            max_concurrent=concurrency,
+        )
     # Random search and grids both come from Tune's variant generator; given a generator,
     # Tune leaves the concurrency cap to it.
     return tune.search.BasicVariantGenerator(

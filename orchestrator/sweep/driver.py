@@ -139,6 +139,10 @@ def resume(
             f"the sweep in {path} already finished",
             "start a new one with `orchestrator sweep CONFIG`",
         )
+    if "autopilot" in saved:  # an autopilot's folder: it goes on at the round it was in
+        from orchestrator.sweep import autopilot
+
+        return autopilot.resume(path, saved, out, verbose)
     # the state holds secrets redacted: they come back from the environment (or fail here,
     # naming the variable, before Ray or MLflow start)
     prep = prepare(state.saved_config(saved))
@@ -149,7 +153,21 @@ def resume(
             f"({prep.fingerprint} != {saved['fingerprint']})",
             "resume against the same data, or start a new sweep",
         )
-    cfg = prep.cfg
+    ctx = reopen(path, saved, prep.cfg, prep, out, verbose)
+    out(f"[sweep] resuming {path.name} (MLflow parent run {ctx.parent_id})")
+    return _stages(ctx)
+
+
+def reopen(
+    path: storage.Folder,
+    saved: dict[str, Any],
+    cfg: Config,
+    prep: Prepared,
+    out: Callable[[str], None],
+    verbose: bool,
+) -> Context:
+    """A resumed driver's context for the sweep (or autopilot) in ``path``: MLflow connected
+    with the folder's journal, Ray up, the parent run RUNNING again and tagged resumed."""
     storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     client, exp_id = writer.connect(cfg, out)
     client.use_journal(path)
@@ -158,7 +176,7 @@ def resume(
     parent_id = saved["parent_run_id"]
     client.update_run(parent_id, status="RUNNING")
     client.set_tag(parent_id, schema.RESUMED, time.strftime("%Y-%m-%d %H:%M:%S"))
-    ctx = Context(
+    return Context(
         cfg,
         prep,
         client,
@@ -170,8 +188,6 @@ def resume(
         out,
         resume=True,
     )
-    out(f"[sweep] resuming {path.name} (MLflow parent run {parent_id})")
-    return _stages(ctx)
 
 
 def concurrency_for(cfg: Config, prep: Prepared) -> int:
@@ -227,10 +243,10 @@ def _search_confirm_crown(ctx: Context) -> SweepSummary:
         writer.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
     _save(ctx, state.DONE)
-    return _finish(ctx, records, won, confirmed)
+    return finish(ctx, records, won, confirmed)
 
 
-def _finish(
+def finish(
     ctx: Context, records: list[TrialRecord], won: champion.Champion, confirmed: list[dict]
 ) -> SweepSummary:
     """End the sweep's run with its champion, wait for MLflow, and sum the sweep up."""

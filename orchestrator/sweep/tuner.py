@@ -28,6 +28,7 @@ class Search:
     searcher: Any = None
     concurrency: int = 1
     retries: int | None = None  # a crashed trial's retries; None: as the config says
+    time_budget_s: float | None = None  # Tune ends the run (trials and all) after this
 
 
 def search_of(cfg: Config, concurrency: int) -> Search:
@@ -68,6 +69,7 @@ def make_tuner(
             search_alg=search.searcher,
             scheduler=scheduler,
             max_concurrent_trials=search.concurrency,
+            time_budget_s=search.time_budget_s,
             # a fast-path trial's process (torch imported, data
             # read) serves the next trial too: ~1 s saved per trial
             reuse_actors=trials.fast_path(cfg),

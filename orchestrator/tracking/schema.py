@@ -10,7 +10,7 @@ import re
 # ---------------------------------------------------------------- every run
 ROLE = "orchestrator.role"
 """What a run is: one of ``ROLES``."""
-ROLES = ("sweep", "trial", "confirm", "train", "curve", "curve_point")
+ROLES = ("autopilot", "sweep", "trial", "confirm", "train", "curve", "curve_point")
 TRIAL_ID = "orchestrator.trial_id"
 GIT_COMMIT = "orchestrator.git_commit"
 CONFIG_HASH = "orchestrator.config_hash"
@@ -51,6 +51,18 @@ CURVE_SIZES = "orchestrator.curve_sizes"
 CURVE_VERDICT = "orchestrator.curve_verdict"
 """On a ``curve`` run: ``helps``, ``little``, ``flat`` or ``unreliable`` (``core.curve``)."""
 CURVE_SUMMARY = "orchestrator.curve_summary"
+ROUND = "orchestrator.round"
+"""On an autopilot round's ``sweep`` run: its number, from 1."""
+ROUND_SPACE = "orchestrator.round_space"
+"""On a round's run: the space it searched (JSON)."""
+ROUND_LABEL = "orchestrator.round_label"
+"""On a round's run: the label most of its best quarter carry (what steered the next)."""
+STEER_REASONS = "orchestrator.steer_reasons"
+"""On a round's run: why the next round's space is what it is, one reason per line."""
+AUTOPILOT_BUDGET = "orchestrator.autopilot_budget"
+"""On the ``autopilot`` run: how the budget is split (``autopilot.Budget.describe``)."""
+AUTOPILOT_STOP = "orchestrator.autopilot_stop"
+"""On the ``autopilot`` run: why it stopped searching."""
 
 # ---------------------------------------------------------------- a trial's run
 CHAMPION = "orchestrator.champion"

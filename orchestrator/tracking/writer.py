@@ -126,15 +126,25 @@ def dataset_inputs(
 
 
 def start_sweep_run(
-    client: outbox.Outbox, exp_id: str, cfg: Config, fingerprint: str, sizes: dict[str, int]
+    client: outbox.Outbox,
+    exp_id: str,
+    cfg: Config,
+    fingerprint: str,
+    sizes: dict[str, int],
+    role: str = "sweep",
+    parent_id: str | None = None,
+    name: str | None = None,
 ) -> str:
-    """The sweep's parent run: tagged, its config as params, its data splits as inputs; its id."""
+    """The sweep's parent run (or the autopilot's, ``role`` autopilot, or one of its rounds,
+    under ``parent_id``): tagged, its config as params, its data splits as inputs; its id."""
     tags = {
-        schema.ROLE: "sweep",
+        schema.ROLE: role,
         **common_tags(cfg, fingerprint),
         **{f"{schema.ROWS}{k}": str(v) for k, v in sizes.items()},
     }
-    run = client.create_run(exp_id, run_name=f"sweep-{cfg.experiment}", tags=tags)
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    run = client.create_run(exp_id, run_name=name or f"{role}-{cfg.experiment}", tags=tags)
     log_params(client, run.info.run_id, cfg)
     client.log_inputs(run.info.run_id, datasets=dataset_inputs(cfg, fingerprint, sizes))
     return run.info.run_id

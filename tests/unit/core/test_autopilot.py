@@ -128,3 +128,34 @@ def test_more_regularization_stops_at_a_ceiling_and_augmentation_comes_back_off(
     under = [{**p, "label": "underfit"} for p in points]
     again, _, why = autopilot.steer(under, new, "val_loss", "min", make_cfg())
     assert again["train.augment"]["values"] == [False] and any("augment" in w for w in why)
+
+
+def test_warm_start_keeps_the_earlier_trials_inside_the_new_space_only() -> None:
+    new = {
+        "model.hidden": {"type": "choice", "values": [[64], [64, 64]]},
+        "train.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+    }
+    points = [
+        {"model.hidden": [64], "train.weight_decay": 1e-3, "val_loss": 0.3, "label": "overfit"},
+        {"model.hidden": [128], "train.weight_decay": 1e-3, "val_loss": 0.2},  # choice gone
+        {"model.hidden": [64], "train.weight_decay": 1e-5, "val_loss": 0.25},  # below the range
+        {"model.hidden": [64, 64], "train.weight_decay": 1e-2, "val_loss": float("nan")},
+        {"model.hidden": [64, 64], "val_loss": 0.4},  # a key the round did not search
+        {"model.hidden": [64, 64], "train.weight_decay": 1e-2, "val_loss": 0.28},  # on the edge
+    ]
+    kept, rewards = autopilot.warm_start(points, new, "val_loss")
+    assert kept == [
+        {"model.hidden": [64], "train.weight_decay": 1e-3},
+        {"model.hidden": [64, 64], "train.weight_decay": 1e-2},
+    ]
+    assert rewards == [0.3, 0.28]
+
+
+def test_warm_start_does_not_mistake_a_bool_for_a_number_choice() -> None:
+    space = {"train.augment": {"type": "choice", "values": [True]}}
+    kept, _ = autopilot.warm_start(
+        [{"train.augment": 1, "val_loss": 0.1}, {"train.augment": True, "val_loss": 0.2}],
+        space,
+        "val_loss",
+    )
+    assert kept == [{"train.augment": True}]
