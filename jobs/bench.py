@@ -437,8 +437,8 @@ def bench_scale(args: list[str]) -> dict[str, float]:
     return run(args)
 
 
-def bench_autopilot(args: list[str]) -> dict[str, float]:
-    """`python -m jobs.bench autopilot curve` (``jobs.bench_autopilot``)."""
+def bench_autopilot(args: list[str]) -> dict[str, Any]:
+    """`python -m jobs.bench autopilot [curve|tpe]` (``jobs.bench_autopilot``)."""
     from jobs.bench_autopilot import bench_autopilot as run
 
     return run(args)

@@ -15,7 +15,19 @@ validation loss still at its lowest late, a gap of about 5% of the baseline's lo
 two-layer [1024, 1024] MLP at lr 0.002 was labelled overfit, but its seeds scattered so much
 that the 800-row size came out above the 400-row one (error 0.28). To do.
 
-The autopilot half (``autopilot_vs_tpe``) comes with the autopilot itself.
+`python -m jobs.bench autopilot tpe`: the autopilot against one Optuna TPE sweep with ASHA
+by promotion over the autopilot's own round-1 space, on digits (10 classes) and diabetes
+(regression), both real and exported by `orchestrator data export`, 3 seeds each
+(``sweep.seed`` and ``train.seed``). The autopilot gets ``BENCH_AUTOPILOT_TRIALS`` (29:
+rounds of 9 + 4 + 4 + 6 and 6 confirmation runs, too few for the data curve). The TPE sweep
+gets as many trials as make the epochs the autopilot searched for, at round 1's epochs per
+trial (the same rungs and space), and the same confirmation (3 x 2 seeds) and refit; the
+table shows each one's epochs. Figures: the mean over seeds of the autopilot's best
+validation loss over the TPE sweep's, per data set (``autopilot_vs_tpe``: the larger of the
+two, target at most 0.97), and whether the autopilot's champion scores on the test split
+within one standard error of the TPE champion's or better (``autopilot_test_ok``).
+
+`python -m jobs.bench autopilot` runs both halves (about N minutes here).
 """
 
 from __future__ import annotations
@@ -29,15 +41,150 @@ from typing import Any
 import numpy as np
 
 ROWS = int(os.environ.get("BENCH_CURVE_ROWS", 600))
+CURVE_HIDDEN = [int(w) for w in os.environ.get("BENCH_CURVE_HIDDEN", "1024").split(",")]
+CURVE_LR = float(os.environ.get("BENCH_CURVE_LR", 0.001))
+CURVE_EPOCHS = int(os.environ.get("BENCH_CURVE_EPOCHS", 100))
 
 
-def bench_autopilot(args: list[str]) -> dict[str, float]:
-    """`python -m jobs.bench autopilot curve`."""
-    if args != ["curve"]:
-        raise SystemExit(
-            "usage: python -m jobs.bench autopilot curve (the autopilot half is not built yet)"
+TRIALS = int(os.environ.get("BENCH_AUTOPILOT_TRIALS", 29))
+SEEDS = int(os.environ.get("BENCH_AUTOPILOT_SEEDS", 3))
+DATASETS = {  # name: (hidden, epochs, grace period): each one's configured model
+    "digits": ([256], 30, 4),
+    "diabetes": ([64], 30, 4),
+}
+
+
+def bench_autopilot(args: list[str]) -> dict[str, Any]:
+    """`python -m jobs.bench autopilot [curve|tpe]`: one half, or both."""
+    if args not in ([], ["curve"], ["tpe"]):
+        raise SystemExit("usage: python -m jobs.bench autopilot [curve|tpe]")
+    figures: dict[str, Any] = {}
+    if args in ([], ["tpe"]):
+        figures.update(bench_vs_tpe())
+    if args in ([], ["curve"]):
+        figures.update(bench_curve())
+    return figures
+
+
+def _config(name: str, path: Path, folder: Path, seed: int, tag: str) -> dict[str, Any]:
+    hidden, epochs, grace = DATASETS[name]
+    return {
+        "experiment": f"{tag}-{name}-{seed}",
+        "data": {"path": str(path)},
+        "model": {"hidden": hidden},
+        "train": {"epochs": epochs, "lr": 0.001, "seed": seed},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "sweep": {
+            "metric": "val_loss",
+            "grace_period": grace,
+            "reduction_factor": 3,
+            "confirm_top": 3,
+            "confirm_seeds": 2,
+            "seed": seed,
+            "storage_path": str(folder / "results"),
+        },
+        "autopilot": {"budget_trials": TRIALS},
+        "tracking": {"uri": f"sqlite:///{folder}/mlflow.db", "register_as": f"{tag}-{name}"},
+    }
+
+
+def _pair(name: str, path: Path, folder: Path, seed: int) -> dict[str, Any]:
+    """One seed on one data set: the autopilot, then the TPE sweep over its round-1 space
+    for the same epochs."""
+    from orchestrator import api, config
+    from orchestrator.core import autopilot as plan
+
+    quiet = lambda _: None  # noqa: E731
+    start = time.perf_counter()
+    pilot = api.autopilot(_config(name, path, folder, seed, "ap"), out=quiet)
+    took_a = time.perf_counter() - start
+    searched = [r for rnd in pilot.rounds for r in rnd.records]
+    epochs = sum(r["epochs"] for r in searched)
+    # the same epochs for TPE: its trials cost what round 1's did (the same rungs, the same
+    # broad space; round 1's trials are even TPE's own first ones, the seed being the same)
+    first = pilot.rounds[0].records
+    per_trial = sum(r["epochs"] for r in first) / len(first)
+    raw = _config(name, path, folder, seed, "tpe")
+    space, _ = plan.broad_space(config.from_dict(raw), {})
+    raw["sweep"].update(
+        space=space,
+        searcher="optuna",
+        scheduler="asha",
+        num_samples=max(len(first), round(epochs / per_trial)),
+    )
+    start = time.perf_counter()
+    tpe = api.sweep(raw, out=quiet)
+    took_t = time.perf_counter() - start
+    key = "test_r2" if "test_r2" in pilot.test_metrics else "test_accuracy"  # the headline
+    return {
+        "best_a": min(r["best"]["val_loss"] for r in searched if r.get("best")),
+        "best_t": min(r.best["val_loss"] for r in tpe.records if r.best),
+        "epochs_a": epochs,
+        "epochs_t": sum(r.epochs for r in tpe.records),
+        "trials": len(searched),
+        "trials_t": len(tpe.records),
+        "rounds": len(pilot.rounds),
+        "test_a": pilot.test_metrics[key],
+        "test_t": tpe.test_metrics[key],
+        "seconds_a": took_a,
+        "seconds_t": took_t,
+        "stop": pilot.stop,
+    }
+
+
+def bench_vs_tpe() -> dict[str, Any]:
+    """The autopilot against one TPE sweep (see the module)."""
+    from orchestrator.core import data
+    from orchestrator.execution import runtime
+
+    runtime.ensure_env()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        for name in DATASETS:
+            path = data.export(name, folder / f"{name}.parquet")
+            for seed in range(SEEDS):
+                row = _pair(name, path, folder, seed)
+                rows.setdefault(name, []).append(row)
+                print(
+                    f"  {name} seed {seed}: autopilot {row['best_a']:.4f} in {row['rounds']} "
+                    f"rounds ({row['epochs_a']} epochs, {row['seconds_a']:.0f} s), TPE "
+                    f"{row['best_t']:.4f} in {row['trials_t']} trials ({row['epochs_t']} epochs, "
+                    f"{row['seconds_t']:.0f} s); "
+                    f"test {row['test_a']:.4f} vs {row['test_t']:.4f}; {row['stop']}",
+                    flush=True,
+                )
+    figures: dict[str, Any] = {}
+    print(
+        f"\n{'data set':<14} {'autopilot':>10} {'TPE':>10} {'ratio':>7} {'epochs':>13} "
+        f"{'test ap':>8} {'test TPE':>15} within 1 SE"
+    )
+    ratios, oks = [], []
+    for name, got in rows.items():
+        best_a = float(np.mean([r["best_a"] for r in got]))
+        best_t = float(np.mean([r["best_t"] for r in got]))
+        test_a = np.array([r["test_a"] for r in got])
+        test_t = np.array([r["test_t"] for r in got])
+        se = float(test_t.std(ddof=1) / np.sqrt(len(test_t))) if len(test_t) > 1 else 0.0
+        ok = bool(test_a.mean() >= test_t.mean() - se)
+        ratio = best_a / best_t
+        epochs = f"{sum(r['epochs_a'] for r in got)}/{sum(r['epochs_t'] for r in got)}"
+        print(
+            f"{name:<14} {best_a:>10.4f} {best_t:>10.4f} {ratio:>7.3f} {epochs:>13} "
+            f"{test_a.mean():>8.4f} {test_t.mean():>8.4f} +- {se:.4f} {'yes' if ok else 'NO'}"
         )
-    return bench_curve()
+        ratios.append(ratio)
+        oks.append(ok)
+        figures[f"autopilot_vs_tpe_{name}"] = round(ratio, 4)
+        figures[f"test_{name}_autopilot"] = round(float(test_a.mean()), 4)
+        figures[f"test_{name}_tpe"] = round(float(test_t.mean()), 4)
+        figures[f"epochs_{name}_autopilot_over_tpe"] = round(
+            sum(r["epochs_a"] for r in got) / max(1, sum(r["epochs_t"] for r in got)), 3
+        )
+    print("target: ratio <= 0.97 on each data set; the autopilot's test score >= TPE's - 1 SE")
+    figures["autopilot_vs_tpe"] = round(max(ratios), 4)
+    figures["autopilot_test_ok"] = all(oks)
+    return figures
 
 
 def bench_curve() -> dict[str, Any]:
@@ -55,8 +202,13 @@ def bench_curve() -> dict[str, Any]:
             {
                 "experiment": "curve-bench",
                 "data": {"path": str(path), "max_train_rows": ROWS},
-                "model": {"hidden": [1024], "dropout": 0.0},
-                "train": {"epochs": 100, "weight_decay": 0.0, "lr": 0.001, "batch_size": 64},
+                "model": {"hidden": CURVE_HIDDEN, "dropout": 0.0},
+                "train": {
+                    "epochs": CURVE_EPOCHS,
+                    "weight_decay": 0.0,
+                    "lr": CURVE_LR,
+                    "batch_size": 64,
+                },
                 "scaling": {"num_workers": 1, "cpus_per_worker": 1},
                 "sweep": {
                     "num_samples": 1,

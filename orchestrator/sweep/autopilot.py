@@ -252,7 +252,9 @@ def _search(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any
             return why
         if rnd.number >= len(budget.rounds):
             return f"autopilot.budget_trials ({cfg.autopilot.budget_trials}) spent"
-        points = [_point(r, key) for r in rnd.records]
+        # steered by every trial so far: a later round of a few trials alone would narrow
+        # around one or two points (its pruned trials are too short to be judged)
+        points = [_point(r, key) for done in pilot["rounds"] for r in done["records"]]
         space, label, steer = plan.steer(
             points, rnd.space, key, mode, round_config(cfg, rnd.space, rnd.number, rnd.trials)
         )

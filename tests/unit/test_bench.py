@@ -67,3 +67,12 @@ def test_a_process_own_memory_leaves_out_the_object_store_pages_it_mapped() -> N
     with open("/proc/self/smaps", "rb") as f:  # the live format: all of it this process's own
         own, store = bench_scale.private_pages(f.read())
     assert store == 0 and own > 10 * 2**20
+
+
+def test_the_autopilot_benchmark_names_its_halves() -> None:
+    from jobs import bench_autopilot
+
+    with pytest.raises(SystemExit) as e:
+        bench_autopilot.bench_autopilot(["nope"])
+    assert "curve" in str(e.value) and "tpe" in str(e.value)
+    assert set(bench_autopilot.DATASETS) == {"digits", "diabetes"}  # two real data sets
