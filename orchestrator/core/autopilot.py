@@ -20,6 +20,7 @@ from orchestrator.core import diagnosis
 
 FIRST_SHARE = 0.4  # of the search budget, for round 1 (broad); each later round gets half that
 MIN_ROUND = 4  # trials: a smaller round cannot find a best quarter
+MIN_CHOICES = 2  # a narrowed choice keeps at least two values: one would stop searching it
 MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
 CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
@@ -197,7 +198,28 @@ def steer(
     if label == "overfit":
         return _overfit(top, space, cfg, share)
     new, why = diagnosis.propose(points, space, metric, mode, cfg)
+    narrowed = _narrow_choices(top, new)
+    new.update(narrowed)
+    why += [
+        f"{key}: the best quarter chose {len(spec['values'])} of its values: "
+        f"narrowed to {spec['values']}"
+        for key, spec in narrowed.items()
+    ]
     return new, label, [f"{share}: {w}" for w in why]
+
+
+def _narrow_choices(top: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:
+    """A sweet spot narrows a choice too (``diagnosis.propose`` narrows ranges only): each
+    searched choice keeps the values the best quarter chose, when that is at least two
+    and fewer than it offered (one value would stop searching the key)."""
+    out = {}
+    for key, spec in space.items():
+        if spec["type"] != "choice":
+            continue
+        chosen = [v for v in spec["values"] if any(p.get(key) == v for p in top)]
+        if len(spec["values"]) > len(chosen) >= MIN_CHOICES:
+            out[key] = {**spec, "values": chosen}
+    return out
 
 
 def _overfit(

@@ -159,3 +159,27 @@ def test_warm_start_does_not_mistake_a_bool_for_a_number_choice() -> None:
         "val_loss",
     )
     assert kept == [{"train.augment": True}]
+
+
+def test_a_sweet_spot_narrows_a_choice_to_what_the_best_quarter_chose() -> None:
+    points = [  # good_fit everywhere: the best quarter (3) chose [128] and [64, 64]
+        {"model.hidden": h, "train.weight_decay": 1e-3, "val_loss": v, "label": "good_fit"}
+        for h, v in (
+            ([128], 0.10),
+            ([64, 64], 0.11),
+            ([128], 0.12),
+            ([64], 0.30),
+            ([64], 0.31),
+            ([64], 0.32),
+            ([64], 0.33),
+            ([64], 0.34),
+        )
+    ]
+    new, label, why = autopilot.steer(points, SPACE, "val_loss", "min", make_cfg())
+    assert label == "good_fit"
+    assert new["model.hidden"]["values"] == [[128], [64, 64]]
+    assert any("model.hidden" in w and "narrowed" in w for w in why)
+    # one value chosen: the key keeps its values (one would stop searching it)
+    same = [{**p, "model.hidden": [128]} for p in points]
+    new, _, _ = autopilot.steer(same, SPACE, "val_loss", "min", make_cfg())
+    assert new["model.hidden"] == SPACE["model.hidden"]
