@@ -33,7 +33,7 @@ from orchestrator.core import model, state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
-from orchestrator.sweep import champion, confirm, driver, search, tuner
+from orchestrator.sweep import champion, confirm, data_curve, driver, search, tuner
 from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import location, schema, writer
@@ -212,8 +212,10 @@ def _go(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any]) -
         records = [_record(r) for rnd in rounds for r in rnd.records]
         found = _crown(ctx, cfg, rounds[-1], records, confirming)
     except BaseException as e:
-        message = f"{e}; its state is saved: orchestrator resume {ctx.path}"
-        writer.end_run(ctx.client, ctx.parent_id, "FAILED", {schema.ERROR: message[-2000:]})
+        # any password in a URI in the error redacted (data_curve.failure_tags)
+        tags = data_curve.failure_tags(e)
+        tags[schema.ERROR] += f"; its state is saved: orchestrator resume {ctx.path}"
+        writer.end_run(ctx.client, ctx.parent_id, "FAILED", tags)
         raise
     pilot["stage"] = "done"
     _save(ctx, pilot, state.DONE)
@@ -391,10 +393,15 @@ def _crown(
 
 def _curve(ctx: Context, label: str) -> Any:
     """The data curve of the champion (its label: overfit or both), under the autopilot's run."""
-    from orchestrator.sweep import data_curve
-
     ctx.out(f"[autopilot] the champion is labelled {label}: would more data help?")
-    return data_curve.run(str(ctx.path), ctx.storage, out=ctx.out)
+    try:
+        return data_curve.run(str(ctx.path), ctx.storage, out=ctx.out)
+    except Exception as e:  # the champion stands: the curve is measured after it, apart
+        ctx.out(
+            f"[autopilot] the data curve failed ({data_curve.failure_tags(e)[schema.ERROR]}); "
+            f"the champion is registered. Measure it again: orchestrator curve {ctx.path}"
+        )
+        return None
 
 
 def _point(rec: dict[str, Any], key: str) -> dict[str, Any]:

@@ -56,3 +56,18 @@ def test_curve_is_in_the_api_and_fails_by_name_before_any_work(tmp_path: Path) -
     with pytest.raises(ConfigError) as e:  # no sweep of that name: nothing started
         orchestrator.curve("never-ran", str(tmp_path))
     assert e.value.key == "EXPERIMENT"
+
+
+def test_autopilot_is_in_the_api_and_a_small_budget_fails_by_name_before_any_work(
+    tmp_path: Path,
+) -> None:
+    import orchestrator
+
+    assert "autopilot" in orchestrator.__all__
+    with pytest.raises(ConfigError) as e:  # refused before the data is read or Ray starts
+        orchestrator.autopilot(
+            {"data": {"path": str(tmp_path / "nowhere.parquet")}},
+            {"autopilot.budget_trials": 10},
+        )
+    assert e.value.key == "autopilot.budget_trials"
+    assert not (tmp_path / "results").exists()
