@@ -969,11 +969,13 @@ class AutopilotConfig(Section):
     budget_trials: int = 60
     """Trials in all (short form: --budget-trials). The confirmation (confirm_top x
     confirm_seeds, at least 2 seeds) and the data curve's 12 runs come off the top; round 1
-    gets 40% of the rest, each later round half that, at least 3 rounds of 4."""
+    gets 40% of the rest, each later round half that, at least 3 rounds of 4. The
+    champion's one refit (sweep.refit) is not counted."""
     budget_hours: Number | None = None
-    """Wall-clock hours in all (short form: --budget-hours); None: no time limit. A round
-    that cannot finish in what is left is not started, and a running round is cut off
-    where its share ends, keeping time for the confirmation."""
+    """Wall-clock hours for the search (short form: --budget-hours); None: no time limit.
+    Round 1 may take 40% of it; a later round what is left less an estimate of the
+    confirmation's time, and Tune ends a round whose time is up; a round with no time left
+    is not started. The confirmation, refit and data curve are estimated, not cut off."""
     min_improvement: Number = 0.01
     """Stop when the best validation loss improved by less than this (relative) in each of
     the last two rounds."""

@@ -20,6 +20,7 @@ from orchestrator.core import diagnosis
 
 FIRST_SHARE = 0.4  # of the search budget, for round 1 (broad); each later round gets half that
 MIN_ROUND = 4  # trials: a smaller round cannot find a best quarter
+MAX_DEPTH = 4  # hidden layers at most, when high bias asks for a deeper model
 MIN_CHOICES = 2  # a narrowed choice keeps at least two values: one would stop searching it
 MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
 CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
@@ -189,6 +190,15 @@ def steer(
     if label in ("underfit", "both"):
         # diagnosis.propose's high-bias rule, read from the best quarter alone
         new, why = diagnosis.propose([{**p, "label": label} for p in top], space, metric, mode, cfg)
+        grown = _more_capacity(top, space)
+        if grown is not None:  # from the best trials' sizes, not the configured one
+            new["model.hidden"] = grown
+            why = [w for w in why if "model.hidden" not in w]
+            why.insert(
+                0,
+                f"model.hidden: more capacity, the best quarter's sizes, twice as wide and one "
+                f"layer deeper ({grown['values']})",
+            )
         if label == "underfit" and "train.augment" in new:  # augmentation regularizes too
             new["train.augment"] = {"type": "choice", "values": [False]}
             why.append("train.augment: off (less regularization)")
@@ -206,6 +216,25 @@ def steer(
         for key, spec in narrowed.items()
     ]
     return new, label, [f"{share}: {w}" for w in why]
+
+
+def _more_capacity(top: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any] | None:
+    """High bias: ``model.hidden`` over the best quarter's sizes, each twice as wide and each
+    one layer deeper (up to ``MAX_DEPTH``); the sizes themselves stay, so the trials that
+    chose them still warm the next round's TPE. None when the space searches no
+    ``model.hidden`` choice (a factory grows through its own arguments)."""
+    spec = space.get("model.hidden")
+    if spec is None or spec["type"] != "choice":
+        return None
+    kept = [list(p["model.hidden"]) for p in top if "model.hidden" in p]
+    if not kept:
+        return None
+    values: list[list[int]] = []
+    for h in kept:
+        for v in (h, [2 * w for w in h], h + [h[-1]] if len(h) < MAX_DEPTH else None):
+            if v is not None and v not in values:
+                values.append(v)
+    return {"type": "choice", "values": values}
 
 
 def _narrow_choices(top: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@ before, to the sweet spot; then the sweep's own confirmation and champion, once,
 data curve when the champion overfits.
 
 Round 1 searches the broad space ``core.autopilot.broad_space`` builds from the config
-(Optuna TPE, the config's scheduler: ASHA by promotion on the fast path). After each round
-the label most of its best quarter carry decides the next round's space
+(Optuna TPE and ASHA, by promotion on the fast path). After each round the label most of
+the best quarter of every trial so far carry decides the next round's space
 (``core.autopilot.steer``), and the next round's TPE is told every earlier trial that lies
 inside it (``core.autopilot.warm_start``). It stops when the best improved by less than
 ``autopilot.min_improvement`` in each of the last two rounds, or when the budget
@@ -42,6 +42,7 @@ KIND = "autopilot"  # the state file's key for the rounds (a plain sweep's state
 CONFIRM_SEEDS = 2  # at least: the autopilot always confirms its top configurations
 CURVE_LABELS = ("overfit", "both")  # a champion with high variance gets the data curve
 RECORD_FIELDS = ("trial_id", "values", "run_id", "epochs", "best", "checkpoint", "status")
+TAG_MAX = 5000  # characters of a tag value kept (MLflow's limit, with room)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Round:
     why: list[str]
     run_id: str | None = None
     best: float | None = None  # this round's best ranking metric
-    label: str | None = None  # the label most of its best quarter carry
+    label: str | None = None  # the label that steered the next round (best quarter so far)
     steer: list[str] = field(default_factory=list)  # why the next round's space
     records: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -210,22 +211,25 @@ def _go(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any]) -
             ctx.out(f"[autopilot] search done: {stop}")
         rounds = [Round(**r) for r in pilot["rounds"]]
         records = [_record(r) for rnd in rounds for r in rnd.records]
-        found = _crown(ctx, cfg, rounds[-1], records, confirming)
+        cctx, won, confirmed = _crown(ctx, cfg, rounds[-1], records, confirming)
     except BaseException as e:
         # any password in a URI in the error redacted (data_curve.failure_tags)
         tags = data_curve.failure_tags(e)
         tags[schema.ERROR] += f"; its state is saved: orchestrator resume {ctx.path}"
         writer.end_run(ctx.client, ctx.parent_id, "FAILED", tags)
         raise
+    # done before the run ends (as a sweep's): a kill from here on never crowns twice
     pilot["stage"] = "done"
+    ctx.cfg = cctx.cfg  # saved so: the curve's seeds come after the confirmation's
     _save(ctx, pilot, state.DONE)
+    found = driver.finish(cctx, records, won, confirmed)
     summary = AutopilotSummary(
         **{f.name: getattr(found, f.name) for f in dataclasses.fields(driver.SweepSummary)},
         rounds=rounds,
         stop=pilot["stop"],
     )
-    won = summary.champion.trial_id
-    label = next((r.get("diagnosis") for r in _all(rounds) if r["trial_id"] == won), None)
+    trial = summary.champion.trial_id
+    label = next((r.get("diagnosis") for r in _all(rounds) if r["trial_id"] == trial), None)
     if label in CURVE_LABELS and budget.curve:
         summary.curve = _curve(ctx, str(label))
     return summary
@@ -252,7 +256,7 @@ def _search(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any
         why = plan.stop_reason(bests, cfg.autopilot.min_improvement, mode)
         if why is not None:
             return why
-        if rnd.number >= len(budget.rounds):
+        if rnd.number >= len(budget.rounds):  # the last round took what was left
             return f"autopilot.budget_trials ({cfg.autopilot.budget_trials}) spent"
         # steered by every trial so far: a later round of a few trials alone would narrow
         # around one or two points (its pruned trials are too short to be judged)
@@ -299,26 +303,79 @@ def _bests(rounds: list[Round], mode: str) -> list[float]:
 def _run_round(
     ctx: Context, cfg: Config, rnd: Round, pilot: dict[str, Any], seconds: float | None
 ) -> None:
-    """One round: its sweep run under the autopilot's, its Tune run, its result saved."""
+    """One round: its sweep run under the autopilot's, its Tune run, its result saved. The
+    round's run ends FAILED however the round fails (a kill leaves it to the resume)."""
     assert ctx.parent_id is not None
     rcfg = round_config(cfg, rnd.space, rnd.number, rnd.trials)
-    resuming = ctx.resume and rnd.run_id is not None
-    if rnd.run_id is None:
-        rnd.run_id = writer.start_sweep_run(
-            ctx.client,
-            ctx.exp_id,
-            rcfg,
-            ctx.prep.fingerprint,
-            ctx.prep.sizes,
-            parent_id=ctx.parent_id,
-            name=f"round-{rnd.number}",
+    resuming = _open_round(ctx, rcfg, rnd, pilot)
+    assert rnd.run_id is not None
+    try:
+        records = _search_round(ctx, cfg, rcfg, rnd, pilot, seconds, resuming)
+    except BaseException:
+        writer.end_run(ctx.client, rnd.run_id, "FAILED", {})
+        raise
+    key, _ = config_mod.rank_metric(cfg)
+    best = "none finished an epoch" if rnd.best is None else f"best {key} {rnd.best:.4f}"
+    ctx.out(f"[autopilot] round {rnd.number} done: {len(records)} trials, {best}")
+
+
+def _open_round(ctx: Context, rcfg: Config, rnd: Round, pilot: dict[str, Any]) -> bool:
+    """The round's MLflow run: found again on a resume (by its id in the state, or, when the
+    driver died before saving that id, by its round tag), or started; True when the round
+    goes on from where a dead driver left it."""
+    assert ctx.parent_id is not None
+    if rnd.run_id is None and ctx.resume:
+        rnd.run_id = next(
+            (
+                r.info.run_id
+                for r in writer.child_runs(ctx.client, ctx.exp_id, ctx.parent_id)
+                if r.data.tags.get(schema.ROUND) == str(rnd.number)
+                and r.data.tags.get(schema.ROLE) == "sweep"
+            ),
+            None,
         )
-        ctx.client.set_tag(rnd.run_id, schema.ROUND, str(rnd.number))
-        ctx.client.set_tag(rnd.run_id, schema.ROUND_SPACE, json.dumps(rnd.space)[:5000])
+    if rnd.run_id is not None:
+        if ctx.resume:
+            ctx.client.update_run(rnd.run_id, status="RUNNING")
         pilot["rounds"][-1]["run_id"] = rnd.run_id
         _save(ctx, pilot)
-    elif resuming:
-        ctx.client.update_run(rnd.run_id, status="RUNNING")
+        return ctx.resume
+    rnd.run_id = writer.start_sweep_run(
+        ctx.client,
+        ctx.exp_id,
+        rcfg,
+        ctx.prep.fingerprint,
+        ctx.prep.sizes,
+        parent_id=ctx.parent_id,
+        name=f"round-{rnd.number}",
+    )
+    space = json.dumps(rnd.space)
+    tags = {
+        schema.ROUND: str(rnd.number),
+        schema.ROUND_SPACE: space
+        if len(space) <= TAG_MAX
+        else f"(too long for a tag: in {ctx.path}/{state.STATE_FILE})",
+        schema.ROUND_REASONS: "\n".join(rnd.why)[:TAG_MAX],
+    }
+    for k, v in tags.items():
+        ctx.client.set_tag(rnd.run_id, k, v)
+    pilot["rounds"][-1]["run_id"] = rnd.run_id
+    _save(ctx, pilot)
+    return False
+
+
+def _search_round(
+    ctx: Context,
+    cfg: Config,
+    rcfg: Config,
+    rnd: Round,
+    pilot: dict[str, Any],
+    seconds: float | None,
+    resuming: bool,
+) -> list[TrialRecord]:
+    """The round's Tune run into its trial book (TPE told of the earlier trials inside its
+    space), its best, its plots; the round saved as done."""
+    assert rnd.run_id is not None
     ctx.out(f"[autopilot] round {rnd.number}: {rnd.trials} trials over {_describe(rnd.space)}")
     if rnd.number == 1 and not resuming:
         for line in rnd.why:
@@ -346,11 +403,7 @@ def _run_round(
         )
 
     started = time.monotonic()
-    try:
-        tuner.run_book(book, trainable, make, f"{ctx.name}-round{rnd.number}")
-    except BaseException:
-        writer.end_run(ctx.client, rnd.run_id, "FAILED", {})
-        raise
+    tuner.run_book(book, trainable, make, f"{ctx.name}-round{rnd.number}")
     for rec in book.records:  # cut off by the time budget: Tune ended them without a word
         if rec.status == "RUNNING":
             rec.status = "TERMINATED"
@@ -363,21 +416,20 @@ def _run_round(
     search.log_sweep_plots(ctx.client, rnd.run_id, rcfg, records, None)
     writer.end_run(ctx.client, rnd.run_id, "FINISHED", {})
     pilot["rounds"][-1].update(
-        run_id=rnd.run_id,
+        run_id=ctx.client.run_id(rnd.run_id) or rnd.run_id,  # a real id, after an outage
         best=rnd.best,
         records=[_saved(ctx, r) for r in records],
         seconds=pilot["rounds"][-1]["seconds"] + time.monotonic() - started,
         done=True,
     )
     _save(ctx, pilot)
-    best = "none finished an epoch" if rnd.best is None else f"best {key} {rnd.best:.4f}"
-    ctx.out(f"[autopilot] round {rnd.number} done: {len(records)} trials, {best}")
     rnd.records = pilot["rounds"][-1]["records"]
+    return records
 
 
 def _crown(
     ctx: Context, cfg: Config, last: Round, records: list[TrialRecord], resume: bool
-) -> driver.SweepSummary:
+) -> tuple[Context, champion.Champion, list[dict[str, Any]]]:
     """The sweep's confirmation (at least ``CONFIRM_SEEDS`` fresh seeds for the top
     configurations, over every round's trials) and champion, under the autopilot's run."""
     raw = config_mod.to_dict(round_config(cfg, last.space, last.number, last.trials))
@@ -387,8 +439,7 @@ def _crown(
     best, confirmed = confirm.confirm(cctx, records)
     won = champion.crown(cctx, best)
     search.log_sweep_plots(cctx.client, cctx.parent_id, cctx.cfg, records, won.record.trial_id)
-    ctx.cfg = cctx.cfg  # saved so: the curve's seeds come after the confirmation's
-    return driver.finish(cctx, records, won, confirmed)
+    return cctx, won, confirmed
 
 
 def _curve(ctx: Context, label: str) -> Any:
@@ -414,12 +465,13 @@ def _saved(ctx: Context, rec: TrialRecord) -> dict[str, Any]:
     out = {f: getattr(rec, f) for f in RECORD_FIELDS}
     out["run_id"] = ctx.client.run_id(rec.run_id) or rec.run_id
     out["diagnosis"] = rec.diagnosis
+    out["history"] = rec.history[-1:]  # its last epoch: how it ended (diverged, stopped early)
     return out
 
 
 def _record(saved: dict[str, Any]) -> TrialRecord:
     rec = TrialRecord(**{f: saved[f] for f in RECORD_FIELDS})
-    rec.diagnosis = saved.get("diagnosis")
+    rec.diagnosis, rec.history = saved.get("diagnosis"), list(saved.get("history", []))
     return rec
 
 

@@ -134,10 +134,13 @@ def resume(
     path = state.find_sweep(experiment, storage_path)
     saved = state.read(path)
     if saved["phase"] == state.DONE:
+        pilot = "autopilot" in saved  # its data curve, if the driver died in it, comes apart
         raise ConfigError(
             "EXPERIMENT",
-            f"the sweep in {path} already finished",
-            "start a new one with `orchestrator sweep CONFIG`",
+            f"the {'autopilot' if pilot else 'sweep'} in {path} already finished",
+            f"measure its data curve with `orchestrator curve {path}`, or start a new one"
+            if pilot
+            else "start a new one with `orchestrator sweep CONFIG`",
         )
     if "autopilot" in saved:  # an autopilot's folder: it goes on at the round it was in
         from orchestrator.sweep import autopilot

@@ -55,8 +55,12 @@ ROUND = "orchestrator.round"
 """On an autopilot round's ``sweep`` run: its number, from 1."""
 ROUND_SPACE = "orchestrator.round_space"
 """On a round's run: the space it searched (JSON)."""
+ROUND_REASONS = "orchestrator.round_reasons"
+"""On a round's run: why its space is what it is (round 1: the broad space, key by key;
+later: the steering that made it), one reason per line."""
 ROUND_LABEL = "orchestrator.round_label"
-"""On a round's run: the label most of its best quarter carry (what steered the next)."""
+"""On a round's run: the label most of the best quarter of every trial so far carry (what
+steered the next round)."""
 STEER_REASONS = "orchestrator.steer_reasons"
 """On a round's run: why the next round's space is what it is, one reason per line."""
 AUTOPILOT_BUDGET = "orchestrator.autopilot_budget"

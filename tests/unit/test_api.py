@@ -59,9 +59,11 @@ def test_curve_is_in_the_api_and_fails_by_name_before_any_work(tmp_path: Path) -
 
 
 def test_autopilot_is_in_the_api_and_a_small_budget_fails_by_name_before_any_work(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import orchestrator
+
+    monkeypatch.chdir(tmp_path)  # where the default storage path (results) would be made
 
     assert "autopilot" in orchestrator.__all__
     with pytest.raises(ConfigError) as e:  # refused before the data is read or Ray starts

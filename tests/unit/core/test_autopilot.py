@@ -91,9 +91,22 @@ def test_an_underfit_best_quarter_gets_more_capacity_and_less_regularization() -
     cfg = make_cfg(**{"model.hidden": [64]})
     new, label, why = autopilot.steer(_points("underfit"), SPACE, "val_loss", "min", cfg)
     assert label == "underfit"
-    assert new["model.hidden"]["values"] == [[128], [256]]
+    # grown from the best quarter's sizes ([128], [64], [128]): each, twice as wide, deeper
+    assert new["model.hidden"]["values"] == [[128], [256], [128, 128], [64], [64, 64]]
     assert new["train.weight_decay"]["high"] < SPACE["train.weight_decay"]["high"]
-    assert any("more capacity" in w for w in why)
+    assert "more capacity" in why[0]
+
+
+def test_more_capacity_grows_from_a_deep_best_quarter_not_the_configured_size() -> None:
+    cfg = make_cfg(**{"model.hidden": [64]})  # configured small; the best trials are deep
+    points = [{**p, "model.hidden": [128, 128, 128]} for p in _points("underfit")]
+    new, _, _ = autopilot.steer(points, SPACE, "val_loss", "min", cfg)
+    values = new["model.hidden"]["values"]
+    assert values == [[128, 128, 128], [256, 256, 256], [128, 128, 128, 128]]
+    assert all(len(v) >= 3 for v in values)  # never shallower than what worked
+    deepest = [{**p, "model.hidden": [32] * autopilot.MAX_DEPTH} for p in points]
+    new, _, _ = autopilot.steer(deepest, SPACE, "val_loss", "min", cfg)
+    assert max(len(v) for v in new["model.hidden"]["values"]) == autopilot.MAX_DEPTH
 
 
 def test_the_best_quarter_decides_and_diverged_trials_never_steer() -> None:
