@@ -164,13 +164,7 @@ def resume(
     pilot = saved[KIND]
     cfg = config_mod.restore(config_mod.from_dict(pilot["base"]))
     prep = prepare(cfg)
-    if prep.fingerprint != saved["fingerprint"]:
-        raise ConfigError(
-            "data.path",
-            f"the data changed since the autopilot started "
-            f"({prep.fingerprint} != {saved['fingerprint']})",
-            "resume against the same data, or start a new autopilot",
-        )
+    driver.same_data(prep, saved, "autopilot")
     cfg = prep.cfg
     budget = budget_of(cfg)
     # the context's config is the round's (the state's): the base config is kept apart
@@ -185,16 +179,7 @@ def resume(
 
 
 def _save(ctx: Context, pilot: dict[str, Any], phase: str = state.RUNNING) -> None:
-    state.write(
-        ctx.path,
-        ctx.cfg,
-        phase,
-        stamp=ctx.stamp,
-        parent_run_id=ctx.parent_id,
-        experiment_id=ctx.exp_id,
-        fingerprint=ctx.prep.fingerprint,
-        **{KIND: pilot},
-    )
+    driver.save(ctx, phase, **{KIND: pilot})
 
 
 def _go(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any]) -> AutopilotSummary:

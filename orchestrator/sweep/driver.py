@@ -75,7 +75,7 @@ def run(
     ctx = Context(cfg, prep, client, exp_id, parent_id, stamp, where, concurrency, out)
     ctx.path.mkdir()
     client.use_journal(ctx.path)
-    _save(ctx, state.RUNNING)
+    save(ctx, state.RUNNING)
     client.set_tag(parent_id, schema.SWEEP_DIR, str(ctx.path))
     for k, v in (tags or {}).items():
         client.set_tag(parent_id, k, v)
@@ -149,16 +149,22 @@ def resume(
     # the state holds secrets redacted: they come back from the environment (or fail here,
     # naming the variable, before Ray or MLflow start)
     prep = prepare(state.saved_config(saved))
-    if prep.fingerprint != saved["fingerprint"]:
-        raise ConfigError(
-            "data.path",
-            f"the data changed since the sweep started "
-            f"({prep.fingerprint} != {saved['fingerprint']})",
-            "resume against the same data, or start a new sweep",
-        )
+    same_data(prep, saved, "sweep")
     ctx = reopen(path, saved, prep.cfg, prep, out, verbose)
     out(f"[sweep] resuming {path.name} (MLflow parent run {ctx.parent_id})")
     return _stages(ctx)
+
+
+def same_data(prep: Prepared, saved: dict[str, Any], what: str) -> None:
+    """ConfigError naming ``data.path`` when the data is not what the saved sweep (or
+    autopilot: ``what``) started on."""
+    if prep.fingerprint != saved["fingerprint"]:
+        raise ConfigError(
+            "data.path",
+            f"the data changed since the {what} started "
+            f"({prep.fingerprint} != {saved['fingerprint']})",
+            f"resume against the same data, or start a new {what}",
+        )
 
 
 def reopen(
@@ -200,7 +206,8 @@ def concurrency_for(cfg: Config, prep: Prepared) -> int:
     )
 
 
-def _save(ctx: Context, phase: str) -> None:
+def save(ctx: Context, phase: str, **extra: Any) -> None:
+    """The sweep's state file, as it stands (``extra``: an autopilot's rounds)."""
     state.write(
         ctx.path,
         ctx.cfg,
@@ -209,6 +216,7 @@ def _save(ctx: Context, phase: str) -> None:
         parent_run_id=ctx.parent_id,
         experiment_id=ctx.exp_id,
         fingerprint=ctx.prep.fingerprint,
+        **extra,
     )
 
 
@@ -245,7 +253,7 @@ def _search_confirm_crown(ctx: Context) -> SweepSummary:
     except BaseException:
         writer.end_run(ctx.client, ctx.parent_id, "FAILED", {})
         raise
-    _save(ctx, state.DONE)
+    save(ctx, state.DONE)
     return finish(ctx, records, won, confirmed)
 
 

@@ -64,6 +64,14 @@ def _env() -> dict[str, str]:
     }
 
 
+def _run(args: list[str], cwd: Path) -> str:
+    """A CLI command to its end: its output (head and tail shown), exit 0 asserted."""
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1200)
+    print(proc.stdout[:3000], "\n...\n", proc.stdout[-8000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def _by_role(uri: str, experiment: str) -> dict[str, list]:
     from mlflow.tracking import MlflowClient
 
@@ -79,17 +87,7 @@ def test_three_steered_rounds_then_champion_and_data_curve(
     digits_path: Path, tmp_path: Path
 ) -> None:
     # 30 trials: 6 confirmation runs and 12 curve runs off the top, 3 rounds of 4
-    proc = subprocess.run(
-        _args(digits_path, tmp_path, "ap", "--budget-trials", "30", *OVERFIT),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    print(proc.stdout[:3000], "\n...\n", proc.stdout[-8000:], proc.stderr[-3000:])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = _run(_args(digits_path, tmp_path, "ap", "--budget-trials", "30", *OVERFIT), tmp_path)
     assert "30 trials: up to 3 rounds of 4 + 4 + 4 (12 searching), 6 confirming" in out
     assert "TPE starts from" in out  # round 2 and 3 were told of the earlier trials
     assert "autopilot.budget_trials (30) spent" in out
@@ -201,19 +199,10 @@ def test_a_driver_killed_in_round_two_resumes_at_round_two(
                 pass
     print("".join(seen))
     assert any("round 1 done" in s for s in seen), "".join(seen)
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "resume", "apk"]
-        + ["--storage", str(tmp_path / "results")],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    print(proc.stdout[:3000], "\n...\n", proc.stdout[-8000:], proc.stderr[-3000:])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 round(s) done, going on with round 2" in proc.stdout
-    assert "round 1:" not in proc.stdout  # round 1 is not searched again
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    out = _run([*cli, "resume", "apk", "--storage", str(tmp_path / "results")], tmp_path)
+    assert "1 round(s) done, going on with round 2" in out
+    assert "round 1:" not in out  # round 1 is not searched again
 
     runs = _by_role(f"sqlite:///{tmp_path}/mlflow.db", "apk")
     (pilot,) = runs["autopilot"]
