@@ -8,6 +8,7 @@ line, one JSON object with the figures; ratios are measured against a baseline i
     python -m jobs.bench serve       # the model server vs a naive one and the HTTP ceiling
     python -m jobs.bench quality     # ours vs sklearn on digits (CNN factory), diabetes, penguins
     python -m jobs.bench scale trials  # overhead per trial at N = 25, 100, 400 trials
+    python -m jobs.bench live        # a sweep with the live view vs plain lines
     ray job submit --working-dir . -- python -m jobs.bench loop
 
 Steady state: the first epoch (warm-up, worker start-up) is left out of every rate.
@@ -444,8 +445,16 @@ def bench_autopilot(args: list[str]) -> dict[str, Any]:
     return run(args)
 
 
+def bench_live() -> dict[str, Any]:
+    """`python -m jobs.bench live` (``jobs.bench_live``)."""
+    from jobs.bench_live import bench_live as run
+
+    return run()
+
+
 BENCHMARKS: dict[str, Any] = {
     "scale": bench_scale,
+    "live": bench_live,
     "autopilot": bench_autopilot,
     "loop": bench_loop,
     "sweep": bench_sweep,

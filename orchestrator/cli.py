@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from orchestrator.tracking import champions, location, schema, server
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3  # serve: the model version is not servable (no pickle-free form, bad spec)
 EXIT_TRACKING = 4  # training finished, but MLflow was away: writes kept for a replay
+PLAIN_HELP = "plain progress lines, no live view (the default without a terminal or in CI)"
 EXIT_STALLED = 5  # a trial reported nothing for sweep.stall_timeout: the sweep was stopped
 
 
@@ -32,7 +34,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.refine_from:
         cfg, tags = _refined(cfg, args.refine_from)
     # run() checks the data first (ConfigError) and only then starts Ray and MLflow
-    return _print_summary(cfg, sweep.run(cfg, verbose=args.verbose, tags=tags))
+    with _screen(args) as out:
+        summary = sweep.run(cfg, out=out, verbose=args.verbose, tags=tags)
+    return _print_summary(cfg, summary)
+
+
+@contextlib.contextmanager
+def _screen(args: argparse.Namespace) -> Iterator[Any]:
+    """Where a long command's words go: a live view on a terminal, plain lines otherwise
+    (``--plain``, CI, a pipe); taken down however the command ends."""
+    from orchestrator.sweep import screen
+
+    view = screen.Screen(screen.wants_live(getattr(args, "plain", False)))
+    try:
+        yield view
+    finally:
+        view.close()
 
 
 def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config, dict]:
@@ -62,7 +79,8 @@ def cmd_autopilot(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     cfg = autopilot.config_for(cfg, args.budget_trials, args.budget_hours)
-    summary = api.autopilot(cfg, verbose=args.verbose)
+    with _screen(args) as out:
+        summary = api.autopilot(cfg, out=out, verbose=args.verbose)
     return _print_summary(config_mod.from_dict(summary.config), summary)
 
 
@@ -71,7 +89,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
     runtime.ensure_env()
-    summary = sweep.resume(args.experiment, args.storage, verbose=args.verbose)
+    with _screen(args) as out:
+        summary = sweep.resume(args.experiment, args.storage, out=out, verbose=args.verbose)
     cfg = config_mod.from_dict(summary.config)
     return _print_summary(cfg, summary)
 
@@ -81,7 +100,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
     training rows, 3 seeds each, and the curve read with its extrapolation and verdict."""
     from orchestrator import api
 
-    api.curve(args.experiment, args.storage, verbose=args.verbose)
+    with _screen(args) as out:
+        api.curve(args.experiment, args.storage, out=out, verbose=args.verbose)
     return 0
 
 
@@ -149,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     runtime.ensure_env()
-    summary = sweep.train_run(cfg, verbose=args.verbose)  # data checked before Ray starts
+    with _screen(args) as out:  # data checked before Ray starts
+        summary = sweep.train_run(cfg, out=out, verbose=args.verbose)
     rec = summary.record
     best = rec.best or {}
     nan = float("nan")
@@ -382,6 +403,7 @@ def _run_commands(sub: Any) -> None:
     s.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     s.add_argument("overrides", nargs="*", help="dotted key=value, e.g. sweep.num_samples=4")
     s.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    s.add_argument("--plain", action="store_true", help=PLAIN_HELP)
     s.add_argument(
         "--refine-from",
         default=None,
@@ -394,6 +416,7 @@ def _run_commands(sub: Any) -> None:
     r = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
     _sweep_folder_args(r)
     r.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    r.add_argument("--plain", action="store_true", help=PLAIN_HELP)
     r.set_defaults(func=cmd_resume)
 
     a = sub.add_parser(
@@ -417,12 +440,14 @@ def _run_commands(sub: Any) -> None:
         help="short for autopilot.budget_hours: wall-clock hours in all",
     )
     a.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    a.add_argument("--plain", action="store_true", help=PLAIN_HELP)
     a.set_defaults(func=cmd_autopilot)
 
     t = sub.add_parser("train", help="one DDP training run of the config (no search)")
     t.add_argument("config", help="YAML config, e.g. jobs/configs/quickstart.yaml")
     t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.epochs=10")
     t.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    t.add_argument("--plain", action="store_true", help=PLAIN_HELP)
     t.set_defaults(func=cmd_train)
 
     cv = sub.add_parser(
@@ -432,6 +457,7 @@ def _run_commands(sub: Any) -> None:
     )
     _sweep_folder_args(cv)
     cv.add_argument("--verbose", action="store_true", help="stream Ray's worker logs too")
+    cv.add_argument("--plain", action="store_true", help=PLAIN_HELP)
     cv.set_defaults(func=cmd_curve)
 
 

@@ -24,6 +24,8 @@ MAX_DEPTH = 4  # hidden layers at most, when high bias asks for a deeper model
 MIN_CHOICES = 2  # a narrowed choice keeps at least two values: one would stop searching it
 MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
 CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
+LATE = 0.9  # a best epoch in the last tenth of the planned epochs: still improving at the end
+MAX_EPOCHS_FACTOR = 4  # longer training stops at 4x the configured train.epochs
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
 MAX_REGULARIZATION = {  # where "more" stops: past these a model learns nothing
     "train.weight_decay": 1.0,
@@ -216,6 +218,32 @@ def steer(
         for key, spec in narrowed.items()
     ]
     return new, label, [f"{share}: {w}" for w in why]
+
+
+def longer(
+    points: list[dict[str, Any]], metric: str, mode: str, epochs: int, configured: int
+) -> tuple[int, list[str]]:
+    """The next round's ``train.epochs``, and why when it changes. Epochs are a budget on
+    an edge like any range's: when most of the best quarter trained every planned epoch
+    and had their best in the last tenth of them (still improving when the schedule ran
+    out), twice the epochs, up to ``MAX_EPOCHS_FACTOR`` x the configured ones. ``points``
+    carry ``best_epoch`` and ``ran`` (epochs trained) beside their values."""
+    top, _ = best_quarter(points, metric, mode)
+    cap = configured * MAX_EPOCHS_FACTOR
+    if not top or epochs >= cap:
+        return epochs, []
+    late = [
+        p
+        for p in top
+        if p.get("ran", 0) >= epochs and p.get("best_epoch", 0) >= math.ceil(LATE * epochs)
+    ]
+    if len(late) * 2 <= len(top):
+        return epochs, []
+    more = min(2 * epochs, cap)
+    return more, [
+        f"{len(late)} of the best {len(top)} were still improving at the end (their best "
+        f"epoch in the last tenth of {epochs}): train.epochs {epochs} -> {more}"
+    ]
 
 
 def _more_capacity(top: list[dict[str, Any]], space: dict[str, Any]) -> dict[str, Any] | None:

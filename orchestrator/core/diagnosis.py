@@ -584,6 +584,8 @@ def _undetermined_fixes(cfg: Any) -> list[str]:
 EDGE = 0.1  # a best value in the outer tenth of its range sits on the boundary
 TREND_EDGE = 0.25  # the most extreme value drawn, in the outer quarter: the trend points past
 MIDDLE = 0.5  # a best value up to the middle of its range is on the lower edge
+UP_STEP = 0.5  # decades a log-scaled range grows past its upper edge: more learning rate,
+# L1 or L2 than worked meets a cliff (the model diverges or stops learning), so half a decade
 
 
 def _scale(spec: dict[str, Any]) -> tuple[Any, Any]:
@@ -607,9 +609,10 @@ def propose(
       more (log ranges moved up: the bottom tenfold, the top a hundredfold; linear ones
       to their upper half and past it), so the extra capacity learns signal, not noise;
     - otherwise, for each numeric key: where the best trial sits on a range's edge, the
-      range is extended past that edge (tenfold on a log scale, half its width on a
-      linear one, within what the key allows); elsewhere it is narrowed to the span of the
-      best quarter of the trials (at least 3), widened by a margin.
+      range is extended past that edge (tenfold down or half a decade up on a log scale,
+      half its width on a linear one, within what the key allows); elsewhere it is
+      narrowed to the span of the best quarter of the trials (at least 3), widened by a
+      margin.
     """
     finished = [p for p in points if math.isfinite(p.get(metric, math.nan))]
     done = [p for p in finished if p.get("label") not in NEVER_STEER]
@@ -684,7 +687,7 @@ def propose(
             or (highest and at >= 1 - TREND_EDGE)
         ):
             down = at <= MIDDLE
-            step = 1.0 if spec["type"] == "loguniform" else span / 2
+            step = (1.0 if down else UP_STEP) if spec["type"] == "loguniform" else span / 2
             floor = -math.inf if spec["type"] == "loguniform" and limit_lo <= 0 else to(limit_lo)
             if down:
                 new_lo, new_hi = max(lo - step, floor), lo + span / 2

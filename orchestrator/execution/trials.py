@@ -245,8 +245,11 @@ def searcher(
         # model.hidden's choices are lists: fine in the in-memory study Tune keeps, which is
         # all Optuna's warning is about (its persistent storages want plain values)
         warnings.filterwarnings("ignore", "Choices for a categorical distribution")
-        tpe = optuna.samplers.TPESampler(seed=cfg.sweep.seed)
         points, rewards = warm if warm and warm[0] else (None, None)
+        # TPE draws its first 10 trials at random; a round told of earlier trials inside
+        # its (steered) space models from them at once, or it would be a random search
+        # (a narrowed space keeps only a few of the earlier trials: never 10)
+        tpe = optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=0 if points else 10)
         # metric and mode reach it from the TuneConfig
         return ConcurrencyLimiter(
             OptunaSearch(sampler=tpe, points_to_evaluate=points, evaluated_rewards=rewards),

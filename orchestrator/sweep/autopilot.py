@@ -60,6 +60,7 @@ class Round:
     records: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     done: bool = False
+    epochs: int | None = None  # its train.epochs, when steering changed them (None: configured)
 
 
 @dataclass
@@ -101,9 +102,14 @@ def confirm_runs(cfg: Config) -> int:
     return cfg.sweep.confirm_top * max(cfg.sweep.confirm_seeds, CONFIRM_SEEDS)
 
 
-def round_config(cfg: Config, space: dict[str, Any], number: int, samples: int) -> Config:
-    """A round's config: its space, its trial count, TPE seeded per round, ASHA."""
+def round_config(
+    cfg: Config, space: dict[str, Any], number: int, samples: int, epochs: int | None = None
+) -> Config:
+    """A round's config: its space, its trial count, TPE seeded per round, ASHA, and its
+    epochs when steering changed them."""
     raw = config_mod.to_dict(cfg)
+    if epochs is not None:
+        raw["train"]["epochs"] = epochs
     raw["sweep"].update(
         space=space,
         num_samples=samples,
@@ -246,16 +252,19 @@ def _search(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any
         # steered by every trial so far: a later round of a few trials alone would narrow
         # around one or two points (its pruned trials are too short to be judged)
         points = [_point(r, key) for done in pilot["rounds"] for r in done["records"]]
-        space, label, steer = plan.steer(
-            points, rnd.space, key, mode, round_config(cfg, rnd.space, rnd.number, rnd.trials)
-        )
+        rcfg = round_config(cfg, rnd.space, rnd.number, rnd.trials, rnd.epochs)
+        space, label, steer = plan.steer(points, rnd.space, key, mode, rcfg)
+        epochs, longer = plan.longer(points, key, mode, rcfg.train.epochs, cfg.train.epochs)
+        steer += longer
         nxt = Round(rnd.number + 1, budget.rounds[rnd.number], space, steer)
-        round_config(cfg, space, nxt.number, nxt.trials)  # checked before it is saved
+        if epochs != cfg.train.epochs:
+            nxt.epochs = epochs
+        round_config(cfg, space, nxt.number, nxt.trials, nxt.epochs)  # checked before saving
         pilot["rounds"][-1].update(label=label, steer=steer)
         ctx.client.set_tag(rnd.run_id or "", schema.ROUND_LABEL, str(label))
         ctx.client.set_tag(rnd.run_id or "", schema.STEER_REASONS, "\n".join(steer)[:5000])
         pilot["rounds"].append(dataclasses.asdict(nxt))
-        ctx.cfg = round_config(cfg, space, nxt.number, nxt.trials)  # what the state shows
+        ctx.cfg = round_config(cfg, space, nxt.number, nxt.trials, nxt.epochs)  # the state's
         _save(ctx, pilot)
         for line in steer:
             ctx.out(f"[autopilot]   - {line}")
@@ -291,7 +300,7 @@ def _run_round(
     """One round: its sweep run under the autopilot's, its Tune run, its result saved. The
     round's run ends FAILED however the round fails (a kill leaves it to the resume)."""
     assert ctx.parent_id is not None
-    rcfg = round_config(cfg, rnd.space, rnd.number, rnd.trials)
+    rcfg = round_config(cfg, rnd.space, rnd.number, rnd.trials, rnd.epochs)
     resuming = _open_round(ctx, rcfg, rnd, pilot)
     assert rnd.run_id is not None
     try:
@@ -361,7 +370,10 @@ def _search_round(
     """The round's Tune run into its trial book (TPE told of the earlier trials inside its
     space), its best, its plots; the round saved as done."""
     assert rnd.run_id is not None
-    ctx.out(f"[autopilot] round {rnd.number}: {rnd.trials} trials over {_describe(rnd.space)}")
+    epochs = f", {rcfg.train.epochs} epochs" if rnd.epochs is not None else ""
+    ctx.out(
+        f"[autopilot] round {rnd.number}: {rnd.trials} trials{epochs} over {_describe(rnd.space)}"
+    )
     if rnd.number == 1 and not resuming:
         for line in rnd.why:
             ctx.out(f"[autopilot]   - {line}")
@@ -417,7 +429,7 @@ def _crown(
 ) -> tuple[Context, champion.Champion, list[dict[str, Any]]]:
     """The sweep's confirmation (at least ``CONFIRM_SEEDS`` fresh seeds for the top
     configurations, over every round's trials) and champion, under the autopilot's run."""
-    raw = config_mod.to_dict(round_config(cfg, last.space, last.number, last.trials))
+    raw = config_mod.to_dict(round_config(cfg, last.space, last.number, last.trials, last.epochs))
     raw["sweep"]["confirm_seeds"] = max(cfg.sweep.confirm_seeds, CONFIRM_SEEDS)
     cctx = dataclasses.replace(ctx, cfg=config_mod.from_dict(raw), resume=resume)
     assert cctx.parent_id is not None
@@ -441,8 +453,16 @@ def _curve(ctx: Context, label: str) -> Any:
 
 
 def _point(rec: dict[str, Any], key: str) -> dict[str, Any]:
+    """A trial as steering reads it: its values, its best ``key``, its label, its best epoch
+    and the epochs it trained."""
     best = rec.get("best") or {}
-    return {**rec["values"], key: best.get(key, math.nan), "label": rec.get("diagnosis")}
+    return {
+        **rec["values"],
+        key: best.get(key, math.nan),
+        "label": rec.get("diagnosis"),
+        "best_epoch": best.get("epoch", 0),
+        "ran": rec.get("epochs", 0),
+    }
 
 
 def _saved(ctx: Context, rec: TrialRecord) -> dict[str, Any]:

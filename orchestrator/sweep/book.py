@@ -15,7 +15,7 @@ from orchestrator.analysis import plots, progress
 from orchestrator.core import diagnosis, ledger
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.execution import trials
-from orchestrator.sweep import recovery
+from orchestrator.sweep import recovery, screen
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import schema, writer
 
@@ -54,12 +54,30 @@ class Book:
         """A trial (re)started: its run opened (or found again), a line when it is new."""
         rec = self.record(trial_id, trial_config)
         self._started.add(trial_id)
-        if self.ctx.parent_id is not None and rec.epochs == 0:
+        if self.ctx.parent_id is not None and rec.epochs == 0 and not self.live:
+            # a live view shows it running: the line would only push the view's rows up
             self.ctx.out(f"[{self.tag}] trial {trial_id} started ({_show(rec.values)})")
+
+    @property
+    def live(self) -> bool:
+        """Whether the terminal shows a live view of this book's trials."""
+        view = screen.of(self.ctx.out)
+        return view is not None and view.live_view
+
+    def tick(self, statuses: dict[str, str]) -> None:
+        """A turn of Tune's loop, with every trial's status: the live view's next frame."""
+        view = screen.of(self.ctx.out)
+        if view is not None:
+            view.trials(self, statuses)
 
     def recovered(self, trial_id: str) -> None:
         """A trial crashed and Tune retries it."""
-        self.ctx.out(f"[{self.tag}] trial {trial_id} crashed; retrying from its last checkpoint")
+        text = f"trial {trial_id} crashed; retrying from its last checkpoint"
+        view = screen.of(self.ctx.out)
+        if view is not None:
+            view.note(text)
+        else:
+            self.ctx.out(f"[{self.tag}] {text}")
 
     def result(self, trial_id: str, trial_config: dict[str, Any], result: dict) -> None:
         """One epoch's result: into the ledger and MLflow, each epoch exactly once."""

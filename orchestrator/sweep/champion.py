@@ -4,6 +4,8 @@ sweep for ``tracking replay`` when MLflow is away."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from orchestrator.core import task as task_mod
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import Prepared
 from orchestrator.execution import trials
-from orchestrator.sweep import tuner
+from orchestrator.sweep import screen, tuner
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import champions
 
@@ -47,19 +49,41 @@ def crown(ctx: Context, best: TrialRecord) -> Champion:
     net = model.network(cfg, ctx.prep.encoding, ctx.prep.task)
     net.load_state_dict(weights)
     spec = modelfile.spec_of(cfg, ctx.prep.encoding, ctx.prep.task)
-    test_metrics, example = evaluate_test(net, ctx.prep)
+    with screen.phase(ctx.out, "scoring the champion on the test split"):
+        test_metrics, example = evaluate_test(net, ctx.prep)
+    assert ctx.parent_id is not None
+    version: str | None = None
+    with screen.phase(ctx.out, "registering the champion in MLflow"):
+        version = _register(ctx, cfg, best, net, example, spec, test_metrics)
+    return Champion(best, values, test_metrics, version)
+
+
+def _register(
+    ctx: Context,
+    cfg: Config,
+    best: TrialRecord,
+    net: torch.nn.Module,
+    example: np.ndarray,
+    spec: Any,
+    test_metrics: dict[str, float],
+) -> str | None:
+    """The champion in the registry (its version), or kept for the replay when MLflow is
+    away (None)."""
     assert ctx.parent_id is not None
     version: str | None = None
     if ctx.client.drain(block=True, patience=ctx.cfg.tracking.drain_timeout):
-        version = champions.register_champion(
-            cfg,
-            ctx.parent_id,
-            net,
-            example,
-            spec,
-            test_metrics,
-            ctx.client.run_id(best.run_id) or "",
-        )
+        # MLflow prints "Successfully registered model" and "Created version" to stderr:
+        # the line register_champion prints says it, with the alias
+        with contextlib.redirect_stderr(io.StringIO()):
+            version = champions.register_champion(
+                cfg,
+                ctx.parent_id,
+                net,
+                example,
+                spec,
+                test_metrics,
+                ctx.client.run_id(best.run_id) or "",
+            )
     else:  # MLflow is still away: keep what registering needs, for the replay
         champions.keep_champion(
             ctx.path,
@@ -71,7 +95,7 @@ def crown(ctx: Context, best: TrialRecord) -> Champion:
             test_metrics,
             best.run_id or "",
         )
-    return Champion(best, values, test_metrics, version)
+    return version
 
 
 def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Tensor]:
@@ -82,16 +106,15 @@ def _weights(ctx: Context, cfg: Config, best: TrialRecord) -> dict[str, torch.Te
         return checkpoint.load_checkpoint(best.checkpoint, cfg.sweep.storage_filesystem)["model"]
     epochs = int(best.best["epoch"])
     refit_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
-    ctx.out(
-        f"[sweep] refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs"
-    )
     trainable = trials.make_trainable(
         refit_cfg, ctx.stamp, ctx.storage, ctx.prep.summary, refit=True
     )
     name = f"{ctx.name}-refit-{time.strftime('%H%M%S')}"
-    grid = tuner.make_tuner(
-        refit_cfg, trainable, tuner.Search(), [], ctx.storage, name, filesystem=ctx.filesystem
-    ).fit()
+    what = f"refitting the champion ({best.trial_id}) on train+validation for {epochs} epochs"
+    with screen.phase(ctx.out, what):
+        grid = tuner.make_tuner(
+            refit_cfg, trainable, tuner.Search(), [], ctx.storage, name, filesystem=ctx.filesystem
+        ).fit()
     result = grid[0]
     if result.error is not None:
         raise RuntimeError(f"the champion's refit failed: {result.error}")

@@ -19,7 +19,7 @@ from orchestrator.core import ledger, model, modelfile, placement, state, storag
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import Prepared, prepare
 from orchestrator.execution import runtime, trials
-from orchestrator.sweep import champion, confirm, search
+from orchestrator.sweep import champion, confirm, screen, search
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import champions, location, schema, writer
 
@@ -273,7 +273,11 @@ def finish(
         },
     )
     # what the end of the sweep wrote (already waited for, if the server is away)
-    ctx.client.drain(block=True, patience=0.0 if ctx.client.down else END_DRAIN_S)
+    if ctx.client.queue and not ctx.client.down:
+        with screen.phase(ctx.out, f"MLflow: sending the last {len(ctx.client.queue)} write(s)"):
+            ctx.client.drain(block=True, patience=END_DRAIN_S)
+    else:
+        ctx.client.drain(block=True, patience=0.0 if ctx.client.down else END_DRAIN_S)
     shown = config_mod.redact_uri(location.resolve_uri(cfg))
     if ctx.client.queue:
         ctx.out(

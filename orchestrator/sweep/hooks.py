@@ -63,6 +63,10 @@ class BookHooks(tune.Callback):
         """The ledger back from Tune's saved state (a resumed sweep)."""
         self.book.restore(state)
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        """Each turn of Tune's loop: every trial's status, for the live view."""
+        self.book.tick({t.trial_id: t.status for t in trials})
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune started (or restarted) a trial."""
         self.book.started(trial.trial_id, trial.config)

@@ -12,7 +12,7 @@ from ray import tune
 from orchestrator import config as config_mod
 from orchestrator.config import Config
 from orchestrator.execution import trials
-from orchestrator.sweep import hooks, recovery
+from orchestrator.sweep import hooks, recovery, screen
 from orchestrator.sweep.book import Book
 
 
@@ -119,5 +119,8 @@ def run_book(book: Book, trainable: Any, search: Callable[[], Search], name: str
         tuner.fit()
     finally:
         hooks.detach(name)
+        view = screen.of(ctx.out)
+        if view is not None:
+            view.rest()
     if ctx.resume:
         recovery.forget_orphans(book)

@@ -196,3 +196,35 @@ def test_a_sweet_spot_narrows_a_choice_to_what_the_best_quarter_chose() -> None:
     same = [{**p, "model.hidden": [128]} for p in points]
     new, _, _ = autopilot.steer(same, SPACE, "val_loss", "min", make_cfg())
     assert new["model.hidden"] == SPACE["model.hidden"]
+
+
+def _ended(best_epoch: int, ran: int, loss: float, label: str = "good_fit") -> dict:
+    return {"val_loss": loss, "label": label, "best_epoch": best_epoch, "ran": ran}
+
+
+def test_a_best_quarter_still_improving_at_its_last_epoch_trains_twice_as_long() -> None:
+    # the best three (the quarter, at least 3) peaked at epochs 28-30 of 30: still falling
+    late = [_ended(30, 30, 0.10), _ended(29, 30, 0.11), _ended(28, 30, 0.12)]
+    worse = [_ended(10, 30, 0.5 + i / 10) for i in range(5)]
+    epochs, why = autopilot.longer(late + worse, "val_loss", "min", 30, 30)
+    assert epochs == 60
+    assert why == [
+        "3 of the best 3 were still improving at the end (their best epoch in the last tenth "
+        "of 30): train.epochs 30 -> 60"
+    ]
+    # never past 4x the configured epochs
+    late90 = [_ended(90, 90, 0.10), _ended(89, 90, 0.11), _ended(88, 90, 0.12)]
+    assert autopilot.longer(late90, "val_loss", "min", 90, 30)[0] == 120
+    late120 = [_ended(120, 120, 0.10)] * 3
+    assert autopilot.longer(late120, "val_loss", "min", 120, 30) == (120, [])
+
+
+def test_epochs_stay_when_the_best_peaked_early_or_was_cut_short() -> None:
+    early = [_ended(15, 30, 0.10), _ended(12, 30, 0.11), _ended(30, 30, 0.12)]
+    assert autopilot.longer(early, "val_loss", "min", 30, 30) == (30, [])
+    # pruned at a rung: its last epoch is not the schedule's end
+    pruned = [_ended(12, 12, 0.10), _ended(4, 4, 0.11), _ended(30, 30, 0.12)]
+    assert autopilot.longer(pruned, "val_loss", "min", 30, 30) == (30, [])
+    # a diverged trial never steers, whatever its epochs
+    wild = [_ended(30, 30, 0.01, "diverged")] * 3 + early
+    assert autopilot.longer(wild, "val_loss", "min", 30, 30) == (30, [])

@@ -417,3 +417,16 @@ def test_trials_that_never_steer_leave_the_space_alone() -> None:
     pts = [{**p, "label": "undetermined"} for p in _points([(1e-3, 0.3, 1.5), (1e-2, 0.1, 1.6)])]
     space, why = diagnosis.propose(pts, SPACE, "val_loss", "min", _cfg())
     assert space == SPACE and "nothing to steer by" in why[0]
+
+
+def test_a_log_range_grows_half_a_decade_past_its_upper_edge() -> None:
+    # the learning rate that worked best sits at the top: a decade more would diverge
+    space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    pts = [
+        {"train.lr": lr, "val_loss": loss, "label": "good_fit"}
+        for lr, loss in ((9e-3, 0.1), (1e-3, 0.2), (3e-4, 0.3), (1.5e-4, 0.4))
+    ]
+    new, why = diagnosis.propose(pts, space, "val_loss", "min", _cfg())
+    assert new["train.lr"]["high"] == pytest.approx(10**-1.5, rel=1e-3)
+    assert new["train.lr"]["low"] == pytest.approx(1e-3)
+    assert "upper edge" in why[0]

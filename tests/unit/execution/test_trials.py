@@ -189,3 +189,11 @@ def test_a_confirm_run_unpacks_its_values() -> None:
     packed = {trials.SET_KEY: {"model.dropout": 0.2, "train.seed": 3}}
     assert trials.values_of(packed) == {"model.dropout": 0.2, "train.seed": 3}
     assert trials.values_of({"model.dropout": 0.1}) == {"model.dropout": 0.1}
+
+
+def test_a_warm_started_tpe_models_from_the_earlier_trials_at_once() -> None:
+    cfg = _cfg(**{"sweep.searcher": "optuna"})
+    cold = trials.searcher(cfg, 2).searcher._sampler
+    assert cold._n_startup_trials == 10  # Optuna's default: 10 random trials first
+    warm = trials.searcher(cfg, 2, ([{"model.dropout": 0.1}], [0.3])).searcher._sampler
+    assert warm._n_startup_trials == 0

@@ -53,6 +53,8 @@ def test_a_round_searches_its_space_with_tpe_seeded_per_round_and_asha() -> None
     r3 = autopilot.round_config(cfg, SPACE, 3, 9)
     assert r3.sweep.space == SPACE and r3.sweep.num_samples == 9
     assert (r3.sweep.searcher, r3.sweep.scheduler, r3.sweep.seed) == ("optuna", "asha", 7)
+    assert r3.train.epochs == cfg.train.epochs
+    assert autopilot.round_config(cfg, SPACE, 3, 9, epochs=40).train.epochs == 40
     with pytest.raises(ConfigError):  # a steered space is checked like any other
         autopilot.round_config(cfg, {"train.nope": SPACE["train.weight_decay"]}, 2, 4)
 
@@ -129,3 +131,23 @@ def test_the_reports_rounds_section_shows_rounds_spaces_and_reasons(tmp_path) ->
     assert "<h2>Rounds</h2>" in section and "data:image/png;base64," in section
     assert "more regularization" in section and "loguniform" in section
     assert section.count("<tr>") == 3  # the header and one row per round
+
+
+def test_a_trial_steers_with_its_best_epoch_and_the_epochs_it_trained() -> None:
+    saved = {
+        "values": {"train.lr": 0.01},
+        "best": {"val_loss": 0.2, "epoch": 28.0},
+        "epochs": 30,
+        "diagnosis": "good_fit",
+    }
+    p = autopilot._point(saved, "val_loss")
+    assert p == {
+        "train.lr": 0.01,
+        "val_loss": 0.2,
+        "label": "good_fit",
+        "best_epoch": 28.0,
+        "ran": 30,
+    }
+    # a round saved before rounds had epochs reads back as the configured ones
+    old = {k: v for k, v in vars(autopilot.Round(2, 4, SPACE, [])).items() if k != "epochs"}
+    assert autopilot.Round(**old).epochs is None
