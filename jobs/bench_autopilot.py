@@ -47,6 +47,7 @@ ROWS = int(os.environ.get("BENCH_CURVE_ROWS", 600))
 CURVE_HIDDEN = [int(w) for w in os.environ.get("BENCH_CURVE_HIDDEN", "1024").split(",")]
 CURVE_LR = float(os.environ.get("BENCH_CURVE_LR", 0.001))
 CURVE_EPOCHS = int(os.environ.get("BENCH_CURVE_EPOCHS", 100))
+CURVE_BATCH = int(os.environ.get("BENCH_CURVE_BATCH", 64))
 
 
 TRIALS = int(os.environ.get("BENCH_AUTOPILOT_TRIALS", 29))
@@ -215,7 +216,7 @@ def bench_curve() -> dict[str, Any]:
                     "epochs": CURVE_EPOCHS,
                     "weight_decay": 0.0,
                     "lr": CURVE_LR,
-                    "batch_size": 64,
+                    "batch_size": CURVE_BATCH,
                 },
                 "scaling": {"num_workers": 1, "cpus_per_worker": 1},
                 "sweep": {

@@ -50,6 +50,9 @@ def _screen(args: argparse.Namespace) -> Iterator[Any]:
         yield view
     finally:
         view.close()
+        folder = None if getattr(args, "verbose", False) else runtime.log_folder()
+        if folder:  # what --verbose would have shown, kept off the screen
+            print(f"[ray] Ray's own messages (raylet, workers): {folder}", flush=True)
 
 
 def _refined(cfg: config_mod.Config, experiment: str) -> tuple[config_mod.Config, dict]:

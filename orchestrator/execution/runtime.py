@@ -85,6 +85,18 @@ def quiet_raylet() -> None:
     ray_worker.print_to_stdstream = to_file
 
 
+def log_folder() -> str | None:
+    """Ray's session log folder on this machine (the raylet's messages, the workers' logs),
+    when this process started or joined a Ray; None otherwise."""
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        return node.get_logs_dir_path() if node is not None else None
+    except Exception:  # Ray not started, or its internals moved: nothing to point at
+        return None
+
+
 def free_port() -> int:
     """A TCP port free on loopback now."""
 

@@ -145,7 +145,7 @@ def run(
         )
     # the same checks the replicas make, here first: a refused version is a clear error
     # now, not replicas failing to start over and over
-    serve_mod.load(model_uri, uri, opts.max_model_mb, opts.factories)
+    served = serve_mod.load(model_uri, uri, opts.max_model_mb, opts.factories)
     # Ray Serve's proxy is its own uvicorn: of our HTTP limits it takes only these two
     # (no header cap, no read deadlines, no connection cap: see docs/serving.md)
     serve.start(
@@ -166,7 +166,8 @@ def run(
     try:
         serve.run(application(model_uri, uri, opts, api_key), name=APP_NAME, route_prefix="/")
         print(
-            f"serving {model_uri} on Ray Serve, {replicas} replicas, on "
+            f"serving {model_uri} (version {served.version or '?'}) on Ray Serve, {replicas} "
+            "replicas, on "
             f"http://{opts.host}:{opts.port}  POST /predict /reload  GET /health /ready "
             "/metadata /metrics" + ("  (API key required)" if api_key else ""),
             flush=True,

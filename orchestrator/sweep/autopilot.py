@@ -33,7 +33,7 @@ from orchestrator.core import model, state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
-from orchestrator.sweep import champion, confirm, data_curve, driver, search, tuner
+from orchestrator.sweep import champion, confirm, data_curve, driver, screen, search, tuner
 from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import location, schema, writer
@@ -124,7 +124,8 @@ def run(cfg: Config, out: Callable[[str], None] = print, verbose: bool = False) 
     """The whole autopilot (see the module). Config, budget, space and data are checked
     before Ray or MLflow start."""
     budget = budget_of(cfg)
-    prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
+    with screen.reading(out, cfg):
+        prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
     space, why = plan.broad_space(cfg, model.declared_space(cfg.model.kind))
     first = round_config(cfg, space, 1, budget.rounds[0])
@@ -387,6 +388,7 @@ def _search_round(
             "trial(s) (those inside this space)"
         )
     book = Book(rctx, "trial", rnd.trials)
+    book.title = f"round {rnd.number}"
     trainable = trials.make_trainable(rcfg, ctx.stamp, ctx.storage, ctx.prep.summary)
 
     def make() -> tuner.Search:

@@ -36,6 +36,7 @@ class Book:
         self.cfg, self.client = ctx.cfg, ctx.client
         self.key, self.mode = config_mod.rank_metric(ctx.cfg)
         self.by_id: dict[str, TrialRecord] = {}
+        self.title = self.tag  # what the live view calls this run ("round 2" in an autopilot)
         self._started: set[str] = set()  # trials (re)started and not yet reporting
 
     @property

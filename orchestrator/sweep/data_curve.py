@@ -30,7 +30,7 @@ from orchestrator.core import curve, state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
-from orchestrator.sweep import tuner
+from orchestrator.sweep import screen, tuner
 from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 from orchestrator.tracking import location, schema, writer
@@ -90,7 +90,8 @@ def run(
     base = state.saved_config(saved)  # secrets come back from the environment, or fail here
     parent = MlflowClient(location.resolve_uri(base)).get_run(saved["parent_run_id"])
     cfg = champion_config(base, parent.data.tags)
-    prep = prepare(cfg, say=out)
+    with screen.reading(out, cfg):
+        prep = prepare(cfg, say=out)
     if prep.fingerprint != saved["fingerprint"]:
         raise ConfigError(
             "data.path",

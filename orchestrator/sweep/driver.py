@@ -61,7 +61,8 @@ def run(
 ) -> SweepSummary:
     """The whole sweep. Config and data are checked before Ray or MLflow start. ``tags`` go
     on the sweep's MLflow run (a refined sweep names the one it came from)."""
-    prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
+    with screen.reading(out, cfg):
+        prep = prepare(cfg, say=out)  # raises ConfigError on bad data: nothing written yet
     cfg = prep.cfg
     trials.search_space(cfg)  # a bad space fails here, before Ray starts
     storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts

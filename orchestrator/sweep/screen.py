@@ -114,7 +114,7 @@ class Screen:
             statuses,
             active=None if self._first_epoch is None else now - self._first_epoch,
         )
-        self._frame = dataclasses.replace(frame, title=book.tag)
+        self._frame = dataclasses.replace(frame, title=book.title)
         if self.live_view:
             self._show()
         elif now - self._printed >= PLAIN_EVERY_S and records:
@@ -222,6 +222,20 @@ class _Placement(logging.Handler):
 def of(out: Any) -> Screen | None:
     """The screen behind a sweep's ``out``, when it is one (a plain ``print`` is not)."""
     return out if isinstance(out, Screen) else None
+
+
+def reading(out: Any, cfg: Any) -> contextlib.AbstractContextManager[None]:
+    """The data's first pass as a phase when the data is streamed (a big table: the scan
+    takes a while); nothing for data read whole, which is quick."""
+    from orchestrator.core import data
+
+    try:
+        loader = data.choose_loader(cfg.data, data.size_bytes(cfg.data))
+    except Exception:  # prepare() names what is wrong with the data, before any work
+        return contextlib.nullcontext()
+    if loader != "stream":
+        return contextlib.nullcontext()
+    return phase(out, "scanning the data (one pass: rows, classes, encoders)")
 
 
 def phase(out: Any, name: str) -> contextlib.AbstractContextManager[None]:

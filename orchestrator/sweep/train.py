@@ -13,7 +13,7 @@ from orchestrator.core import state, storage
 from orchestrator.core.ledger import TrialRecord
 from orchestrator.core.prepare import prepare
 from orchestrator.execution import runtime, trials
-from orchestrator.sweep import tuner
+from orchestrator.sweep import screen, tuner
 from orchestrator.sweep.book import Book
 from orchestrator.sweep.context import Context
 from orchestrator.sweep.driver import concurrency_for
@@ -36,7 +36,8 @@ def train_run(
     """One training run of the config as it stands (no search): in a single trial on the
     fast path, or a TorchTrainer of ``scaling.num_workers`` DDP workers; restarted from its
     last checkpoint up to ``scaling.max_failures`` times; one MLflow run, ``role=train``."""
-    prep = prepare(cfg, say=out)
+    with screen.reading(out, cfg):
+        prep = prepare(cfg, say=out)
     cfg = prep.cfg
     storage.export_secrets(cfg.sweep.storage_filesystem)  # for the workers Ray starts
     state.check_storage(cfg)

@@ -94,5 +94,7 @@ def test_a_sweep_on_a_terminal_shows_live_rows_and_no_raylet_noise(
     # Ray's own chatter stays off the terminal
     assert "(raylet)" not in text and "worker processes have been started" not in text
     assert "Successfully registered model" not in text
+    assert "Creating initial MLflow database tables" not in text
+    assert re.search(r"\[ray\] Ray's own messages \(raylet, workers\): /\S+/logs", text)
     # and the end is as before: the final table and the champion
     assert "champion: trial" in text

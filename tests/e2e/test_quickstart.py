@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -217,6 +218,12 @@ def test_serve_answers_predict_and_health_over_loopback(sweep: dict) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+    # its start-up line says what it serves, which version, and where
+    said = server.stdout.read() if server.stdout else ""
+    assert re.search(
+        rf"serving models:/{NAME}@champion \(version \d+, 10 classes, 64 features\)", said
+    )
+    assert f"on http://127.0.0.1:{port}" in said
 
 
 def test_report_shows_the_champions_confusion_matrix_and_renders(sweep: dict) -> None:

@@ -134,6 +134,10 @@ def _rank(rank: int, world: int, port: int, path: str, out: str) -> None:
     seam = _GlooSeam(rank=rank, world_size=world)
     loop.train(cfg, data.load_splits(cfg.data), seam)
     torch.save(seam.reports, f"{out}.{rank}")
+    # both ranks leave together: a rank that tears gloo down while the other still has a
+    # pair open aborts it ("terminate called without an active exception", seen on a
+    # loaded 2-core machine)
+    dist.barrier()
     dist.destroy_process_group()
 
 

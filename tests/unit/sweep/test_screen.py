@@ -16,7 +16,7 @@ from orchestrator.sweep import screen
 def _book(records: list[TrialRecord], total: int = 4) -> SimpleNamespace:
     cfg = SimpleNamespace(train=SimpleNamespace(epochs=10))
     return SimpleNamespace(
-        records=records, total=total, key="val_loss", mode="min", cfg=cfg, tag="sweep"
+        records=records, total=total, key="val_loss", mode="min", cfg=cfg, title="sweep"
     )
 
 
@@ -120,3 +120,20 @@ def test_warnings_that_matter_stay_in_view_in_words(capsys: pytest.CaptureFixtur
     finally:
         s.close()
     assert logging.getLogger(screen.PLACEMENT_LOGGER).propagate  # Ray's logging as it was
+
+
+def test_a_streamed_datas_scan_is_a_phase_and_data_read_whole_is_not(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import make_cfg
+    from orchestrator.core import data
+
+    path = data.export("iris", tmp_path / "iris.parquet")
+    with screen.reading(print, make_cfg(str(path), **{"data.loader": "stream"})):
+        pass
+    assert capsys.readouterr().out.startswith("[sweep] scanning the data")
+    with screen.reading(print, make_cfg(str(path), **{"data.loader": "memory"})):
+        pass
+    with screen.reading(print, make_cfg(str(tmp_path / "missing.parquet"))):
+        pass  # the missing file is prepare()'s to name
+    assert capsys.readouterr().out == ""
