@@ -4,6 +4,7 @@ makes a resume possible, and end the sweep's MLflow run however the stages end."
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -274,10 +275,12 @@ def finish(
         },
     )
     # what the end of the sweep wrote (already waited for, if the server is away)
-    if ctx.client.queue and not ctx.client.down:
-        with screen.phase(ctx.out, f"MLflow: sending the last {len(ctx.client.queue)} write(s)"):
-            ctx.client.drain(block=True, patience=END_DRAIN_S)
-    else:
+    sending = ctx.client.queue and not ctx.client.down  # a stage worth showing
+    with (
+        screen.phase(ctx.out, f"MLflow: sending the last {len(ctx.client.queue)} write(s)")
+        if sending
+        else contextlib.nullcontext()
+    ):
         ctx.client.drain(block=True, patience=0.0 if ctx.client.down else END_DRAIN_S)
     shown = config_mod.redact_uri(location.resolve_uri(cfg))
     if ctx.client.queue:
