@@ -19,9 +19,12 @@ too noisy to extrapolate: docs/benchmarks.md has the table. ``BENCH_CURVE_ROWS``
 ``BENCH_CURVE_EPOCHS`` change the setting.
 
 `python -m jobs.bench autopilot tpe`: the autopilot against one Optuna TPE sweep with ASHA
-by promotion over the autopilot's own round-1 space, on digits (10 classes) and diabetes
-(regression), both real and exported by `orchestrator data export`, 3 seeds each
-(``sweep.seed`` and ``train.seed``). The autopilot gets ``BENCH_AUTOPILOT_TRIALS`` (29:
+by promotion over the autopilot's own round-1 space, on digits (10 classes, real) and hastie
+(a noise-free nonlinear boundary: capacity and training length set the best loss), with
+noisy (20% of the labels flipped: every sensible model sits within a few percent of the noise
+floor) shown beside, all exported by `orchestrator data export`, 3 seeds each (``sweep.seed``
+and ``train.seed``; ``BENCH_AUTOPILOT_SEEDS``, and ``BENCH_AUTOPILOT_DATA``, comma-separated,
+which may add diabetes). The autopilot gets ``BENCH_AUTOPILOT_TRIALS`` (29:
 rounds of 9 + 4 + 4 + 6 and 6 confirmation runs, too few for the data curve). The TPE sweep
 gets as many trials as make the epochs the autopilot searched for, at round 1's epochs per
 trial (the same rungs and space), and the same confirmation (3 x 2 seeds) and refit; the
@@ -30,7 +33,7 @@ validation loss over the TPE sweep's, per data set (``autopilot_vs_tpe``: the la
 two, target at most 0.97), and whether the autopilot's champion scores on the test split
 within one standard error of the TPE champion's or better (``autopilot_test_ok``).
 
-`python -m jobs.bench autopilot` runs both halves (about 11 minutes on the 2-core VM).
+`python -m jobs.bench autopilot` runs both halves (about 20 minutes on the 2-core VM).
 """
 
 from __future__ import annotations
@@ -54,11 +57,12 @@ TRIALS = int(os.environ.get("BENCH_AUTOPILOT_TRIALS", 29))
 SEEDS = int(os.environ.get("BENCH_AUTOPILOT_SEEDS", 3))
 DATASETS = {  # name: (hidden, epochs, grace period): each one's configured model
     "digits": ([256], 30, 4),
+    "hastie": ([64], 30, 4),
     "noisy": ([128], 30, 4),
     "diabetes": ([64], 30, 4),
 }
-TARGETED = ("digits", "noisy")  # the target's two data sets; diabetes is shown beside
-CHOSEN = os.environ.get("BENCH_AUTOPILOT_DATA", ",".join(DATASETS)).split(",")
+TARGETED = ("digits", "hastie")  # the target's two data sets; the others are shown beside
+CHOSEN = os.environ.get("BENCH_AUTOPILOT_DATA", "digits,hastie,noisy").split(",")
 
 
 def bench_autopilot(args: list[str]) -> dict[str, Any]:

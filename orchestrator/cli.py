@@ -620,10 +620,19 @@ def _config_and_data_commands(sub: Any) -> None:
     e = dsub.add_parser("export", help="write a built-in data set as Parquet")
     e.add_argument(
         "name",
-        choices=["digits", "breast_cancer", "wine", "iris", "noisy", "diabetes", "penguins"],
+        choices=[
+            "digits",
+            "breast_cancer",
+            "wine",
+            "iris",
+            "noisy",
+            "hastie",
+            "diabetes",
+            "penguins",
+        ],
         help="scikit-learn's digits, breast_cancer, wine or iris, `noisy` (synthetic, 20%% "
-        "of the labels flipped), diabetes (regression) or penguins (text categories and "
-        "missing values)",
+        "of the labels flipped), `hastie` (synthetic, a noise-free nonlinear boundary), "
+        "diabetes (regression) or penguins (text categories and missing values)",
     )
     e.add_argument("--out", default=None, help="default: data/NAME.parquet")
     e.set_defaults(func=cmd_data)

@@ -38,6 +38,21 @@ class Ladder:
             self.scores.setdefault(r, {})
             self.promoted.setdefault(r, set())
 
+    def carry(self, earlier: dict[str, list[float]]) -> None:
+        """Rank against trials of an earlier sweep over the same epochs (an autopilot's
+        earlier rounds): ``earlier`` maps a trial (an id no trial of this sweep has) to its
+        ranked value at each epoch it trained, the first epoch first. Each takes its place
+        at every rung it reached, as sent on where it trained past it. A new trial then goes
+        on only if it beats the earlier trials there too: a round of a few trials would
+        otherwise compare them only with each other, and send its first on whatever it
+        scored."""
+        for trial, values in earlier.items():
+            for rung in self.rungs:
+                if len(values) >= rung:
+                    self.scores[rung][trial] = float(values[rung - 1])
+                    if len(values) > rung:
+                        self.promoted[rung].add(trial)
+
     def _key(self, value: float) -> float:
         if not math.isfinite(value):
             return math.inf  # a diverged trial ranks last

@@ -25,6 +25,8 @@ MIN_CHOICES = 2  # a narrowed choice keeps at least two values: one would stop s
 MIN_ROUNDS = 3  # the stop rule looks at the improvement of two rounds over the one before
 CURVE_RUNS = 12  # `orchestrator curve`: 4 sizes x 3 seeds, at the end when overfit
 LATE = 0.9  # a best epoch in the last tenth of the planned epochs: still improving at the end
+SETTLED = 4  # validation loss flat or rising for the last quarter of a run (>= 3 epochs):
+# it had stopped improving while its training went on
 MAX_EPOCHS_FACTOR = 4  # longer training stops at 4x the configured train.epochs
 REGULARIZERS = ("train.weight_decay", "train.l1", "model.dropout")
 MAX_REGULARIZATION = {  # where "more" stops: past these a model learns nothing
@@ -181,6 +183,7 @@ def steer(
 ) -> tuple[dict[str, Any], str | None, list[str]]:
     """The next round's space from this round's trials (searched values, ``metric``,
     ``label``), the label of its best quarter, and a line per change saying why."""
+    points, settled = _noise_bound(points, metric, mode)
     top, label = best_quarter(points, metric, mode)
     if label is None:
         return (
@@ -189,6 +192,9 @@ def steer(
             ["no trial may steer (all diverged, undetermined or unfinished): the space is kept"],
         )
     share = f"{sum(p['label'] == label for p in top)} of the best {len(top)} are {label}"
+    if settled and label == "good_fit":
+        new, label, why = _sweet_spot(points, top, space, metric, mode, cfg, share)
+        return new, label, [settled, *why]
     if label in ("underfit", "both"):
         # diagnosis.propose's high-bias rule, read from the best quarter alone
         new, why = diagnosis.propose([{**p, "label": label} for p in top], space, metric, mode, cfg)
@@ -209,15 +215,113 @@ def steer(
         return new, label, [f"{share}: {w}" for w in why]
     if label == "overfit":
         return _overfit(top, space, cfg, share)
+    return _sweet_spot(points, top, space, metric, mode, cfg, share)
+
+
+def _sweet_spot(
+    points: list[dict[str, Any]],
+    top: list[dict[str, Any]],
+    space: dict[str, Any],
+    metric: str,
+    mode: str,
+    cfg: Any,
+    share: str,
+) -> tuple[dict[str, Any], str, list[str]]:
+    """A clear sweet spot: each range narrowed around the best, or extended past an edge
+    the best sits on (``diagnosis.propose``), and each choice narrowed to the best
+    quarter's values."""
     new, why = diagnosis.propose(points, space, metric, mode, cfg)
+    grown = _capacity_edge(top, new)
     narrowed = _narrow_choices(top, new)
+    if grown is not None:
+        new["model.hidden"], line = grown
+        narrowed.pop("model.hidden", None)
+        why.append(line)
     new.update(narrowed)
     why += [
         f"{key}: the best quarter chose {len(spec['values'])} of its values: "
         f"narrowed to {spec['values']}"
         for key, spec in narrowed.items()
     ]
-    return new, label, [f"{share}: {w}" for w in why]
+    return new, "good_fit", [f"{share}: {w}" for w in why]
+
+
+def _capacity_edge(
+    top: list[dict[str, Any]], space: dict[str, Any]
+) -> tuple[dict[str, Any], str] | None:
+    """A best size on the edge of the sizes searched, extended past it like a range's
+    edge: the largest offered grows (twice as wide, one layer deeper), the smallest shrinks
+    (half as wide, one layer shallower); the best quarter's sizes stay. None when the best
+    sits inside, or ``model.hidden`` is not a searched choice."""
+    spec = space.get("model.hidden")
+    if spec is None or spec["type"] != "choice" or len(spec["values"]) < MIN_CHOICES:
+        return None
+    best = top[0].get("model.hidden")
+    sizes = sorted((list(v) for v in spec["values"]), key=_units)
+    if best is None or list(best) not in sizes:
+        return None
+    best = list(best)
+    if _units(best) == _units(sizes[-1]):
+        side, beyond = "largest", [[2 * w for w in best]]
+        beyond += [best + [best[-1]]] if len(best) < MAX_DEPTH else []
+    elif _units(best) == _units(sizes[0]):
+        side, beyond = "smallest", [[max(4, w // 2) for w in best]]
+        beyond += [best[:-1]] if len(best) > 1 else []
+    else:
+        return None
+    values: list[list[int]] = []
+    for h in [best, *(list(p["model.hidden"]) for p in top if "model.hidden" in p), *beyond]:
+        if h not in values:
+            values.append(h)
+    if len(values) < MIN_CHOICES:  # nothing past the edge (the smallest size already)
+        return None
+    line = (
+        f"model.hidden: the best trial ({best}) is the {side} size searched: extended past it "
+        f"to {values}"
+    )
+    return {"type": "choice", "values": values}, line
+
+
+def _units(hidden: list[int]) -> int:
+    """A size's weights between hidden layers plus its units: what orders capacity (wider
+    and deeper are both more)."""
+    return sum(hidden) + sum(a * b for a, b in zip(hidden, hidden[1:], strict=False))
+
+
+def _noise_bound(
+    points: list[dict[str, Any]], metric: str, mode: str
+) -> tuple[list[dict[str, Any]], str]:
+    """The points with the best quarter's ``underfit`` trials whose validation loss had
+    stopped improving read as ``good_fit``, and a note saying so ('' when none).
+
+    The diagnosis calls a trial underfit when its training loss stays high, which noise in
+    the labels (or an irreducible error in a regression) causes as well as too little
+    capacity. The round tells them apart: a model short of capacity still improves on the
+    validation rows while it trains; one held back by the noise stops improving there
+    while its training goes on (``best_epoch`` a quarter of its run or more before its
+    end, at least 3 epochs). More capacity and less regularization would then fit the
+    noise: the round steers as a sweet spot (narrowing around its best) instead."""
+    top, label = best_quarter(points, metric, mode)
+    if label != "underfit":
+        return points, ""
+    flat = {id(p) for p in top if p["label"] == "underfit" and _settled(p)}
+    if len(flat) * 2 <= sum(p["label"] == "underfit" for p in top):
+        return points, ""
+    epochs = sorted({f"{p['best_epoch']} of {p['ran']}" for p in top if id(p) in flat})
+    note = (
+        f"{len(flat)} of the best {len(top)} are underfit by the diagnosis (high training "
+        f"loss), yet their "
+        f"validation loss stopped improving at epoch {', '.join(epochs)} while training went "
+        "on: the noise in the data, not capacity, holds them back; narrowed as a sweet spot, "
+        "not grown"
+    )
+    return [{**p, "label": "good_fit"} if id(p) in flat else p for p in points], note
+
+
+def _settled(p: dict[str, Any]) -> bool:
+    """Validation loss flat or rising for the last quarter of a run (at least 3 epochs)."""
+    ran, best = int(p.get("ran") or 0), int(p.get("best_epoch") or 0)
+    return ran > 0 and best > 0 and ran - best >= max(3, ran // SETTLED)
 
 
 def longer(

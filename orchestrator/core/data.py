@@ -88,6 +88,9 @@ EXPORTS = {
     "iris": "scikit-learn iris: 150 rows, 4 measurements, 3 classes",
     "noisy": "synthetic make_classification: 2,000 rows, 20 columns (6 informative), "
     "3 classes, 20% of the labels flipped at random",
+    "hastie": "synthetic make_hastie_10_2 (Hastie et al., The Elements of Statistical "
+    "Learning, 10.2): 4,000 rows, 10 standard normal columns, 2 classes split by a sphere: "
+    "no label noise, a boundary a small model cannot draw",
     "diabetes": "scikit-learn diabetes: 442 rows, 10 measurements, a number to predict "
     "(disease progression after a year): regression",
     "penguins": "palmerpenguins: 344 penguins, species from island (text), sex (text, 11 "
@@ -115,6 +118,11 @@ def sample(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
             random_state=0,
         )
         return x, y, [f"x_{i}" for i in range(x.shape[1])]
+    if name == "hastie":
+        # a noise-free nonlinear boundary (the sum of the squares above the chi-square
+        # median): capacity and training length, not noise, set the best loss
+        x, y = datasets.make_hastie_10_2(n_samples=4000, random_state=0)
+        return x, (y > 0).astype(np.int64), [f"x_{i}" for i in range(x.shape[1])]
     loaders = {
         "digits": datasets.load_digits,
         "breast_cancer": datasets.load_breast_cancer,

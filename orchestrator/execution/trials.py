@@ -262,9 +262,10 @@ def searcher(
     )
 
 
-def scheduler(cfg: Config) -> Any:
+def scheduler(cfg: Config, earlier: dict[str, list[float]] | None = None) -> Any:
     """Tune's scheduler for ``sweep.scheduler`` (ASHA by promotion where it promotes); None
-    for fifo."""
+    for fifo. ``earlier``: trials of earlier rounds over the same epochs (their ranked value
+    per epoch) that ASHA by promotion ranks each rung against (``Ladder.carry``)."""
     from ray.tune import schedulers
 
     sw, epochs = cfg.sweep, cfg.train.epochs
@@ -273,7 +274,10 @@ def scheduler(cfg: Config) -> Any:
         from orchestrator.execution.tune_asha import PromotionASHA
 
         return PromotionASHA(
-            config_mod.rungs(cfg), sw.reduction_factor, *config_mod.rank_metric(cfg)
+            config_mod.rungs(cfg),
+            sw.reduction_factor,
+            *config_mod.rank_metric(cfg),
+            earlier=earlier,
         )
     if sw.scheduler == "asha":
         return schedulers.ASHAScheduler(

@@ -27,9 +27,11 @@ class PromotionASHA(FIFOScheduler):
         metric: str,
         mode: str,
         time_attr: str = "epoch",
+        earlier: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.ladder = Ladder(rungs, reduction_factor, mode)
+        self.ladder.carry(earlier or {})  # an autopilot's earlier rounds (Ladder.carry)
         self._metric, self._time_attr = metric, time_attr
         self._gated: Any = None  # the searcher (or its ConcurrencyLimiter) whose cap moves
         self._concurrency = 1

@@ -387,6 +387,12 @@ def _search_round(
             f"[autopilot]   TPE starts from {len(warm[0])} of the {len(earlier)} earlier "
             "trial(s) (those inside this space)"
         )
+    ladder = _earlier_rungs(pilot["rounds"][:-1], rcfg.train.epochs, cfg.train.epochs)
+    if ladder and not resuming:
+        ctx.out(
+            f"[autopilot]   ASHA ranks each rung against the {len(ladder)} earlier trial(s) "
+            f"of {rcfg.train.epochs} epochs"
+        )
     book = Book(rctx, "trial", rnd.trials)
     book.title = f"round {rnd.number}"
     trainable = trials.make_trainable(rcfg, ctx.stamp, ctx.storage, ctx.prep.summary)
@@ -395,7 +401,7 @@ def _search_round(
         return tuner.Search(
             trials.search_space(rcfg),
             rnd.trials,
-            trials.scheduler(rcfg),
+            trials.scheduler(rcfg, ladder),
             trials.searcher(rcfg, ctx.concurrency, warm),
             ctx.concurrency,
             time_budget_s=seconds,
@@ -473,7 +479,33 @@ def _saved(ctx: Context, rec: TrialRecord) -> dict[str, Any]:
     out["run_id"] = ctx.client.run_id(rec.run_id) or rec.run_id
     out["diagnosis"] = rec.diagnosis
     out["history"] = rec.history[-1:]  # its last epoch: how it ended (diverged, stopped early)
+    out["curve"] = _curve_of(rec.history, config_mod.rank_metric(ctx.cfg)[0])
     return out
+
+
+def _curve_of(history: list[dict[str, float]], key: str) -> list[float]:
+    """The ranked value at each epoch from the first, up to the first epoch without a
+    finite one: what a later round's ASHA ranks its rungs against (``_earlier_rungs``)."""
+    by_epoch = {int(row["epoch"]): row.get(key) for row in history if "epoch" in row}
+    out: list[float] = []
+    while isinstance(v := by_epoch.get(len(out) + 1), (int, float)) and math.isfinite(v):
+        out.append(float(v))
+    return out
+
+
+def _earlier_rungs(
+    rounds: list[dict[str, Any]], epochs: int, configured: int
+) -> dict[str, list[float]]:
+    """The earlier rounds' trials a round's ASHA ranks against (``Ladder.carry``): those
+    trained over the same epochs (under a cosine schedule over another length, a rung's
+    score is not comparable), by their round and trial id."""
+    return {
+        f"round{done['number']}-{r['trial_id']}": list(r["curve"])
+        for done in rounds
+        if (done.get("epochs") or configured) == epochs
+        for r in done["records"]
+        if r.get("curve")
+    }
 
 
 def _record(saved: dict[str, Any]) -> TrialRecord:

@@ -75,6 +75,8 @@ def test_the_autopilot_benchmark_names_its_halves() -> None:
     with pytest.raises(SystemExit) as e:
         bench_autopilot.bench_autopilot(["nope"])
     assert "curve" in str(e.value) and "tpe" in str(e.value)
-    assert set(bench_autopilot.DATASETS) == {"digits", "noisy", "diabetes"}
-    # the target reads digits and noisy; diabetes (53 validation rows) is shown beside
-    assert bench_autopilot.TARGETED == ("digits", "noisy")
+    assert set(bench_autopilot.DATASETS) == {"digits", "hastie", "noisy", "diabetes"}
+    # the target reads digits and hastie; noisy runs beside by default, diabetes on request
+    assert bench_autopilot.TARGETED == ("digits", "hastie")
+    assert bench_autopilot.CHOSEN == ["digits", "hastie", "noisy"]
+    assert set(bench_autopilot.CHOSEN) <= set(bench_autopilot.DATASETS)

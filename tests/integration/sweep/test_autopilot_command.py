@@ -144,6 +144,19 @@ def test_three_steered_rounds_then_champion_and_data_curve(
     saved, folder = json.loads(state.read_text()), state.parent
     assert saved["phase"] == "done"
     assert [len(r["records"]) for r in saved["autopilot"]["rounds"]] == [4, 4, 4]
+    # each later round's ASHA ranked its rungs against the earlier rounds' trials of the
+    # same epochs (longer rounds start a ladder of their own): each trial's curve is kept
+    done = saved["autopilot"]["rounds"]
+    for r in (r for rnd in done for r in rnd["records"]):
+        assert len(r["curve"]) == r["epochs"] and all(v > 0 for v in r["curve"])
+    carried = 0
+    for i, rnd in enumerate(done[1:], start=1):
+        epochs = rnd["epochs"] or 6
+        earlier = sum(len(d["records"]) for d in done[:i] if (d["epochs"] or 6) == epochs)
+        if earlier:
+            assert f"ASHA ranks each rung against the {earlier} earlier trial(s)" in out
+            carried += 1
+    assert carried  # round 2 trains as long as round 1 here (the best were not late)
 
     # diagnose and report read an autopilot's folder: every round's trials, and the rounds
     for command in ("diagnose", "report"):

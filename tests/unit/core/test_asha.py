@@ -107,3 +107,36 @@ def test_promotion_asha_runs_rungs_not_budgets_and_trains_the_best_to_the_end() 
     assert best in done and 3 <= len(done) <= 5
     assert set(epochs.values()) == {1, 3, 9}  # everyone stopped at a rung or the budget
     assert sum(epochs.values()) < 0.4 * 27 * 9  # FIFO would run all 243 epochs
+
+
+def test_a_ladder_carried_over_ranks_new_trials_against_the_earlier_ones() -> None:
+    """An autopilot round of a few trials: its first trial no longer waits at a rung for two
+    more of its own round to lose to, nor wins a rung it would lose against the earlier
+    rounds' trials there."""
+    ladder = asha.Ladder([4, 12], 3, "min")
+    ladder.carry(
+        {
+            "round1-a": [0.9] * 3 + [0.5] * 8 + [0.3] * 19,  # ran all 30: 0.5 at 4, 0.3 at 12
+            "round1-b": [0.9] * 3 + [0.6] * 9,  # paused at 12 for good: 0.6 there
+            "round1-c": [1.0] * 4,  # stopped at 4
+            "round1-d": [1.2] * 4,
+            "round1-e": [1.1] * 4,
+        }
+    )
+    assert ladder.scores[4] == {
+        "round1-a": 0.5,
+        "round1-b": 0.6,
+        "round1-c": 1.0,
+        "round1-d": 1.2,
+        "round1-e": 1.1,
+    }
+    assert ladder.promoted[4] == {"round1-a", "round1-b"} and ladder.promoted[12] == {"round1-a"}
+    # top floor(6/3) = 2 at rung 4: 0.4 beats all but none: it goes on at once
+    assert ladder.on_result("new", 4, 0.4) == asha.CONTINUE
+    # 0.8 ranks 4th of 7: paused, and earlier promotions leave it nothing to earn
+    assert ladder.on_result("worse", 4, 0.8) == asha.PAUSE and ladder.promotable() == []
+    assert ladder.drain() == (None, ["worse"])  # rung 4 already sent on its share
+    # at rung 12 the new trial must beat the earlier ones there too (0.3 and 0.6)
+    assert ladder.on_result("new", 12, 0.45) == asha.PAUSE  # 2nd of 3: floor(3/3) = 1
+    fresh = asha.Ladder([4, 12], 3, "min")
+    assert fresh.on_result("new", 4, 0.4) == asha.PAUSE  # uncarried: waits for two more

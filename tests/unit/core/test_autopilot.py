@@ -228,3 +228,40 @@ def test_epochs_stay_when_the_best_peaked_early_or_was_cut_short() -> None:
     # a diverged trial never steers, whatever its epochs
     wild = [_ended(30, 30, 0.01, "diverged")] * 3 + early
     assert autopilot.longer(wild, "val_loss", "min", 30, 30) == (30, [])
+
+
+def test_underfit_trials_whose_validation_stopped_improving_steer_as_a_sweet_spot() -> None:
+    """Noisy labels keep training loss high (the diagnosis says underfit), but validation
+    loss stops improving half-way: more capacity would fit the noise, so the round narrows."""
+    cfg = make_cfg(**{"model.hidden": [64]})
+    flat = [{**p, "best_epoch": 14, "ran": 30} for p in _points("underfit")]
+    new, label, why = autopilot.steer(flat, SPACE, "val_loss", "min", cfg)
+    assert label == "good_fit"
+    assert "stopped improving at epoch 14 of 30" in why[0] and "noise" in why[0]
+    assert new["model.hidden"]["values"] == [[64], [128]]  # the best quarter's, not grown
+    assert not any("less regularization" in w for w in why)
+    # still improving at the end (or pruned while improving): capacity, as before
+    for best, ran in ((29, 30), (11, 12)):
+        rising = [{**p, "best_epoch": best, "ran": ran} for p in _points("underfit")]
+        new, label, why = autopilot.steer(rising, SPACE, "val_loss", "min", cfg)
+        assert label == "underfit" and "more capacity" in why[0], (best, ran)
+
+
+def test_a_best_size_on_the_edge_of_the_sizes_searched_extends_past_it() -> None:
+    """A sweet spot whose best trial has the largest size offered: the next round offers
+    larger ones (like a range's edge), keeping the best quarter's sizes."""
+    cfg = make_cfg(**{"model.hidden": [64]})
+    good = _points("good_fit")
+    for p in good:  # the best (i = 0) is the largest: two layers of 64
+        p["model.hidden"] = [64, 64] if p["val_loss"] < 0.105 else [64]
+    new, label, why = autopilot.steer(good, SPACE, "val_loss", "min", cfg)
+    assert label == "good_fit"
+    assert new["model.hidden"]["values"] == [[64, 64], [64], [128, 128], [64, 64, 64]]
+    assert any("largest size searched" in w for w in why)
+    inside = [{**p, "model.hidden": [128]} if p["val_loss"] < 0.105 else p for p in good]
+    new, _, why = autopilot.steer(inside, SPACE, "val_loss", "min", cfg)
+    assert not any("size searched" in w for w in why)  # [128] sits between [64] and [64, 64]
+    assert new["model.hidden"]["values"] == [[64], [128]]  # narrowed, as before
+    smallest = [{**p, "model.hidden": [64]} if p["val_loss"] < 0.105 else p for p in good]
+    new, _, why = autopilot.steer(smallest, SPACE, "val_loss", "min", cfg)
+    assert [32] in new["model.hidden"]["values"] and any("smallest" in w for w in why)

@@ -31,6 +31,7 @@ def test_digits_export_is_the_real_data_set(digits_path: Path) -> None:
         ("wine", 178, 13, 3),
         ("iris", 150, 4, 3),
         ("noisy", 2000, 20, 3),
+        ("hastie", 4000, 10, 2),
     ],
 )
 def test_the_other_exports_are_what_they_say(
@@ -48,7 +49,7 @@ def test_the_other_exports_are_what_they_say(
     export = parser._subparsers._group_actions[0].choices["data"]  # type: ignore[union-attr]
     names = export._subparsers._group_actions[0].choices["export"]._actions[1].choices
     assert list(names) == list(data.EXPORTS)  # the CLI offers exactly what data can write
-    if name == "noisy":  # the same rows every time: the corpus is reproducible
+    if name in ("noisy", "hastie"):  # the same rows every time: the corpus is reproducible
         again = data.read(DataConfig(path=str(data.export(name, tmp_path / "again.parquet"))))
         assert ds.fingerprint == again.fingerprint
 

@@ -151,3 +151,24 @@ def test_a_trial_steers_with_its_best_epoch_and_the_epochs_it_trained() -> None:
     # a round saved before rounds had epochs reads back as the configured ones
     old = {k: v for k, v in vars(autopilot.Round(2, 4, SPACE, [])).items() if k != "epochs"}
     assert autopilot.Round(**old).epochs is None
+
+
+def test_a_rounds_asha_ranks_against_the_earlier_rounds_of_the_same_epochs() -> None:
+    """Each saved trial keeps its ranked value per epoch (up to its first gap or non-finite
+    value); a round's ladder is carried from the earlier rounds over its own epochs only."""
+    history = [
+        {"epoch": 1, "val_loss": 0.9},
+        {"epoch": 2, "val_loss": 0.7},
+        {"epoch": 2, "val_loss": 0.6},  # replayed after a resume: the last one counts
+        {"epoch": 3, "val_loss": math.nan},
+        {"epoch": 4, "val_loss": 0.5},
+    ]
+    assert autopilot._curve_of(history, "val_loss") == [0.9, 0.6]
+    assert autopilot._curve_of(history, "objective") == []
+    rounds = [
+        {"number": 1, "epochs": None, "records": [{"trial_id": "a", "curve": [0.5] * 30}]},
+        {"number": 2, "epochs": 60, "records": [{"trial_id": "a", "curve": [0.4] * 60}]},
+        {"number": 3, "epochs": None, "records": [{"trial_id": "b", "curve": []}]},
+    ]
+    assert autopilot._earlier_rungs(rounds, 30, 30) == {"round1-a": [0.5] * 30}
+    assert autopilot._earlier_rungs(rounds, 60, 30) == {"round2-a": [0.4] * 60}
