@@ -6,7 +6,10 @@ The chart the product is built on says what to do on each side of the sweet spot
 ``steer`` follows it: underfit, more capacity and less regularization; overfit, more
 regularization, less capacity and augmentation; both, capacity and regularization up; then,
 for each searched range, a best value on an edge extends it, and a clear sweet spot narrows
-around it (``diagnosis.propose``). ``diverged`` and ``undetermined`` trials never steer.
+around it (``diagnosis.propose``); a best size on the edge of the sizes searched extends
+them the same way. ``diverged`` and ``undetermined`` trials never steer, and underfit trials
+whose validation loss had stopped improving while they trained on (noise, not capacity,
+holds them back) steer as a sweet spot.
 """
 
 from __future__ import annotations
@@ -310,10 +313,9 @@ def _noise_bound(
     epochs = sorted({f"{p['best_epoch']} of {p['ran']}" for p in top if id(p) in flat})
     note = (
         f"{len(flat)} of the best {len(top)} are underfit by the diagnosis (high training "
-        f"loss), yet their "
-        f"validation loss stopped improving at epoch {', '.join(epochs)} while training went "
-        "on: the noise in the data, not capacity, holds them back; narrowed as a sweet spot, "
-        "not grown"
+        f"loss), yet their validation loss stopped improving at epoch {', '.join(epochs)} "
+        "while training went on: the noise in the data, not capacity, holds them back; "
+        "narrowed as a sweet spot, not grown"
     )
     return [{**p, "label": "good_fit"} if id(p) in flat else p for p in points], note
 

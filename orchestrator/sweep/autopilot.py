@@ -5,9 +5,10 @@ data curve when the champion overfits.
 Round 1 searches the broad space ``core.autopilot.broad_space`` builds from the config
 (Optuna TPE and ASHA, by promotion on the fast path). After each round the label most of
 the best quarter of every trial so far carry decides the next round's space
-(``core.autopilot.steer``), and the next round's TPE is told every earlier trial that lies
-inside it (``core.autopilot.warm_start``). It stops when the best improved by less than
-``autopilot.min_improvement`` in each of the last two rounds, or when the budget
+(``core.autopilot.steer``), the next round's TPE is told every earlier trial that lies
+inside it (``core.autopilot.warm_start``), and its ASHA ranks each rung against the earlier
+trials over the same epochs (``core.asha.Ladder.carry``). It stops when the best improved by
+less than ``autopilot.min_improvement`` in each of the last two rounds, or when the budget
 (``autopilot.budget_trials``, ``autopilot.budget_hours``) is spent.
 
 MLflow: one run with role ``autopilot`` (the champion, its test scores and the reasons as
