@@ -249,6 +249,10 @@ def _search(ctx: Context, cfg: Config, budget: plan.Budget, pilot: dict[str, Any
         why = plan.stop_reason(bests, cfg.autopilot.min_improvement, mode)
         if why is not None:
             return why
+        spent = sum(r["seconds"] for r in pilot["rounds"])
+        allowed = _time_for_round(pilot["rounds"], limit - spent, budget)
+        if allowed is not None and allowed <= 0:  # said before a next round is planned
+            return f"autopilot.budget_hours ({cfg.autopilot.budget_hours:g}) spent"
         if rnd.number >= len(budget.rounds):  # the last round took what was left
             return f"autopilot.budget_trials ({cfg.autopilot.budget_trials}) spent"
         # steered by every trial so far: a later round of a few trials alone would narrow

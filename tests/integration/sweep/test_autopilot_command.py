@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from conftest import ROOT
+from orchestrator.core import autopilot as plan
 
 pytestmark = pytest.mark.slow
 
@@ -229,3 +230,39 @@ def test_a_driver_killed_in_round_two_resumes_at_round_two(
         ids = [t.data.tags["orchestrator.trial_id"] for t in mine]
         assert len(ids) == 4 == len(set(ids)), ids  # each trial once, none rerun
         assert all(t.info.status == "FINISHED" for t in mine)
+
+
+def test_budget_hours_ends_the_search_in_time_and_the_champion_still_comes(
+    digits_path: Path, tmp_path: Path
+) -> None:
+    """``--budget-hours`` binds before ``--budget-trials`` does: round 1 is cut at its 40%
+    share of the time (Tune's time budget), no round starts without time left, and the
+    confirmation and champion still run."""
+    # 72 s. The trial budget is never reached: round 1 alone plans 393 trials, where these
+    # 6-epoch trials on 800 rows (most paused at epoch 2) take about 0.35 s each
+    hours = 0.02
+    out = _run(
+        _args(
+            digits_path,
+            tmp_path,
+            "hours",
+            "--budget-trials",
+            "1000",
+            "--budget-hours",
+            str(hours),
+            "autopilot.min_improvement=0",  # only the budget can stop it
+        ),
+        tmp_path,
+    )
+    assert f"autopilot.budget_hours ({hours:g}) spent" in out
+    (state,) = (tmp_path / "results").glob("hours-*/orchestrator.json")
+    rounds = json.loads(state.read_text())["autopilot"]["rounds"]
+    assert all(r["done"] for r in rounds) and rounds[0]["records"]
+    assert len(rounds[0]["records"]) < rounds[0]["trials"]  # time, not trials, ended it
+    limit = hours * 3600
+    slack = 20  # Tune checks its time budget between results; a round's own start-up
+    assert rounds[0]["seconds"] <= plan.FIRST_SHARE * limit + slack
+    assert sum(r["seconds"] for r in rounds) <= limit + slack
+    (pilot,) = _by_role(f"sqlite:///{tmp_path}/mlflow.db", "hours")["autopilot"]
+    assert pilot.info.status == "FINISHED" and "test_accuracy" in pilot.data.metrics
+    assert "budget_hours" in pilot.data.tags["orchestrator.autopilot_stop"]
